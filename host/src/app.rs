@@ -1,0 +1,136 @@
+//! Turns a validated manifest into runnable components: reads each `.wasm`, compiles it
+//! (through the on-disk cache), links it against the host capabilities and
+//! pre-instantiates it, so a request only pays for instantiation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::handler::ProxyPre;
+
+use crate::capability::allowed_hosts::AllowedHosts;
+use crate::compile_cache::{CacheOutcome, CompileCache};
+use crate::manifest::{Manifest, Template};
+use crate::state::HostState;
+use crate::variables::Variables;
+
+/// Which HTTP world a component exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpWorld {
+    /// `wasi:http/incoming-handler@0.2.x` (spin-sdk 5, the `wasi` crate).
+    P2,
+    /// `wasi:http/handler@0.3.x` (spin-sdk 7).
+    P3,
+}
+
+impl HttpWorld {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpWorld::P2 => "wasi:http/incoming-handler@0.2",
+            HttpWorld::P3 => "wasi:http/handler@0.3",
+        }
+    }
+}
+
+/// A component ready to be instantiated per request.
+pub struct LoadedComponent {
+    pub id: Arc<str>,
+    pub pre: ProxyPre<HostState>,
+    pub world: HttpWorld,
+    pub allowed_hosts: Arc<AllowedHosts>,
+    pub environment: Vec<(String, String)>,
+    pub cache: CacheOutcome,
+}
+
+/// Every capability a component may import, one `add_to_linker` per interface family.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// Renders a component's `allowed_outbound_hosts`, substituting `{{ variable }}`s.
+pub fn allowed_hosts(entries: &[String], variables: &Variables) -> anyhow::Result<AllowedHosts> {
+    let rendered = entries
+        .iter()
+        .map(|e| {
+            Template::parse(e)
+                .and_then(|t| t.render(|v| variables.get(v).map(str::to_string)))
+                .map_err(|err| anyhow::anyhow!("allowed_outbound_hosts entry `{e}`: {err}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    AllowedHosts::parse(rendered.iter().map(String::as_str)).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Loads the components that HTTP triggers reference.
+pub fn load_http_components(
+    manifest: &Manifest,
+    engine: &Engine,
+    cache: &CompileCache,
+    variables: &Variables,
+) -> anyhow::Result<BTreeMap<String, Arc<LoadedComponent>>> {
+    let linker = linker(engine)?;
+    let mut loaded = BTreeMap::new();
+    for trigger in manifest.http_triggers() {
+        if loaded.contains_key(&trigger.component) {
+            continue;
+        }
+        let id = trigger.component.clone();
+        let component = manifest
+            .raw
+            .component
+            .get(&id)
+            .with_context(|| format!("trigger refers to unknown component `{id}`"))?;
+        let path = manifest
+            .source_path(component)
+            .with_context(|| format!("component `{id}` has no local source"))?;
+        let wasm = std::fs::read(&path)
+            .with_context(|| format!("component `{id}`: cannot read {}", path.display()))?;
+        let started = Instant::now();
+        let (compiled, outcome) = cache
+            .load(engine, &wasm)
+            .with_context(|| format!("component `{id}`: {} is not a valid component", path.display()))?;
+        let pre = linker
+            .instantiate_pre(&compiled)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("component `{id}` needs an import this host does not provide"))?;
+        let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
+            Ok(p3) => (ProxyPre::P3(p3), HttpWorld::P3),
+            Err(_) => match wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre) {
+                Ok(p2) => (ProxyPre::P2(p2), HttpWorld::P2),
+                Err(e) => {
+                    return Err(anyhow::anyhow!(
+                        "component `{id}` exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3: {e}"
+                    ));
+                }
+            },
+        };
+        tracing::info!(
+            component = %id,
+            world = world.as_str(),
+            compilation_cache = outcome.as_str(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "component loaded"
+        );
+        let allowed = allowed_hosts(&component.allowed_outbound_hosts, variables)
+            .with_context(|| format!("component `{id}`"))?;
+        loaded.insert(
+            id.clone(),
+            Arc::new(LoadedComponent {
+                id: id.as_str().into(),
+                pre,
+                world,
+                allowed_hosts: Arc::new(allowed),
+                environment: component.environment.clone().into_iter().collect(),
+                cache: outcome,
+            }),
+        );
+    }
+    Ok(loaded)
+}

@@ -1,0 +1,221 @@
+//! Spin's `allowed_outbound_hosts` grammar: `scheme://host[:port]`, where the scheme,
+//! the host (whole, or a leading `*.` label) and the port (number, `a..b` range, or
+//! `*`) may be wildcards, plus `insecure:allow-all`. An omitted port means the
+//! scheme's well-known port.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Any,
+    /// `*.example.com`: any strict subdomain of the suffix (stored as `.example.com`).
+    Subdomain(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PortPattern {
+    Any,
+    Range(u16, u16),
+    /// No port written: the scheme's default port, or any port for schemes without one.
+    SchemeDefault,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHostPattern {
+    scheme: Option<String>,
+    host: HostPattern,
+    port: PortPattern,
+    raw: String,
+}
+
+impl fmt::Display for AllowedHostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+pub fn default_port(scheme: &str) -> Option<u16> {
+    Some(match scheme {
+        "http" => 80,
+        "https" => 443,
+        "redis" => 6379,
+        "postgres" => 5432,
+        "mysql" => 3306,
+        "mqtt" => 1883,
+        _ => return None,
+    })
+}
+
+impl AllowedHostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw = text.to_string();
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("`{text}` has no scheme: write e.g. `https://{text}`"))?;
+        if scheme.is_empty() {
+            return Err(format!("`{text}` has an empty scheme"));
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(format!("`{text}` has a path; allowed hosts are `scheme://host[:port]` only"));
+        }
+        let (host, port) = split_host_port(rest);
+        if host.is_empty() {
+            return Err(format!("`{text}` has no host"));
+        }
+        let host = if host == "*" {
+            HostPattern::Any
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            if suffix.is_empty() || suffix.contains('*') {
+                return Err(format!("`{text}`: a host wildcard must be a whole leading label, e.g. `*.example.com`"));
+            }
+            HostPattern::Subdomain(format!(".{}", suffix.to_ascii_lowercase()))
+        } else if host.contains('*') {
+            return Err(format!("`{text}`: a host wildcard must be a whole leading label, e.g. `*.example.com`"));
+        } else {
+            HostPattern::Exact(host.to_ascii_lowercase())
+        };
+        let port = match port {
+            None => PortPattern::SchemeDefault,
+            Some("*") => PortPattern::Any,
+            Some(p) => match p.split_once("..") {
+                Some((lo, hi)) => {
+                    let lo = parse_port(text, lo)?;
+                    let hi = parse_port(text, hi)?;
+                    if lo >= hi {
+                        return Err(format!("`{text}`: port range must be ascending"));
+                    }
+                    // Spin's ranges exclude the upper bound, like Rust's `a..b`.
+                    PortPattern::Range(lo, hi - 1)
+                }
+                None => {
+                    let p = parse_port(text, p)?;
+                    PortPattern::Range(p, p)
+                }
+            },
+        };
+        Ok(Self {
+            scheme: (scheme != "*").then(|| scheme.to_ascii_lowercase()),
+            host,
+            port,
+            raw,
+        })
+    }
+
+    pub fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        if let Some(s) = &self.scheme
+            && !s.eq_ignore_ascii_case(scheme)
+        {
+            return false;
+        }
+        let host = host.to_ascii_lowercase();
+        let host_ok = match &self.host {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => *h == host,
+            HostPattern::Subdomain(suffix) => host.ends_with(suffix.as_str()) && host.len() > suffix.len(),
+        };
+        if !host_ok {
+            return false;
+        }
+        let port = port.or_else(|| default_port(scheme));
+        match (&self.port, port) {
+            (PortPattern::Any, _) => true,
+            (PortPattern::Range(lo, hi), Some(p)) => (*lo..=*hi).contains(&p),
+            (PortPattern::Range(..), None) => false,
+            (PortPattern::SchemeDefault, p) => {
+                let expected = self.scheme.as_deref().and_then(default_port);
+                match expected {
+                    Some(d) => p == Some(d),
+                    // Wildcard or unusual scheme without a port: any port.
+                    None => true,
+                }
+            }
+        }
+    }
+}
+
+fn parse_port(text: &str, p: &str) -> Result<u16, String> {
+    p.parse().map_err(|_| format!("`{text}`: invalid port `{p}`"))
+}
+
+/// Splits `host[:port]`, keeping bracketed IPv6 literals whole.
+fn split_host_port(s: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some(end) = rest.find(']')
+    {
+        let host = &s[..end + 2];
+        return (host, rest[end + 1..].strip_prefix(':'));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    }
+}
+
+/// A component's full outbound policy.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts {
+    allow_all: bool,
+    patterns: Vec<AllowedHostPattern>,
+}
+
+impl AllowedHosts {
+    /// Builds the policy from already-rendered entries (templates substituted).
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut out = Self::default();
+        for e in entries {
+            if e == "insecure:allow-all" {
+                out.allow_all = true;
+            } else {
+                out.patterns.push(AllowedHostPattern::parse(e)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        self.allow_all || self.patterns.iter().any(|p| p.matches(scheme, host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(pattern: &str, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        AllowedHosts::parse([pattern]).unwrap().allows(scheme, host, port)
+    }
+
+    #[test]
+    fn exact_host_uses_scheme_default_port() {
+        assert!(allows("https://api.example.com", "https", "api.example.com", None));
+        assert!(allows("https://api.example.com", "https", "API.example.com", Some(443)));
+        assert!(!allows("https://api.example.com", "https", "api.example.com", Some(8443)));
+        assert!(!allows("https://api.example.com", "http", "api.example.com", None));
+        assert!(!allows("https://api.example.com", "https", "other.example.com", None));
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(allows("https://*.example.com", "https", "a.b.example.com", None));
+        assert!(!allows("https://*.example.com", "https", "example.com", None));
+        assert!(allows("*://example.com:*", "http", "example.com", Some(1234)));
+        assert!(allows("http://*.spin.internal", "http", "chain-back.spin.internal", None));
+        assert!(allows("http://localhost:8000..8002", "http", "localhost", Some(8001)));
+        assert!(!allows("http://localhost:8000..8002", "http", "localhost", Some(8002)));
+        assert!(AllowedHosts::parse(["insecure:allow-all"]).unwrap().allows("ftp", "x", Some(1)));
+    }
+
+    #[test]
+    fn rejects_malformed_entries() {
+        for bad in ["example.com", "https://example.com/path", "https://ex*ample.com", "https://a:99999", "https://a:9..1"] {
+            assert!(AllowedHostPattern::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn ipv6_literals() {
+        assert!(allows("http://[::1]:8080", "http", "[::1]", Some(8080)));
+    }
+}

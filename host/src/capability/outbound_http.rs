@@ -1,0 +1,151 @@
+//! Outbound HTTP for guests (`wasi:http` 0.2 outgoing-handler and 0.3 client share
+//! this hook): `allowed_outbound_hosts` enforcement, timeouts, and Spin's local service
+//! chaining, where `http://<component>.spin.internal/...` reaches that component
+//! in-process without a socket.
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::allowed_hosts::AllowedHosts;
+
+pub type GuestRequest = http::Request<WasiBody>;
+pub type GuestResponse = http::Response<WasiBody>;
+
+/// In-process delivery of requests between components, implemented by the HTTP trigger.
+pub trait LocalServices: Send + Sync {
+    /// Sends `request` to HTTP component `id`; `None` if there is no such component.
+    fn call_component(&self, id: &str, request: GuestRequest) -> Option<BoxFuture<'static, GuestResponse>>;
+    /// Routes `request` through the application's public routes (`http://self`).
+    fn call_self(&self, request: GuestRequest) -> BoxFuture<'static, GuestResponse>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundTimeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub between_bytes: Duration,
+}
+
+impl Default for OutboundTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(30),
+            between_bytes: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-instance outbound HTTP policy; lives in the store so the hook can reach it.
+pub struct OutboundHttp {
+    pub component: Arc<str>,
+    pub allowed: Arc<AllowedHosts>,
+    pub local: Weak<dyn LocalServices>,
+    pub timeouts: OutboundTimeouts,
+}
+
+const INTERNAL_SUFFIX: &str = ".spin.internal";
+
+/// Where an outbound request goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Destination {
+    Component(String),
+    SelfApp,
+    Network,
+}
+
+fn destination(host: &str) -> Destination {
+    let host = host.to_ascii_lowercase();
+    if let Some(id) = host.strip_suffix(INTERNAL_SUFFIX) {
+        Destination::Component(id.to_string())
+    } else if host == "self" || host == "self.alt" {
+        Destination::SelfApp
+    } else {
+        Destination::Network
+    }
+}
+
+fn ready<T: Send + 'static>(value: T) -> Box<dyn Future<Output = T> + Send> {
+    Box::new(std::future::ready(value))
+}
+
+type SendResult = Result<(GuestResponse, Box<dyn Future<Output = Result<(), HttpError>> + Send>), HttpError>;
+
+impl WasiHttpHooks for OutboundHttp {
+    fn send_request(
+        &mut self,
+        mut request: GuestRequest,
+        options: Option<RequestOptions>,
+        _request_body_sent: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let uri = request.uri().clone();
+        let scheme = uri.scheme_str().unwrap_or("http").to_string();
+        let Some(host) = uri.host().map(str::to_string) else {
+            return ready(Err(HttpError::HttpRequestUriInvalid));
+        };
+        if !self.allowed.allows(&scheme, &host, uri.port_u16()) {
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            tracing::warn!(
+                component = %self.component,
+                destination = %format!("{scheme}://{host}{port}"),
+                "outbound request denied: destination not in allowed_outbound_hosts"
+            );
+            return ready(Err(HttpError::HttpRequestDenied));
+        }
+        let no_local = || {
+            tracing::error!("local service chaining requested while the application is shutting down");
+            ready(Err(HttpError::DestinationUnavailable))
+        };
+        match destination(&host) {
+            Destination::Component(id) => {
+                let Some(local) = self.local.upgrade() else { return no_local() };
+                // Spin drops the Host header of chained requests.
+                request.headers_mut().remove(http::header::HOST);
+                match local.call_component(&id, request) {
+                    Some(response) => Box::new(async move { Ok((response.await, ready(Ok(())))) }),
+                    None => {
+                        tracing::warn!(component = %self.component, target = %id, "local service chaining to unknown component");
+                        ready(Err(HttpError::DestinationNotFound))
+                    }
+                }
+            }
+            Destination::SelfApp => {
+                let Some(local) = self.local.upgrade() else { return no_local() };
+                let response = local.call_self(request);
+                Box::new(async move { Ok((response.await, ready(Ok(())))) })
+            }
+            Destination::Network => {
+                let defaults = self.timeouts;
+                let options = options.unwrap_or_default();
+                let options = RequestOptions {
+                    connect_timeout: options.connect_timeout.or(Some(defaults.connect)),
+                    first_byte_timeout: options.first_byte_timeout.or(Some(defaults.first_byte)),
+                    between_bytes_timeout: options.between_bytes_timeout.or(Some(defaults.between_bytes)),
+                };
+                Box::new(async move {
+                    let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                    let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> = Box::new(io);
+                    Ok((response.map(BodyExt::boxed_unsync), io))
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_destinations() {
+        assert_eq!(destination("chain-back.spin.internal"), Destination::Component("chain-back".into()));
+        assert_eq!(destination("Chain-Back.spin.internal"), Destination::Component("chain-back".into()));
+        assert_eq!(destination("self"), Destination::SelfApp);
+        assert_eq!(destination("example.com"), Destination::Network);
+    }
+}

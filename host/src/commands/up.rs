@@ -1,0 +1,147 @@
+//! `shop up`: the small core that wires everything: check, build, compile, then serve
+//! each trigger and the admin endpoints until SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::ManifestArgs;
+use crate::admin::{self, Readiness};
+use crate::app::{LoadedComponent, load_http_components};
+use crate::compile_cache::CompileCache;
+use crate::component_build::{BuildPolicy, build};
+use crate::engine::{self, EngineOptions, EpochTicker};
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::trigger::http::invoke::RequestLimits;
+use crate::trigger::http::{self, HttpApp};
+use crate::variables::Variables;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Address of the application's HTTP listener.
+    #[arg(long, env = "SHOP_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SHOP_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Where embedded state and the compilation cache live.
+    #[arg(long, env = "SHOP_DATA_DIR", default_value = ".shop")]
+    pub data_dir: PathBuf,
+    /// Wall-clock limit for one request in a component.
+    #[arg(long, env = "SHOP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Linear-memory cap per component instance, in MiB.
+    #[arg(long, env = "SHOP_MAX_MEMORY_MB", default_value_t = 128)]
+    pub max_memory_mb: usize,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "SHOP_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Do not run build commands, even for missing sources.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let (manifest, _runtime_config, problems) = super::load_and_check(&args.manifest)?;
+    if super::report(&problems) > 0 {
+        anyhow::bail!("{} has errors; fix them and run again (`shop check` lists them)", manifest.path.display());
+    }
+    if !args.no_build {
+        build(&manifest, BuildPolicy::MissingOrStale, &[])?;
+    }
+    let variables = Variables::resolve(&manifest, |k| std::env::var(k).ok())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args, manifest, variables))
+}
+
+async fn serve(args: UpArgs, manifest: Manifest, variables: Variables) -> anyhow::Result<ExitCode> {
+    let limits = RequestLimits {
+        timeout: Duration::from_millis(args.request_timeout_ms),
+        max_memory_bytes: args.max_memory_mb << 20,
+    };
+    let engine = engine::build(&EngineOptions {
+        max_memory_bytes: limits.max_memory_bytes,
+        ..EngineOptions::default()
+    })?;
+    let _ticker = EpochTicker::start(engine.clone());
+    let cache = CompileCache::new(args.data_dir.join("cache").join("compiled"));
+    let metrics = Arc::new(Metrics::new());
+
+    let components = load_http_components(&manifest, &engine, &cache, &variables)?;
+    for c in components.values() {
+        metrics.component_loads.with_label_values(&[&*c.id, c.cache.as_str()]).inc();
+    }
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
+    let listen_addr = listener.local_addr()?;
+    let app = HttpApp::new(&manifest, &components, &engine, limits, metrics.clone(), listen_addr)?;
+
+    print_routes(&app, &manifest, &components, listen_addr, admin_listener.local_addr()?);
+
+    let readiness = Arc::new(Readiness::default());
+    let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), readiness.clone()));
+    readiness.set(true);
+    let shutdown = {
+        let readiness = readiness.clone();
+        async move {
+            shutdown_signal().await;
+            readiness.set(false);
+            tracing::info!("shutdown requested");
+        }
+    };
+    http::serve(app, listener, shutdown, Duration::from_millis(args.drain_timeout_ms)).await?;
+    admin_task.abort();
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_routes(
+    app: &HttpApp,
+    manifest: &Manifest,
+    components: &BTreeMap<String, Arc<LoadedComponent>>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) {
+    let app_name = &manifest.raw.application.name;
+    let version = manifest.raw.application.version.as_deref().unwrap_or("");
+    println!("Serving {app_name} {version} on http://{listen}");
+    println!("Available Routes:");
+    for route in app.router().routes() {
+        let pattern = route.pattern.to_string();
+        let (base, wildcard) = match pattern.strip_suffix("...") {
+            Some(base) => (base.trim_end_matches('/').to_string(), " (wildcard)"),
+            None => (pattern.clone(), ""),
+        };
+        let world = components.get(&route.component).map(|c| c.world.as_str()).unwrap_or("?");
+        println!("  {}: http://{listen}{base}{wildcard} [{world}]", route.component);
+    }
+    for trigger in manifest.http_triggers() {
+        if trigger.route == crate::manifest::HttpRoute::Private {
+            println!("  {}: private (http://{}.spin.internal only)", trigger.component, trigger.component);
+        }
+    }
+    println!("Admin: http://{admin}/healthz /readyz /metrics");
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

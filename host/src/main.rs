@@ -1,0 +1,91 @@
+//! `shop`: runs a Spin-manifest application of WebAssembly components.
+
+mod admin;
+mod app;
+mod capability;
+mod commands;
+mod compile_cache;
+mod component_build;
+mod engine;
+mod manifest;
+mod metrics;
+mod runtime_config;
+mod state;
+mod trigger;
+mod variables;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "shop", version, about = "Run Spin applications of WebAssembly components on wasmtime")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "SHOP_LOG_FORMAT", default_value = "json", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ManifestArgs {
+    /// The application manifest.
+    #[arg(short = 'f', long = "file", env = "SHOP_FILE", default_value = "spin.toml")]
+    pub file: PathBuf,
+    /// Spin runtime configuration (backends for stores and databases, Kafka, …).
+    #[arg(long, env = "SHOP_RUNTIME_CONFIG_FILE")]
+    pub runtime_config_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build missing or stale components, then serve every trigger.
+    Up(commands::up::UpArgs),
+    /// Run every component's build command.
+    Build {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Only these components.
+        components: Vec<String>,
+    },
+    /// Validate the manifest and runtime config, printing every problem.
+    Check {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Up(args) => commands::up::run(args),
+        Command::Build { manifest, components } => commands::build::run(&manifest, &components),
+        Command::Check { manifest } => commands::check::run(&manifest),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

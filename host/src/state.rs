@@ -1,0 +1,85 @@
+//! What a component instance's store holds: WASI contexts, the resource table, the
+//! capabilities granted to it, and the per-request limits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::capability::outbound_http::OutboundHttp;
+
+/// Facts about one invocation that the host learns from inside the store and needs
+/// afterwards to explain a failure.
+#[derive(Debug, Default)]
+pub struct InvocationProbe {
+    memory_limit_hit: AtomicBool,
+}
+
+impl InvocationProbe {
+    pub fn memory_limit_hit(&self) -> bool {
+        self.memory_limit_hit.load(Ordering::Relaxed)
+    }
+}
+
+/// Caps linear memory per instance and records when the cap refused a growth, so a
+/// guest that then aborts can be reported as out of memory rather than as a bug.
+pub struct MemoryLimiter {
+    pub max_memory_bytes: usize,
+    pub probe: Arc<InvocationProbe>,
+}
+
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_memory_bytes {
+            self.probe.memory_limit_hit.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+pub struct HostState {
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub table: ResourceTable,
+    pub outbound_http: OutboundHttp,
+    pub limiter: MemoryLimiter,
+    /// Wall-clock deadline of the current invocation, checked on every epoch tick.
+    pub deadline: Instant,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound_http,
+        }
+    }
+}
+
+impl HostState {
+    /// The accessor `wasmtime-wasi-http`'s handler wants as a plain function pointer.
+    pub fn http_view(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpView::http(self)
+    }
+}

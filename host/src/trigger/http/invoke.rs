@@ -1,0 +1,291 @@
+//! Where an HTTP request becomes a call into a component: a fresh store and instance
+//! per request (from the pre-instantiated component), the per-request deadline and
+//! memory cap, and the mapping of guest failures to 500/504.
+//!
+//! Instances are driven by `wasmtime-wasi-http`'s `ProxyHandler`, which runs both
+//! P2 and P3 guests and keeps the store alive while a response body streams; our
+//! [`HandlerState`] tells it to use each instance for exactly one request.
+
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt as _;
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Engine, Store, StoreContextMut, Trap, UpdateDeadline};
+use wasmtime_wasi_http::handler::{
+    ExpirationError, HandlerState, Instance, ProxyHandler, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx};
+
+use crate::app::LoadedComponent;
+use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices, OutboundHttp, OutboundTimeouts};
+use crate::metrics::Metrics;
+use crate::state::{HostState, InvocationProbe, MemoryLimiter};
+
+/// Limits applied to every invocation.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub timeout: Duration,
+    pub max_memory_bytes: usize,
+}
+
+/// How long past its deadline an instance stuck outside guest code (e.g. in a host
+/// call) may linger before the worker is torn down regardless.
+const HARD_KILL_GRACE: Duration = Duration::from_secs(1);
+
+struct ComponentHandlerState {
+    engine: Engine,
+    component: Arc<LoadedComponent>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+    local: Weak<dyn LocalServices>,
+}
+
+impl HandlerState for ComponentHandlerState {
+    type StoreData = HostState;
+    type WorkerExpiration = HardDeadline;
+    type WorkerState = SingleUse;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, HardDeadline, SingleUse>> {
+        let started = Instant::now();
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr().envs(&self.component.environment);
+        let state = HostState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: Default::default(),
+            outbound_http: OutboundHttp {
+                component: self.component.id.clone(),
+                allowed: self.component.allowed_hosts.clone(),
+                local: self.local.clone(),
+                timeouts: OutboundTimeouts::default(),
+            },
+            limiter: MemoryLimiter {
+                max_memory_bytes: self.limits.max_memory_bytes,
+                probe: Arc::default(),
+            },
+            deadline: Instant::now() + self.limits.timeout,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Check the deadline on every epoch tick; until it passes, yield to the
+        // executor so a spinning guest cannot monopolise a runtime thread.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let proxy = self.component.pre.instantiate_async(&mut store).await?;
+        self.metrics
+            .instantiation_duration
+            .with_label_values(&[&*self.component.id])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Instance {
+            store,
+            proxy,
+            view: HostState::http_view,
+            expiration: HardDeadline::new(self.limits.timeout + HARD_KILL_GRACE),
+            state: SingleUse {
+                timeout: self.limits.timeout,
+            },
+        })
+    }
+}
+
+/// Accepts exactly one request per instance: no state leaks between requests.
+struct SingleUse {
+    timeout: Duration,
+}
+
+impl WorkerState for SingleUse {
+    type StoreData = HostState;
+    type RequestData = Arc<InvocationProbe>;
+
+    fn should_accept_request(&self, _concurrent: usize, total: usize) -> ShouldAccept {
+        if total == 0 { ShouldAccept::Yes } else { ShouldAccept::Never }
+    }
+
+    fn on_request_start(
+        &self,
+        mut store: StoreContextMut<'_, HostState>,
+        probe: Arc<InvocationProbe>,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        let data = store.data_mut();
+        data.deadline = Instant::now() + self.timeout;
+        data.limiter.probe = probe;
+        Box::pin(tokio::time::sleep(self.timeout))
+    }
+
+    fn drop(&self, _store: Store<HostState>, result: wasmtime::Result<()>) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "component instance ended with an error");
+        }
+    }
+}
+
+/// Backstop expiry polled outside the guest's event loop (see `WorkerState` docs in
+/// wasmtime-wasi-http): fires `limit` after the last request started.
+struct HardDeadline {
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed_for: Option<Instant>,
+}
+
+impl HardDeadline {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed_for: None,
+        }
+    }
+}
+
+impl WorkerExpiration for HardDeadline {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let this = self.get_mut();
+        if status == WorkerStatus::Idle {
+            // A single-use instance that is idle has nothing left to do.
+            return Poll::Ready(());
+        }
+        if this.armed_for != Some(start) {
+            this.armed_for = Some(start);
+            this.sleep.as_mut().reset((start + this.limit).into());
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
+
+/// Why an invocation produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationFailure {
+    Timeout,
+    MemoryLimit,
+    Trap,
+}
+
+impl InvocationFailure {
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            InvocationFailure::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            InvocationFailure::MemoryLimit | InvocationFailure::Trap => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            InvocationFailure::Timeout => "timeout",
+            InvocationFailure::MemoryLimit => "memory_limit",
+            InvocationFailure::Trap => "trap",
+        }
+    }
+
+    fn classify(error: &wasmtime::Error, probe: &InvocationProbe, elapsed: Duration, timeout: Duration) -> Self {
+        let interrupted = error.chain().any(|e| matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)))
+            || error.chain().any(|e| e.downcast_ref::<ExpirationError>().is_some());
+        if interrupted || elapsed >= timeout {
+            InvocationFailure::Timeout
+        } else if probe.memory_limit_hit() {
+            InvocationFailure::MemoryLimit
+        } else {
+            InvocationFailure::Trap
+        }
+    }
+}
+
+/// One component's request entry point.
+pub struct ComponentInvoker {
+    handler: ProxyHandler<ComponentHandlerState>,
+    id: Arc<str>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl ComponentInvoker {
+    pub fn new(
+        engine: Engine,
+        component: Arc<LoadedComponent>,
+        limits: RequestLimits,
+        metrics: Arc<Metrics>,
+        local: Weak<dyn LocalServices>,
+    ) -> Self {
+        let id = component.id.clone();
+        Self {
+            handler: ProxyHandler::new(ComponentHandlerState {
+                engine,
+                component,
+                limits,
+                metrics: metrics.clone(),
+                local,
+            }),
+            id,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Runs the component on `request`. Guest failures become error responses here,
+    /// so callers (the listener, local chaining) always get a response.
+    pub async fn invoke(&self, request: GuestRequest, request_id: &str) -> GuestResponse {
+        let started = Instant::now();
+        let probe = Arc::new(InvocationProbe::default());
+        let result = self.handler.handle(probe.clone(), request).await;
+        let elapsed = started.elapsed();
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let failure = InvocationFailure::classify(&error, &probe, elapsed, self.limits.timeout);
+                self.metrics
+                    .component_errors
+                    .with_label_values(&[&*self.id, failure.kind()])
+                    .inc();
+                let message = match failure {
+                    InvocationFailure::Timeout => format!(
+                        "component `{}` did not respond within {} ms",
+                        self.id,
+                        self.limits.timeout.as_millis()
+                    ),
+                    InvocationFailure::MemoryLimit => format!(
+                        "component `{}` exceeded its memory limit of {} MiB",
+                        self.id,
+                        self.limits.max_memory_bytes >> 20
+                    ),
+                    InvocationFailure::Trap => format!("component `{}` failed while handling the request", self.id),
+                };
+                tracing::error!(component = %self.id, request_id, kind = failure.kind(), error = format!("{error:#}"), "{message}");
+                error_response(failure.status(), failure.kind(), &message)
+            }
+        };
+        self.metrics
+            .http_requests
+            .with_label_values(&[&*self.id, response.status().as_str()])
+            .inc();
+        self.metrics
+            .http_request_duration
+            .with_label_values(&[&*self.id])
+            .observe(elapsed.as_secs_f64());
+        response
+    }
+}
+
+/// A JSON error body in the shop's `{"error": {"code", "message"}}` shape.
+pub fn error_response(status: http::StatusCode, code: &str, message: &str) -> GuestResponse {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(full_body(body))
+        .expect("static response parts are valid")
+}
+
+pub fn full_body(data: impl Into<bytes::Bytes>) -> WasiBody {
+    http_body_util::Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

@@ -1,0 +1,217 @@
+//! The HTTP trigger: accepts connections, routes each request Spin's way, sets the
+//! `spin-*` headers and hands it to the component's [`invoke::ComponentInvoker`].
+//! It also provides local service chaining to guests ([`LocalServices`]).
+
+pub mod invoke;
+pub mod router;
+pub mod spin_headers;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use http::{HeaderValue, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use wasmtime::Engine;
+
+use crate::app::LoadedComponent;
+use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices};
+use crate::manifest::{HttpRoute, Manifest};
+use crate::metrics::Metrics;
+use invoke::{ComponentInvoker, RequestLimits, error_response, full_body};
+use router::{Route, RoutePattern, Router};
+use spin_headers::SpinHeaders;
+
+pub const REQUEST_ID: &str = "x-request-id";
+const RESERVED_PREFIX: &str = "/.well-known/spin/";
+
+pub struct HttpApp {
+    router: Router,
+    invokers: BTreeMap<String, ComponentInvoker>,
+    /// The address `http://self` requests are attributed to.
+    listen_addr: SocketAddr,
+    /// Lets `&self` methods hand owning references to futures that outlive the call.
+    me: Weak<HttpApp>,
+}
+
+impl HttpApp {
+    pub fn new(
+        manifest: &Manifest,
+        components: &BTreeMap<String, Arc<LoadedComponent>>,
+        engine: &Engine,
+        limits: RequestLimits,
+        metrics: Arc<Metrics>,
+        listen_addr: SocketAddr,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut routes = Vec::new();
+        for trigger in manifest.http_triggers() {
+            if let HttpRoute::Path(raw) = &trigger.route {
+                let pattern = RoutePattern::parse(raw).map_err(|e| anyhow::anyhow!(e))?;
+                routes.push(Route {
+                    pattern,
+                    raw: raw.clone(),
+                    component: trigger.component.clone(),
+                });
+            }
+        }
+        let router = Router::new(routes);
+        Ok(Arc::new_cyclic(|weak: &Weak<HttpApp>| {
+            let local: Weak<dyn LocalServices> = weak.clone();
+            let invokers = components
+                .iter()
+                .map(|(id, c)| {
+                    let invoker = ComponentInvoker::new(engine.clone(), c.clone(), limits, metrics.clone(), local.clone());
+                    (id.clone(), invoker)
+                })
+                .collect();
+            HttpApp {
+                router,
+                invokers,
+                listen_addr,
+                me: weak.clone(),
+            }
+        }))
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Routes a request as if it arrived on the listener from `client`.
+    pub fn handle(self: &Arc<Self>, mut request: GuestRequest, client: SocketAddr, scheme: &str) -> BoxFuture<'static, GuestResponse> {
+        let request_id = request_id(&mut request);
+        let path = request.uri().path().to_string();
+        if let Some(reserved) = path.strip_prefix(RESERVED_PREFIX) {
+            return std::future::ready(with_request_id(reserved_response(reserved), &request_id)).boxed();
+        }
+        let Some(route) = self.router.route(&path) else {
+            let message = format!("no route matches {path}");
+            return std::future::ready(with_request_id(error_response(StatusCode::NOT_FOUND, "not_found", &message), &request_id)).boxed();
+        };
+        let host = request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
+        let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        SpinHeaders::for_route(&route, scheme, host.as_deref(), &path_and_query, client).apply(request.headers_mut());
+        let component = route.component.to_string();
+        let app = self.clone();
+        async move {
+            let response = app.invokers[&component].invoke(request, &request_id).await;
+            with_request_id(response, &request_id)
+        }
+        .boxed()
+    }
+}
+
+impl LocalServices for HttpApp {
+    fn call_component(&self, id: &str, mut request: GuestRequest) -> Option<BoxFuture<'static, GuestResponse>> {
+        self.invokers.get(id)?;
+        let request_id = request_id(&mut request);
+        let path = request.uri().path().to_string();
+        let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        SpinHeaders::for_chained(&path, &path_and_query).apply(request.headers_mut());
+        let app = self.me.upgrade()?;
+        let id = id.to_string();
+        Some(async move { app.invokers[&id].invoke(request, &request_id).await }.boxed())
+    }
+
+    fn call_self(&self, request: GuestRequest) -> BoxFuture<'static, GuestResponse> {
+        match self.me.upgrade() {
+            Some(app) => app.handle(request, self.listen_addr, "http"),
+            None => std::future::ready(error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the application is shutting down")).boxed(),
+        }
+    }
+}
+
+/// Uses the caller's `X-Request-Id` or assigns one, and makes sure the guest sees it.
+fn request_id(request: &mut GuestRequest) -> String {
+    if let Some(id) = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok())
+        && !id.is_empty()
+        && id.len() <= 200
+    {
+        return id.to_string();
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    request
+        .headers_mut()
+        .insert(REQUEST_ID, HeaderValue::from_str(&id).expect("uuid is a valid header value"));
+    id
+}
+
+fn with_request_id(mut response: GuestResponse, request_id: &str) -> GuestResponse {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Spin's reserved `/.well-known/spin/` endpoints.
+fn reserved_response(rest: &str) -> GuestResponse {
+    match rest {
+        "health" => http::Response::new(full_body("OK")),
+        "info" => {
+            let body = serde_json::json!({ "host": "shop", "version": env!("CARGO_PKG_VERSION") }).to_string();
+            let mut r = http::Response::new(full_body(body));
+            r.headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such reserved endpoint"),
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
+/// gives in-flight requests up to `drain` to finish.
+pub async fn serve(
+    app: Arc<HttpApp>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            async move {
+                let request = request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+                Ok::<_, Infallible>(app.handle(request, client, "http").await)
+            }
+        });
+        let connection = auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("HTTP listener closed; draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(drain_ms = drain.as_millis() as u64, "in-flight requests did not finish in time; closing");
+    }
+    Ok(())
+}

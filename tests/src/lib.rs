@@ -1,0 +1,261 @@
+//! Harness for end-to-end tests: finds the `shop` binary and the test components
+//! built into the shared target directory, writes throwaway applications, and runs
+//! the host as a real process on loopback ports.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The cargo target directory these tests were built into (`<target>/release/deps/<test>`).
+pub fn target_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors().nth(3).expect("target dir above release/deps").to_path_buf()
+}
+
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors().nth(2).expect("profile dir above deps").to_path_buf()
+}
+
+pub fn shop_bin() -> PathBuf {
+    let bin = profile_dir().join("shop");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --release -p shop-host` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of a test component built for wasm32-wasip2, by crate name.
+pub fn wasm(crate_name: &str) -> PathBuf {
+    let path = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: build the test components with `cargo build --release --target wasm32-wasip2 -p {crate_name}` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("shop-e2e-{label}-{}-{}", std::process::id(), free_port()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    /// Writes `spin.toml` with `body` after a standard header and returns its path.
+    pub fn manifest(&self, body: &str) -> PathBuf {
+        let path = self.0.join("spin.toml");
+        let text = format!("spin_manifest_version = 2\n[application]\nname = \"e2e\"\n{body}");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `[component.<id>]` table pointing at a built test component.
+pub fn component(id: &str, crate_name: &str, extra: &str) -> String {
+    format!("[component.{id}]\nsource = {:?}\n{extra}\n", wasm(crate_name).display().to_string())
+}
+
+pub fn http_trigger(route: &str, component: &str) -> String {
+    format!("[[trigger.http]]\nroute = {route:?}\ncomponent = {component:?}\n")
+}
+
+pub fn private_trigger(component: &str) -> String {
+    format!("[[trigger.http]]\nroute = {{ private = true }}\ncomponent = {component:?}\n")
+}
+
+/// Output lines captured from a child process.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<String>>);
+
+impl Captured {
+    fn follow(&self, stream: impl Read + Send + 'static) {
+        let sink = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A running `shop up`.
+pub struct Shop {
+    child: Child,
+    pub base: String,
+    pub admin: String,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+pub struct ShopOptions<'a> {
+    pub data_dir: &'a Path,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Shop {
+    pub fn start(manifest: &Path, data_dir: &Path) -> Self {
+        Self::start_with(manifest, ShopOptions { data_dir, args: vec![], env: vec![] })
+    }
+
+    pub fn start_with(manifest: &Path, options: ShopOptions<'_>) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut child = Command::new(shop_bin())
+            .arg("up")
+            .arg("--file")
+            .arg(manifest)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--data-dir")
+            .arg(options.data_dir)
+            .args(&options.args)
+            .envs(options.env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shop");
+        let stdout = Captured::default();
+        let stderr = Captured::default();
+        stdout.follow(child.stdout.take().unwrap());
+        stderr.follow(child.stderr.take().unwrap());
+        let shop = Shop {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            stdout,
+            stderr,
+        };
+        shop.wait_ready();
+        shop
+    }
+
+    fn wait_ready(&self) {
+        // The first start compiles components with Cranelift; allow for a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let client = client();
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send()
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shop did not become ready\nstdout:\n{}\nstderr:\n{}",
+                self.stdout.text(),
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "shop did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of a Prometheus counter's samples whose label set contains every `labels` pair.
+pub fn metric_value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Runs `shop <args>` to completion, returning (status, stdout, stderr).
+pub fn run_shop(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(shop_bin()).args(args).output().expect("run shop");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A blocking HTTP client for tests (no proxy from the environment).
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}

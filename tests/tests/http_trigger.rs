@@ -1,0 +1,263 @@
+//! The HTTP trigger end to end: real `shop up`, real components, real HTTP on loopback.
+
+use serde_json::Value;
+use shop_tests::*;
+
+fn get_json(url: &str) -> (u16, Value) {
+    let r = client().get(url).send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"));
+    (status, json)
+}
+
+fn header<'a>(echo: &'a Value, name: &str) -> &'a str {
+    echo["headers"][name]
+        .as_str()
+        .unwrap_or_else(|| panic!("header {name} missing in {echo}"))
+}
+
+#[test]
+fn p2_and_p3_components_answer_side_by_side() {
+    let dir = TempDir::new("worlds");
+    let manifest = dir.manifest(&format!(
+        "{}{}{}{}{}{}",
+        http_trigger("/hello", "hello"),
+        http_trigger("/p2/...", "echo-p2"),
+        http_trigger("/p3/...", "echo-p3"),
+        component("hello", "p2-hello", ""),
+        component("echo-p2", "p2-echo", ""),
+        component("echo-p3", "p3-echo", ""),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+
+    let r = client().get(format!("{}/hello", shop.base)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "hello from p2");
+
+    let r = client().get(format!("{}/p3/hello", shop.base)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "hello from p3");
+
+    for (prefix, name) in [("p2", "p2-echo"), ("p3", "p3-echo")] {
+        let r = client()
+            .post(format!("{}/{prefix}/items?x=1", shop.base))
+            .body("twelve bytes")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{prefix}");
+        let echo: Value = r.json().unwrap();
+        assert_eq!(echo["component"], name);
+        assert_eq!(echo["method"], "POST");
+        assert_eq!(echo["body_len"], 12);
+        assert_eq!(header(&echo, "spin-path-info"), "/items");
+    }
+
+    // Both worlds report instantiation time.
+    let metrics = shop.metrics();
+    for c in ["hello", "echo-p2", "echo-p3"] {
+        assert!(
+            metric_value(&metrics, "shop_component_instantiation_duration_seconds_count", &[("component", c)]) >= 1.0,
+            "no instantiation samples for {c}:\n{metrics}"
+        );
+    }
+    assert!(metric_value(&metrics, "shop_http_requests_total", &[("component", "echo-p3"), ("status", "200")]) >= 2.0);
+}
+
+#[test]
+fn routes_pick_the_most_specific_match_and_set_spin_headers() {
+    let dir = TempDir::new("routes");
+    let manifest = dir.manifest(&format!(
+        "{}{}{}{}{}{}{}{}",
+        http_trigger("/...", "root"),
+        http_trigger("/api/...", "api"),
+        http_trigger("/api/exact", "exact"),
+        http_trigger("/users/:user_id", "user"),
+        component("root", "p2-echo", ""),
+        component("api", "p2-echo", ""),
+        component("exact", "p2-echo", ""),
+        component("user", "p2-echo", ""),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let host = shop.base.trim_start_matches("http://").to_string();
+
+    struct Case {
+        path: &'static str,
+        raw_route: &'static str,
+        component_route: &'static str,
+        path_info: &'static str,
+    }
+    let cases = [
+        Case { path: "/", raw_route: "/...", component_route: "", path_info: "/" },
+        Case { path: "/other/thing?q=1", raw_route: "/...", component_route: "", path_info: "/other/thing" },
+        Case { path: "/api", raw_route: "/api/...", component_route: "/api", path_info: "" },
+        Case { path: "/api/a/b?q=2", raw_route: "/api/...", component_route: "/api", path_info: "/a/b" },
+        Case { path: "/api/exact", raw_route: "/api/exact", component_route: "/api/exact", path_info: "" },
+        Case { path: "/api/exact/more", raw_route: "/api/...", component_route: "/api", path_info: "/exact/more" },
+        Case { path: "/users/42", raw_route: "/users/:user_id", component_route: "/users/:user_id", path_info: "" },
+    ];
+    for case in cases {
+        let r = client()
+            .get(format!("{}{}", shop.base, case.path))
+            .header("spin-matched-route", "/spoofed")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", case.path);
+        let local_port = r.remote_addr().map(|a| a.port());
+        let echo: Value = r.json().unwrap();
+        let at = case.path;
+        assert_eq!(header(&echo, "spin-raw-component-route"), case.raw_route, "{at}");
+        assert_eq!(header(&echo, "spin-matched-route"), case.raw_route, "{at}: spoofed header must be replaced");
+        assert_eq!(header(&echo, "spin-component-route"), case.component_route, "{at}");
+        assert_eq!(header(&echo, "spin-path-info"), case.path_info, "{at}");
+        assert_eq!(header(&echo, "spin-full-url"), format!("http://{host}{}", case.path), "{at}");
+        assert_eq!(header(&echo, "spin-base-path"), "/", "{at}");
+        let client_addr = header(&echo, "spin-client-addr");
+        assert!(client_addr.starts_with("127.0.0.1:"), "{at}: {client_addr}");
+        assert_ne!(Some(client_addr.rsplit(':').next().unwrap().parse::<u16>().unwrap()), local_port, "client port, not server port");
+        assert!(!header(&echo, "x-request-id").is_empty());
+    }
+    let (_, echo) = get_json(&format!("{}/users/42", shop.base));
+    assert_eq!(header(&echo, "spin-path-match-user-id"), "42");
+
+    // A caller-supplied request id is passed through to the guest and echoed back.
+    let r = client().get(format!("{}/api/x", shop.base)).header("x-request-id", "req-123").send().unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-123");
+    let echo: Value = r.json().unwrap();
+    assert_eq!(header(&echo, "x-request-id"), "req-123");
+
+    // Spin's reserved health endpoint.
+    let r = client().get(format!("{}/.well-known/spin/health", shop.base)).send().unwrap();
+    assert_eq!((r.status().as_u16(), r.text().unwrap()), (200, "OK".to_string()));
+}
+
+#[test]
+fn unmatched_paths_get_a_json_404() {
+    let dir = TempDir::new("nomatch");
+    let manifest = dir.manifest(&format!("{}{}", http_trigger("/only", "c"), component("c", "p2-hello", "")));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let (status, body) = get_json(&format!("{}/elsewhere", shop.base));
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[test]
+fn local_service_chaining_reaches_private_components_in_process() {
+    let dir = TempDir::new("chain");
+    let manifest = dir.manifest(&format!(
+        "{}{}{}{}{}{}",
+        http_trigger("/front", "chain-front"),
+        http_trigger("/denied", "chain-denied"),
+        private_trigger("chain-back"),
+        component("chain-front", "chain-front", "allowed_outbound_hosts = [\"http://chain-back.spin.internal\"]"),
+        component("chain-denied", "chain-front", "allowed_outbound_hosts = [\"http://other.spin.internal\"]"),
+        component("chain-back", "p2-echo", ""),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+
+    let (status, body) = get_json(&format!("{}/front", shop.base));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["back_status"], 200, "{body}");
+    let back = &body["back_body"];
+    assert_eq!(back["component"], "p2-echo");
+    assert_eq!(header(back, "spin-matched-route"), "/...");
+    assert_eq!(header(back, "spin-raw-component-route"), "/...");
+    assert_eq!(header(back, "spin-component-route"), "");
+    assert_eq!(header(back, "spin-path-info"), "/inner/path");
+    assert_eq!(header(back, "spin-full-url"), "http://localhost/inner/path?x=1");
+    assert_eq!(header(back, "spin-client-addr"), "0.0.0.0:0");
+
+    // The private component has no public route.
+    let (status, _) = get_json(&format!("{}/inner/path", shop.base));
+    assert_eq!(status, 404);
+
+    // Not in allowed_outbound_hosts: the guest sees Spin's denial, nothing is called.
+    let (status, body) = get_json(&format!("{}/denied", shop.base));
+    assert_eq!(status, 502, "{body}");
+    let message = body["error"]["message"].as_str().unwrap().to_lowercase();
+    assert!(message.contains("denied"), "{body}");
+    let metrics = shop.metrics();
+    assert_eq!(
+        metric_value(&metrics, "shop_http_requests_total", &[("component", "chain-back")]),
+        1.0,
+        "only the allowed call reached chain-back:\n{metrics}"
+    );
+}
+
+#[test]
+fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
+    let dir = TempDir::new("misbehave");
+    let manifest = dir.manifest(&format!(
+        "{}{}{}",
+        http_trigger("/bad/...", "misbehave"),
+        http_trigger("/hello", "hello"),
+        format!("{}{}", component("misbehave", "misbehave", ""), component("hello", "p2-hello", "")),
+    ));
+    let shop = Shop::start_with(
+        &manifest,
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec!["--request-timeout-ms".into(), "2000".into(), "--max-memory-mb".into(), "64".into()],
+            env: vec![],
+        },
+    );
+    let base = shop.base.clone();
+    let bad = |path: &'static str| {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let r = client().get(format!("{base}/bad/{path}")).send().unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().unwrap();
+            (status, body)
+        })
+    };
+    let looping = bad("loop");
+    let hog = bad("hog");
+    let trap = bad("trap");
+    // Normal traffic keeps succeeding while the bad requests run.
+    let started = std::time::Instant::now();
+    let mut ok = 0;
+    while started.elapsed() < std::time::Duration::from_millis(1500) {
+        let r = client().get(format!("{base}/hello")).send().unwrap();
+        assert_eq!(r.status(), 200);
+        ok += 1;
+    }
+    assert!(ok >= 5, "only {ok} normal requests completed while bad ones ran");
+
+    let (status, body) = looping.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+    let (status, body) = hog.join().unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "memory_limit", "{body}");
+    let (status, body) = trap.join().unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "trap");
+
+    // The same component still serves good requests; the host is intact.
+    let r = client().get(format!("{base}/bad/ok")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = shop.metrics();
+    for kind in ["timeout", "memory_limit", "trap"] {
+        assert_eq!(
+            metric_value(&metrics, "shop_component_errors_total", &[("component", "misbehave"), ("kind", kind)]),
+            1.0,
+            "{kind}:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits() {
+    let dir = TempDir::new("shutdown");
+    let manifest = dir.manifest(&format!("{}{}", http_trigger("/...", "misbehave"), component("misbehave", "misbehave", "")));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let base = shop.base.clone();
+    let slow = std::thread::spawn(move || client().get(format!("{base}/sleep?ms=1000")).send().map(|r| r.status().as_u16()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let base = shop.base.clone();
+    let status = shop.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(slow.join().unwrap().unwrap(), 200, "in-flight request must complete");
+    assert!(client().get(format!("{base}/sleep?ms=1")).send().is_err(), "listener must be closed");
+}
