@@ -43,7 +43,9 @@ fn respond(path: &str, metrics: &Metrics, readiness: &Readiness) -> http::Respon
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<Readiness>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         let readiness = readiness.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {

@@ -90,8 +90,7 @@ pub fn load_http_components(
         let path = manifest
             .source_path(component)
             .with_context(|| format!("component `{id}` has no local source"))?;
-        let wasm = std::fs::read(&path)
-            .with_context(|| format!("component `{id}`: cannot read {}", path.display()))?;
+        let wasm = std::fs::read(&path).with_context(|| format!("component `{id}`: cannot read {}", path.display()))?;
         let started = Instant::now();
         let (compiled, outcome) = cache
             .load(engine, &wasm)
@@ -118,8 +117,8 @@ pub fn load_http_components(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "component loaded"
         );
-        let allowed = allowed_hosts(&component.allowed_outbound_hosts, variables)
-            .with_context(|| format!("component `{id}`"))?;
+        let allowed =
+            allowed_hosts(&component.allowed_outbound_hosts, variables).with_context(|| format!("component `{id}`"))?;
         loaded.insert(
             id.clone(),
             Arc::new(LoadedComponent {

@@ -68,7 +68,9 @@ impl CompileCache {
             // name); wasmtime additionally validates the artifact header on load.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unusable compilation cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable compilation cache entry")
+                }
             }
         }
         let compiled = engine.precompile_component(wasm)?;

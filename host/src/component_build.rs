@@ -21,7 +21,9 @@ pub enum BuildPolicy {
 /// Why a component needs building, or `None` when its source is current.
 pub fn build_reason(manifest: &Manifest, component: &Component) -> anyhow::Result<Option<String>> {
     let Some(build) = &component.build else { return Ok(None) };
-    let Some(source) = manifest.source_path(component) else { return Ok(None) };
+    let Some(source) = manifest.source_path(component) else {
+        return Ok(None);
+    };
     let Ok(source_time) = std::fs::metadata(&source).and_then(|m| m.modified()) else {
         return Ok(Some(format!("{} is missing", source.display())));
     };
@@ -88,7 +90,11 @@ pub fn build(manifest: &Manifest, policy: BuildPolicy, only: &[String]) -> anyho
                 anyhow::bail!("build command for component `{id}` failed ({status}): {command}");
             }
         }
-        eprintln!("[{}/{total}] built {id} in {:.1}s", n + 1, started.elapsed().as_secs_f64());
+        eprintln!(
+            "[{}/{total}] built {id} in {:.1}s",
+            n + 1,
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(total)
 }

@@ -56,7 +56,9 @@ pub fn build(options: &EngineOptions) -> anyhow::Result<Engine> {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&config) {
             Ok(engine) => return Ok(engine),
-            Err(e) => tracing::warn!(error = %e, "pooling allocator unavailable; falling back to on-demand instance allocation"),
+            Err(e) => {
+                tracing::warn!(error = %e, "pooling allocator unavailable; falling back to on-demand instance allocation")
+            }
         }
     }
     Ok(Engine::new(&base_config())?)

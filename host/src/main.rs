@@ -20,7 +20,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shop", version, about = "Run Spin applications of WebAssembly components on wasmtime")]
+#[command(
+    name = "shop",
+    version,
+    about = "Run Spin applications of WebAssembly components on wasmtime"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, env = "SHOP_LOG_FORMAT", default_value = "json", global = true)]
@@ -64,9 +68,12 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOP_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

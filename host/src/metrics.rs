@@ -22,7 +22,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("shop".into()), None).expect("valid registry prefix");
         let http_requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests handled, by component and status code"),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests handled, by component and status code",
+            ),
             &["component", "status"],
         )
         .expect("valid metric");
@@ -45,12 +48,18 @@ impl Metrics {
         )
         .expect("valid metric");
         let component_errors = IntCounterVec::new(
-            Opts::new("component_errors_total", "Invocations that failed, by component and kind"),
+            Opts::new(
+                "component_errors_total",
+                "Invocations that failed, by component and kind",
+            ),
             &["component", "kind"],
         )
         .expect("valid metric");
         let component_loads = IntCounterVec::new(
-            Opts::new("component_loads_total", "Components loaded at start-up, by compilation cache outcome"),
+            Opts::new(
+                "component_loads_total",
+                "Components loaded at start-up, by compilation cache outcome",
+            ),
             &["component", "cache"],
         )
         .expect("valid metric");

@@ -9,7 +9,14 @@ use anyhow::Context as _;
 
 use crate::manifest::{Problem, Severity};
 
-const KNOWN_TABLES: &[&str] = &["key_value_store", "sqlite_database", "kafka", "postgres", "redis", "variables_provider"];
+const KNOWN_TABLES: &[&str] = &[
+    "key_value_store",
+    "sqlite_database",
+    "kafka",
+    "postgres",
+    "redis",
+    "variables_provider",
+];
 
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
@@ -19,10 +26,15 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read runtime config {}", path.display()))?;
-        let table: toml::Table = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: invalid runtime config: {}", path.display(), e.to_string().trim_end()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read runtime config {}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: invalid runtime config: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })?;
         Ok(Self {
             path: Some(path.to_path_buf()),
             table,

@@ -16,7 +16,11 @@ pub struct ResolvedVariable {
 
 impl fmt::Debug for ResolvedVariable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.secret { f.write_str("<secret>") } else { write!(f, "{:?}", self.value) }
+        if self.secret {
+            f.write_str("<secret>")
+        } else {
+            write!(f, "{:?}", self.value)
+        }
     }
 }
 
@@ -38,7 +42,13 @@ impl Variables {
         for (name, decl) in &manifest.raw.variables {
             match env(&env_name(name)).or_else(|| decl.default.clone()) {
                 Some(value) => {
-                    values.insert(name.clone(), ResolvedVariable { value, secret: decl.secret });
+                    values.insert(
+                        name.clone(),
+                        ResolvedVariable {
+                            value,
+                            secret: decl.secret,
+                        },
+                    );
                 }
                 None if decl.required => missing.push(format!("`{name}` (set {})", env_name(name))),
                 None => {}
@@ -82,7 +92,10 @@ mod tests {
         .unwrap();
         assert_eq!(vars.get("host"), Some("b.example"));
         assert_eq!(vars.get("token"), Some("s3cret"));
-        assert!(!format!("{vars:?}").contains("s3cret"), "secrets must not appear in Debug output");
+        assert!(
+            !format!("{vars:?}").contains("s3cret"),
+            "secrets must not appear in Debug output"
+        );
     }
 
     #[test]

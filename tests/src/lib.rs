@@ -9,18 +9,23 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The cargo target directory these tests were built into (`<target>/release/deps/<test>`).
-pub fn target_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors().nth(3).expect("target dir above release/deps").to_path_buf()
-}
-
+/// The cargo profile directory this binary was built into: `<target>/release` for
+/// binaries, one level above `deps/` for test executables.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors().nth(2).expect("profile dir above deps").to_path_buf()
+    let dir = exe.parent().expect("exe has a directory");
+    match dir.file_name() {
+        Some(name) if name == "deps" => dir.parent().expect("profile dir above deps").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// The cargo target directory shared by the workspace.
+pub fn target_dir() -> PathBuf {
+    profile_dir()
+        .parent()
+        .expect("target dir above the profile dir")
+        .to_path_buf()
 }
 
 pub fn shop_bin() -> PathBuf {
@@ -80,7 +85,10 @@ impl Drop for TempDir {
 
 /// A `[component.<id>]` table pointing at a built test component.
 pub fn component(id: &str, crate_name: &str, extra: &str) -> String {
-    format!("[component.{id}]\nsource = {:?}\n{extra}\n", wasm(crate_name).display().to_string())
+    format!(
+        "[component.{id}]\nsource = {:?}\n{extra}\n",
+        wasm(crate_name).display().to_string()
+    )
 }
 
 pub fn http_trigger(route: &str, component: &str) -> String {
@@ -128,7 +136,14 @@ pub struct ShopOptions<'a> {
 
 impl Shop {
     pub fn start(manifest: &Path, data_dir: &Path) -> Self {
-        Self::start_with(manifest, ShopOptions { data_dir, args: vec![], env: vec![] })
+        Self::start_with(
+            manifest,
+            ShopOptions {
+                data_dir,
+                args: vec![],
+                env: vec![],
+            },
+        )
     }
 
     pub fn start_with(manifest: &Path, options: ShopOptions<'_>) -> Self {
@@ -191,7 +206,10 @@ impl Shop {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

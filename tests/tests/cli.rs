@@ -14,7 +14,11 @@ fn check(manifest: &Path) -> (bool, String) {
 #[test]
 fn check_accepts_a_valid_manifest() {
     let dir = TempDir::new("check-ok");
-    let manifest = dir.manifest(&format!("{}{}", http_trigger("/...", "c"), component("c", "p2-hello", "")));
+    let manifest = dir.manifest(&format!(
+        "{}{}",
+        http_trigger("/...", "c"),
+        component("c", "p2-hello", "")
+    ));
     let (ok, out) = check(&manifest);
     assert!(ok, "{out}");
 }
@@ -38,7 +42,10 @@ fn check_names_each_problem_with_file_and_key() {
         ),
         (
             "missing source without build",
-            format!("{}[component.c]\nsource = \"nowhere.wasm\"\n", http_trigger("/...", "c")),
+            format!(
+                "{}[component.c]\nsource = \"nowhere.wasm\"\n",
+                http_trigger("/...", "c")
+            ),
             "component.c.source",
         ),
         (
@@ -54,7 +61,10 @@ fn check_names_each_problem_with_file_and_key() {
         ),
         (
             "unknown trigger type",
-            format!("{}[[trigger.mqtt]]\ncomponent = \"c\"\n", component("c", "p2-hello", "")),
+            format!(
+                "{}[[trigger.mqtt]]\ncomponent = \"c\"\n",
+                component("c", "p2-hello", "")
+            ),
             "trigger.mqtt: unknown trigger type `mqtt`",
         ),
     ];
@@ -62,7 +72,10 @@ fn check_names_each_problem_with_file_and_key() {
         let manifest = dir.manifest(&body);
         let (ok, out) = check(&manifest);
         assert!(!ok, "{what}: check should fail:\n{out}");
-        assert!(out.contains(&format!("{file}: error: {expected}")), "{what}: expected `{expected}` in:\n{out}");
+        assert!(
+            out.contains(&format!("{file}: error: {expected}")),
+            "{what}: expected `{expected}` in:\n{out}"
+        );
     }
 
     // Several problems at once are all reported.
@@ -72,7 +85,10 @@ fn check_names_each_problem_with_file_and_key() {
         http_trigger("/...", "c")
     ));
     let (_, out) = check(&manifest);
-    assert!(out.contains("unknown component `ghost`") && out.contains("component.c.source") && out.contains("conflicts"), "{out}");
+    assert!(
+        out.contains("unknown component `ghost`") && out.contains("component.c.source") && out.contains("conflicts"),
+        "{out}"
+    );
 }
 
 fn cache_entries(dir: &Path) -> BTreeMap<String, SystemTime> {
@@ -80,7 +96,12 @@ fn cache_entries(dir: &Path) -> BTreeMap<String, SystemTime> {
         .map(|entries| {
             entries
                 .flatten()
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().modified().unwrap()))
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().unwrap().modified().unwrap(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -100,20 +121,44 @@ fn second_start_loads_components_from_the_compilation_cache() {
 
     let shop = Shop::start(&manifest, &data);
     let metrics = shop.metrics();
-    assert_eq!(metric_value(&metrics, "shop_component_loads_total", &[("cache", "miss")]), 2.0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "shop_component_loads_total", &[("cache", "miss")]),
+        2.0,
+        "{metrics}"
+    );
     assert!(shop.terminate().success());
     let first = cache_entries(&data);
-    assert_eq!(first.len(), 2, "one compiled artifact per distinct component: {first:?}");
+    assert_eq!(
+        first.len(),
+        2,
+        "one compiled artifact per distinct component: {first:?}"
+    );
 
     let shop = Shop::start(&manifest, &data);
     let metrics = shop.metrics();
-    assert_eq!(metric_value(&metrics, "shop_component_loads_total", &[("cache", "hit")]), 2.0, "{metrics}");
-    assert_eq!(metric_value(&metrics, "shop_component_loads_total", &[("cache", "miss")]), 0.0, "{metrics}");
-    assert!(shop.stderr.text().contains("\"compilation_cache\":\"hit\""), "{}", shop.stderr.text());
+    assert_eq!(
+        metric_value(&metrics, "shop_component_loads_total", &[("cache", "hit")]),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "shop_component_loads_total", &[("cache", "miss")]),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        shop.stderr.text().contains("\"compilation_cache\":\"hit\""),
+        "{}",
+        shop.stderr.text()
+    );
     let r = client().get(format!("{}/a", shop.base)).send().unwrap();
     assert_eq!(r.status(), 200);
     drop(shop);
-    assert_eq!(cache_entries(&data), first, "cache entries were neither added nor rewritten");
+    assert_eq!(
+        cache_entries(&data),
+        first,
+        "cache entries were neither added nor rewritten"
+    );
 }
 
 #[test]
@@ -124,7 +169,18 @@ fn up_refuses_a_required_variable_without_value() {
         http_trigger("/...", "c"),
         component("c", "p2-hello", "")
     ));
-    let (status, _, stderr) = run_shop(&["up", "--file", manifest.to_str().unwrap(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    let (status, _, stderr) = run_shop(&[
+        "up",
+        "--file",
+        manifest.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     assert!(!status.success());
-    assert!(stderr.contains("`api_token`") && stderr.contains("SPIN_VARIABLE_API_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("`api_token`") && stderr.contains("SPIN_VARIABLE_API_TOKEN"),
+        "{stderr}"
+    );
 }

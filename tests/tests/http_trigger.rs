@@ -50,6 +50,11 @@ fn p2_and_p3_components_answer_side_by_side() {
         assert_eq!(echo["component"], name);
         assert_eq!(echo["method"], "POST");
         assert_eq!(echo["body_len"], 12);
+        assert_eq!(
+            echo["uri"],
+            format!("{}/{prefix}/items?x=1", shop.base),
+            "{prefix} sees the absolute URI"
+        );
         assert_eq!(header(&echo, "spin-path-info"), "/items");
     }
 
@@ -57,11 +62,21 @@ fn p2_and_p3_components_answer_side_by_side() {
     let metrics = shop.metrics();
     for c in ["hello", "echo-p2", "echo-p3"] {
         assert!(
-            metric_value(&metrics, "shop_component_instantiation_duration_seconds_count", &[("component", c)]) >= 1.0,
+            metric_value(
+                &metrics,
+                "shop_component_instantiation_duration_seconds_count",
+                &[("component", c)]
+            ) >= 1.0,
             "no instantiation samples for {c}:\n{metrics}"
         );
     }
-    assert!(metric_value(&metrics, "shop_http_requests_total", &[("component", "echo-p3"), ("status", "200")]) >= 2.0);
+    assert!(
+        metric_value(
+            &metrics,
+            "shop_http_requests_total",
+            &[("component", "echo-p3"), ("status", "200")]
+        ) >= 2.0
+    );
 }
 
 #[test]
@@ -88,13 +103,48 @@ fn routes_pick_the_most_specific_match_and_set_spin_headers() {
         path_info: &'static str,
     }
     let cases = [
-        Case { path: "/", raw_route: "/...", component_route: "", path_info: "/" },
-        Case { path: "/other/thing?q=1", raw_route: "/...", component_route: "", path_info: "/other/thing" },
-        Case { path: "/api", raw_route: "/api/...", component_route: "/api", path_info: "" },
-        Case { path: "/api/a/b?q=2", raw_route: "/api/...", component_route: "/api", path_info: "/a/b" },
-        Case { path: "/api/exact", raw_route: "/api/exact", component_route: "/api/exact", path_info: "" },
-        Case { path: "/api/exact/more", raw_route: "/api/...", component_route: "/api", path_info: "/exact/more" },
-        Case { path: "/users/42", raw_route: "/users/:user_id", component_route: "/users/:user_id", path_info: "" },
+        Case {
+            path: "/",
+            raw_route: "/...",
+            component_route: "",
+            path_info: "/",
+        },
+        Case {
+            path: "/other/thing?q=1",
+            raw_route: "/...",
+            component_route: "",
+            path_info: "/other/thing",
+        },
+        Case {
+            path: "/api",
+            raw_route: "/api/...",
+            component_route: "/api",
+            path_info: "",
+        },
+        Case {
+            path: "/api/a/b?q=2",
+            raw_route: "/api/...",
+            component_route: "/api",
+            path_info: "/a/b",
+        },
+        Case {
+            path: "/api/exact",
+            raw_route: "/api/exact",
+            component_route: "/api/exact",
+            path_info: "",
+        },
+        Case {
+            path: "/api/exact/more",
+            raw_route: "/api/...",
+            component_route: "/api",
+            path_info: "/exact/more",
+        },
+        Case {
+            path: "/users/42",
+            raw_route: "/users/:user_id",
+            component_route: "/users/:user_id",
+            path_info: "",
+        },
     ];
     for case in cases {
         let r = client()
@@ -107,34 +157,57 @@ fn routes_pick_the_most_specific_match_and_set_spin_headers() {
         let echo: Value = r.json().unwrap();
         let at = case.path;
         assert_eq!(header(&echo, "spin-raw-component-route"), case.raw_route, "{at}");
-        assert_eq!(header(&echo, "spin-matched-route"), case.raw_route, "{at}: spoofed header must be replaced");
+        assert_eq!(
+            header(&echo, "spin-matched-route"),
+            case.raw_route,
+            "{at}: spoofed header must be replaced"
+        );
         assert_eq!(header(&echo, "spin-component-route"), case.component_route, "{at}");
         assert_eq!(header(&echo, "spin-path-info"), case.path_info, "{at}");
-        assert_eq!(header(&echo, "spin-full-url"), format!("http://{host}{}", case.path), "{at}");
+        assert_eq!(
+            header(&echo, "spin-full-url"),
+            format!("http://{host}{}", case.path),
+            "{at}"
+        );
         assert_eq!(header(&echo, "spin-base-path"), "/", "{at}");
         let client_addr = header(&echo, "spin-client-addr");
         assert!(client_addr.starts_with("127.0.0.1:"), "{at}: {client_addr}");
-        assert_ne!(Some(client_addr.rsplit(':').next().unwrap().parse::<u16>().unwrap()), local_port, "client port, not server port");
+        assert_ne!(
+            Some(client_addr.rsplit(':').next().unwrap().parse::<u16>().unwrap()),
+            local_port,
+            "client port, not server port"
+        );
         assert!(!header(&echo, "x-request-id").is_empty());
     }
     let (_, echo) = get_json(&format!("{}/users/42", shop.base));
     assert_eq!(header(&echo, "spin-path-match-user-id"), "42");
 
     // A caller-supplied request id is passed through to the guest and echoed back.
-    let r = client().get(format!("{}/api/x", shop.base)).header("x-request-id", "req-123").send().unwrap();
+    let r = client()
+        .get(format!("{}/api/x", shop.base))
+        .header("x-request-id", "req-123")
+        .send()
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "req-123");
     let echo: Value = r.json().unwrap();
     assert_eq!(header(&echo, "x-request-id"), "req-123");
 
     // Spin's reserved health endpoint.
-    let r = client().get(format!("{}/.well-known/spin/health", shop.base)).send().unwrap();
+    let r = client()
+        .get(format!("{}/.well-known/spin/health", shop.base))
+        .send()
+        .unwrap();
     assert_eq!((r.status().as_u16(), r.text().unwrap()), (200, "OK".to_string()));
 }
 
 #[test]
 fn unmatched_paths_get_a_json_404() {
     let dir = TempDir::new("nomatch");
-    let manifest = dir.manifest(&format!("{}{}", http_trigger("/only", "c"), component("c", "p2-hello", "")));
+    let manifest = dir.manifest(&format!(
+        "{}{}",
+        http_trigger("/only", "c"),
+        component("c", "p2-hello", "")
+    ));
     let shop = Shop::start(&manifest, &dir.path().join("data"));
     let (status, body) = get_json(&format!("{}/elsewhere", shop.base));
     assert_eq!(status, 404);
@@ -149,8 +222,16 @@ fn local_service_chaining_reaches_private_components_in_process() {
         http_trigger("/front", "chain-front"),
         http_trigger("/denied", "chain-denied"),
         private_trigger("chain-back"),
-        component("chain-front", "chain-front", "allowed_outbound_hosts = [\"http://chain-back.spin.internal\"]"),
-        component("chain-denied", "chain-front", "allowed_outbound_hosts = [\"http://other.spin.internal\"]"),
+        component(
+            "chain-front",
+            "chain-front",
+            "allowed_outbound_hosts = [\"http://chain-back.spin.internal\"]"
+        ),
+        component(
+            "chain-denied",
+            "chain-front",
+            "allowed_outbound_hosts = [\"http://other.spin.internal\"]"
+        ),
         component("chain-back", "p2-echo", ""),
     ));
     let shop = Shop::start(&manifest, &dir.path().join("data"));
@@ -188,16 +269,22 @@ fn local_service_chaining_reaches_private_components_in_process() {
 fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
     let dir = TempDir::new("misbehave");
     let manifest = dir.manifest(&format!(
-        "{}{}{}",
+        "{}{}{}{}",
         http_trigger("/bad/...", "misbehave"),
         http_trigger("/hello", "hello"),
-        format!("{}{}", component("misbehave", "misbehave", ""), component("hello", "p2-hello", "")),
+        component("misbehave", "misbehave", ""),
+        component("hello", "p2-hello", "")
     ));
     let shop = Shop::start_with(
         &manifest,
         ShopOptions {
             data_dir: &dir.path().join("data"),
-            args: vec!["--request-timeout-ms".into(), "2000".into(), "--max-memory-mb".into(), "64".into()],
+            args: vec![
+                "--request-timeout-ms".into(),
+                "2000".into(),
+                "--max-memory-mb".into(),
+                "64".into(),
+            ],
             env: vec![],
         },
     );
@@ -240,7 +327,11 @@ fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
     let metrics = shop.metrics();
     for kind in ["timeout", "memory_limit", "trap"] {
         assert_eq!(
-            metric_value(&metrics, "shop_component_errors_total", &[("component", "misbehave"), ("kind", kind)]),
+            metric_value(
+                &metrics,
+                "shop_component_errors_total",
+                &[("component", "misbehave"), ("kind", kind)]
+            ),
             1.0,
             "{kind}:\n{metrics}"
         );
@@ -250,14 +341,26 @@ fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
 #[test]
 fn sigterm_finishes_in_flight_requests_then_exits() {
     let dir = TempDir::new("shutdown");
-    let manifest = dir.manifest(&format!("{}{}", http_trigger("/...", "misbehave"), component("misbehave", "misbehave", "")));
+    let manifest = dir.manifest(&format!(
+        "{}{}",
+        http_trigger("/...", "misbehave"),
+        component("misbehave", "misbehave", "")
+    ));
     let shop = Shop::start(&manifest, &dir.path().join("data"));
     let base = shop.base.clone();
-    let slow = std::thread::spawn(move || client().get(format!("{base}/sleep?ms=1000")).send().map(|r| r.status().as_u16()));
+    let slow = std::thread::spawn(move || {
+        client()
+            .get(format!("{base}/sleep?ms=1000"))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let base = shop.base.clone();
     let status = shop.terminate();
     assert!(status.success(), "exit status {status:?}");
     assert_eq!(slow.join().unwrap().unwrap(), 200, "in-flight request must complete");
-    assert!(client().get(format!("{base}/sleep?ms=1")).send().is_err(), "listener must be closed");
+    assert!(
+        client().get(format!("{base}/sleep?ms=1")).send().is_err(),
+        "listener must be closed"
+    );
 }

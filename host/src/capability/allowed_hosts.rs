@@ -58,7 +58,9 @@ impl AllowedHostPattern {
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') {
-            return Err(format!("`{text}` has a path; allowed hosts are `scheme://host[:port]` only"));
+            return Err(format!(
+                "`{text}` has a path; allowed hosts are `scheme://host[:port]` only"
+            ));
         }
         let (host, port) = split_host_port(rest);
         if host.is_empty() {
@@ -68,11 +70,15 @@ impl AllowedHostPattern {
             HostPattern::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains('*') {
-                return Err(format!("`{text}`: a host wildcard must be a whole leading label, e.g. `*.example.com`"));
+                return Err(format!(
+                    "`{text}`: a host wildcard must be a whole leading label, e.g. `*.example.com`"
+                ));
             }
             HostPattern::Subdomain(format!(".{}", suffix.to_ascii_lowercase()))
         } else if host.contains('*') {
-            return Err(format!("`{text}`: a host wildcard must be a whole leading label, e.g. `*.example.com`"));
+            return Err(format!(
+                "`{text}`: a host wildcard must be a whole leading label, e.g. `*.example.com`"
+            ));
         } else {
             HostPattern::Exact(host.to_ascii_lowercase())
         };
@@ -191,7 +197,12 @@ mod tests {
     fn exact_host_uses_scheme_default_port() {
         assert!(allows("https://api.example.com", "https", "api.example.com", None));
         assert!(allows("https://api.example.com", "https", "API.example.com", Some(443)));
-        assert!(!allows("https://api.example.com", "https", "api.example.com", Some(8443)));
+        assert!(!allows(
+            "https://api.example.com",
+            "https",
+            "api.example.com",
+            Some(8443)
+        ));
         assert!(!allows("https://api.example.com", "http", "api.example.com", None));
         assert!(!allows("https://api.example.com", "https", "other.example.com", None));
     }
@@ -201,15 +212,30 @@ mod tests {
         assert!(allows("https://*.example.com", "https", "a.b.example.com", None));
         assert!(!allows("https://*.example.com", "https", "example.com", None));
         assert!(allows("*://example.com:*", "http", "example.com", Some(1234)));
-        assert!(allows("http://*.spin.internal", "http", "chain-back.spin.internal", None));
+        assert!(allows(
+            "http://*.spin.internal",
+            "http",
+            "chain-back.spin.internal",
+            None
+        ));
         assert!(allows("http://localhost:8000..8002", "http", "localhost", Some(8001)));
         assert!(!allows("http://localhost:8000..8002", "http", "localhost", Some(8002)));
-        assert!(AllowedHosts::parse(["insecure:allow-all"]).unwrap().allows("ftp", "x", Some(1)));
+        assert!(
+            AllowedHosts::parse(["insecure:allow-all"])
+                .unwrap()
+                .allows("ftp", "x", Some(1))
+        );
     }
 
     #[test]
     fn rejects_malformed_entries() {
-        for bad in ["example.com", "https://example.com/path", "https://ex*ample.com", "https://a:99999", "https://a:9..1"] {
+        for bad in [
+            "example.com",
+            "https://example.com/path",
+            "https://ex*ample.com",
+            "https://a:99999",
+            "https://a:9..1",
+        ] {
             assert!(AllowedHostPattern::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -103,7 +103,9 @@ impl WasiHttpHooks for OutboundHttp {
         };
         match destination(&host) {
             Destination::Component(id) => {
-                let Some(local) = self.local.upgrade() else { return no_local() };
+                let Some(local) = self.local.upgrade() else {
+                    return no_local();
+                };
                 // Spin drops the Host header of chained requests.
                 request.headers_mut().remove(http::header::HOST);
                 match local.call_component(&id, request) {
@@ -115,7 +117,9 @@ impl WasiHttpHooks for OutboundHttp {
                 }
             }
             Destination::SelfApp => {
-                let Some(local) = self.local.upgrade() else { return no_local() };
+                let Some(local) = self.local.upgrade() else {
+                    return no_local();
+                };
                 let response = local.call_self(request);
                 Box::new(async move { Ok((response.await, ready(Ok(())))) })
             }
@@ -143,8 +147,14 @@ mod tests {
 
     #[test]
     fn classifies_destinations() {
-        assert_eq!(destination("chain-back.spin.internal"), Destination::Component("chain-back".into()));
-        assert_eq!(destination("Chain-Back.spin.internal"), Destination::Component("chain-back".into()));
+        assert_eq!(
+            destination("chain-back.spin.internal"),
+            Destination::Component("chain-back".into())
+        );
+        assert_eq!(
+            destination("Chain-Back.spin.internal"),
+            Destination::Component("chain-back".into())
+        );
         assert_eq!(destination("self"), Destination::SelfApp);
         assert_eq!(destination("example.com"), Destination::Network);
     }

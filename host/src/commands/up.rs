@@ -53,7 +53,10 @@ pub struct UpArgs {
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let (manifest, _runtime_config, problems) = super::load_and_check(&args.manifest)?;
     if super::report(&problems) > 0 {
-        anyhow::bail!("{} has errors; fix them and run again (`shop check` lists them)", manifest.path.display());
+        anyhow::bail!(
+            "{} has errors; fix them and run again (`shop check` lists them)",
+            manifest.path.display()
+        );
     }
     if !args.no_build {
         build(&manifest, BuildPolicy::MissingOrStale, &[])?;
@@ -78,7 +81,10 @@ async fn serve(args: UpArgs, manifest: Manifest, variables: Variables) -> anyhow
 
     let components = load_http_components(&manifest, &engine, &cache, &variables)?;
     for c in components.values() {
-        metrics.component_loads.with_label_values(&[&*c.id, c.cache.as_str()]).inc();
+        metrics
+            .component_loads
+            .with_label_values(&[&*c.id, c.cache.as_str()])
+            .inc();
     }
 
     let listener = TcpListener::bind(args.listen)
@@ -126,12 +132,18 @@ fn print_routes(
             Some(base) => (base.trim_end_matches('/').to_string(), " (wildcard)"),
             None => (pattern.clone(), ""),
         };
-        let world = components.get(&route.component).map(|c| c.world.as_str()).unwrap_or("?");
+        let world = components
+            .get(&route.component)
+            .map(|c| c.world.as_str())
+            .unwrap_or("?");
         println!("  {}: http://{listen}{base}{wildcard} [{world}]", route.component);
     }
     for trigger in manifest.http_triggers() {
         if trigger.route == crate::manifest::HttpRoute::Private {
-            println!("  {}: private (http://{}.spin.internal only)", trigger.component, trigger.component);
+            println!(
+                "  {}: private (http://{}.spin.internal only)",
+                trigger.component, trigger.component
+            );
         }
     }
     println!("Admin: http://{admin}/healthz /readyz /metrics");

@@ -144,8 +144,7 @@ impl Manifest {
     /// Reads and parses `path`. Fails only when the file is unreadable or not a TOML
     /// document of the expected shape; semantic checks are in [`validate`].
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
         Self::parse(path, &text)
     }
 
@@ -206,7 +205,12 @@ pub(crate) fn parse_http_trigger(table: &toml::Table) -> Result<HttpTrigger, Str
             Some(toml::Value::Boolean(true)) => HttpRoute::Private,
             _ => return Err("`route` table must be `{ private = true }`".into()),
         },
-        Some(other) => return Err(format!("`route` must be a string or {{ private = true }}, found {}", other.type_str())),
+        Some(other) => {
+            return Err(format!(
+                "`route` must be a string or {{ private = true }}, found {}",
+                other.type_str()
+            ));
+        }
         None => return Err("missing `route`".into()),
     };
     Ok(HttpTrigger { component, route })

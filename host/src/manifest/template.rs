@@ -22,9 +22,7 @@ impl Template {
                 parts.push(TemplatePart::Literal(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find("}}")
-                .ok_or_else(|| format!("unclosed `{{{{` in {text:?}"))?;
+            let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in {text:?}"))?;
             let name = after[..end].trim();
             if name.is_empty() {
                 return Err(format!("empty `{{{{ }}}}` in {text:?}"));
@@ -69,7 +67,13 @@ mod tests {
         let t = Template::parse("https://{{ api_host }}:{{port}}/x").unwrap();
         assert_eq!(t.variables().collect::<Vec<_>>(), ["api_host", "port"]);
         let rendered = t
-            .render(|v| Some(if v == "port" { "8443".into() } else { "pay.example".into() }))
+            .render(|v| {
+                Some(if v == "port" {
+                    "8443".into()
+                } else {
+                    "pay.example".into()
+                })
+            })
             .unwrap();
         assert_eq!(rendered, "https://pay.example:8443/x");
     }
@@ -78,7 +82,10 @@ mod tests {
     fn rejects_unclosed_and_empty() {
         assert!(Template::parse("{{ a").is_err());
         assert!(Template::parse("x{{  }}").is_err());
-        assert_eq!(Template::parse("plain").unwrap().parts, [TemplatePart::Literal("plain".into())]);
+        assert_eq!(
+            Template::parse("plain").unwrap().parts,
+            [TemplatePart::Literal("plain".into())]
+        );
     }
 
     #[test]

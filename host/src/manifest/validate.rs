@@ -72,7 +72,11 @@ impl Collector {
     }
     fn unknown_keys(&mut self, prefix: &str, extra: &Extra) {
         for key in extra.keys() {
-            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
             if SPIN_KEYS_NOT_YET_SUPPORTED.contains(&key.as_str()) {
                 self.warning(path, "valid in Spin but not supported by this host yet (ignored)");
             } else {
@@ -97,7 +101,9 @@ pub fn is_valid_component_id(id: &str) -> bool {
 /// with a letter.
 pub fn is_valid_variable_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 pub fn validate(manifest: &Manifest) -> Vec<Problem> {
@@ -111,7 +117,10 @@ pub fn validate(manifest: &Manifest) -> Vec<Problem> {
         Some(toml::Value::Integer(2)) => {}
         Some(toml::Value::String(s)) if s == "2" => {}
         Some(other) => c.error("spin_manifest_version", format!("expected 2, found {other}")),
-        None => c.error("spin_manifest_version", "missing; this host reads Spin manifest version 2"),
+        None => c.error(
+            "spin_manifest_version",
+            "missing; this host reads Spin manifest version 2",
+        ),
     }
     c.unknown_keys("", &raw.extra);
     if raw.application.name.trim().is_empty() {
@@ -122,7 +131,10 @@ pub fn validate(manifest: &Manifest) -> Vec<Problem> {
     for (name, var) in &raw.variables {
         let key = format!("variables.{name}");
         if !is_valid_variable_name(name) {
-            c.error(&key, "variable names must be lower-case letters, digits and `_`, starting with a letter");
+            c.error(
+                &key,
+                "variable names must be lower-case letters, digits and `_`, starting with a letter",
+            );
         }
         match (&var.default, var.required) {
             (Some(_), true) => c.error(&key, "a variable cannot have both `default` and `required = true`"),
@@ -181,7 +193,10 @@ fn validate_http_triggers(c: &mut Collector, manifest: &Manifest, entries: &[tom
         if !manifest.raw.component.contains_key(&trigger.component) {
             c.error(
                 format!("{key}.component"),
-                format!("unknown component `{}`: no [component.{}] table", trigger.component, trigger.component),
+                format!(
+                    "unknown component `{}`: no [component.{}] table",
+                    trigger.component, trigger.component
+                ),
             );
         }
         if let HttpRoute::Path(route) = &trigger.route {
@@ -235,8 +250,15 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
         if commands.is_empty() || commands.iter().any(|c| c.trim().is_empty()) {
             c.error(format!("{key}.build.command"), "empty build command");
         }
-        if build.workdir.as_deref().is_some_and(|w| std::path::Path::new(w).is_absolute()) {
-            c.error(format!("{key}.build.workdir"), "workdir must be relative to the manifest directory");
+        if build
+            .workdir
+            .as_deref()
+            .is_some_and(|w| std::path::Path::new(w).is_absolute())
+        {
+            c.error(
+                format!("{key}.build.workdir"),
+                "workdir must be relative to the manifest directory",
+            );
         }
         c.unknown_keys(&format!("{key}.build"), &build.extra);
     }
@@ -245,7 +267,10 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
         Ok(t) => {
             for v in t.variables() {
                 if !declared.contains_key(v) {
-                    c.error(&k, format!("template refers to undeclared variable `{v}` (add it to [variables])"));
+                    c.error(
+                        &k,
+                        format!("template refers to undeclared variable `{v}` (add it to [variables])"),
+                    );
                 }
             }
         }
@@ -254,7 +279,10 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
     for (name, value) in &component.variables {
         let k = format!("{key}.variables.{name}");
         if !is_valid_variable_name(name) {
-            c.error(&k, "variable names must be lower-case letters, digits and `_`, starting with a letter");
+            c.error(
+                &k,
+                "variable names must be lower-case letters, digits and `_`, starting with a letter",
+            );
         }
         check_template(c, k, value);
     }
@@ -306,12 +334,21 @@ mod tests {
         assert!(has("variables.Bad: variable names"), "{errs:?}");
         assert!(has("variables.Bad: a variable cannot have both"), "{errs:?}");
         assert!(has("trigger.http[0].component: unknown component `ghost`"), "{errs:?}");
-        assert!(has("trigger.http[1].route: route `/a` conflicts with trigger.http[0]"), "{errs:?}");
+        assert!(
+            has("trigger.http[1].route: route `/a` conflicts with trigger.http[0]"),
+            "{errs:?}"
+        );
         assert!(has("trigger.mqtt: unknown trigger type `mqtt`"), "{errs:?}");
         assert!(has("component.web.source: missing.wasm does not exist"), "{errs:?}");
         assert!(has("undeclared variable `nope`"), "{errs:?}");
-        let warnings: Vec<_> = problems(&toml).into_iter().filter(|p| p.severity == Severity::Warning).collect();
-        assert!(warnings.iter().any(|w| w.key == "component.web.surprise"), "{warnings:?}");
+        let warnings: Vec<_> = problems(&toml)
+            .into_iter()
+            .filter(|p| p.severity == Severity::Warning)
+            .collect();
+        assert!(
+            warnings.iter().any(|w| w.key == "component.web.surprise"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -107,7 +107,11 @@ impl WorkerState for SingleUse {
     type RequestData = Arc<InvocationProbe>;
 
     fn should_accept_request(&self, _concurrent: usize, total: usize) -> ShouldAccept {
-        if total == 0 { ShouldAccept::Yes } else { ShouldAccept::Never }
+        if total == 0 {
+            ShouldAccept::Yes
+        } else {
+            ShouldAccept::Never
+        }
     }
 
     fn on_request_start(
@@ -187,7 +191,9 @@ impl InvocationFailure {
     }
 
     fn classify(error: &wasmtime::Error, probe: &InvocationProbe, elapsed: Duration, timeout: Duration) -> Self {
-        let interrupted = error.chain().any(|e| matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)))
+        let interrupted = error
+            .chain()
+            .any(|e| matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)))
             || error.chain().any(|e| e.downcast_ref::<ExpirationError>().is_some());
         if interrupted || elapsed >= timeout {
             InvocationFailure::Timeout

@@ -68,7 +68,8 @@ impl HttpApp {
             let invokers = components
                 .iter()
                 .map(|(id, c)| {
-                    let invoker = ComponentInvoker::new(engine.clone(), c.clone(), limits, metrics.clone(), local.clone());
+                    let invoker =
+                        ComponentInvoker::new(engine.clone(), c.clone(), limits, metrics.clone(), local.clone());
                     (id.clone(), invoker)
                 })
                 .collect();
@@ -86,7 +87,12 @@ impl HttpApp {
     }
 
     /// Routes a request as if it arrived on the listener from `client`.
-    pub fn handle(self: &Arc<Self>, mut request: GuestRequest, client: SocketAddr, scheme: &str) -> BoxFuture<'static, GuestResponse> {
+    pub fn handle(
+        self: &Arc<Self>,
+        mut request: GuestRequest,
+        client: SocketAddr,
+        scheme: &str,
+    ) -> BoxFuture<'static, GuestResponse> {
         let request_id = request_id(&mut request);
         let path = request.uri().path().to_string();
         if let Some(reserved) = path.strip_prefix(RESERVED_PREFIX) {
@@ -94,11 +100,29 @@ impl HttpApp {
         }
         let Some(route) = self.router.route(&path) else {
             let message = format!("no route matches {path}");
-            return std::future::ready(with_request_id(error_response(StatusCode::NOT_FOUND, "not_found", &message), &request_id)).boxed();
+            return std::future::ready(with_request_id(
+                error_response(StatusCode::NOT_FOUND, "not_found", &message),
+                &request_id,
+            ))
+            .boxed();
         };
-        let host = request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
-        let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        let path_and_query = path_and_query(&request);
         SpinHeaders::for_route(&route, scheme, host.as_deref(), &path_and_query, client).apply(request.headers_mut());
+        // Give P2 and P3 guests the same absolute URI (P3 would otherwise see only the path).
+        let authority = host.unwrap_or_else(|| self.listen_addr.to_string());
+        if let Ok(uri) = http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+        {
+            *request.uri_mut() = uri;
+        }
         let component = route.component.to_string();
         let app = self.clone();
         async move {
@@ -114,7 +138,7 @@ impl LocalServices for HttpApp {
         self.invokers.get(id)?;
         let request_id = request_id(&mut request);
         let path = request.uri().path().to_string();
-        let path_and_query = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path_and_query = path_and_query(&request);
         SpinHeaders::for_chained(&path, &path_and_query).apply(request.headers_mut());
         let app = self.me.upgrade()?;
         let id = id.to_string();
@@ -124,9 +148,18 @@ impl LocalServices for HttpApp {
     fn call_self(&self, request: GuestRequest) -> BoxFuture<'static, GuestResponse> {
         match self.me.upgrade() {
             Some(app) => app.handle(request, self.listen_addr, "http"),
-            None => std::future::ready(error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the application is shutting down")).boxed(),
+            None => std::future::ready(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the application is shutting down",
+            ))
+            .boxed(),
         }
     }
+}
+
+fn path_and_query(request: &GuestRequest) -> String {
+    request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string()
 }
 
 /// Uses the caller's `X-Request-Id` or assigns one, and makes sure the guest sees it.
@@ -138,9 +171,10 @@ fn request_id(request: &mut GuestRequest) -> String {
         return id.to_string();
     }
     let id = uuid::Uuid::new_v4().to_string();
-    request
-        .headers_mut()
-        .insert(REQUEST_ID, HeaderValue::from_str(&id).expect("uuid is a valid header value"));
+    request.headers_mut().insert(
+        REQUEST_ID,
+        HeaderValue::from_str(&id).expect("uuid is a valid header value"),
+    );
     id
 }
 
@@ -211,7 +245,10 @@ pub async fn serve(
     drop(listener);
     tracing::info!("HTTP listener closed; draining in-flight requests");
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(drain_ms = drain.as_millis() as u64, "in-flight requests did not finish in time; closing");
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "in-flight requests did not finish in time; closing"
+        );
     }
     Ok(())
 }

@@ -149,7 +149,7 @@ impl Router {
     /// first match (matching routes never disagree on a segment's position, so the
     /// lexicographic order of their keys is the segment-by-segment order).
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by(|a, b| b.pattern.precedence_key().cmp(&a.pattern.precedence_key()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.precedence_key()));
         Self { routes }
     }
 
@@ -194,14 +194,22 @@ mod tests {
 
     #[test]
     fn most_specific_route_wins() {
-        let r = router(&[("/...", "root"), ("/api/...", "api"), ("/api/users/...", "users"), ("/api/health", "health")]);
+        let r = router(&[
+            ("/...", "root"),
+            ("/api/...", "api"),
+            ("/api/users/...", "users"),
+            ("/api/health", "health"),
+        ]);
         assert_eq!(target(&r, "/"), Some(("root".into(), "/".into())));
         assert_eq!(target(&r, "/other/x"), Some(("root".into(), "/other/x".into())));
         assert_eq!(target(&r, "/api"), Some(("api".into(), "".into())));
         assert_eq!(target(&r, "/api/orders/1"), Some(("api".into(), "/orders/1".into())));
         assert_eq!(target(&r, "/api/users/7"), Some(("users".into(), "/7".into())));
         assert_eq!(target(&r, "/api/health"), Some(("health".into(), "".into())));
-        assert_eq!(target(&r, "/api/health/deep"), Some(("api".into(), "/health/deep".into())));
+        assert_eq!(
+            target(&r, "/api/health/deep"),
+            Some(("api".into(), "/health/deep".into()))
+        );
     }
 
     #[test]

@@ -31,10 +31,20 @@ pub struct SpinHeaders {
 impl SpinHeaders {
     /// For a request that arrived from outside and matched `route`.
     /// `host` is the request's `Host` header (Spin uses `localhost` when it is absent).
-    pub fn for_route(route: &RouteMatch<'_>, scheme: &str, host: Option<&str>, path_and_query: &str, client: SocketAddr) -> Self {
+    pub fn for_route(
+        route: &RouteMatch<'_>,
+        scheme: &str,
+        host: Option<&str>,
+        path_and_query: &str,
+        client: SocketAddr,
+    ) -> Self {
         let raw = route.raw_route.to_string();
         // Spin reports an empty matched route for an exact root route.
-        let matched_route = if route.pattern.to_string() == "/" { String::new() } else { raw.clone() };
+        let matched_route = if route.pattern.to_string() == "/" {
+            String::new()
+        } else {
+            raw.clone()
+        };
         Self {
             full_url: format!("{scheme}://{}{path_and_query}", host.unwrap_or("localhost")),
             path_info: route.path_info.clone(),
@@ -63,7 +73,11 @@ impl SpinHeaders {
     /// Writes the headers, replacing any `spin-*` header the caller sent so a client
     /// cannot spoof what the host asserts.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let spoofed: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("spin-")).cloned().collect();
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("spin-"))
+            .cloned()
+            .collect();
         for name in spoofed {
             headers.remove(name);
         }
@@ -101,8 +115,14 @@ mod tests {
         let m = router.route(path).expect("route matches");
         let mut h = HeaderMap::new();
         h.insert("spin-full-url", HeaderValue::from_static("spoofed"));
-        SpinHeaders::for_route(&m, "http", Some("127.0.0.1:3000"), path_and_query, "127.0.0.1:5555".parse().unwrap())
-            .apply(&mut h);
+        SpinHeaders::for_route(
+            &m,
+            "http",
+            Some("127.0.0.1:3000"),
+            path_and_query,
+            "127.0.0.1:5555".parse().unwrap(),
+        )
+        .apply(&mut h);
         h
     }
 
