@@ -160,6 +160,9 @@ impl Shop {
             .arg("--data-dir")
             .arg(options.data_dir)
             .args(&options.args)
+            // With RUST_BACKTRACE set, wasmtime captures a backtrace for an internal
+            // error on every store drop, i.e. every request; production runs without it.
+            .env_remove("RUST_BACKTRACE")
             .envs(options.env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
