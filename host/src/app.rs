@@ -2,16 +2,19 @@
 //! (through the on-disk cache), links it against the host capabilities and
 //! pre-instantiates it, so a request only pays for instantiation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime_wasi_http::handler::ProxyPre;
 
+use crate::bindings::fermyon::spin as spin2;
 use crate::capability::allowed_hosts::AllowedHosts;
+use crate::capability::key_value::KeyValueStores;
+use crate::capability::variables::ComponentVariables;
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::{Manifest, Template};
 use crate::state::HostState;
@@ -42,6 +45,9 @@ pub struct LoadedComponent {
     pub world: HttpWorld,
     pub allowed_hosts: Arc<AllowedHosts>,
     pub environment: Vec<(String, String)>,
+    pub key_value_stores: Arc<BTreeSet<String>>,
+    pub key_value: Arc<KeyValueStores>,
+    pub variables: ComponentVariables,
     pub cache: CacheOutcome,
 }
 
@@ -52,6 +58,8 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    spin2::key_value::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
@@ -74,6 +82,7 @@ pub fn load_http_components(
     engine: &Engine,
     cache: &CompileCache,
     variables: &Variables,
+    key_value: &Arc<KeyValueStores>,
 ) -> anyhow::Result<BTreeMap<String, Arc<LoadedComponent>>> {
     let linker = linker(engine)?;
     let mut loaded = BTreeMap::new();
@@ -119,6 +128,12 @@ pub fn load_http_components(
         );
         let allowed =
             allowed_hosts(&component.allowed_outbound_hosts, variables).with_context(|| format!("component `{id}`"))?;
+        for label in &component.key_value_stores {
+            anyhow::ensure!(
+                key_value.contains(label),
+                "component `{id}`: key-value store `{label}` is not defined (add [key_value_store.{label}] to the runtime config)"
+            );
+        }
         loaded.insert(
             id.clone(),
             Arc::new(LoadedComponent {
@@ -127,6 +142,9 @@ pub fn load_http_components(
                 world,
                 allowed_hosts: Arc::new(allowed),
                 environment: component.environment.clone().into_iter().collect(),
+                key_value_stores: Arc::new(component.key_value_stores.iter().cloned().collect()),
+                key_value: key_value.clone(),
+                variables: ComponentVariables::render(&id, &component.variables, variables)?,
                 cache: outcome,
             }),
         );

@@ -2,6 +2,7 @@
 
 mod admin;
 mod app;
+mod bindings;
 mod capability;
 mod commands;
 mod compile_cache;

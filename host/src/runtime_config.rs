@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::manifest::{Problem, Severity};
+use crate::manifest::{Manifest, Problem, Severity};
 
 const KNOWN_TABLES: &[&str] = &[
     "key_value_store",
@@ -41,18 +41,72 @@ impl RuntimeConfig {
         })
     }
 
-    pub fn problems(&self) -> Vec<Problem> {
+    /// A top-level table such as `key_value_store`, if present.
+    pub fn table(&self, name: &str) -> Option<&toml::Table> {
+        self.table.get(name).and_then(|v| v.as_table())
+    }
+
+    /// The directory relative paths in the file resolve against.
+    pub fn dir(&self) -> &Path {
+        match self.path.as_deref().and_then(Path::parent) {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    /// Problems in this file, and labels the manifest uses that it does not define.
+    pub fn problems(&self, manifest: &Manifest) -> Vec<Problem> {
         let file = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        self.table
+        let problem = |severity, file: &str, key: String, message: String| Problem {
+            severity,
+            file: file.to_string(),
+            key,
+            message,
+        };
+        let mut out: Vec<Problem> = self
+            .table
             .keys()
             .filter(|k| !KNOWN_TABLES.contains(&k.as_str()))
-            .map(|k| Problem {
-                severity: Severity::Warning,
-                file: file.clone(),
-                key: k.clone(),
-                message: format!("unknown table (ignored); known: {}", KNOWN_TABLES.join(", ")),
+            .map(|k| {
+                let message = format!("unknown table (ignored); known: {}", KNOWN_TABLES.join(", "));
+                problem(Severity::Warning, &file, k.clone(), message)
             })
-            .collect()
+            .collect();
+        let stores = self.table("key_value_store");
+        for (label, entry) in stores.into_iter().flatten() {
+            let key = format!("key_value_store.{label}");
+            let kind = entry.get("type").and_then(|t| t.as_str());
+            match kind {
+                Some("spin") => {}
+                Some("redis") if entry.get("url").and_then(|u| u.as_str()).is_some() => {}
+                Some("redis") => out.push(problem(
+                    Severity::Error,
+                    &file,
+                    format!("{key}.url"),
+                    "a redis store needs `url`".into(),
+                )),
+                _ => out.push(problem(
+                    Severity::Error,
+                    &file,
+                    format!("{key}.type"),
+                    "expected `type = \"spin\"` or `type = \"redis\"`".into(),
+                )),
+            }
+        }
+        let manifest_file = manifest.path.display().to_string();
+        for (id, component) in &manifest.raw.component {
+            for label in &component.key_value_stores {
+                if label != "default" && !stores.is_some_and(|s| s.contains_key(label)) {
+                    out.push(problem(
+                        Severity::Error,
+                        &manifest_file,
+                        format!("component.{id}.key_value_stores"),
+                        format!("no key-value store labelled `{label}`: define [key_value_store.{label}] in the runtime config"),
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -60,15 +114,41 @@ impl RuntimeConfig {
 mod tests {
     use super::*;
 
+    fn manifest(stores: &str) -> Manifest {
+        let text = format!(
+            "spin_manifest_version = 2\n[application]\nname = \"t\"\n[component.c]\nsource = \"c.wasm\"\nkey_value_stores = {stores}\n"
+        );
+        Manifest::parse(Path::new("spin.toml"), &text).unwrap()
+    }
+
+    fn runtime_config(text: &str) -> RuntimeConfig {
+        RuntimeConfig {
+            path: Some("rc.toml".into()),
+            table: toml::from_str(text).unwrap(),
+        }
+    }
+
     #[test]
     fn unknown_tables_are_warnings() {
-        let rc = RuntimeConfig {
-            path: Some("rc.toml".into()),
-            table: toml::from_str("[kafka]\nbrokers = \"x\"\n[mystery]\na = 1\n").unwrap(),
-        };
-        let problems = rc.problems();
+        let rc = runtime_config("[kafka]\nbrokers = \"x\"\n[mystery]\na = 1\n");
+        let problems = rc.problems(&manifest("[]"));
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].key, "mystery");
         assert_eq!(problems[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn store_labels_must_be_defined_and_well_formed() {
+        let rc =
+            runtime_config("[key_value_store.cache]\ntype = \"redis\"\n[key_value_store.odd]\ntype = \"memcached\"\n");
+        let problems = rc.problems(&manifest("[\"default\", \"cache\", \"sessions\"]"));
+        let keys: Vec<_> = problems.iter().map(|p| (p.file.as_str(), p.key.as_str())).collect();
+        assert!(keys.contains(&("rc.toml", "key_value_store.cache.url")), "{problems:?}");
+        assert!(keys.contains(&("rc.toml", "key_value_store.odd.type")), "{problems:?}");
+        assert!(
+            keys.contains(&("spin.toml", "component.c.key_value_stores")),
+            "{problems:?}"
+        );
+        assert_eq!(problems.len(), 3, "`default` needs no definition: {problems:?}");
     }
 }

@@ -10,7 +10,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::capability::outbound_http::OutboundHttp;
+use crate::app::LoadedComponent;
+use crate::capability::key_value::KeyValueAccess;
+use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
+use crate::capability::variables::ComponentVariables;
 
 /// Facts about one invocation that the host learns from inside the store and needs
 /// afterwards to explain a failure.
@@ -53,9 +56,47 @@ pub struct HostState {
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
     pub outbound_http: OutboundHttp,
+    pub key_value: KeyValueAccess,
+    pub variables: ComponentVariables,
     pub limiter: MemoryLimiter,
     /// Wall-clock deadline of the current invocation, checked on every epoch tick.
     pub deadline: Instant,
+}
+
+impl HostState {
+    /// The store data for one instance of `component`: each capability gets exactly
+    /// what the manifest granted the component.
+    pub fn new(
+        component: &LoadedComponent,
+        max_memory_bytes: usize,
+        timeout: std::time::Duration,
+        local: std::sync::Weak<dyn LocalServices>,
+    ) -> Self {
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr().envs(&component.environment);
+        Self {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            outbound_http: OutboundHttp {
+                component: component.id.clone(),
+                allowed: component.allowed_hosts.clone(),
+                local,
+                timeouts: OutboundTimeouts::default(),
+            },
+            key_value: KeyValueAccess {
+                allowed: component.key_value_stores.clone(),
+                stores: component.key_value.clone(),
+                open_count: 0,
+            },
+            variables: component.variables.clone(),
+            limiter: MemoryLimiter {
+                max_memory_bytes,
+                probe: Arc::default(),
+            },
+            deadline: Instant::now() + timeout,
+        }
+    }
 }
 
 impl WasiView for HostState {

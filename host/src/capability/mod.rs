@@ -2,4 +2,6 @@
 //! by the manifest.
 
 pub mod allowed_hosts;
+pub mod key_value;
 pub mod outbound_http;
+pub mod variables;

@@ -16,7 +16,7 @@ pub fn load_and_check(args: &ManifestArgs) -> anyhow::Result<(Manifest, RuntimeC
         None => RuntimeConfig::default(),
     };
     let mut problems = validate(&manifest);
-    problems.extend(runtime_config.problems());
+    problems.extend(runtime_config.problems(&manifest));
     Ok((manifest, runtime_config, problems))
 }
 

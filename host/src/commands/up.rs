@@ -14,11 +14,13 @@ use tokio::net::TcpListener;
 use crate::ManifestArgs;
 use crate::admin::{self, Readiness};
 use crate::app::{LoadedComponent, load_http_components};
+use crate::capability::key_value::KeyValueStores;
 use crate::compile_cache::CompileCache;
 use crate::component_build::{BuildPolicy, build};
 use crate::engine::{self, EngineOptions, EpochTicker};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
+use crate::runtime_config::RuntimeConfig;
 use crate::trigger::http::invoke::RequestLimits;
 use crate::trigger::http::{self, HttpApp};
 use crate::variables::Variables;
@@ -51,7 +53,7 @@ pub struct UpArgs {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let (manifest, _runtime_config, problems) = super::load_and_check(&args.manifest)?;
+    let (manifest, runtime_config, problems) = super::load_and_check(&args.manifest)?;
     if super::report(&problems) > 0 {
         anyhow::bail!(
             "{} has errors; fix them and run again (`shop check` lists them)",
@@ -63,10 +65,15 @@ pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let variables = Variables::resolve(&manifest, |k| std::env::var(k).ok())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args, manifest, variables))
+    runtime.block_on(serve(args, manifest, runtime_config, variables))
 }
 
-async fn serve(args: UpArgs, manifest: Manifest, variables: Variables) -> anyhow::Result<ExitCode> {
+async fn serve(
+    args: UpArgs,
+    manifest: Manifest,
+    runtime_config: RuntimeConfig,
+    variables: Variables,
+) -> anyhow::Result<ExitCode> {
     let limits = RequestLimits {
         timeout: Duration::from_millis(args.request_timeout_ms),
         max_memory_bytes: args.max_memory_mb << 20,
@@ -79,7 +86,15 @@ async fn serve(args: UpArgs, manifest: Manifest, variables: Variables) -> anyhow
     let cache = CompileCache::new(args.data_dir.join("cache").join("compiled"));
     let metrics = Arc::new(Metrics::new());
 
-    let components = load_http_components(&manifest, &engine, &cache, &variables)?;
+    let key_value = Arc::new(KeyValueStores::from_config(
+        runtime_config.table("key_value_store"),
+        runtime_config.dir(),
+        &args.data_dir,
+    )?);
+    for (label, backend) in key_value.labels() {
+        tracing::info!(store = label, backend = backend.kind(), "key-value store");
+    }
+    let components = load_http_components(&manifest, &engine, &cache, &variables, &key_value)?;
     for c in components.values() {
         metrics
             .component_loads

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 pub use template::Template;
-pub use validate::{Problem, Severity, validate};
+pub use validate::{Problem, Severity, is_valid_variable_name, validate};
 
 /// Keys a table did not recognise, kept so they can be reported as warnings.
 type Extra = BTreeMap<String, toml::Value>;
@@ -83,6 +83,8 @@ pub struct Component {
     pub _description: Option<String>,
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    pub key_value_stores: Vec<String>,
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
     #[serde(default)]

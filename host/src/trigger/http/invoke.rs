@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt as _;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Engine, Store, StoreContextMut, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{
     ExpirationError, HandlerState, Instance, ProxyHandler, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
 };
-use wasmtime_wasi_http::{WasiBody, WasiHttpCtx};
 
 use crate::app::LoadedComponent;
-use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices, OutboundHttp, OutboundTimeouts};
+use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices};
 use crate::metrics::Metrics;
-use crate::state::{HostState, InvocationProbe, MemoryLimiter};
+use crate::state::{HostState, InvocationProbe};
 
 /// Limits applied to every invocation.
 #[derive(Debug, Clone, Copy)]
@@ -50,24 +50,12 @@ impl HandlerState for ComponentHandlerState {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, HardDeadline, SingleUse>> {
         let started = Instant::now();
-        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr().envs(&self.component.environment);
-        let state = HostState {
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: Default::default(),
-            outbound_http: OutboundHttp {
-                component: self.component.id.clone(),
-                allowed: self.component.allowed_hosts.clone(),
-                local: self.local.clone(),
-                timeouts: OutboundTimeouts::default(),
-            },
-            limiter: MemoryLimiter {
-                max_memory_bytes: self.limits.max_memory_bytes,
-                probe: Arc::default(),
-            },
-            deadline: Instant::now() + self.limits.timeout,
-        };
+        let state = HostState::new(
+            &self.component,
+            self.limits.max_memory_bytes,
+            self.limits.timeout,
+            self.local.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Check the deadline on every epoch tick; until it passes, yield to the

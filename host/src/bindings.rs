@@ -1,0 +1,11 @@
+//! Host-side bindings generated from the WIT in `wit/` for the Spin interfaces this
+//! host implements (the WASI ones come from wasmtime-wasi / wasmtime-wasi-http).
+
+wasmtime::component::bindgen!({
+    path: "../wit/fermyon-spin",
+    world: "fermyon:spin/host",
+    imports: { default: async },
+    with: {
+        "fermyon:spin/key-value.store": crate::capability::key_value::OpenStore,
+    },
+});

@@ -1,0 +1,215 @@
+//! Spin key-value (`fermyon:spin/key-value@2.0.0`): stores opened by label, each label
+//! served by a backend chosen in the runtime config (`[key_value_store.<label>]`),
+//! and access limited to the labels a component lists in `key_value_stores`.
+//!
+//! Without runtime config the `default` label is an embedded SQLite file under the
+//! data dir, as in Spin.
+
+mod redis_store;
+mod sqlite_store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use wasmtime::component::{Resource, ResourceTable};
+
+use crate::bindings::fermyon::spin::key_value::{self, Error};
+use crate::state::HostState;
+use redis_store::RedisStore;
+use sqlite_store::SqliteStore;
+
+/// Most stores one instance may hold open at once (Spin's `store-table-full`).
+const MAX_OPEN_STORES: usize = 64;
+
+/// One configured store.
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite(SqliteStore),
+    Redis(RedisStore),
+}
+
+impl Backend {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "spin (sqlite)",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Backend::Sqlite(s) => s.get(key).await,
+            Backend::Redis(r) => r.get(key).await,
+        }
+    }
+
+    pub async fn set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
+        match self {
+            Backend::Sqlite(s) => s.set(key, value).await,
+            Backend::Redis(r) => r.set(key, value).await,
+        }
+    }
+
+    pub async fn delete(&self, key: String) -> Result<(), String> {
+        match self {
+            Backend::Sqlite(s) => s.delete(key).await,
+            Backend::Redis(r) => r.delete(key).await,
+        }
+    }
+
+    pub async fn exists(&self, key: String) -> Result<bool, String> {
+        match self {
+            Backend::Sqlite(s) => s.exists(key).await,
+            Backend::Redis(r) => r.exists(key).await,
+        }
+    }
+
+    pub async fn get_keys(&self) -> Result<Vec<String>, String> {
+        match self {
+            Backend::Sqlite(s) => s.get_keys().await,
+            Backend::Redis(r) => r.get_keys().await,
+        }
+    }
+}
+
+/// Every store label the application can open, with its backend.
+#[derive(Clone, Default)]
+pub struct KeyValueStores {
+    stores: BTreeMap<String, Backend>,
+}
+
+impl KeyValueStores {
+    /// Builds the stores from the runtime config's `[key_value_store.<label>]` tables;
+    /// `default` falls back to `<data_dir>/key_value.db`. Relative `path`s resolve
+    /// against `base_dir` (the runtime config file's directory).
+    pub fn from_config(config: Option<&toml::Table>, base_dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        let mut stores = BTreeMap::new();
+        for (label, entry) in config.into_iter().flatten() {
+            let key = format!("key_value_store.{label}");
+            let table = entry.as_table().with_context(|| format!("{key}: expected a table"))?;
+            let backend = match table.get("type").and_then(|t| t.as_str()) {
+                Some("spin") => {
+                    let path = match table.get("path").and_then(|p| p.as_str()) {
+                        Some(p) => base_dir.join(p),
+                        None => data_dir.join("key_value.db"),
+                    };
+                    Backend::Sqlite(SqliteStore::open(&path, label).with_context(|| key.clone())?)
+                }
+                Some("redis") => {
+                    let url = table
+                        .get("url")
+                        .and_then(|u| u.as_str())
+                        .with_context(|| format!("{key}.url: a redis store needs `url = \"redis://host:port\"`"))?;
+                    Backend::Redis(RedisStore::new(url).with_context(|| format!("{key}.url"))?)
+                }
+                Some(other) => {
+                    anyhow::bail!("{key}.type: unknown store type `{other}` (expected \"spin\" or \"redis\")")
+                }
+                None => anyhow::bail!("{key}.type: missing (expected \"spin\" or \"redis\")"),
+            };
+            stores.insert(label.clone(), backend);
+        }
+        if !stores.contains_key("default") {
+            let path = data_dir.join("key_value.db");
+            stores.insert(
+                "default".into(),
+                Backend::Sqlite(SqliteStore::open(&path, "default").context("default key-value store")?),
+            );
+        }
+        Ok(Self { stores })
+    }
+
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &Backend)> {
+        self.stores.iter().map(|(l, b)| (l.as_str(), b))
+    }
+
+    pub fn contains(&self, label: &str) -> bool {
+        self.stores.contains_key(label)
+    }
+}
+
+/// An open store as the guest holds it.
+pub struct OpenStore {
+    backend: Backend,
+}
+
+/// Per-instance key-value state: which labels this component may open.
+pub struct KeyValueAccess {
+    pub allowed: Arc<BTreeSet<String>>,
+    pub stores: Arc<KeyValueStores>,
+    pub open_count: usize,
+}
+
+fn other(e: String) -> Error {
+    Error::Other(e)
+}
+
+fn get_store<'a>(table: &'a ResourceTable, store: &Resource<OpenStore>) -> wasmtime::Result<&'a Backend> {
+    Ok(&table.get(store)?.backend)
+}
+
+impl key_value::Host for HostState {}
+
+impl key_value::HostStore for HostState {
+    async fn open(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
+        let kv = &mut self.key_value;
+        if !kv.allowed.contains(&label) {
+            return Err(Error::AccessDenied);
+        }
+        let Some(backend) = kv.stores.stores.get(&label).cloned() else {
+            return Err(Error::NoSuchStore);
+        };
+        if kv.open_count >= MAX_OPEN_STORES {
+            return Err(Error::StoreTableFull);
+        }
+        let resource = self
+            .table
+            .push(OpenStore { backend })
+            .map_err(|e| other(e.to_string()))?;
+        self.key_value.open_count += 1;
+        Ok(resource)
+    }
+
+    async fn get(&mut self, store: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, Error> {
+        let backend = get_store(&self.table, &store)
+            .map_err(|e| other(e.to_string()))?
+            .clone();
+        backend.get(key).await.map_err(other)
+    }
+
+    async fn set(&mut self, store: Resource<OpenStore>, key: String, value: Vec<u8>) -> Result<(), Error> {
+        let backend = get_store(&self.table, &store)
+            .map_err(|e| other(e.to_string()))?
+            .clone();
+        backend.set(key, value).await.map_err(other)
+    }
+
+    async fn delete(&mut self, store: Resource<OpenStore>, key: String) -> Result<(), Error> {
+        let backend = get_store(&self.table, &store)
+            .map_err(|e| other(e.to_string()))?
+            .clone();
+        backend.delete(key).await.map_err(other)
+    }
+
+    async fn exists(&mut self, store: Resource<OpenStore>, key: String) -> Result<bool, Error> {
+        let backend = get_store(&self.table, &store)
+            .map_err(|e| other(e.to_string()))?
+            .clone();
+        backend.exists(key).await.map_err(other)
+    }
+
+    async fn get_keys(&mut self, store: Resource<OpenStore>) -> Result<Vec<String>, Error> {
+        let backend = get_store(&self.table, &store)
+            .map_err(|e| other(e.to_string()))?
+            .clone();
+        backend.get_keys().await.map_err(other)
+    }
+
+    async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        self.key_value.open_count = self.key_value.open_count.saturating_sub(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! Embedded key-value backend: one SQLite file, one table, rows keyed by
+//! (store label, key) so several labels can share a file.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OptionalExtension, params};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    label: Arc<str>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, label: &str) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // WAL lets readers proceed during writes; a busy timeout makes concurrent
+        // instances (and processes) wait for the lock instead of failing.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS spin_key_value (
+                store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                PRIMARY KEY (store, key))",
+            [],
+        )?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            label: label.into(),
+        })
+    }
+
+    /// Runs `f` on a blocking thread so a slow disk never stalls the async runtime.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &str) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let conn = self.conn.clone();
+        let label = self.label.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
+            f(&conn, &label).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.with_conn(move |c, store| {
+            c.query_row(
+                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+                |row| row.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.with_conn(move |c, store| {
+            c.execute(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                params![store, key, value],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn delete(&self, key: String) -> Result<(), String> {
+        self.with_conn(move |c, store| {
+            c.execute(
+                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![store, key],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn exists(&self, key: String) -> Result<bool, String> {
+        self.with_conn(move |c, store| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
+                params![store, key],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+
+    pub async fn get_keys(&self) -> Result<Vec<String>, String> {
+        self.with_conn(|c, store| {
+            let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
+            stmt.query_map(params![store], |row| row.get(0))?.collect()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn labels_sharing_a_file_are_separate() {
+        let dir = std::env::temp_dir().join(format!("shop-kv-unit-{}", std::process::id()));
+        let path = dir.join("kv.db");
+        let a = SqliteStore::open(&path, "a").unwrap();
+        let b = SqliteStore::open(&path, "b").unwrap();
+        a.set("k".into(), b"1".to_vec()).await.unwrap();
+        a.set("k".into(), b"2".to_vec()).await.unwrap();
+        assert_eq!(a.get("k".into()).await.unwrap(), Some(b"2".to_vec()));
+        assert_eq!(b.get("k".into()).await.unwrap(), None);
+        assert!(a.exists("k".into()).await.unwrap());
+        assert_eq!(a.get_keys().await.unwrap(), vec!["k".to_string()]);
+        a.delete("k".into()).await.unwrap();
+        a.delete("missing".into()).await.unwrap();
+        assert!(!a.exists("k".into()).await.unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

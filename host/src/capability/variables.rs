@@ -1,0 +1,73 @@
+//! Spin variables (`fermyon:spin/variables@2.0.0`): a component reads the entries of
+//! its `[component.X.variables]` table, whose `{{ app_variable }}` templates were
+//! rendered at start-up from the resolved application variables.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::bindings::fermyon::spin::variables::{self, Error};
+use crate::manifest::Template;
+use crate::manifest::is_valid_variable_name;
+use crate::state::HostState;
+use crate::variables::Variables;
+
+/// A component's variables, rendered.
+#[derive(Clone, Default)]
+pub struct ComponentVariables {
+    values: Arc<BTreeMap<String, String>>,
+}
+
+impl ComponentVariables {
+    pub fn render(component: &str, declared: &BTreeMap<String, String>, app: &Variables) -> anyhow::Result<Self> {
+        let mut values = BTreeMap::new();
+        for (name, text) in declared {
+            let value = Template::parse(text)
+                .and_then(|t| t.render(|v| app.get(v).map(str::to_string)))
+                .map_err(|e| anyhow::anyhow!("component `{component}` variable `{name}`: {e}"))?;
+            values.insert(name.clone(), value);
+        }
+        Ok(Self {
+            values: Arc::new(values),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<String, Error> {
+        if !is_valid_variable_name(name) {
+            return Err(Error::InvalidName(format!(
+                "{name:?}: variable names are lower-case letters, digits and `_`, starting with a letter"
+            )));
+        }
+        self.values
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Undefined(format!("no variable `{name}` for this component")))
+    }
+}
+
+impl variables::Host for HostState {
+    async fn get(&mut self, name: String) -> Result<String, Error> {
+        self.variables.get(&name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use std::path::Path;
+
+    #[test]
+    fn renders_templates_and_reports_errors() {
+        let m = Manifest::parse(
+            Path::new("spin.toml"),
+            "spin_manifest_version = 2\n[application]\nname = \"t\"\n[variables]\nwho = { default = \"world\" }\n",
+        )
+        .unwrap();
+        let app = Variables::resolve(&m, |_| None).unwrap();
+        let declared = BTreeMap::from([("greeting".to_string(), "hello {{ who }}".to_string())]);
+        let vars = ComponentVariables::render("c", &declared, &app).unwrap();
+        assert_eq!(vars.get("greeting").unwrap(), "hello world");
+        assert!(matches!(vars.get("nope"), Err(Error::Undefined(_))));
+        assert!(matches!(vars.get("Bad-Name"), Err(Error::InvalidName(_))));
+    }
+}

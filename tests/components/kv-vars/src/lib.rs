@@ -1,0 +1,70 @@
+//! Test component (WASI P2, spin-sdk 5): runs a fixed script against Spin's key-value
+//! and variables APIs and answers the result of every step as JSON, so tests can
+//! assert exactly what a guest observes.
+//!
+//! - `GET /kv?store=<label>`: the key-value script on that store.
+//! - `GET /vars?name=<name>`: `variables::get(name)`.
+
+use serde_json::{Value, json};
+use spin_sdk::http::{Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::key_value::Store;
+use spin_sdk::variables;
+
+fn query_param(req: &Request, name: &str) -> String {
+    req.query()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn show<T: std::fmt::Debug, E: std::fmt::Debug>(r: Result<T, E>) -> Value {
+    match r {
+        Ok(v) => json!({ "ok": format!("{v:?}") }),
+        Err(e) => json!({ "err": format!("{e:?}") }),
+    }
+}
+
+fn key_value_script(label: &str) -> Value {
+    let store = match Store::open(label) {
+        Ok(store) => store,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    // Start clean so the script is repeatable against a persistent backend.
+    for key in store.get_keys().unwrap_or_default() {
+        let _ = store.delete(&key);
+    }
+    json!({
+        "open": { "ok": "opened" },
+        "get_missing": show(store.get("missing")),
+        "set": show(store.set("k", b"one")),
+        "get": show(store.get("k").map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))),
+        "overwrite": show(store.set("k", b"two")),
+        "get_after_overwrite": show(store.get("k").map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))),
+        "set_binary": show(store.set("bin", &[0, 159, 146, 150])),
+        "get_binary": show(store.get("bin")),
+        "exists": show(store.exists("k")),
+        "exists_missing": show(store.exists("missing")),
+        "get_keys": show(store.get_keys().map(|mut k| { k.sort(); k })),
+        "delete_missing": show(store.delete("missing")),
+        "delete": show(store.delete("k")),
+        "exists_after_delete": show(store.exists("k")),
+    })
+}
+
+#[http_component]
+fn handle(req: Request) -> Response {
+    let body = if req.path().ends_with("/kv") {
+        key_value_script(&query_param(&req, "store"))
+    } else if req.path().ends_with("/vars") {
+        show(variables::get(&query_param(&req, "name")))
+    } else {
+        json!({ "error": "unknown path" })
+    };
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .build()
+}

@@ -1,0 +1,241 @@
+//! Host capabilities as a spin-sdk 5 guest sees them: key-value (embedded SQLite and
+//! Redis, same script, same results) and variables, with per-component access rules.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use shop_tests::*;
+
+const REDIS: &str = "127.0.0.1:6379";
+/// A Redis database of its own, so `get-keys` sees only this test's keys.
+const REDIS_DB: u32 = 7;
+
+/// Sends one command in RESP and returns the raw reply. Panics if Redis is not
+/// reachable: these tests never skip (CI starts Redis before running them).
+fn redis(args: &[&str]) -> String {
+    let mut stream =
+        TcpStream::connect(REDIS).unwrap_or_else(|e| panic!("Redis must run on {REDIS} for this test: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut command = format!("*{}\r\n", args.len());
+    for a in args {
+        command.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(command.as_bytes()).unwrap();
+    let mut reply = vec![0u8; 4096];
+    let n = stream.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+fn kv_app(dir: &TempDir) -> std::path::PathBuf {
+    dir.manifest(&format!(
+        "{}{}{}{}",
+        http_trigger("/granted/...", "granted"),
+        http_trigger("/ungranted/...", "ungranted"),
+        component("granted", "kv-vars", "key_value_stores = [\"default\"]"),
+        component("ungranted", "kv-vars", ""),
+    ))
+}
+
+fn run_script(shop: &Shop, component: &str, store: &str) -> Value {
+    let r = client()
+        .get(format!("{}/{component}/kv?store={store}", shop.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+/// What every backend must produce for the guest's script, step by step.
+fn assert_key_value_semantics(shop: &Shop) {
+    let result = run_script(shop, "granted", "default");
+    let expected = json!({
+        "open": { "ok": "opened" },
+        "get_missing": { "ok": "None" },
+        "set": { "ok": "()" },
+        "get": { "ok": "Some(\"one\")" },
+        "overwrite": { "ok": "()" },
+        "get_after_overwrite": { "ok": "Some(\"two\")" },
+        "set_binary": { "ok": "()" },
+        "get_binary": { "ok": "Some([0, 159, 146, 150])" },
+        "exists": { "ok": "true" },
+        "exists_missing": { "ok": "false" },
+        "get_keys": { "ok": "[\"bin\", \"k\"]" },
+        "delete_missing": { "ok": "()" },
+        "delete": { "ok": "()" },
+        "exists_after_delete": { "ok": "false" },
+    });
+    assert_eq!(result, expected);
+
+    // A label the component did not declare, and a component that declared none.
+    assert_eq!(
+        run_script(shop, "granted", "other")["open"],
+        json!({ "err": "Error::AccessDenied" })
+    );
+    assert_eq!(
+        run_script(shop, "ungranted", "default")["open"],
+        json!({ "err": "Error::AccessDenied" })
+    );
+}
+
+#[test]
+fn key_value_on_the_embedded_store() {
+    let dir = TempDir::new("kv-embedded");
+    let data = dir.path().join("data");
+    let shop = Shop::start(&kv_app(&dir), &data);
+    assert_key_value_semantics(&shop);
+    assert!(
+        data.join("key_value.db").exists(),
+        "the default store lives under the data dir"
+    );
+}
+
+#[test]
+fn key_value_on_redis() {
+    let dir = TempDir::new("kv-redis");
+    assert!(redis(&["SELECT", &REDIS_DB.to_string()]).starts_with("+OK"));
+    let runtime_config = dir.path().join("runtime-config.toml");
+    std::fs::write(
+        &runtime_config,
+        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://{REDIS}/{REDIS_DB}\"\n"),
+    )
+    .unwrap();
+    let shop = Shop::start_with(
+        &kv_app(&dir),
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec!["--runtime-config-file".into(), runtime_config.display().to_string()],
+            env: vec![],
+        },
+    );
+    assert_key_value_semantics(&shop);
+    // The script left `bin` behind in Redis itself, not in an embedded file.
+    let reply = redis(&[
+        "EVAL",
+        &format!("redis.call('SELECT', {REDIS_DB}); return redis.call('EXISTS', 'bin')"),
+        "0",
+    ]);
+    assert_eq!(reply.trim(), ":1", "value must be stored in Redis db {REDIS_DB}");
+    assert!(!dir.path().join("data/key_value.db").exists());
+}
+
+#[test]
+fn an_unreachable_redis_fails_the_call_fast_with_the_interface_error() {
+    let dir = TempDir::new("kv-redis-down");
+    let closed_port = free_port();
+    let runtime_config = dir.path().join("runtime-config.toml");
+    std::fs::write(
+        &runtime_config,
+        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{closed_port}\"\n"),
+    )
+    .unwrap();
+    let shop = Shop::start_with(
+        &kv_app(&dir),
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec!["--runtime-config-file".into(), runtime_config.display().to_string()],
+            env: vec![],
+        },
+    );
+    let started = Instant::now();
+    let result = run_script(&shop, "granted", "default");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = result["get_missing"]["err"].as_str().unwrap_or_default();
+    assert!(
+        err.starts_with("Error::Other(") && err.contains("redis unavailable"),
+        "{result}"
+    );
+
+    // When Redis comes up on that address, the next request succeeds without a restart.
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", &closed_port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", closed_port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let result = run_script(&shop, "granted", "default");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(result["get_missing"], json!({ "ok": "None" }), "{result}");
+    assert_eq!(
+        result["get_after_overwrite"],
+        json!({ "ok": "Some(\"two\")" }),
+        "{result}"
+    );
+}
+
+#[test]
+fn variables_resolve_from_templates_defaults_and_environment() {
+    let dir = TempDir::new("vars");
+    let manifest = dir.manifest(&format!(
+        "[variables]\nwho = {{ default = \"world\" }}\ntoken = {{ required = true, secret = true }}\n{}{}",
+        http_trigger("/...", "c"),
+        component(
+            "c",
+            "kv-vars",
+            "variables = { greeting = \"hello {{ who }}\", api_token = \"{{ token }}\", fixed = \"plain\" }"
+        ),
+    ));
+    let start = |env: Vec<(String, String)>| {
+        Shop::start_with(
+            &manifest,
+            ShopOptions {
+                data_dir: &dir.path().join("data"),
+                args: vec![],
+                env,
+            },
+        )
+    };
+    let get = |shop: &Shop, name: &str| -> Value {
+        client()
+            .get(format!("{}/vars?name={name}", shop.base))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+
+    let shop = start(vec![("SPIN_VARIABLE_TOKEN".into(), "s3cret-value".into())]);
+    assert_eq!(get(&shop, "greeting"), json!({ "ok": "\"hello world\"" }));
+    assert_eq!(get(&shop, "api_token"), json!({ "ok": "\"s3cret-value\"" }));
+    assert_eq!(get(&shop, "fixed"), json!({ "ok": "\"plain\"" }));
+    let undefined = get(&shop, "nope")["err"].as_str().unwrap().to_string();
+    assert!(undefined.starts_with("Error::Undefined("), "{undefined}");
+    let invalid = get(&shop, "Not-Valid")["err"].as_str().unwrap().to_string();
+    assert!(invalid.starts_with("Error::InvalidName("), "{invalid}");
+    let logs = format!("{}{}", shop.stdout.text(), shop.stderr.text());
+    drop(shop);
+    assert!(!logs.contains("s3cret-value"), "secret leaked into logs:\n{logs}");
+
+    // The environment overrides a default.
+    let shop = start(vec![
+        ("SPIN_VARIABLE_TOKEN".into(), "t".into()),
+        ("SPIN_VARIABLE_WHO".into(), "there".into()),
+    ]);
+    assert_eq!(get(&shop, "greeting"), json!({ "ok": "\"hello there\"" }));
+}
+
+#[test]
+fn check_reports_undefined_key_value_labels() {
+    let dir = TempDir::new("kv-check");
+    let manifest = dir.manifest(&format!(
+        "{}{}",
+        http_trigger("/...", "c"),
+        component("c", "kv-vars", "key_value_stores = [\"default\", \"sessions\"]")
+    ));
+    let (status, _, stderr) = run_shop(&["check", "--file", manifest.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("component.c.key_value_stores: no key-value store labelled `sessions`"),
+        "{stderr}"
+    );
+}
