@@ -38,6 +38,24 @@ fn kv_app(dir: &TempDir) -> std::path::PathBuf {
     ))
 }
 
+/// Starts the key-value app with its `default` store mapped to Redis at `url`.
+fn start_on_redis(dir: &TempDir, url: &str) -> Shop {
+    let runtime_config = dir.path().join("runtime-config.toml");
+    std::fs::write(
+        &runtime_config,
+        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
+    Shop::start_with(
+        &kv_app(dir),
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec!["--runtime-config-file".into(), runtime_config.display().to_string()],
+            env: vec![],
+        },
+    )
+}
+
 fn run_script(shop: &Shop, component: &str, store: &str) -> Value {
     let r = client()
         .get(format!("{}/{component}/kv?store={store}", shop.base))
@@ -95,20 +113,7 @@ fn key_value_on_the_embedded_store() {
 fn key_value_on_redis() {
     let dir = TempDir::new("kv-redis");
     assert!(redis(&["SELECT", &REDIS_DB.to_string()]).starts_with("+OK"));
-    let runtime_config = dir.path().join("runtime-config.toml");
-    std::fs::write(
-        &runtime_config,
-        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://{REDIS}/{REDIS_DB}\"\n"),
-    )
-    .unwrap();
-    let shop = Shop::start_with(
-        &kv_app(&dir),
-        ShopOptions {
-            data_dir: &dir.path().join("data"),
-            args: vec!["--runtime-config-file".into(), runtime_config.display().to_string()],
-            env: vec![],
-        },
-    );
+    let shop = start_on_redis(&dir, &format!("redis://{REDIS}/{REDIS_DB}"));
     assert_key_value_semantics(&shop);
     // The script left `bin` behind in Redis itself, not in an embedded file.
     let reply = redis(&[
@@ -124,20 +129,7 @@ fn key_value_on_redis() {
 fn an_unreachable_redis_fails_the_call_fast_with_the_interface_error() {
     let dir = TempDir::new("kv-redis-down");
     let closed_port = free_port();
-    let runtime_config = dir.path().join("runtime-config.toml");
-    std::fs::write(
-        &runtime_config,
-        format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{closed_port}\"\n"),
-    )
-    .unwrap();
-    let shop = Shop::start_with(
-        &kv_app(&dir),
-        ShopOptions {
-            data_dir: &dir.path().join("data"),
-            args: vec!["--runtime-config-file".into(), runtime_config.display().to_string()],
-            env: vec![],
-        },
-    );
+    let shop = start_on_redis(&dir, &format!("redis://127.0.0.1:{closed_port}"));
     let started = Instant::now();
     let result = run_script(&shop, "granted", "default");
     assert!(
