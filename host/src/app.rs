@@ -12,8 +12,8 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::bindings::fermyon::spin as spin2;
+use crate::capability::Backends;
 use crate::capability::allowed_hosts::AllowedHosts;
-use crate::capability::key_value::KeyValueStores;
 use crate::capability::variables::ComponentVariables;
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::{Manifest, Template};
@@ -46,7 +46,8 @@ pub struct LoadedComponent {
     pub allowed_hosts: Arc<AllowedHosts>,
     pub environment: Vec<(String, String)>,
     pub key_value_stores: Arc<BTreeSet<String>>,
-    pub key_value: Arc<KeyValueStores>,
+    pub sqlite_databases: Arc<BTreeSet<String>>,
+    pub backends: Arc<Backends>,
     pub variables: ComponentVariables,
     pub cache: CacheOutcome,
 }
@@ -59,6 +60,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     spin2::key_value::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    spin2::sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
@@ -82,7 +84,7 @@ pub fn load_http_components(
     engine: &Engine,
     cache: &CompileCache,
     variables: &Variables,
-    key_value: &Arc<KeyValueStores>,
+    backends: &Arc<Backends>,
 ) -> anyhow::Result<BTreeMap<String, Arc<LoadedComponent>>> {
     let linker = linker(engine)?;
     let mut loaded = BTreeMap::new();
@@ -130,8 +132,14 @@ pub fn load_http_components(
             allowed_hosts(&component.allowed_outbound_hosts, variables).with_context(|| format!("component `{id}`"))?;
         for label in &component.key_value_stores {
             anyhow::ensure!(
-                key_value.contains(label),
+                backends.key_value.contains(label),
                 "component `{id}`: key-value store `{label}` is not defined (add [key_value_store.{label}] to the runtime config)"
+            );
+        }
+        for label in &component.sqlite_databases {
+            anyhow::ensure!(
+                backends.sqlite.contains(label),
+                "component `{id}`: SQLite database `{label}` is not defined (add [sqlite_database.{label}] to the runtime config)"
             );
         }
         loaded.insert(
@@ -143,7 +151,8 @@ pub fn load_http_components(
                 allowed_hosts: Arc::new(allowed),
                 environment: component.environment.clone().into_iter().collect(),
                 key_value_stores: Arc::new(component.key_value_stores.iter().cloned().collect()),
-                key_value: key_value.clone(),
+                sqlite_databases: Arc::new(component.sqlite_databases.iter().cloned().collect()),
+                backends: backends.clone(),
                 variables: ComponentVariables::render(&id, &component.variables, variables)?,
                 cache: outcome,
             }),

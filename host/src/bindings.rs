@@ -7,5 +7,6 @@ wasmtime::component::bindgen!({
     imports: { default: async },
     with: {
         "fermyon:spin/key-value.store": crate::capability::key_value::OpenStore,
+        "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
     },
 });

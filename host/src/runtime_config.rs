@@ -93,17 +93,46 @@ impl RuntimeConfig {
                 )),
             }
         }
+        let databases = self.table("sqlite_database");
+        for (label, entry) in databases.into_iter().flatten() {
+            if entry.get("type").and_then(|t| t.as_str()) != Some("spin") {
+                let key = format!("sqlite_database.{label}.type");
+                out.push(problem(
+                    Severity::Error,
+                    &file,
+                    key,
+                    "expected `type = \"spin\"`".into(),
+                ));
+            }
+        }
         let manifest_file = manifest.path.display().to_string();
+        let undefined = |labels: &[String], defined: Option<&toml::Table>| -> Vec<String> {
+            labels
+                .iter()
+                .filter(|l| *l != "default" && !defined.is_some_and(|d| d.contains_key(*l)))
+                .cloned()
+                .collect()
+        };
         for (id, component) in &manifest.raw.component {
-            for label in &component.key_value_stores {
-                if label != "default" && !stores.is_some_and(|s| s.contains_key(label)) {
-                    out.push(problem(
-                        Severity::Error,
-                        &manifest_file,
-                        format!("component.{id}.key_value_stores"),
-                        format!("no key-value store labelled `{label}`: define [key_value_store.{label}] in the runtime config"),
-                    ));
-                }
+            for label in undefined(&component.key_value_stores, stores) {
+                out.push(problem(
+                    Severity::Error,
+                    &manifest_file,
+                    format!("component.{id}.key_value_stores"),
+                    format!(
+                        "no key-value store labelled `{label}`: define [key_value_store.{label}] in the runtime config"
+                    ),
+                ));
+            }
+            for label in undefined(&component.sqlite_databases, databases) {
+                out.push(problem(
+                    Severity::Error,
+                    &manifest_file,
+                    format!("component.{id}.sqlite_databases"),
+                    format!(
+                        "no SQLite database labelled `{label}`: define [sqlite_database.{label}] in the runtime config"
+                    ),
+                ));
             }
         }
         out

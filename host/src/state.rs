@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::app::LoadedComponent;
 use crate::capability::key_value::KeyValueAccess;
 use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
+use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
 
 /// Facts about one invocation that the host learns from inside the store and needs
@@ -57,6 +58,7 @@ pub struct HostState {
     pub table: ResourceTable,
     pub outbound_http: OutboundHttp,
     pub key_value: KeyValueAccess,
+    pub sqlite: SqliteAccess,
     pub variables: ComponentVariables,
     pub limiter: MemoryLimiter,
     /// Wall-clock deadline of the current invocation, checked on every epoch tick.
@@ -86,7 +88,12 @@ impl HostState {
             },
             key_value: KeyValueAccess {
                 allowed: component.key_value_stores.clone(),
-                stores: component.key_value.clone(),
+                backends: component.backends.clone(),
+                open_count: 0,
+            },
+            sqlite: SqliteAccess {
+                allowed: component.sqlite_databases.clone(),
+                backends: component.backends.clone(),
                 open_count: 0,
             },
             variables: component.variables.clone(),

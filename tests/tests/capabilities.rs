@@ -33,8 +33,12 @@ fn kv_app(dir: &TempDir) -> std::path::PathBuf {
         "{}{}{}{}",
         http_trigger("/granted/...", "granted"),
         http_trigger("/ungranted/...", "ungranted"),
-        component("granted", "kv-vars", "key_value_stores = [\"default\"]"),
-        component("ungranted", "kv-vars", ""),
+        component(
+            "granted",
+            "capabilities-p2",
+            "key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]"
+        ),
+        component("ungranted", "capabilities-p2", ""),
     ))
 }
 
@@ -166,6 +170,45 @@ fn an_unreachable_redis_fails_the_call_fast_with_the_interface_error() {
 }
 
 #[test]
+fn sqlite_values_round_trip_and_access_is_per_component() {
+    let dir = TempDir::new("sqlite");
+    let data = dir.path().join("data");
+    let shop = Shop::start(&kv_app(&dir), &data);
+    let get = |path: &str| -> Value {
+        client()
+            .get(format!("{}{path}", shop.base))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let result = get("/granted/sqlite?db=default");
+    assert_eq!(result["open"], json!({ "ok": "opened" }), "{result}");
+    assert_eq!(result["create"], json!({ "ok": "0" }), "{result}");
+    assert_eq!(result["insert"], json!({ "ok": "0" }), "{result}");
+    assert_eq!(
+        result["select"],
+        json!({ "ok": "([\"i\", \"r\", \"t\", \"b\", \"n\"], [[Value::Integer(-42), Value::Real(1.5), Value::Text(\"héllo\"), Value::Blob([0, 1, 255]), Value::Null]])" }),
+        "{result}"
+    );
+    let bad = result["bad_sql"]["err"].as_str().unwrap_or_default();
+    assert!(
+        bad.starts_with("Error::Io(") && bad.contains("syntax error"),
+        "{result}"
+    );
+    assert!(data.join("sqlite_db.db").exists());
+
+    assert_eq!(
+        get("/granted/sqlite?db=other")["open"],
+        json!({ "err": "Error::AccessDenied" })
+    );
+    assert_eq!(
+        get("/ungranted/sqlite?db=default")["open"],
+        json!({ "err": "Error::AccessDenied" })
+    );
+}
+
+#[test]
 fn variables_resolve_from_templates_defaults_and_environment() {
     let dir = TempDir::new("vars");
     let manifest = dir.manifest(&format!(
@@ -173,7 +216,7 @@ fn variables_resolve_from_templates_defaults_and_environment() {
         http_trigger("/...", "c"),
         component(
             "c",
-            "kv-vars",
+            "capabilities-p2",
             "variables = { greeting = \"hello {{ who }}\", api_token = \"{{ token }}\", fixed = \"plain\" }"
         ),
     ));
@@ -222,7 +265,7 @@ fn check_reports_undefined_key_value_labels() {
     let manifest = dir.manifest(&format!(
         "{}{}",
         http_trigger("/...", "c"),
-        component("c", "kv-vars", "key_value_stores = [\"default\", \"sessions\"]")
+        component("c", "capabilities-p2", "key_value_stores = [\"default\", \"sessions\"]")
     ));
     let (status, _, stderr) = run_shop(&["check", "--file", manifest.to_str().unwrap()]);
     assert!(!status.success());

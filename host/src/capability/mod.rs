@@ -4,4 +4,30 @@
 pub mod allowed_hosts;
 pub mod key_value;
 pub mod outbound_http;
+pub mod sqlite;
 pub mod variables;
+
+use std::path::Path;
+
+use crate::runtime_config::RuntimeConfig;
+
+/// The application-wide backends behind the capabilities, built once from the
+/// runtime config; components reach them through their per-component grants.
+pub struct Backends {
+    pub key_value: key_value::KeyValueStores,
+    pub sqlite: sqlite::Databases,
+}
+
+impl Backends {
+    pub fn from_runtime_config(config: &RuntimeConfig, data_dir: &Path) -> anyhow::Result<Self> {
+        let key_value =
+            key_value::KeyValueStores::from_config(config.table("key_value_store"), config.dir(), data_dir)?;
+        for (label, backend) in key_value.labels() {
+            tracing::info!(store = label, backend = backend.kind(), "key-value store");
+        }
+        Ok(Self {
+            key_value,
+            sqlite: sqlite::Databases::from_config(config.table("sqlite_database"), config.dir(), data_dir)?,
+        })
+    }
+}

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::ManifestArgs;
 use crate::admin::{self, Readiness};
 use crate::app::{LoadedComponent, load_http_components};
-use crate::capability::key_value::KeyValueStores;
+use crate::capability::Backends;
 use crate::compile_cache::CompileCache;
 use crate::component_build::{BuildPolicy, build};
 use crate::engine::{self, EngineOptions, EpochTicker};
@@ -86,15 +86,8 @@ async fn serve(
     let cache = CompileCache::new(args.data_dir.join("cache").join("compiled"));
     let metrics = Arc::new(Metrics::new());
 
-    let key_value = Arc::new(KeyValueStores::from_config(
-        runtime_config.table("key_value_store"),
-        runtime_config.dir(),
-        &args.data_dir,
-    )?);
-    for (label, backend) in key_value.labels() {
-        tracing::info!(store = label, backend = backend.kind(), "key-value store");
-    }
-    let components = load_http_components(&manifest, &engine, &cache, &variables, &key_value)?;
+    let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &args.data_dir)?);
+    let components = load_http_components(&manifest, &engine, &cache, &variables, &backends)?;
     for c in components.values() {
         metrics
             .component_loads

@@ -86,6 +86,8 @@ pub struct Component {
     #[serde(default)]
     pub key_value_stores: Vec<String>,
     #[serde(default)]
+    pub sqlite_databases: Vec<String>,
+    #[serde(default)]
     pub environment: BTreeMap<String, String>,
     #[serde(default)]
     pub variables: BTreeMap<String, String>,

@@ -34,7 +34,6 @@ impl fmt::Display for Problem {
 
 /// Spin manifest keys this host does not act on yet; reported distinctly from typos.
 const SPIN_KEYS_NOT_YET_SUPPORTED: &[&str] = &[
-    "sqlite_databases",
     "files",
     "exclude_files",
     "ai_models",

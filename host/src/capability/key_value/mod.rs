@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use wasmtime::component::{Resource, ResourceTable};
 
+use super::Backends;
 use crate::bindings::fermyon::spin::key_value::{self, Error};
 use crate::state::HostState;
 use redis_store::RedisStore;
@@ -138,7 +139,7 @@ pub struct OpenStore {
 /// Per-instance key-value state: which labels this component may open.
 pub struct KeyValueAccess {
     pub allowed: Arc<BTreeSet<String>>,
-    pub stores: Arc<KeyValueStores>,
+    pub backends: Arc<Backends>,
     pub open_count: usize,
 }
 
@@ -158,7 +159,7 @@ impl key_value::HostStore for HostState {
         if !kv.allowed.contains(&label) {
             return Err(Error::AccessDenied);
         }
-        let Some(backend) = kv.stores.stores.get(&label).cloned() else {
+        let Some(backend) = kv.backends.key_value.stores.get(&label).cloned() else {
             return Err(Error::NoSuchStore);
         };
         if kv.open_count >= MAX_OPEN_STORES {

@@ -1,14 +1,16 @@
-//! Test component (WASI P2, spin-sdk 5): runs a fixed script against Spin's key-value
-//! and variables APIs and answers the result of every step as JSON, so tests can
-//! assert exactly what a guest observes.
+//! Test component (WASI P2, spin-sdk 5): runs fixed scripts against Spin's key-value,
+//! SQLite and variables APIs and answers the result of every step as JSON, so tests
+//! can assert exactly what a guest observes.
 //!
 //! - `GET /kv?store=<label>`: the key-value script on that store.
+//! - `GET /sqlite?db=<label>`: the SQLite script on that database.
 //! - `GET /vars?name=<name>`: `variables::get(name)`.
 
 use serde_json::{Value, json};
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::key_value::Store;
+use spin_sdk::sqlite::{Connection, Value as SqlValue};
 use spin_sdk::variables;
 
 fn query_param(req: &Request, name: &str) -> String {
@@ -53,10 +55,34 @@ fn key_value_script(label: &str) -> Value {
     })
 }
 
+fn sqlite_script(label: &str) -> Value {
+    let db = match Connection::open(label) {
+        Ok(db) => db,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    let row = [
+        SqlValue::Integer(-42),
+        SqlValue::Real(1.5),
+        SqlValue::Text("héllo".into()),
+        SqlValue::Blob(vec![0, 1, 255]),
+        SqlValue::Null,
+    ];
+    json!({
+        "open": { "ok": "opened" },
+        "drop": show(db.execute("DROP TABLE IF EXISTS script", &[]).map(|r| r.rows.len())),
+        "create": show(db.execute("CREATE TABLE script (i INTEGER, r REAL, t TEXT, b BLOB, n TEXT)", &[]).map(|r| r.rows.len())),
+        "insert": show(db.execute("INSERT INTO script VALUES (?, ?, ?, ?, ?)", &row).map(|r| r.rows.len())),
+        "select": show(db.execute("SELECT i, r, t, b, n FROM script", &[]).map(|r| (r.columns, r.rows.into_iter().map(|row| row.values).collect::<Vec<_>>()))),
+        "bad_sql": show(db.execute("SELEKT 1", &[])),
+    })
+}
+
 #[http_component]
 fn handle(req: Request) -> Response {
     let body = if req.path().ends_with("/kv") {
         key_value_script(&query_param(&req, "store"))
+    } else if req.path().ends_with("/sqlite") {
+        sqlite_script(&query_param(&req, "db"))
     } else if req.path().ends_with("/vars") {
         show(variables::get(&query_param(&req, "name")))
     } else {
