@@ -10,3 +10,15 @@ wasmtime::component::bindgen!({
         "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
     },
 });
+
+/// `spin:postgres@4.0.0`, the outbound PostgreSQL API of spin-sdk 5 (`pg4`).
+pub mod postgres4 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-postgres",
+        world: "spin:postgres/host",
+        imports: { default: async },
+        with: {
+            "spin:postgres/postgres.connection": crate::capability::postgres::PgConnection,
+        },
+    });
+}

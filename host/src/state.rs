@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::app::LoadedComponent;
 use crate::capability::key_value::KeyValueAccess;
 use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
+use crate::capability::postgres::PostgresAccess;
 use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
 
@@ -59,6 +60,7 @@ pub struct HostState {
     pub outbound_http: OutboundHttp,
     pub key_value: KeyValueAccess,
     pub sqlite: SqliteAccess,
+    pub postgres: PostgresAccess,
     pub variables: ComponentVariables,
     pub limiter: MemoryLimiter,
     /// Wall-clock deadline of the current invocation, checked on every epoch tick.
@@ -95,6 +97,10 @@ impl HostState {
                 allowed: component.sqlite_databases.clone(),
                 backends: component.backends.clone(),
                 open_count: 0,
+            },
+            postgres: PostgresAccess {
+                allowed: component.allowed_hosts.clone(),
+                backends: component.backends.clone(),
             },
             variables: component.variables.clone(),
             limiter: MemoryLimiter {

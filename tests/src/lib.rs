@@ -223,6 +223,17 @@ impl Shop {
         }
     }
 
+    /// GETs `path` (with optional extra headers) and parses the JSON body.
+    pub fn get_json(&self, path: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+        let mut request = client().get(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let text = response.text().unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
+    }
+
     pub fn metrics(&self) -> String {
         client()
             .get(format!("{}/metrics", self.admin))

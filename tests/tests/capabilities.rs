@@ -174,14 +174,7 @@ fn sqlite_values_round_trip_and_access_is_per_component() {
     let dir = TempDir::new("sqlite");
     let data = dir.path().join("data");
     let shop = Shop::start(&kv_app(&dir), &data);
-    let get = |path: &str| -> Value {
-        client()
-            .get(format!("{}{path}", shop.base))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
+    let get = |path: &str| shop.get_json(path, &[]);
     let result = get("/granted/sqlite?db=default");
     assert_eq!(result["open"], json!({ "ok": "opened" }), "{result}");
     assert_eq!(result["create"], json!({ "ok": "0" }), "{result}");
@@ -205,6 +198,57 @@ fn sqlite_values_round_trip_and_access_is_per_component() {
     assert_eq!(
         get("/ungranted/sqlite?db=default")["open"],
         json!({ "err": "Error::AccessDenied" })
+    );
+}
+
+/// The machine's PostgreSQL (trust auth on loopback; CI starts it when missing).
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[test]
+fn postgres_values_round_trip_and_addresses_are_checked() {
+    let dir = TempDir::new("pg");
+    assert!(
+        TcpStream::connect("127.0.0.1:5432").is_ok(),
+        "PostgreSQL must run on 127.0.0.1:5432 for this test"
+    );
+    let manifest = dir.manifest(&format!(
+        "{}{}{}{}",
+        http_trigger("/granted/...", "granted"),
+        http_trigger("/ungranted/...", "ungranted"),
+        component(
+            "granted",
+            "capabilities-p2",
+            "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]"
+        ),
+        component(
+            "ungranted",
+            "capabilities-p2",
+            "allowed_outbound_hosts = [\"postgres://db.example:5432\"]"
+        ),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let script = |component: &str| shop.get_json(&format!("/{component}/pg"), &[("x-pg-address", POSTGRES)]);
+    let result = script("granted");
+    assert_eq!(result["open"], json!({ "ok": "opened" }), "{result}");
+    assert_eq!(result["insert"], json!({ "ok": "1" }), "{result}");
+    assert_eq!(
+        result["select"],
+        json!({ "ok": "([\"b:DbDataType::Boolean\", \"i2:DbDataType::Int16\", \"i4:DbDataType::Int32\", \"i8:DbDataType::Int64\", \"f4:DbDataType::Floating32\", \"f8:DbDataType::Floating64\", \"t:DbDataType::Str\", \"bin:DbDataType::Binary\", \"n:DbDataType::Str\"], [[DbValue::Boolean(true), DbValue::Int16(-2), DbValue::Int32(70000), DbValue::Int64(-9000000000), DbValue::Floating32(1.5), DbValue::Floating64(-2.25), DbValue::Str(\"héllo\"), DbValue::Binary([0, 1, 255]), DbValue::DbNull]])" }),
+        "{result}"
+    );
+    let bad = result["bad_sql"]["err"].as_str().unwrap_or_default();
+    assert!(
+        bad.contains("QueryFailed") && bad.contains("42601"),
+        "syntax errors carry the SQLSTATE: {result}"
+    );
+    let unsupported = result["unsupported_param"]["err"].as_str().unwrap_or_default();
+    assert!(unsupported.contains("BadParameter"), "{result}");
+
+    let denied = script("ungranted");
+    let err = denied["open"]["err"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("ConnectionFailed") && err.contains("not permitted"),
+        "{denied}"
     );
 }
 

@@ -4,6 +4,7 @@
 pub mod allowed_hosts;
 pub mod key_value;
 pub mod outbound_http;
+pub mod postgres;
 pub mod sqlite;
 pub mod variables;
 
@@ -16,6 +17,7 @@ use crate::runtime_config::RuntimeConfig;
 pub struct Backends {
     pub key_value: key_value::KeyValueStores,
     pub sqlite: sqlite::Databases,
+    pub postgres: postgres::PostgresPools,
 }
 
 impl Backends {
@@ -28,6 +30,7 @@ impl Backends {
         Ok(Self {
             key_value,
             sqlite: sqlite::Databases::from_config(config.table("sqlite_database"), config.dir(), data_dir)?,
+            postgres: postgres::PostgresPools::default(),
         })
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - `GET /kv?store=<label>`: the key-value script on that store.
 //! - `GET /sqlite?db=<label>`: the SQLite script on that database.
+//! - `GET /pg` with header `x-pg-address`: the Postgres script against that server.
 //! - `GET /vars?name=<name>`: `variables::get(name)`.
 
 use serde_json::{Value, json};
@@ -77,12 +78,54 @@ fn sqlite_script(label: &str) -> Value {
     })
 }
 
+fn postgres_script(address: &str) -> Value {
+    use spin_sdk::pg4::{Connection, ParameterValue as P};
+    let conn = match Connection::open(address) {
+        Ok(conn) => conn,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    let row = [
+        P::Boolean(true),
+        P::Int16(-2),
+        P::Int32(70_000),
+        P::Int64(-9_000_000_000),
+        P::Floating32(1.5),
+        P::Floating64(-2.25),
+        P::Str("héllo".into()),
+        P::Binary(vec![0, 1, 255]),
+        P::DbNull,
+    ];
+    json!({
+        "open": { "ok": "opened" },
+        "drop": show(conn.execute("DROP TABLE IF EXISTS shop_pg_script", &[])),
+        "create": show(conn.execute(
+            "CREATE TABLE shop_pg_script (b BOOLEAN, i2 SMALLINT, i4 INTEGER, i8 BIGINT, \
+             f4 REAL, f8 DOUBLE PRECISION, t TEXT, bin BYTEA, n TEXT)",
+            &[],
+        )),
+        "insert": show(conn.execute("INSERT INTO shop_pg_script VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", &row)),
+        "select": show(conn.query("SELECT * FROM shop_pg_script", &[]).map(|rs| {
+            let columns: Vec<String> = rs.columns.iter().map(|c| format!("{}:{:?}", c.name, c.data_type)).collect();
+            (columns, rs.rows)
+        })),
+        "bad_sql": show(conn.query("SELEKT 1", &[])),
+        "unsupported_param": show(conn.query("SELECT $1::date", &[P::Date((2024, 1, 2))])),
+    })
+}
+
 #[http_component]
 fn handle(req: Request) -> Response {
     let body = if req.path().ends_with("/kv") {
         key_value_script(&query_param(&req, "store"))
     } else if req.path().ends_with("/sqlite") {
         sqlite_script(&query_param(&req, "db"))
+    } else if req.path().ends_with("/pg") {
+        let address = req
+            .header("x-pg-address")
+            .and_then(|h| h.as_str())
+            .unwrap_or_default()
+            .to_string();
+        postgres_script(&address)
     } else if req.path().ends_with("/vars") {
         show(variables::get(&query_param(&req, "name")))
     } else {
