@@ -61,6 +61,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     spin2::key_value::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     spin2::sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    spin2::redis::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::postgres4::spin::postgres::postgres::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)

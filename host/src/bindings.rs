@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
     with: {
         "fermyon:spin/key-value.store": crate::capability::key_value::OpenStore,
         "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
+        "fermyon:spin/redis.connection": crate::capability::redis::RedisConnection,
     },
 });
 

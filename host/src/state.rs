@@ -14,6 +14,7 @@ use crate::app::LoadedComponent;
 use crate::capability::key_value::KeyValueAccess;
 use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
 use crate::capability::postgres::PostgresAccess;
+use crate::capability::redis::RedisAccess;
 use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
 
@@ -61,6 +62,7 @@ pub struct HostState {
     pub key_value: KeyValueAccess,
     pub sqlite: SqliteAccess,
     pub postgres: PostgresAccess,
+    pub redis: RedisAccess,
     pub variables: ComponentVariables,
     pub limiter: MemoryLimiter,
     /// Wall-clock deadline of the current invocation, checked on every epoch tick.
@@ -99,6 +101,10 @@ impl HostState {
                 open_count: 0,
             },
             postgres: PostgresAccess {
+                allowed: component.allowed_hosts.clone(),
+                backends: component.backends.clone(),
+            },
+            redis: RedisAccess {
                 allowed: component.allowed_hosts.clone(),
                 backends: component.backends.clone(),
             },

@@ -28,18 +28,24 @@ fn redis(args: &[&str]) -> String {
     String::from_utf8_lossy(&reply[..n]).into_owned()
 }
 
-fn kv_app(dir: &TempDir) -> std::path::PathBuf {
+/// An app with the same test component twice: `granted` (with `granted` config
+/// lines) and `ungranted` (with `ungranted` lines), each under its own route prefix.
+fn granted_app(dir: &TempDir, granted: &str, ungranted: &str) -> std::path::PathBuf {
     dir.manifest(&format!(
         "{}{}{}{}",
         http_trigger("/granted/...", "granted"),
         http_trigger("/ungranted/...", "ungranted"),
-        component(
-            "granted",
-            "capabilities-p2",
-            "key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]"
-        ),
-        component("ungranted", "capabilities-p2", ""),
+        component("granted", "capabilities-p2", granted),
+        component("ungranted", "capabilities-p2", ungranted),
     ))
+}
+
+fn kv_app(dir: &TempDir) -> std::path::PathBuf {
+    granted_app(
+        dir,
+        "key_value_stores = [\"default\"]\nsqlite_databases = [\"default\"]",
+        "",
+    )
 }
 
 /// Starts the key-value app with its `default` store mapped to Redis at `url`.
@@ -211,21 +217,11 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
         TcpStream::connect("127.0.0.1:5432").is_ok(),
         "PostgreSQL must run on 127.0.0.1:5432 for this test"
     );
-    let manifest = dir.manifest(&format!(
-        "{}{}{}{}",
-        http_trigger("/granted/...", "granted"),
-        http_trigger("/ungranted/...", "ungranted"),
-        component(
-            "granted",
-            "capabilities-p2",
-            "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]"
-        ),
-        component(
-            "ungranted",
-            "capabilities-p2",
-            "allowed_outbound_hosts = [\"postgres://db.example:5432\"]"
-        ),
-    ));
+    let manifest = granted_app(
+        &dir,
+        "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]",
+        "allowed_outbound_hosts = [\"postgres://db.example:5432\"]",
+    );
     let shop = Shop::start(&manifest, &dir.path().join("data"));
     let script = |component: &str| shop.get_json(&format!("/{component}/pg"), &[("x-pg-address", POSTGRES)]);
     let result = script("granted");
@@ -250,6 +246,50 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
         err.contains("ConnectionFailed") && err.contains("not permitted"),
         "{denied}"
     );
+}
+
+#[test]
+fn outbound_redis_commands_and_address_checks() {
+    let dir = TempDir::new("redis-out");
+    assert!(redis(&["PING"]).starts_with("+PONG"));
+    let manifest = granted_app(
+        &dir,
+        &format!("allowed_outbound_hosts = [\"redis://{REDIS}\"]"),
+        "allowed_outbound_hosts = [\"redis://cache.example\"]",
+    );
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    // Database 8: apart from the key-value test's database.
+    let address = format!("redis://{REDIS}/8");
+    let result = shop.get_json("/granted/redis", &[("x-redis-address", &address)]);
+    let expected = json!({
+        "open": { "ok": "opened" },
+        "del_setup": result["del_setup"].clone(),
+        "get_missing": { "ok": "None" },
+        "set": { "ok": "()" },
+        "get": { "ok": "Some(\"value\")" },
+        "incr": { "ok": "1" },
+        "incr_again": { "ok": "2" },
+        "incr_wrong_type": result["incr_wrong_type"].clone(),
+        "sadd": { "ok": "3" },
+        "get_wrong_type": { "err": "Error::TypeError" },
+        "srem": { "ok": "1" },
+        "smembers": { "ok": "[\"a\", \"c\"]" },
+        "execute_append": { "ok": "[RedisResult::Int64(6)]" },
+        "execute_get": { "ok": "[RedisResult::Binary([118, 97, 108, 117, 101, 33])]" },
+        "execute_incrby": { "ok": "[RedisResult::Int64(42)]" },
+        "publish": { "ok": "()" },
+        "del": { "ok": "2" },
+    });
+    assert_eq!(result, expected);
+    // The server refuses INCR on text; the guest gets the server's message.
+    let refused = result["incr_wrong_type"]["err"].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with("Error::Other(") && refused.contains("not an integer"),
+        "{result}"
+    );
+
+    let denied = shop.get_json("/ungranted/redis", &[("x-redis-address", &address)]);
+    assert_eq!(denied["open"], json!({ "err": "Error::InvalidAddress" }), "{denied}");
 }
 
 #[test]

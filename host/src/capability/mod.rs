@@ -5,6 +5,7 @@ pub mod allowed_hosts;
 pub mod key_value;
 pub mod outbound_http;
 pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 pub mod variables;
 
@@ -18,6 +19,7 @@ pub struct Backends {
     pub key_value: key_value::KeyValueStores,
     pub sqlite: sqlite::Databases,
     pub postgres: postgres::PostgresPools,
+    pub redis: redis::RedisServers,
 }
 
 impl Backends {
@@ -31,6 +33,7 @@ impl Backends {
             key_value,
             sqlite: sqlite::Databases::from_config(config.table("sqlite_database"), config.dir(), data_dir)?,
             postgres: postgres::PostgresPools::default(),
+            redis: redis::RedisServers::default(),
         })
     }
 }

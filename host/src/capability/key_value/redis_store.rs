@@ -1,48 +1,25 @@
 //! Redis key-value backend: keys and values stored as-is in the URL's database, as
-//! Spin's Redis store does. The connection is made on first use and re-established
-//! by the connection manager, with bounded timeouts so an unreachable Redis fails
-//! the guest's call quickly instead of hanging it.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Spin's Redis store does.
 
 use redis::AsyncCommands as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::capability::redis::SharedRedis;
 
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    connection: Arc<OnceCell<ConnectionManager>>,
+    redis: SharedRedis,
 }
 
 impl RedisStore {
     pub fn new(url: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            client: redis::Client::open(url)?,
-            connection: Arc::new(OnceCell::new()),
+            redis: SharedRedis::new(url)?,
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| async {
-                tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_connection_manager_with_config(config))
-                    .await
-                    .map_err(|_| "redis unavailable: connect timed out".to_string())?
-                    .map_err(|e| format!("redis unavailable: {e}"))
-            })
-            .await
-            .cloned()
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, String> {
+        self.redis.connection().await
     }
-
     pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, String> {
         let mut c = self.connection().await?;
         c.get(key).await.map_err(|e| e.to_string())

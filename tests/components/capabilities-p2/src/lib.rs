@@ -5,6 +5,7 @@
 //! - `GET /kv?store=<label>`: the key-value script on that store.
 //! - `GET /sqlite?db=<label>`: the SQLite script on that database.
 //! - `GET /pg` with header `x-pg-address`: the Postgres script against that server.
+//! - `GET /redis` with header `x-redis-address`: the outbound Redis script.
 //! - `GET /vars?name=<name>`: `variables::get(name)`.
 
 use serde_json::{Value, json};
@@ -113,6 +114,34 @@ fn postgres_script(address: &str) -> Value {
     })
 }
 
+fn redis_script(address: &str) -> Value {
+    use spin_sdk::redis::{Connection, RedisParameter as P};
+    let conn = match Connection::open(address) {
+        Ok(conn) => conn,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    let text = |r: Result<Option<Vec<u8>>, _>| r.map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()));
+    json!({
+        "open": { "ok": "opened" },
+        "del_setup": show(conn.del(&["script:s".into(), "script:n".into(), "script:set".into()])),
+        "get_missing": show(text(conn.get("script:s"))),
+        "set": show(conn.set("script:s", b"value".as_ref())),
+        "get": show(text(conn.get("script:s"))),
+        "incr": show(conn.incr("script:n")),
+        "incr_again": show(conn.incr("script:n")),
+        "incr_wrong_type": show(conn.incr("script:s")),
+        "sadd": show(conn.sadd("script:set", &["a".into(), "b".into(), "c".into()])),
+        "get_wrong_type": show(text(conn.get("script:set"))),
+        "srem": show(conn.srem("script:set", &["b".into(), "zz".into()])),
+        "smembers": show(conn.smembers("script:set").map(|mut m| { m.sort(); m })),
+        "execute_append": show(conn.execute("APPEND", &[P::Binary(b"script:s".to_vec()), P::Binary(b"!".to_vec())])),
+        "execute_get": show(conn.execute("GET", &[P::Binary(b"script:s".to_vec())])),
+        "execute_incrby": show(conn.execute("INCRBY", &[P::Binary(b"script:n".to_vec()), P::Int64(40)])),
+        "publish": show(conn.publish("script:channel", b"hi".as_ref())),
+        "del": show(conn.del(&["script:s".into(), "script:n".into(), "script:missing".into()])),
+    })
+}
+
 #[http_component]
 fn handle(req: Request) -> Response {
     let body = if req.path().ends_with("/kv") {
@@ -126,6 +155,13 @@ fn handle(req: Request) -> Response {
             .unwrap_or_default()
             .to_string();
         postgres_script(&address)
+    } else if req.path().ends_with("/redis") {
+        let address = req
+            .header("x-redis-address")
+            .and_then(|h| h.as_str())
+            .unwrap_or_default()
+            .to_string();
+        redis_script(&address)
     } else if req.path().ends_with("/vars") {
         show(variables::get(&query_param(&req, "name")))
     } else {
