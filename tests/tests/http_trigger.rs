@@ -364,3 +364,77 @@ fn sigterm_finishes_in_flight_requests_then_exits() {
         "listener must be closed"
     );
 }
+
+/// A one-route HTTP server on loopback answering `upstream ok` to every request.
+fn upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Write};
+                let mut reader = BufReader::new(&stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+                    line.clear();
+                }
+                let _ = (&stream)
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\nupstream ok");
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn outbound_http_follows_allowed_outbound_hosts() {
+    let port = upstream();
+    let other_port = upstream();
+    let dir = TempDir::new("outbound");
+    let manifest = dir.manifest(&format!(
+        "[variables]\nupstream_host = {{ default = \"127.0.0.1\" }}\n{}{}{}{}{}{}",
+        http_trigger("/exact", "exact"),
+        http_trigger("/wildcard-port", "wildcard-port"),
+        http_trigger("/template", "template"),
+        component(
+            "exact",
+            "chain-front",
+            &format!("allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]")
+        ),
+        component(
+            "wildcard-port",
+            "chain-front",
+            "allowed_outbound_hosts = [\"http://127.0.0.1:*\"]"
+        ),
+        component(
+            "template",
+            "chain-front",
+            &format!("allowed_outbound_hosts = [\"http://{{{{ upstream_host }}}}:{port}\"]")
+        ),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let call = |route: &str, target_port: u16| -> (u16, Value) {
+        let url = format!("{}/{route}?target=http%3A%2F%2F127.0.0.1%3A{target_port}%2F", shop.base);
+        let r = client().get(url).send().unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    };
+    let allowed = |route: &str, target_port: u16| {
+        let (status, body) = call(route, target_port);
+        assert_eq!(status, 200, "{route} -> :{target_port}: {body}");
+        assert_eq!(body["back_body"], "upstream ok", "{body}");
+    };
+    let denied = |route: &str, target_port: u16| {
+        let (status, body) = call(route, target_port);
+        assert_eq!(status, 502, "{route} -> :{target_port}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("HttpRequestDenied"),
+            "{body}"
+        );
+    };
+    allowed("exact", port);
+    denied("exact", other_port);
+    allowed("wildcard-port", port);
+    allowed("wildcard-port", other_port);
+    allowed("template", port);
+    denied("template", other_port);
+}
