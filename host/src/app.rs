@@ -16,7 +16,7 @@ use crate::capability::Backends;
 use crate::capability::allowed_hosts::AllowedHosts;
 use crate::capability::variables::ComponentVariables;
 use crate::compile_cache::{CacheOutcome, CompileCache};
-use crate::manifest::{Manifest, Template};
+use crate::manifest::Manifest;
 use crate::state::HostState;
 use crate::variables::Variables;
 
@@ -72,8 +72,8 @@ pub fn allowed_hosts(entries: &[String], variables: &Variables) -> anyhow::Resul
     let rendered = entries
         .iter()
         .map(|e| {
-            Template::parse(e)
-                .and_then(|t| t.render(|v| variables.get(v).map(str::to_string)))
+            variables
+                .render(e)
                 .map_err(|err| anyhow::anyhow!("allowed_outbound_hosts entry `{e}`: {err}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -132,18 +132,6 @@ pub fn load_http_components(
         );
         let allowed =
             allowed_hosts(&component.allowed_outbound_hosts, variables).with_context(|| format!("component `{id}`"))?;
-        for label in &component.key_value_stores {
-            anyhow::ensure!(
-                backends.key_value.contains(label),
-                "component `{id}`: key-value store `{label}` is not defined (add [key_value_store.{label}] to the runtime config)"
-            );
-        }
-        for label in &component.sqlite_databases {
-            anyhow::ensure!(
-                backends.sqlite.contains(label),
-                "component `{id}`: SQLite database `{label}` is not defined (add [sqlite_database.{label}] to the runtime config)"
-            );
-        }
         loaded.insert(
             id.clone(),
             Arc::new(LoadedComponent {

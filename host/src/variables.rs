@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Template};
 
 #[derive(Clone)]
 pub struct ResolvedVariable {
@@ -66,6 +66,11 @@ impl Variables {
 
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(|v| v.value.as_str())
+    }
+
+    /// Renders a `{{ variable }}` template from the manifest with these values.
+    pub fn render(&self, text: &str) -> Result<String, String> {
+        Template::parse(text)?.render(|v| self.get(v).map(str::to_string))
     }
 }
 

@@ -25,16 +25,23 @@ pub struct Database {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// Opens (creating if needed) an embedded database file. WAL lets readers proceed
+/// during writes; the busy timeout makes concurrent writers (other instances, other
+/// processes) wait for the lock instead of failing.
+pub fn open_file(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 impl Database {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(open_file(path)?)),
         })
     }
 
@@ -127,10 +134,6 @@ impl Databases {
             );
         }
         Ok(Self { databases })
-    }
-
-    pub fn contains(&self, label: &str) -> bool {
-        self.databases.contains_key(label)
     }
 }
 

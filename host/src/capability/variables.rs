@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::bindings::fermyon::spin::variables::{self, Error};
-use crate::manifest::Template;
 use crate::manifest::is_valid_variable_name;
 use crate::state::HostState;
 use crate::variables::Variables;
@@ -21,8 +20,8 @@ impl ComponentVariables {
     pub fn render(component: &str, declared: &BTreeMap<String, String>, app: &Variables) -> anyhow::Result<Self> {
         let mut values = BTreeMap::new();
         for (name, text) in declared {
-            let value = Template::parse(text)
-                .and_then(|t| t.render(|v| app.get(v).map(str::to_string)))
+            let value = app
+                .render(text)
                 .map_err(|e| anyhow::anyhow!("component `{component}` variable `{name}`: {e}"))?;
             values.insert(name.clone(), value);
         }

@@ -125,10 +125,6 @@ impl KeyValueStores {
     pub fn labels(&self) -> impl Iterator<Item = (&str, &Backend)> {
         self.stores.iter().map(|(l, b)| (l.as_str(), b))
     }
-
-    pub fn contains(&self, label: &str) -> bool {
-        self.stores.contains_key(label)
-    }
 }
 
 /// An open store as the guest holds it.

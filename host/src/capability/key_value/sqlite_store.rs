@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Clone)]
@@ -15,14 +14,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path, label: &str) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // WAL lets readers proceed during writes; a busy timeout makes concurrent
-        // instances (and processes) wait for the lock instead of failing.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = crate::capability::sqlite::open_file(path)?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS spin_key_value (
                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
