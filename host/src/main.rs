@@ -8,6 +8,7 @@ mod commands;
 mod compile_cache;
 mod component_build;
 mod engine;
+mod guest_output;
 mod manifest;
 mod metrics;
 mod runtime_config;

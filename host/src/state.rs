@@ -17,15 +17,24 @@ use crate::capability::postgres::PostgresAccess;
 use crate::capability::redis::RedisAccess;
 use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
+use crate::guest_output::{GuestOutput, OutputTags, Stream};
 
 /// Facts about one invocation that the host learns from inside the store and needs
 /// afterwards to explain a failure.
 #[derive(Debug, Default)]
 pub struct InvocationProbe {
+    pub request_id: String,
     memory_limit_hit: AtomicBool,
 }
 
 impl InvocationProbe {
+    pub fn new(request_id: &str) -> Self {
+        Self {
+            request_id: request_id.to_string(),
+            ..Self::default()
+        }
+    }
+
     pub fn memory_limit_hit(&self) -> bool {
         self.memory_limit_hit.load(Ordering::Relaxed)
     }
@@ -65,6 +74,8 @@ pub struct HostState {
     pub redis: RedisAccess,
     pub variables: ComponentVariables,
     pub limiter: MemoryLimiter,
+    /// Tags on the guest's stdout/stderr lines.
+    pub output_tags: OutputTags,
     /// Wall-clock deadline of the current invocation, checked on every epoch tick.
     pub deadline: Instant,
 }
@@ -78,8 +89,14 @@ impl HostState {
         timeout: std::time::Duration,
         local: std::sync::Weak<dyn LocalServices>,
     ) -> Self {
+        let output_tags = OutputTags {
+            component: component.id.clone(),
+            request_id: Arc::default(),
+        };
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr().envs(&component.environment);
+        wasi.stdout(GuestOutput::new(output_tags.clone(), Stream::Stdout))
+            .stderr(GuestOutput::new(output_tags.clone(), Stream::Stderr))
+            .envs(&component.environment);
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
@@ -113,6 +130,7 @@ impl HostState {
                 max_memory_bytes,
                 probe: Arc::default(),
             },
+            output_tags,
             deadline: Instant::now() + timeout,
         }
     }

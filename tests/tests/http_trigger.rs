@@ -321,6 +321,18 @@ fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["code"], "trap");
 
+    // The guest's panic message reached the host log as one event tagged with the
+    // component and the request.
+    let logs = shop.stderr.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("deliberate trap") && l.contains("\"target\":\"guest\""))
+        .unwrap_or_else(|| panic!("no guest log line for the trap in:\n{logs}"));
+    let event: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(event["component"], "misbehave", "{event}");
+    assert_eq!(event["stream"], "stderr", "{event}");
+    assert!(!event["request_id"].as_str().unwrap_or_default().is_empty(), "{event}");
+
     // The same component still serves good requests; the host is intact.
     let r = client().get(format!("{base}/bad/ok")).send().unwrap();
     assert_eq!(r.status(), 200);

@@ -110,6 +110,7 @@ impl WorkerState for SingleUse {
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         let data = store.data_mut();
         data.deadline = Instant::now() + self.timeout;
+        let _ = data.output_tags.request_id.set(probe.request_id.clone());
         data.limiter.probe = probe;
         Box::pin(tokio::time::sleep(self.timeout))
     }
@@ -228,7 +229,7 @@ impl ComponentInvoker {
     /// so callers (the listener, local chaining) always get a response.
     pub async fn invoke(&self, request: GuestRequest, request_id: &str) -> GuestResponse {
         let started = Instant::now();
-        let probe = Arc::new(InvocationProbe::default());
+        let probe = Arc::new(InvocationProbe::new(request_id));
         let result = self.handler.handle(probe.clone(), request).await;
         let elapsed = started.elapsed();
         let response = match result {
