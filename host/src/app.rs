@@ -14,7 +14,7 @@ use wasmtime_wasi_http::handler::ProxyPre;
 use crate::bindings::fermyon::spin as spin2;
 use crate::capability::Backends;
 use crate::capability::allowed_hosts::AllowedHosts;
-use crate::capability::variables::ComponentVariables;
+use crate::capability::variables::{ComponentVariables, SpinVariables3};
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::Manifest;
 use crate::state::HostState;
@@ -64,6 +64,9 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     spin2::redis::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::postgres4::spin::postgres::postgres::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::bindings::variables3::spin::variables::variables::add_to_linker::<_, SpinVariables3>(&mut linker, |s| {
+        &s.variables
+    })?;
     Ok(linker)
 }
 

@@ -23,3 +23,12 @@ pub mod postgres4 {
         },
     });
 }
+
+/// `spin:variables@3.0.0`, the variables API of spin-sdk 7.
+pub mod variables3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-variables",
+        world: "spin:variables/host",
+        imports: { default: async },
+    });
+}

@@ -296,12 +296,18 @@ fn outbound_redis_commands_and_address_checks() {
 fn variables_resolve_from_templates_defaults_and_environment() {
     let dir = TempDir::new("vars");
     let manifest = dir.manifest(&format!(
-        "[variables]\nwho = {{ default = \"world\" }}\ntoken = {{ required = true, secret = true }}\n{}{}",
+        "[variables]\nwho = {{ default = \"world\" }}\ntoken = {{ required = true, secret = true }}\n{}{}{}{}",
         http_trigger("/...", "c"),
+        http_trigger("/p3/...", "c3"),
         component(
             "c",
             "capabilities-p2",
             "variables = { greeting = \"hello {{ who }}\", api_token = \"{{ token }}\", fixed = \"plain\" }"
+        ),
+        component(
+            "c3",
+            "capabilities-p3",
+            "variables = { greeting = \"hello {{ who }}\" }"
         ),
     ));
     let start = |env: Vec<(String, String)>| {
@@ -331,6 +337,23 @@ fn variables_resolve_from_templates_defaults_and_environment() {
     assert!(undefined.starts_with("Error::Undefined("), "{undefined}");
     let invalid = get(&shop, "Not-Valid")["err"].as_str().unwrap().to_string();
     assert!(invalid.starts_with("Error::InvalidName("), "{invalid}");
+    // A spin-sdk 7 component reads the same variables through spin:variables@3.0.0.
+    let p3 = |name: &str| shop.get_json(&format!("/p3/vars?name={name}"), &[]);
+    assert_eq!(p3("greeting"), json!({ "ok": "hello world" }));
+    assert!(
+        p3("nope")["err"].as_str().unwrap().starts_with("Error::Undefined("),
+        "{}",
+        p3("nope")
+    );
+    assert!(
+        p3("Not-Valid")["err"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error::InvalidName("),
+        "{}",
+        p3("Not-Valid")
+    );
+
     let logs = format!("{}{}", shop.stdout.text(), shop.stderr.text());
     drop(shop);
     assert!(!logs.contains("s3cret-value"), "secret leaked into logs:\n{logs}");

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use wasmtime::component::{Accessor, HasData};
+
 use crate::bindings::fermyon::spin::variables::{self, Error};
+use crate::bindings::variables3::spin::variables::variables as v3;
 use crate::manifest::is_valid_variable_name;
 use crate::state::HostState;
 use crate::variables::Variables;
@@ -46,6 +49,28 @@ impl ComponentVariables {
 impl variables::Host for HostState {
     async fn get(&mut self, name: String) -> Result<String, Error> {
         self.variables.get(&name)
+    }
+}
+
+/// spin-sdk 7's `spin:variables@3.0.0`: the same lookup behind an `async func`, so it
+/// is implemented on a marker type that reaches the component's variables through
+/// the store accessor (wasmtime's component-model-async host API).
+pub struct SpinVariables3;
+
+impl HasData for SpinVariables3 {
+    type Data<'a> = &'a ComponentVariables;
+}
+
+impl v3::Host for &ComponentVariables {}
+
+impl<U> v3::HostWithStore<U> for SpinVariables3 {
+    async fn get(store: &Accessor<U, Self>, name: String) -> Result<String, v3::Error> {
+        store.with(|mut view| view.get().get(&name)).map_err(|e| match e {
+            Error::InvalidName(m) => v3::Error::InvalidName(m),
+            Error::Undefined(m) => v3::Error::Undefined(m),
+            Error::Provider(m) => v3::Error::Provider(m),
+            Error::Other(m) => v3::Error::Other(m),
+        })
     }
 }
 
