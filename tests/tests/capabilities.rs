@@ -249,6 +249,23 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
 }
 
 #[test]
+fn an_unreachable_postgres_fails_open_fast() {
+    let dir = TempDir::new("pg-down");
+    let manifest = granted_app(&dir, "allowed_outbound_hosts = [\"postgres://127.0.0.1:*\"]", "");
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let address = format!("postgres://postgres@127.0.0.1:{}/test", free_port());
+    let started = Instant::now();
+    let result = shop.get_json("/granted/pg", &[("x-pg-address", &address)]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let err = result["open"]["err"].as_str().unwrap_or_default();
+    assert!(err.contains("ConnectionFailed"), "{result}");
+}
+
+#[test]
 fn outbound_redis_commands_and_address_checks() {
     let dir = TempDir::new("redis-out");
     assert!(redis(&["PING"]).starts_with("+PONG"));
