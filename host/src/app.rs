@@ -14,6 +14,7 @@ use wasmtime_wasi_http::handler::ProxyPre;
 use crate::bindings::fermyon::spin as spin2;
 use crate::capability::Backends;
 use crate::capability::allowed_hosts::AllowedHosts;
+use crate::capability::key_value::SpinKeyValue3;
 use crate::capability::variables::{ComponentVariables, SpinVariables3};
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::Manifest;
@@ -61,6 +62,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     spin2::key_value::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     spin2::sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::bindings::key_value3::spin::key_value::key_value::add_to_linker::<_, SpinKeyValue3>(&mut linker, |s| s)?;
     spin2::redis::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     crate::bindings::postgres4::spin::postgres::postgres::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;

@@ -32,3 +32,19 @@ pub mod variables3 {
         imports: { default: async },
     });
 }
+
+/// `spin:key-value@3.0.0`, the key-value API of spin-sdk 7.
+pub mod key_value3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-key-value",
+        world: "spin:key-value/host",
+        imports: {
+            // Creating the stream can fail (resource table full): trap rather than panic.
+            "spin:key-value/key-value.[method]store.get-keys": async | trappable,
+            default: async,
+        },
+        with: {
+            "spin:key-value/key-value.store": crate::capability::key_value::OpenStore,
+        },
+    });
+}

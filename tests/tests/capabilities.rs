@@ -78,7 +78,22 @@ fn run_script(shop: &Shop, component: &str, store: &str) -> Value {
 /// What every backend must produce for the guest's script, step by step.
 fn assert_key_value_semantics(shop: &Shop) {
     let result = run_script(shop, "granted", "default");
-    let expected = json!({
+    assert_eq!(result, expected_key_value_script());
+
+    // A label the component did not declare, and a component that declared none.
+    assert_eq!(
+        run_script(shop, "granted", "other")["open"],
+        json!({ "err": "Error::AccessDenied" })
+    );
+    assert_eq!(
+        run_script(shop, "ungranted", "default")["open"],
+        json!({ "err": "Error::AccessDenied" })
+    );
+}
+
+/// Each step of the key-value script and what the guest must observe.
+fn expected_key_value_script() -> Value {
+    json!({
         "open": { "ok": "opened" },
         "get_missing": { "ok": "None" },
         "set": { "ok": "()" },
@@ -93,18 +108,7 @@ fn assert_key_value_semantics(shop: &Shop) {
         "delete_missing": { "ok": "()" },
         "delete": { "ok": "()" },
         "exists_after_delete": { "ok": "false" },
-    });
-    assert_eq!(result, expected);
-
-    // A label the component did not declare, and a component that declared none.
-    assert_eq!(
-        run_script(shop, "granted", "other")["open"],
-        json!({ "err": "Error::AccessDenied" })
-    );
-    assert_eq!(
-        run_script(shop, "ungranted", "default")["open"],
-        json!({ "err": "Error::AccessDenied" })
-    );
+    })
 }
 
 #[test]
@@ -133,6 +137,33 @@ fn key_value_on_redis() {
     ]);
     assert_eq!(reply.trim(), ":1", "value must be stored in Redis db {REDIS_DB}");
     assert!(!dir.path().join("data/key_value.db").exists());
+}
+
+#[test]
+fn key_value_from_a_spin_sdk_7_component() {
+    let dir = TempDir::new("kv-p3");
+    let manifest = dir.manifest(&format!(
+        "{}{}{}{}",
+        http_trigger("/granted/...", "granted"),
+        http_trigger("/ungranted/...", "ungranted"),
+        component("granted", "capabilities-p3", "key_value_stores = [\"default\"]"),
+        component("ungranted", "capabilities-p3", ""),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let result = shop.get_json("/granted/kv?store=default", &[]);
+    assert_eq!(
+        result,
+        expected_key_value_script(),
+        "spin-sdk 7 sees what spin-sdk 5 sees"
+    );
+    let denied = shop.get_json("/ungranted/kv?store=default", &[]);
+    assert!(
+        denied["open"]["err"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("AccessDenied"),
+        "{denied}"
+    );
 }
 
 #[test]

@@ -149,8 +149,10 @@ fn get_store<'a>(table: &'a ResourceTable, store: &Resource<OpenStore>) -> wasmt
 
 impl key_value::Host for HostState {}
 
-impl key_value::HostStore for HostState {
-    async fn open(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
+impl HostState {
+    /// Opens `label` for this instance if the component declared it (both API
+    /// generations share this).
+    fn open_key_value_store(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
         let kv = &mut self.key_value;
         if !kv.allowed.contains(&label) {
             return Err(Error::AccessDenied);
@@ -167,6 +169,12 @@ impl key_value::HostStore for HostState {
             .map_err(|e| other(e.to_string()))?;
         self.key_value.open_count += 1;
         Ok(resource)
+    }
+}
+
+impl key_value::HostStore for HostState {
+    async fn open(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
+        self.open_key_value_store(label)
     }
 
     async fn get(&mut self, store: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, Error> {
@@ -208,5 +216,103 @@ impl key_value::HostStore for HostState {
         self.table.delete(store)?;
         self.key_value.open_count = self.key_value.open_count.saturating_sub(1);
         Ok(())
+    }
+}
+
+/// spin-sdk 7's `spin:key-value@3.0.0`: the same stores and access rules behind
+/// `async func`s, implemented on a marker type that reaches the instance state
+/// through wasmtime's store accessor.
+pub struct SpinKeyValue3;
+
+impl wasmtime::component::HasData for SpinKeyValue3 {
+    type Data<'a> = &'a mut HostState;
+}
+
+mod v3_impl {
+    use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
+
+    use super::{Backend, OpenStore, SpinKeyValue3};
+    use crate::bindings::fermyon::spin::key_value::Error as E2;
+    use crate::bindings::key_value3::spin::key_value::key_value::{self as v3, Error};
+    use crate::state::HostState;
+
+    fn convert(e: E2) -> Error {
+        match e {
+            E2::StoreTableFull => Error::StoreTableFull,
+            E2::NoSuchStore => Error::NoSuchStore,
+            E2::AccessDenied => Error::AccessDenied,
+            E2::Other(m) => Error::Other(m),
+        }
+    }
+
+    fn backend<U>(store: &Accessor<U, SpinKeyValue3>, resource: &Resource<OpenStore>) -> Result<Backend, Error> {
+        store.with(|mut view| {
+            let state: &mut HostState = view.get();
+            state
+                .table
+                .get(resource)
+                .map(|s| s.backend.clone())
+                .map_err(|e| Error::Other(e.to_string()))
+        })
+    }
+
+    impl v3::Host for &mut HostState {}
+
+    impl v3::HostStore for &mut HostState {
+        async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+            crate::bindings::fermyon::spin::key_value::HostStore::drop(*self, store).await
+        }
+    }
+
+    impl<U> v3::HostStoreWithStore<U> for SpinKeyValue3 {
+        async fn open(store: &Accessor<U, Self>, label: String) -> Result<Resource<OpenStore>, Error> {
+            store
+                .with(|mut view| view.get().open_key_value_store(label))
+                .map_err(convert)
+        }
+
+        async fn get(
+            store: &Accessor<U, Self>,
+            this: Resource<OpenStore>,
+            key: String,
+        ) -> Result<Option<Vec<u8>>, Error> {
+            backend(store, &this)?.get(key).await.map_err(Error::Other)
+        }
+
+        async fn set(
+            store: &Accessor<U, Self>,
+            this: Resource<OpenStore>,
+            key: String,
+            value: Vec<u8>,
+        ) -> Result<(), Error> {
+            backend(store, &this)?.set(key, value).await.map_err(Error::Other)
+        }
+
+        async fn delete(store: &Accessor<U, Self>, this: Resource<OpenStore>, key: String) -> Result<(), Error> {
+            backend(store, &this)?.delete(key).await.map_err(Error::Other)
+        }
+
+        async fn exists(store: &Accessor<U, Self>, this: Resource<OpenStore>, key: String) -> Result<bool, Error> {
+            backend(store, &this)?.exists(key).await.map_err(Error::Other)
+        }
+
+        async fn get_keys(
+            store: &Accessor<U, Self>,
+            this: Resource<OpenStore>,
+        ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
+            let listed = match backend(store, &this) {
+                Ok(b) => b.get_keys().await.map_err(Error::Other),
+                Err(e) => Err(e),
+            };
+            let (keys, outcome) = match listed {
+                Ok(keys) => (keys, Ok(())),
+                Err(e) => (Vec::new(), Err(e)),
+            };
+            store.with(|mut access| {
+                let keys = StreamReader::new(&mut access, keys)?;
+                let outcome = FutureReader::new(&mut access, async move { wasmtime::Result::<_>::Ok(outcome) })?;
+                Ok((keys, outcome))
+            })
+        }
     }
 }
