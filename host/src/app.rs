@@ -12,9 +12,14 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::bindings::fermyon::spin as spin2;
+use crate::bindings::wasi_keyvalue::wasi::keyvalue as wasi_keyvalue;
+use crate::bindings::{key_value3, postgres4, redis3, sqlite3, variables3};
 use crate::capability::Backends;
 use crate::capability::allowed_hosts::AllowedHosts;
 use crate::capability::key_value::SpinKeyValue3;
+use crate::capability::postgres::SpinPostgres4;
+use crate::capability::redis::SpinRedis3;
+use crate::capability::sqlite::v3::SpinSqlite3;
 use crate::capability::variables::{ComponentVariables, SpinVariables3};
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::Manifest;
@@ -60,15 +65,21 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    // Key-value: Spin 2.0 and 3.0, and wasi:keyvalue, over the same stores.
     spin2::key_value::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    key_value3::spin::key_value::key_value::add_to_linker::<_, SpinKeyValue3>(&mut linker, |s| s)?;
+    wasi_keyvalue::store::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    wasi_keyvalue::atomics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    wasi_keyvalue::batch::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    // SQLite: fermyon 2.0, and spin 3.1 (which also satisfies 3.0 importers).
     spin2::sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    crate::bindings::key_value3::spin::key_value::key_value::add_to_linker::<_, SpinKeyValue3>(&mut linker, |s| s)?;
+    sqlite3::spin::sqlite::sqlite::add_to_linker::<_, SpinSqlite3>(&mut linker, |s| s)?;
+    // Outbound Redis and Postgres (4.2, which also satisfies 4.0 importers).
     spin2::redis::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    crate::bindings::postgres4::spin::postgres::postgres::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    redis3::spin::redis::redis::add_to_linker::<_, SpinRedis3>(&mut linker, |s| s)?;
+    postgres4::spin::postgres::postgres::add_to_linker::<_, SpinPostgres4>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    crate::bindings::variables3::spin::variables::variables::add_to_linker::<_, SpinVariables3>(&mut linker, |s| {
-        &s.variables
-    })?;
+    variables3::spin::variables::variables::add_to_linker::<_, SpinVariables3>(&mut linker, |s| &s.variables)?;
     Ok(linker)
 }
 

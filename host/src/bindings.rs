@@ -12,14 +12,21 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// `spin:postgres@4.0.0`, the outbound PostgreSQL API of spin-sdk 5 (`pg4`).
+/// `spin:postgres@4.2.0` (served to 4.0.0 importers too), the outbound PostgreSQL API
+/// of spin-sdk 5's `pg4` module and of spin-sdk 7.
 pub mod postgres4 {
     wasmtime::component::bindgen!({
         path: "../wit/spin-postgres",
         world: "spin:postgres/host",
-        imports: { default: async },
+        imports: {
+            // Creating the row stream can fail (resource table full): trap rather than panic.
+            "spin:postgres/postgres.[method]connection.query-async": async | trappable,
+            "spin:postgres/postgres.[constructor]connection-builder": async | trappable,
+            default: async,
+        },
         with: {
             "spin:postgres/postgres.connection": crate::capability::postgres::PgConnection,
+            "spin:postgres/postgres.connection-builder": crate::capability::postgres::PgConnectionBuilder,
         },
     });
 }
@@ -45,6 +52,52 @@ pub mod key_value3 {
         },
         with: {
             "spin:key-value/key-value.store": crate::capability::key_value::OpenStore,
+        },
+    });
+}
+
+/// `spin:redis@3.0.0`, the outbound Redis API of spin-sdk 7.
+pub mod redis3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-redis",
+        world: "spin:redis/host",
+        imports: { default: async },
+        with: {
+            "spin:redis/redis.connection": crate::capability::redis::RedisConnection,
+        },
+    });
+}
+
+/// `spin:sqlite@3.1.0` (served to 3.0.0 importers too), the SQLite API of spin-sdk 5's
+/// `sqlite3` module and of spin-sdk 7.
+pub mod sqlite3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-sqlite",
+        world: "spin:sqlite/host",
+        imports: {
+            // Creating the row stream can fail (resource table full): trap rather than panic.
+            "spin:sqlite/sqlite.[method]connection.execute-async": async | trappable,
+            default: async,
+        },
+        with: {
+            "spin:sqlite/sqlite.connection": crate::capability::sqlite::OpenDatabase,
+        },
+    });
+}
+
+/// `wasi:keyvalue@0.2.0-draft2` (store, atomics, batch) over Spin's key-value stores.
+pub mod wasi_keyvalue {
+    wasmtime::component::bindgen!({
+        path: "../wit/wasi-keyvalue",
+        world: "wasi:keyvalue/host",
+        imports: {
+            // A swap that lost the race hands the cas resource back inside the error.
+            "wasi:keyvalue/atomics.swap": async | trappable,
+            default: async,
+        },
+        with: {
+            "wasi:keyvalue/store.bucket": crate::capability::key_value::OpenStore,
+            "wasi:keyvalue/atomics.cas": crate::capability::key_value::wasi::PendingSwap,
         },
     });
 }

@@ -1,5 +1,6 @@
-//! Host capabilities as a spin-sdk 5 guest sees them: key-value (embedded SQLite and
-//! Redis, same script, same results) and variables, with per-component access rules.
+//! Host capabilities as spin-sdk 5 and spin-sdk 7 guests see them: key-value and
+//! wasi:keyvalue (embedded SQLite and Redis, same script, same results), SQLite,
+//! Postgres, outbound Redis and variables, with per-component access rules.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -166,6 +167,57 @@ fn key_value_from_a_spin_sdk_7_component() {
     );
 }
 
+/// What the `wasi:keyvalue` script must observe on every backend.
+fn expected_wasi_key_value_script() -> Value {
+    json!({
+        "open": { "ok": "opened" },
+        "get_missing": { "ok": "None" },
+        "set": { "ok": "()" },
+        "get": { "ok": "Some(\"v\")" },
+        "exists": { "ok": "true" },
+        "increment_new": { "ok": "5" },
+        "increment": { "ok": "3" },
+        "counter_text": { "ok": "Some(\"3\")" },
+        "increment_text": { "err": "true" },
+        "cas_current": { "ok": "None" },
+        "swap": { "ok": "()" },
+        "swap_stale": { "err": "CasFailed(current = Ok(Some(\"first\")))" },
+        "set_many": { "ok": "()" },
+        "get_many": { "ok": "[(\"b1\", Some([49])), (\"missing\", None), (\"b2\", Some([50]))]" },
+        "delete_many": { "ok": "()" },
+        "list_keys": { "ok": "([\"c\", \"k\", \"n\"], None)" },
+        "delete": { "ok": "()" },
+        "exists_after_delete": { "ok": "false" },
+    })
+}
+
+fn assert_wasi_key_value_semantics(shop: &Shop) {
+    assert_eq!(
+        shop.get_json("/granted/wasi-kv?store=default", &[]),
+        expected_wasi_key_value_script()
+    );
+    for denied in ["/granted/wasi-kv?store=other", "/ungranted/wasi-kv?store=default"] {
+        assert_eq!(
+            shop.get_json(denied, &[])["open"],
+            json!({ "err": "Error::AccessDenied" }),
+            "{denied}"
+        );
+    }
+}
+
+#[test]
+fn wasi_keyvalue_store_atomics_and_batch_on_the_embedded_store_and_redis() {
+    let dir = TempDir::new("wasi-kv");
+    let shop = Shop::start(&kv_app(&dir), &dir.path().join("data"));
+    assert_wasi_key_value_semantics(&shop);
+    drop(shop);
+
+    let dir = TempDir::new("wasi-kv-redis");
+    assert!(redis(&["PING"]).starts_with("+PONG"));
+    let shop = start_on_redis(&dir, &format!("redis://{REDIS}/{REDIS_DB}"));
+    assert_wasi_key_value_semantics(&shop);
+}
+
 #[test]
 fn an_unreachable_redis_fails_the_call_fast_with_the_interface_error() {
     let dir = TempDir::new("kv-redis-down");
@@ -268,14 +320,78 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
         bad.contains("QueryFailed") && bad.contains("42601"),
         "syntax errors carry the SQLSTATE: {result}"
     );
-    let unsupported = result["unsupported_param"]["err"].as_str().unwrap_or_default();
-    assert!(unsupported.contains("BadParameter"), "{result}");
+    let bad_decimal = result["bad_decimal"]["err"].as_str().unwrap_or_default();
+    assert!(bad_decimal.contains("BadParameter"), "{result}");
 
     let denied = script("ungranted");
     let err = denied["open"]["err"].as_str().unwrap_or_default();
     assert!(
         err.contains("ConnectionFailed") && err.contains("not permitted"),
         "{denied}"
+    );
+}
+
+#[test]
+fn postgres_date_time_numeric_range_and_interval_values_round_trip() {
+    let dir = TempDir::new("pg-types");
+    let manifest = granted_app(&dir, "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]", "");
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let result = shop.get_json("/granted/pg-types", &[("x-pg-address", POSTGRES)]);
+    assert_eq!(result["insert"], json!({ "ok": "1" }), "{result}");
+    let expected_columns = [
+        "Date",
+        "Time",
+        "Datetime",
+        "Datetime",
+        "Uuid",
+        "Jsonb",
+        "Decimal",
+        "RangeInt32",
+        "RangeInt64",
+        "RangeDecimal",
+        "ArrayDecimal",
+        "Interval",
+    ]
+    .map(|c| format!("DbDataType::{c}"));
+    let expected_row = [
+        "DbValue::Date((2024, 2, 29))",
+        "DbValue::Time((13, 45, 30, 250000000))",
+        "DbValue::Datetime((2026, 11, 22, 3, 18, 37, 123456000))",
+        // Unix 1_700_000_000 is 2023-11-14 22:13:20 UTC.
+        "DbValue::Datetime((2023, 11, 14, 22, 13, 20, 0))",
+        "DbValue::Uuid(\"123e4567-e89b-12d3-a456-426614174000\")",
+        "Jsonb({\"a\": [1, 2]})",
+        "DbValue::Decimal(\"-12345.6789\")",
+        "DbValue::RangeInt32((Some((1, RangeBoundKind::Inclusive)), Some((10, RangeBoundKind::Exclusive))))",
+        "DbValue::RangeInt64((Some((5, RangeBoundKind::Inclusive)), None))",
+        "DbValue::RangeDecimal((Some((\"1.5\", RangeBoundKind::Inclusive)), Some((\"2.5\", RangeBoundKind::Inclusive))))",
+        "DbValue::ArrayDecimal([Some(\"1.10\"), None])",
+        "DbValue::Interval(Interval { micros: 3600000000, days: 2, months: 1 })",
+    ];
+    assert_eq!(
+        result["select"]["ok"].as_str().unwrap_or_default(),
+        format!("({expected_columns:?}, [{expected_row:?}])"),
+        "{result}"
+    );
+    // The server's own rendering of what the host encoded.
+    let as_text = result["as_text"]["ok"].as_str().unwrap_or_default();
+    for expected in [
+        "2024-02-29",
+        "13:45:30.25",
+        "2026-11-22 03:18:37.123456",
+        "2023-11-14 22:13:20",
+        "-12345.6789",
+        "1 mon 2 days 01:00:00",
+    ] {
+        assert!(
+            as_text.contains(&format!("Str(\"{expected}\")")),
+            "{expected} in {as_text}"
+        );
+    }
+    let wrong = result["wrong_column_type"]["err"].as_str().unwrap_or_default();
+    assert!(
+        wrong.contains("QueryFailed") || wrong.contains("BadParameter"),
+        "{result}"
     );
 }
 
@@ -294,6 +410,113 @@ fn an_unreachable_postgres_fails_open_fast() {
     );
     let err = result["open"]["err"].as_str().unwrap_or_default();
     assert!(err.contains("ConnectionFailed"), "{result}");
+}
+
+#[test]
+fn sqlite_3_tracks_rowid_and_changes_per_connection() {
+    let dir = TempDir::new("sqlite3");
+    let shop = Shop::start(&kv_app(&dir), &dir.path().join("data"));
+    let result = shop.get_json("/granted/sqlite3?db=default", &[]);
+    assert_eq!(
+        result,
+        json!({
+            "open": { "ok": "opened" },
+            "rowid_before": 0,
+            "drop": { "ok": "0" },
+            "create": { "ok": "0" },
+            "insert": { "ok": "0" },
+            "rowid": 2,
+            "changes": 2,
+            "update": { "ok": "0" },
+            "changes_after_update": 2,
+            "select": { "ok": "[[Value::Integer(1), Value::Text(\"z\")], [Value::Integer(2), Value::Text(\"z\")]]" },
+            "changes_after_select": 2,
+        })
+    );
+    assert_eq!(
+        shop.get_json("/ungranted/sqlite3?db=default", &[])["open"],
+        json!({ "err": "Error::AccessDenied" })
+    );
+}
+
+/// An app with capabilities-p3 granted (with `granted` lines) and ungranted.
+fn p3_app(dir: &TempDir, granted: &str) -> std::path::PathBuf {
+    dir.manifest(&format!(
+        "{}{}{}{}",
+        http_trigger("/granted/...", "granted"),
+        http_trigger("/ungranted/...", "ungranted"),
+        component("granted", "capabilities-p3", granted),
+        component("ungranted", "capabilities-p3", ""),
+    ))
+}
+
+#[test]
+fn sqlite_postgres_and_redis_from_a_spin_sdk_7_component() {
+    let dir = TempDir::new("p3-data");
+    let manifest = p3_app(
+        &dir,
+        &format!(
+            "sqlite_databases = [\"default\"]\nallowed_outbound_hosts = [\"postgres://127.0.0.1:5432\", \"redis://{REDIS}\"]"
+        ),
+    );
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+
+    let sqlite = shop.get_json("/granted/sqlite?db=default", &[]);
+    assert_eq!(sqlite["insert"], json!({ "ok": "0" }), "{sqlite}");
+    assert_eq!(
+        (sqlite["rowid"].clone(), sqlite["changes"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        sqlite["select"],
+        json!({ "ok": "([\"i\", \"r\", \"t\", \"b\", \"n\"], [[Value::Integer(-42), Value::Real(1.5), Value::Text(\"héllo\"), Value::Blob([0, 1, 255]), Value::Null]])" }),
+        "spin-sdk 7 sees what spin-sdk 5 sees"
+    );
+    let bad = sqlite["bad_sql"]["err"].as_str().unwrap_or_default();
+    assert!(bad.contains("Io(") && bad.contains("syntax error"), "{sqlite}");
+    assert!(
+        shop.get_json("/ungranted/sqlite?db=default", &[])["open"]["err"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("AccessDenied")
+    );
+
+    let pg = shop.get_json("/granted/pg", &[("x-pg-address", POSTGRES)]);
+    assert_eq!(pg["insert"], json!({ "ok": "1" }), "{pg}");
+    let select = pg["select"]["ok"].as_str().unwrap_or_default();
+    for expected in [
+        "b:DbDataType::Boolean",
+        "num:DbDataType::Decimal",
+        "[DbValue::Boolean(true), DbValue::Int16(-2), DbValue::Int32(70000), DbValue::Int64(-9000000000), DbValue::Floating32(1.5), DbValue::Floating64(-2.25), DbValue::Str(\"héllo\"), DbValue::Binary([0, 1, 255]), DbValue::DbNull, DbValue::Date((2024, 2, 29)), DbValue::Decimal(\"-12345.6789\")]",
+    ] {
+        assert!(select.contains(expected), "{expected} in {pg}");
+    }
+    let bad = pg["bad_sql"]["err"].as_str().unwrap_or_default();
+    assert!(bad.contains("QueryFailed") && bad.contains("42601"), "{pg}");
+    let denied = shop.get_json("/ungranted/pg", &[("x-pg-address", POSTGRES)]);
+    assert!(
+        denied["open"]["err"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ConnectionFailed"),
+        "{denied}"
+    );
+
+    let address = format!("redis://{REDIS}/8");
+    let redis_result = shop.get_json("/granted/redis", &[("x-redis-address", &address)]);
+    for (step, expected) in [
+        ("get_missing", json!({ "ok": "None" })),
+        ("get", json!({ "ok": "Some(\"value\")" })),
+        ("incr_again", json!({ "ok": "2" })),
+        ("get_wrong_type", json!({ "err": "Error::TypeError" })),
+        ("smembers", json!({ "ok": "[\"a\", \"c\"]" })),
+        ("execute_incrby", json!({ "ok": "[RedisResult::Int64(42)]" })),
+        ("del", json!({ "ok": "2" })),
+    ] {
+        assert_eq!(redis_result[step], expected, "{step}: {redis_result}");
+    }
+    let denied = shop.get_json("/ungranted/redis", &[("x-redis-address", &address)]);
+    assert_eq!(denied["open"], json!({ "err": "Error::InvalidAddress" }), "{denied}");
 }
 
 #[test]

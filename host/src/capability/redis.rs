@@ -1,6 +1,7 @@
-//! Outbound Redis (`fermyon:spin/redis@2.0.0`): the guest names a server address;
-//! the host checks it against `allowed_outbound_hosts` (scheme `redis`) and serves it
-//! from one multiplexed, self-reconnecting connection per address.
+//! Outbound Redis (`fermyon:spin/redis@2.0.0`, and spin-sdk 7's `spin:redis@3.0.0`):
+//! the guest names a server address; the host checks it against
+//! `allowed_outbound_hosts` (scheme `redis`) and serves it from one multiplexed,
+//! self-reconnecting connection per address.
 //!
 //! [`SharedRedis`] is also what the Redis key-value backend uses.
 
@@ -8,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::AsyncCommands as _;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 use wasmtime::component::Resource;
@@ -142,14 +142,79 @@ impl HostState {
             .map(|c| c.connection.clone())
             .map_err(|e| Error::Other(e.to_string()))
     }
+
+    /// The shared server for `address` if this component may reach it.
+    fn redis_server(&self, address: &str) -> Result<SharedRedis, Error> {
+        authorize(address, &self.redis.allowed)?;
+        self.redis.backends.redis.server(address)
+    }
+}
+
+/// The commands themselves, shared by both API generations.
+mod ops {
+    use ::redis::AsyncCommands as _;
+    use ::redis::aio::ConnectionManager;
+
+    use super::{Error, Payload, RedisParameter, RedisResult, flatten, to_error};
+
+    pub async fn publish(mut c: ConnectionManager, channel: String, payload: Payload) -> Result<(), Error> {
+        c.publish::<_, _, ()>(channel, payload).await.map_err(to_error)
+    }
+
+    pub async fn get(mut c: ConnectionManager, key: String) -> Result<Option<Payload>, Error> {
+        c.get(key).await.map_err(to_error)
+    }
+
+    pub async fn set(mut c: ConnectionManager, key: String, value: Payload) -> Result<(), Error> {
+        c.set(key, value).await.map_err(to_error)
+    }
+
+    pub async fn incr(mut c: ConnectionManager, key: String) -> Result<i64, Error> {
+        c.incr(key, 1).await.map_err(to_error)
+    }
+
+    pub async fn del(mut c: ConnectionManager, keys: Vec<String>) -> Result<u32, Error> {
+        c.del(keys).await.map_err(to_error)
+    }
+
+    pub async fn sadd(mut c: ConnectionManager, key: String, values: Vec<String>) -> Result<u32, Error> {
+        c.sadd(key, values).await.map_err(to_error)
+    }
+
+    pub async fn smembers(mut c: ConnectionManager, key: String) -> Result<Vec<String>, Error> {
+        let mut members: Vec<String> = c.smembers(key).await.map_err(to_error)?;
+        members.sort();
+        Ok(members)
+    }
+
+    pub async fn srem(mut c: ConnectionManager, key: String, values: Vec<String>) -> Result<u32, Error> {
+        c.srem(key, values).await.map_err(to_error)
+    }
+
+    pub async fn execute(
+        mut c: ConnectionManager,
+        command: String,
+        arguments: Vec<RedisParameter>,
+    ) -> Result<Vec<RedisResult>, Error> {
+        let mut cmd = ::redis::cmd(&command);
+        for argument in arguments {
+            match argument {
+                RedisParameter::Int64(i) => cmd.arg(i),
+                RedisParameter::Binary(b) => cmd.arg(b),
+            };
+        }
+        let value: ::redis::Value = cmd.query_async(&mut c).await.map_err(to_error)?;
+        let mut out = Vec::new();
+        flatten(value, &mut out);
+        Ok(out)
+    }
 }
 
 impl redis::Host for HostState {}
 
 impl redis::HostConnection for HostState {
     async fn open(&mut self, address: String) -> Result<Resource<RedisConnection>, Error> {
-        authorize(&address, &self.redis.allowed)?;
-        let server = self.redis.backends.redis.server(&address)?;
+        let server = self.redis_server(&address)?;
         let connection = server.connection().await.map_err(Error::Other)?;
         self.table
             .push(RedisConnection { connection })
@@ -157,45 +222,35 @@ impl redis::HostConnection for HostState {
     }
 
     async fn publish(&mut self, c: Resource<RedisConnection>, channel: String, payload: Payload) -> Result<(), Error> {
-        let mut conn = self.redis_connection(&c)?;
-        conn.publish::<_, _, ()>(channel, payload).await.map_err(to_error)
+        ops::publish(self.redis_connection(&c)?, channel, payload).await
     }
 
     async fn get(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Option<Payload>, Error> {
-        let mut conn = self.redis_connection(&c)?;
-        conn.get(key).await.map_err(to_error)
+        ops::get(self.redis_connection(&c)?, key).await
     }
 
     async fn set(&mut self, c: Resource<RedisConnection>, key: String, value: Payload) -> Result<(), Error> {
-        let mut conn = self.redis_connection(&c)?;
-        conn.set(key, value).await.map_err(to_error)
+        ops::set(self.redis_connection(&c)?, key, value).await
     }
 
     async fn incr(&mut self, c: Resource<RedisConnection>, key: String) -> Result<i64, Error> {
-        let mut conn = self.redis_connection(&c)?;
-        conn.incr(key, 1).await.map_err(to_error)
+        ops::incr(self.redis_connection(&c)?, key).await
     }
 
     async fn del(&mut self, c: Resource<RedisConnection>, keys: Vec<String>) -> Result<u32, Error> {
-        let mut conn = self.redis_connection(&c)?;
-        conn.del(keys).await.map_err(to_error)
+        ops::del(self.redis_connection(&c)?, keys).await
     }
 
     async fn sadd(&mut self, c: Resource<RedisConnection>, key: String, values: Vec<String>) -> Result<u32, Error> {
-        let mut conn = self.redis_connection(&c)?;
-        conn.sadd(key, values).await.map_err(to_error)
+        ops::sadd(self.redis_connection(&c)?, key, values).await
     }
 
     async fn smembers(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Vec<String>, Error> {
-        let mut conn = self.redis_connection(&c)?;
-        let mut members: Vec<String> = conn.smembers(key).await.map_err(to_error)?;
-        members.sort();
-        Ok(members)
+        ops::smembers(self.redis_connection(&c)?, key).await
     }
 
     async fn srem(&mut self, c: Resource<RedisConnection>, key: String, values: Vec<String>) -> Result<u32, Error> {
-        let mut conn = self.redis_connection(&c)?;
-        conn.srem(key, values).await.map_err(to_error)
+        ops::srem(self.redis_connection(&c)?, key, values).await
     }
 
     async fn execute(
@@ -204,23 +259,156 @@ impl redis::HostConnection for HostState {
         command: String,
         arguments: Vec<RedisParameter>,
     ) -> Result<Vec<RedisResult>, Error> {
-        let mut conn = self.redis_connection(&c)?;
-        let mut cmd = ::redis::cmd(&command);
-        for argument in arguments {
-            match argument {
-                RedisParameter::Int64(i) => cmd.arg(i),
-                RedisParameter::Binary(b) => cmd.arg(b),
-            };
-        }
-        let value: ::redis::Value = cmd.query_async(&mut conn).await.map_err(to_error)?;
-        let mut out = Vec::new();
-        flatten(value, &mut out);
-        Ok(out)
+        ops::execute(self.redis_connection(&c)?, command, arguments).await
     }
 
     async fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {
         self.table.delete(c)?;
         Ok(())
+    }
+}
+
+/// spin-sdk 7's `spin:redis@3.0.0`: the same connections, commands and address rules
+/// behind `async func`s, reached through wasmtime's store accessor.
+pub struct SpinRedis3;
+
+impl wasmtime::component::HasData for SpinRedis3 {
+    type Data<'a> = &'a mut HostState;
+}
+
+mod v3_impl {
+    use ::redis::aio::ConnectionManager;
+    use wasmtime::component::{Accessor, Resource};
+
+    use super::{Error as E2, RedisConnection, RedisParameter as P2, RedisResult as R2, SpinRedis3, ops};
+    use crate::bindings::redis3::spin::redis::redis::{self as v3, Error, RedisParameter, RedisResult};
+    use crate::state::HostState;
+
+    fn convert(e: E2) -> Error {
+        match e {
+            E2::InvalidAddress => Error::InvalidAddress,
+            E2::TooManyConnections => Error::TooManyConnections,
+            E2::TypeError => Error::TypeError,
+            E2::Other(m) => Error::Other(m),
+        }
+    }
+
+    fn connection<U>(
+        store: &Accessor<U, SpinRedis3>,
+        c: &Resource<RedisConnection>,
+    ) -> Result<ConnectionManager, Error> {
+        store.with(|mut view| view.get().redis_connection(c).map_err(convert))
+    }
+
+    impl v3::Host for &mut HostState {}
+
+    impl v3::HostConnection for &mut HostState {
+        async fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {
+            self.table.delete(c)?;
+            Ok(())
+        }
+    }
+
+    impl<U> v3::HostConnectionWithStore<U> for SpinRedis3 {
+        async fn open(store: &Accessor<U, Self>, address: String) -> Result<Resource<RedisConnection>, Error> {
+            let server = store.with(|mut view| view.get().redis_server(&address).map_err(convert))?;
+            let connection = server.connection().await.map_err(Error::Other)?;
+            store.with(|mut view| {
+                view.get()
+                    .table
+                    .push(RedisConnection { connection })
+                    .map_err(|e| Error::Other(e.to_string()))
+            })
+        }
+
+        async fn publish(
+            store: &Accessor<U, Self>,
+            c: Resource<RedisConnection>,
+            channel: String,
+            payload: Vec<u8>,
+        ) -> Result<(), Error> {
+            ops::publish(connection(store, &c)?, channel, payload)
+                .await
+                .map_err(convert)
+        }
+
+        async fn get(
+            store: &Accessor<U, Self>,
+            c: Resource<RedisConnection>,
+            key: String,
+        ) -> Result<Option<Vec<u8>>, Error> {
+            ops::get(connection(store, &c)?, key).await.map_err(convert)
+        }
+
+        async fn set(
+            store: &Accessor<U, Self>,
+            c: Resource<RedisConnection>,
+            key: String,
+            value: Vec<u8>,
+        ) -> Result<(), Error> {
+            ops::set(connection(store, &c)?, key, value).await.map_err(convert)
+        }
+
+        async fn incr(store: &Accessor<U, Self>, c: Resource<RedisConnection>, key: String) -> Result<i64, Error> {
+            ops::incr(connection(store, &c)?, key).await.map_err(convert)
+        }
+
+        async fn del(store: &Accessor<U, Self>, c: Resource<RedisConnection>, keys: Vec<String>) -> Result<u32, Error> {
+            ops::del(connection(store, &c)?, keys).await.map_err(convert)
+        }
+
+        async fn sadd(
+            store: &Accessor<U, Self>,
+            c: Resource<RedisConnection>,
+            key: String,
+            values: Vec<String>,
+        ) -> Result<u32, Error> {
+            ops::sadd(connection(store, &c)?, key, values).await.map_err(convert)
+        }
+
+        async fn smembers(
+            store: &Accessor<U, Self>,
+            c: Resource<RedisConnection>,
+            key: String,
+        ) -> Result<Vec<String>, Error> {
+            ops::smembers(connection(store, &c)?, key).await.map_err(convert)
+        }
+
+        async fn srem(
+            store: &Accessor<U, Self>,
+            c: Resource<RedisConnection>,
+            key: String,
+            values: Vec<String>,
+        ) -> Result<u32, Error> {
+            ops::srem(connection(store, &c)?, key, values).await.map_err(convert)
+        }
+
+        async fn execute(
+            store: &Accessor<U, Self>,
+            c: Resource<RedisConnection>,
+            command: String,
+            arguments: Vec<RedisParameter>,
+        ) -> Result<Vec<RedisResult>, Error> {
+            let arguments = arguments
+                .into_iter()
+                .map(|a| match a {
+                    RedisParameter::Int64(i) => P2::Int64(i),
+                    RedisParameter::Binary(b) => P2::Binary(b),
+                })
+                .collect();
+            let results = ops::execute(connection(store, &c)?, command, arguments)
+                .await
+                .map_err(convert)?;
+            Ok(results
+                .into_iter()
+                .map(|r| match r {
+                    R2::Nil => RedisResult::Nil,
+                    R2::Status(s) => RedisResult::Status(s),
+                    R2::Int64(i) => RedisResult::Int64(i),
+                    R2::Binary(b) => RedisResult::Binary(b),
+                })
+                .collect())
+        }
     }
 }
 

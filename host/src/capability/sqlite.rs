@@ -1,4 +1,5 @@
-//! Spin SQLite (`fermyon:spin/sqlite@2.0.0`): embedded database files opened by label.
+//! Spin SQLite (`fermyon:spin/sqlite@2.0.0`, and `spin:sqlite@3.x` in [`v3`]): embedded
+//! database files opened by label.
 //! `default` is `<data_dir>/sqlite_db.db` unless the runtime config's
 //! `[sqlite_database.<label>]` (type `spin`, optional `path`) says otherwise; a
 //! component may open only the labels in its `sqlite_databases`.
@@ -46,7 +47,7 @@ impl Database {
     }
 
     /// Runs one statement on a blocking thread.
-    pub async fn execute(&self, statement: String, parameters: Vec<Value>) -> Result<QueryResult, Error> {
+    pub async fn execute(&self, statement: String, parameters: Vec<Value>) -> Result<Executed, Error> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn
@@ -57,6 +58,16 @@ impl Database {
         .await
         .map_err(|e| Error::Io(e.to_string()))?
     }
+}
+
+/// A statement's rows plus what it changed. The file's connection is shared by every
+/// instance, so the rowid and change count are captured under the lock and kept per
+/// guest connection rather than read back from SQLite later.
+#[derive(Debug)]
+pub struct Executed {
+    pub result: QueryResult,
+    /// Set when the statement wrote: (rows changed, rowid if it inserted one).
+    pub write: Option<(u64, Option<i64>)>,
 }
 
 fn to_error(e: rusqlite::Error) -> Error {
@@ -88,9 +99,11 @@ fn from_sql(value: ValueRef<'_>) -> Value {
     }
 }
 
-fn run_statement(conn: &Connection, statement: &str, parameters: Vec<Value>) -> rusqlite::Result<QueryResult> {
+fn run_statement(conn: &Connection, statement: &str, parameters: Vec<Value>) -> rusqlite::Result<Executed> {
     let mut stmt = conn.prepare(statement)?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let writes = !stmt.readonly();
+    let rowid_before = conn.last_insert_rowid();
     let mut rows_out = Vec::new();
     let mut rows = stmt.query(rusqlite::params_from_iter(parameters.iter()))?;
     while let Some(row) = rows.next()? {
@@ -99,9 +112,17 @@ fn run_statement(conn: &Connection, statement: &str, parameters: Vec<Value>) -> 
             .collect::<rusqlite::Result<_>>()?;
         rows_out.push(RowResult { values });
     }
-    Ok(QueryResult {
-        columns,
-        rows: rows_out,
+    drop(rows);
+    let write = writes.then(|| {
+        let rowid = conn.last_insert_rowid();
+        (conn.changes(), (rowid != rowid_before).then_some(rowid))
+    });
+    Ok(Executed {
+        result: QueryResult {
+            columns,
+            rows: rows_out,
+        },
+        write,
     })
 }
 
@@ -140,6 +161,19 @@ impl Databases {
 /// An open connection as the guest holds it.
 pub struct OpenDatabase {
     database: Database,
+    last_insert_rowid: i64,
+    changes: u64,
+}
+
+impl OpenDatabase {
+    fn record(&mut self, write: Option<(u64, Option<i64>)>) {
+        if let Some((changes, rowid)) = write {
+            self.changes = changes;
+            if let Some(rowid) = rowid {
+                self.last_insert_rowid = rowid;
+            }
+        }
+    }
 }
 
 /// Per-instance SQLite state: which labels this component may open.
@@ -149,10 +183,10 @@ pub struct SqliteAccess {
     pub open_count: usize,
 }
 
-impl sqlite::Host for HostState {}
-
-impl sqlite::HostConnection for HostState {
-    async fn open(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
+impl HostState {
+    /// Opens `label` for this instance if the component declared it (both API
+    /// generations share this).
+    fn open_sqlite_database(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
         let access = &self.sqlite;
         if !access.allowed.contains(&label) {
             return Err(Error::AccessDenied);
@@ -167,10 +201,44 @@ impl sqlite::HostConnection for HostState {
         }
         let resource = self
             .table
-            .push(OpenDatabase { database })
+            .push(OpenDatabase {
+                database,
+                last_insert_rowid: 0,
+                changes: 0,
+            })
             .map_err(|e| Error::Io(e.to_string()))?;
         self.sqlite.open_count += 1;
         Ok(resource)
+    }
+
+    fn sqlite_database(&self, connection: &Resource<OpenDatabase>) -> Result<Database, Error> {
+        Ok(self
+            .table
+            .get(connection)
+            .map_err(|_| Error::InvalidConnection)?
+            .database
+            .clone())
+    }
+
+    /// Remembers what a statement changed on the guest's connection.
+    fn record_sqlite_write(&mut self, connection: &Resource<OpenDatabase>, write: Option<(u64, Option<i64>)>) {
+        if let Ok(open) = self.table.get_mut(connection) {
+            open.record(write);
+        }
+    }
+
+    fn close_sqlite_database(&mut self, connection: Resource<OpenDatabase>) -> wasmtime::Result<()> {
+        self.table.delete(connection)?;
+        self.sqlite.open_count = self.sqlite.open_count.saturating_sub(1);
+        Ok(())
+    }
+}
+
+impl sqlite::Host for HostState {}
+
+impl sqlite::HostConnection for HostState {
+    async fn open(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
+        self.open_sqlite_database(label)
     }
 
     async fn execute(
@@ -179,19 +247,162 @@ impl sqlite::HostConnection for HostState {
         statement: String,
         parameters: Vec<Value>,
     ) -> Result<QueryResult, Error> {
-        let database = self
-            .table
-            .get(&connection)
-            .map_err(|_| Error::InvalidConnection)?
-            .database
-            .clone();
-        database.execute(statement, parameters).await
+        let database = self.sqlite_database(&connection)?;
+        let executed = database.execute(statement, parameters).await?;
+        self.record_sqlite_write(&connection, executed.write);
+        Ok(executed.result)
     }
 
     async fn drop(&mut self, connection: Resource<OpenDatabase>) -> wasmtime::Result<()> {
-        self.table.delete(connection)?;
-        self.sqlite.open_count = self.sqlite.open_count.saturating_sub(1);
-        Ok(())
+        self.close_sqlite_database(connection)
+    }
+}
+
+/// `spin:sqlite@3.x`: the same databases and rules; 3.0.0 (spin-sdk 5's `sqlite3`)
+/// uses the blocking functions, 3.1.0 (spin-sdk 7) adds `async func` twins, served
+/// through wasmtime's store accessor.
+pub mod v3 {
+    use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
+
+    use super::{Database, Error as E2, OpenDatabase, QueryResult as Q2, Value as V2};
+    use crate::bindings::sqlite3::spin::sqlite::sqlite::{self as api, Error, QueryResult, RowResult, Value};
+    use crate::state::HostState;
+
+    pub struct SpinSqlite3;
+
+    impl wasmtime::component::HasData for SpinSqlite3 {
+        type Data<'a> = &'a mut HostState;
+    }
+
+    fn convert_error(e: E2) -> Error {
+        match e {
+            E2::NoSuchDatabase => Error::NoSuchDatabase,
+            E2::AccessDenied => Error::AccessDenied,
+            E2::InvalidConnection => Error::InvalidConnection,
+            E2::DatabaseFull => Error::DatabaseFull,
+            E2::Io(m) => Error::Io(m),
+        }
+    }
+
+    fn to_v2(v: Value) -> V2 {
+        match v {
+            Value::Integer(i) => V2::Integer(i),
+            Value::Real(r) => V2::Real(r),
+            Value::Text(t) => V2::Text(t),
+            Value::Blob(b) => V2::Blob(b),
+            Value::Null => V2::Null,
+        }
+    }
+
+    fn from_v2(v: V2) -> Value {
+        match v {
+            V2::Integer(i) => Value::Integer(i),
+            V2::Real(r) => Value::Real(r),
+            V2::Text(t) => Value::Text(t),
+            V2::Blob(b) => Value::Blob(b),
+            V2::Null => Value::Null,
+        }
+    }
+
+    fn rows(result: Q2) -> (Vec<String>, Vec<RowResult>) {
+        let rows = result
+            .rows
+            .into_iter()
+            .map(|r| RowResult {
+                values: r.values.into_iter().map(from_v2).collect(),
+            })
+            .collect();
+        (result.columns, rows)
+    }
+
+    fn connection_field<T>(state: &HostState, c: &Resource<OpenDatabase>, field: impl Fn(&OpenDatabase) -> T) -> T
+    where
+        T: Default,
+    {
+        state.table.get(c).map(field).unwrap_or_default()
+    }
+
+    /// Runs a statement for `c` and records what it changed.
+    async fn run<U>(
+        store: &Accessor<U, SpinSqlite3>,
+        c: &Resource<OpenDatabase>,
+        statement: String,
+        parameters: Vec<Value>,
+    ) -> Result<Q2, Error> {
+        let database: Database = store.with(|mut view| view.get().sqlite_database(c).map_err(convert_error))?;
+        let parameters = parameters.into_iter().map(to_v2).collect();
+        let executed = database.execute(statement, parameters).await.map_err(convert_error)?;
+        store.with(|mut view| view.get().record_sqlite_write(c, executed.write));
+        Ok(executed.result)
+    }
+
+    impl api::Host for &mut HostState {}
+
+    impl api::HostConnection for &mut HostState {
+        async fn open(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
+            self.open_sqlite_database(label).map_err(convert_error)
+        }
+
+        async fn execute(
+            &mut self,
+            c: Resource<OpenDatabase>,
+            statement: String,
+            parameters: Vec<Value>,
+        ) -> Result<QueryResult, Error> {
+            let database = self.sqlite_database(&c).map_err(convert_error)?;
+            let parameters = parameters.into_iter().map(to_v2).collect();
+            let executed = database.execute(statement, parameters).await.map_err(convert_error)?;
+            self.record_sqlite_write(&c, executed.write);
+            let (columns, rows) = rows(executed.result);
+            Ok(QueryResult { columns, rows })
+        }
+
+        async fn last_insert_rowid(&mut self, c: Resource<OpenDatabase>) -> i64 {
+            connection_field(self, &c, |o| o.last_insert_rowid)
+        }
+
+        async fn changes(&mut self, c: Resource<OpenDatabase>) -> u64 {
+            connection_field(self, &c, |o| o.changes)
+        }
+
+        async fn drop(&mut self, c: Resource<OpenDatabase>) -> wasmtime::Result<()> {
+            self.close_sqlite_database(c)
+        }
+    }
+
+    impl<U> api::HostConnectionWithStore<U> for SpinSqlite3 {
+        async fn open_async(store: &Accessor<U, Self>, label: String) -> Result<Resource<OpenDatabase>, Error> {
+            store.with(|mut view| view.get().open_sqlite_database(label).map_err(convert_error))
+        }
+
+        #[allow(clippy::type_complexity)] // the shape is fixed by the WIT
+        async fn execute_async(
+            store: &Accessor<U, Self>,
+            c: Resource<OpenDatabase>,
+            statement: String,
+            parameters: Vec<Value>,
+        ) -> wasmtime::Result<Result<(Vec<String>, StreamReader<RowResult>, FutureReader<Result<(), Error>>), Error>>
+        {
+            // The statement runs to completion first: an error before any row is the
+            // call's error, as Spin reports it.
+            let (columns, rows) = match run(store, &c, statement, parameters).await {
+                Ok(result) => rows(result),
+                Err(e) => return Ok(Err(e)),
+            };
+            store.with(|mut access| {
+                let rows = StreamReader::new(&mut access, rows)?;
+                let done = FutureReader::new(&mut access, async { wasmtime::Result::<_>::Ok(Ok(())) })?;
+                Ok(Ok((columns, rows, done)))
+            })
+        }
+
+        async fn last_insert_rowid_async(store: &Accessor<U, Self>, c: Resource<OpenDatabase>) -> i64 {
+            store.with(|mut view| connection_field(view.get(), &c, |o| o.last_insert_rowid))
+        }
+
+        async fn changes_async(store: &Accessor<U, Self>, c: Resource<OpenDatabase>) -> u64 {
+            store.with(|mut view| connection_field(view.get(), &c, |o| o.changes))
+        }
     }
 }
 
@@ -217,8 +428,11 @@ mod tests {
             .execute("INSERT INTO t VALUES (?, ?, ?, ?, ?)".into(), values.clone())
             .await
             .unwrap();
-        assert!(inserted.columns.is_empty() && inserted.rows.is_empty());
+        assert!(inserted.result.columns.is_empty() && inserted.result.rows.is_empty());
+        assert_eq!(inserted.write, Some((1, Some(1))));
         let result = db.execute("SELECT i, r, s, b, n FROM t".into(), vec![]).await.unwrap();
+        assert_eq!(result.write, None, "a SELECT changes nothing");
+        let result = result.result;
         assert_eq!(result.columns, ["i", "r", "s", "b", "n"]);
         assert_eq!(format!("{:?}", result.rows[0].values), format!("{values:?}"));
         let err = db.execute("SELEKT".into(), vec![]).await.unwrap_err();

@@ -7,6 +7,7 @@
 
 mod redis_store;
 mod sqlite_store;
+pub mod wasi;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -72,6 +73,37 @@ impl Backend {
             Backend::Sqlite(s) => s.get_keys().await,
             Backend::Redis(r) => r.get_keys().await,
         }
+    }
+
+    pub async fn increment(&self, key: String, delta: i64) -> Result<i64, String> {
+        match self {
+            Backend::Sqlite(s) => s.increment(key, delta).await,
+            Backend::Redis(r) => r.increment(key, delta).await,
+        }
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, String> {
+        match self {
+            Backend::Sqlite(s) => s.compare_and_swap(key, expected, value).await,
+            Backend::Redis(r) => r.compare_and_swap(key, expected, value).await,
+        }
+    }
+}
+
+/// A counter's stored form is its decimal text (what Redis INCRBY keeps); a missing
+/// key counts as 0.
+fn parse_counter(stored: Option<&[u8]>) -> Result<i64, String> {
+    match stored {
+        None => Ok(0),
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| "value is not an integer or out of range".to_string()),
     }
 }
 

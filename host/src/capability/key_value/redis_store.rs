@@ -40,6 +40,44 @@ impl RedisStore {
         c.exists(key).await.map_err(|e| e.to_string())
     }
 
+    pub async fn increment(&self, key: String, delta: i64) -> Result<i64, String> {
+        let mut c = self.connection().await?;
+        c.incr(key, delta).await.map_err(|e| e.to_string())
+    }
+
+    /// Stores `value` only if the key still holds `expected`, atomically on the server.
+    pub async fn compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, String> {
+        // GET returns false in Lua for a missing key, so "expect absent" needs its own flag.
+        const SCRIPT: &str = r"
+            local current = redis.call('GET', KEYS[1])
+            if ARGV[1] == '1' then
+                if current ~= ARGV[2] then return 0 end
+            elseif current then
+                return 0
+            end
+            redis.call('SET', KEYS[1], ARGV[3])
+            return 1";
+        let mut c = self.connection().await?;
+        let (flag, expected) = match expected {
+            Some(v) => ("1", v),
+            None => ("0", Vec::new()),
+        };
+        let swapped: i64 = redis::Script::new(SCRIPT)
+            .key(key)
+            .arg(flag)
+            .arg(expected)
+            .arg(value)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(swapped == 1)
+    }
+
     pub async fn get_keys(&self) -> Result<Vec<String>, String> {
         let mut c = self.connection().await?;
         let mut keys: Vec<String> = Vec::new();

@@ -42,28 +42,40 @@ impl SqliteStore {
         .map_err(|e| e.to_string())?
     }
 
-    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.with_conn(move |c, store| {
-            c.query_row(
-                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                params![store, key],
-                |row| row.get(0),
-            )
-            .optional()
+    async fn with_conn_checked<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &str) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        self.with_conn(move |c, store| Ok(f(c, store))).await?
+    }
+
+    /// Like `with_conn`, inside one write transaction (`BEGIN IMMEDIATE` also locks out
+    /// other processes sharing the file), for read-modify-write operations.
+    async fn in_write_transaction<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &str) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let conn = self.conn.clone();
+        let label = self.label.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
+            let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| e.to_string())?;
+            let value = f(&tx, &label)?;
+            tx.commit().map_err(|e| e.to_string())?;
+            Ok(value)
         })
         .await
+        .map_err(|e| e.to_string())?
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, String> {
+        self.with_conn_checked(move |c, store| read(c, store, &key)).await
     }
 
     pub async fn set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.with_conn(move |c, store| {
-            c.execute(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                params![store, key, value],
-            )
-            .map(drop)
-        })
-        .await
+        self.with_conn_checked(move |c, store| write(c, store, &key, &value))
+            .await
     }
 
     pub async fn delete(&self, key: String) -> Result<(), String> {
@@ -95,6 +107,57 @@ impl SqliteStore {
         })
         .await
     }
+
+    /// Adds `delta` to the integer stored (as decimal text, like Redis) under `key`,
+    /// treating a missing key as 0.
+    pub async fn increment(&self, key: String, delta: i64) -> Result<i64, String> {
+        self.in_write_transaction(move |c, store| {
+            let current = read(c, store, &key)?;
+            let next = super::parse_counter(current.as_deref())?
+                .checked_add(delta)
+                .ok_or("increment overflows a 64-bit integer")?;
+            write(c, store, &key, next.to_string().as_bytes())?;
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Stores `value` only if the key still holds `expected` (`None`: still absent).
+    pub async fn compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, String> {
+        self.in_write_transaction(move |c, store| {
+            if read(c, store, &key)? != expected {
+                return Ok(false);
+            }
+            write(c, store, &key, &value)?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+fn read(c: &Connection, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    c.query_row(
+        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+        params![store, key],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(|e| e.to_string())
+}
+
+fn write(c: &Connection, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
+    c.execute(
+        "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+        params![store, key, value],
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -115,6 +178,19 @@ mod tests {
         assert_eq!(a.get_keys().await.unwrap(), vec!["k".to_string()]);
         a.delete("k".into()).await.unwrap();
         a.delete("missing".into()).await.unwrap();
+        assert_eq!(a.increment("n".into(), 5).await.unwrap(), 5);
+        assert_eq!(a.increment("n".into(), -7).await.unwrap(), -2);
+        assert_eq!(a.get("n".into()).await.unwrap(), Some(b"-2".to_vec()));
+        a.set("text".into(), b"abc".to_vec()).await.unwrap();
+        assert!(a.increment("text".into(), 1).await.is_err());
+        assert!(a.compare_and_swap("c".into(), None, b"1".to_vec()).await.unwrap());
+        assert!(!a.compare_and_swap("c".into(), None, b"2".to_vec()).await.unwrap());
+        assert!(
+            a.compare_and_swap("c".into(), Some(b"1".to_vec()), b"2".to_vec())
+                .await
+                .unwrap()
+        );
+        assert_eq!(a.get("c".into()).await.unwrap(), Some(b"2".to_vec()));
         assert!(!a.exists("k".into()).await.unwrap());
         let _ = std::fs::remove_dir_all(dir);
     }

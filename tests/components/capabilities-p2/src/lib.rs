@@ -6,6 +6,10 @@
 //! - `GET /sqlite?db=<label>`: the SQLite script on that database.
 //! - `GET /pg` with header `x-pg-address`: the Postgres script against that server.
 //! - `GET /redis` with header `x-redis-address`: the outbound Redis script.
+//! - `GET /pg-types` with header `x-pg-address`: date/time, uuid, jsonb, numeric,
+//!   range and interval values through Postgres.
+//! - `GET /sqlite3?db=<label>`: the `spin:sqlite@3.0.0` script (rowid and changes).
+//! - `GET /wasi-kv?store=<label>`: the `wasi:keyvalue` store/atomics/batch script.
 //! - `GET /vars?name=<name>`: `variables::get(name)`.
 
 use serde_json::{Value, json};
@@ -19,6 +23,13 @@ fn query_param(req: &Request, name: &str) -> String {
     req.query()
         .split('&')
         .find_map(|kv| kv.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn header(req: &Request, name: &str) -> String {
+    req.header(name)
+        .and_then(|h| h.as_str())
         .unwrap_or_default()
         .to_string()
 }
@@ -110,7 +121,124 @@ fn postgres_script(address: &str) -> Value {
             (columns, rs.rows)
         })),
         "bad_sql": show(conn.query("SELEKT 1", &[])),
-        "unsupported_param": show(conn.query("SELECT $1::date", &[P::Date((2024, 1, 2))])),
+        "bad_decimal": show(conn.query("SELECT $1::numeric", &[P::Decimal("12a".into())])),
+    })
+}
+
+/// Postgres values with their own encodings, written then read back. jsonb is shown as
+/// text (the server normalises its spacing).
+fn postgres_types_script(address: &str) -> Value {
+    use spin_sdk::pg4::{Connection, DbValue, Interval, ParameterValue as P, RangeBoundKind as K};
+    let conn = match Connection::open(address) {
+        Ok(conn) => conn,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    let row = [
+        P::Date((2024, 2, 29)),
+        P::Time((13, 45, 30, 250_000_000)),
+        P::Datetime((2026, 11, 22, 3, 18, 37, 123_456_000)),
+        P::Timestamp(1_700_000_000),
+        P::Uuid("123e4567-e89b-12d3-a456-426614174000".into()),
+        P::Jsonb(br#"{"a":[1,2]}"#.to_vec()),
+        P::Decimal("-12345.6789".into()),
+        P::RangeInt32((Some((1, K::Inclusive)), Some((10, K::Exclusive)))),
+        P::RangeInt64((Some((5, K::Inclusive)), None)),
+        P::RangeDecimal((Some(("1.5".into(), K::Inclusive)), Some(("2.5".into(), K::Inclusive)))),
+        P::ArrayDecimal(vec![Some("1.10".into()), None]),
+        P::Interval(Interval {
+            micros: 3_600_000_000,
+            days: 2,
+            months: 1,
+        }),
+    ];
+    let shown = |v: &DbValue| match v {
+        DbValue::Jsonb(bytes) => format!("Jsonb({})", String::from_utf8_lossy(bytes)),
+        other => format!("{other:?}"),
+    };
+    json!({
+        "open": { "ok": "opened" },
+        "drop": show(conn.execute("DROP TABLE IF EXISTS shop_pg_types", &[])),
+        "create": show(conn.execute(
+            "CREATE TABLE shop_pg_types (d DATE, t TIME, dt TIMESTAMP, ts TIMESTAMPTZ, u UUID, j JSONB, \
+             n NUMERIC(20, 4), r4 INT4RANGE, r8 INT8RANGE, rn NUMRANGE, an NUMERIC[], iv INTERVAL)",
+            &[],
+        )),
+        "insert": show(conn.execute(
+            "INSERT INTO shop_pg_types VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &row,
+        )),
+        "select": show(conn.query("SELECT * FROM shop_pg_types", &[]).map(|rs| {
+            let columns: Vec<String> = rs.columns.iter().map(|c| format!("{:?}", c.data_type)).collect();
+            let rows: Vec<Vec<String>> = rs.rows.iter().map(|r| r.iter().map(shown).collect()).collect();
+            (columns, rows)
+        })),
+        "as_text": show(conn.query(
+            "SELECT d::text, t::text, dt::text, (ts AT TIME ZONE 'UTC')::text, n::text, iv::text FROM shop_pg_types",
+            &[],
+        ).map(|rs| rs.rows)),
+        "wrong_column_type": show(conn.query("SELECT $1::int", &[P::Date((2024, 1, 2))])),
+    })
+}
+
+/// spin-sdk 5's `sqlite3` module (`spin:sqlite@3.0.0`): rowid and change counts.
+fn sqlite3_script(label: &str) -> Value {
+    use spin_sdk::sqlite3::{Connection, Value as V};
+    let db = match Connection::open(label) {
+        Ok(db) => db,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    json!({
+        "open": { "ok": "opened" },
+        "rowid_before": db.last_insert_rowid(),
+        "drop": show(db.execute("DROP TABLE IF EXISTS script3", &[]).map(|r| r.rows.len())),
+        "create": show(db.execute("CREATE TABLE script3 (id INTEGER PRIMARY KEY, t TEXT)", &[]).map(|r| r.rows.len())),
+        "insert": show(db.execute("INSERT INTO script3 (t) VALUES (?), (?)", &[V::Text("a".into()), V::Text("b".into())]).map(|r| r.rows.len())),
+        "rowid": db.last_insert_rowid(),
+        "changes": db.changes(),
+        "update": show(db.execute("UPDATE script3 SET t = 'z'", &[]).map(|r| r.rows.len())),
+        "changes_after_update": db.changes(),
+        "select": show(db.execute("SELECT id, t FROM script3 ORDER BY id", &[]).map(|r| r.rows.into_iter().map(|row| row.values).collect::<Vec<_>>())),
+        "changes_after_select": db.changes(),
+    })
+}
+
+/// `wasi:keyvalue` store, atomics and batch on a Spin key-value store.
+fn wasi_key_value_script(label: &str) -> Value {
+    use spin_sdk::wit::wasi::keyvalue::{atomics, batch, store};
+    let bucket = match store::open(label) {
+        Ok(bucket) => bucket,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    if let Ok(listed) = bucket.list_keys(None) {
+        let _ = batch::delete_many(&bucket, &listed.keys);
+    }
+    let text =
+        |r: Result<Option<Vec<u8>>, store::Error>| r.map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()));
+    let cas = atomics::Cas::new(&bucket, "c").unwrap();
+    let stale = atomics::Cas::new(&bucket, "c").unwrap();
+    json!({
+        "open": { "ok": "opened" },
+        "get_missing": show(text(bucket.get("k"))),
+        "set": show(bucket.set("k", b"v")),
+        "get": show(text(bucket.get("k"))),
+        "exists": show(bucket.exists("k")),
+        "increment_new": show(atomics::increment(&bucket, "n", 5)),
+        "increment": show(atomics::increment(&bucket, "n", -2)),
+        "counter_text": show(text(bucket.get("n"))),
+        "increment_text": show(atomics::increment(&bucket, "k", 1).map_err(|e| matches!(e, store::Error::Other(_)))),
+        "cas_current": show(text(cas.current())),
+        "swap": show(atomics::swap(cas, b"first").map_err(|_| "failed")),
+        "swap_stale": match atomics::swap(stale, b"second") {
+            Ok(()) => json!({ "ok": "swapped" }),
+            Err(atomics::CasError::CasFailed(fresh)) => json!({ "err": format!("CasFailed(current = {:?})", text(fresh.current())) }),
+            Err(atomics::CasError::StoreError(e)) => json!({ "err": format!("{e:?}") }),
+        },
+        "set_many": show(batch::set_many(&bucket, &[("b1".into(), b"1".to_vec()), ("b2".into(), b"2".to_vec())])),
+        "get_many": show(batch::get_many(&bucket, &["b1".into(), "missing".into(), "b2".into()])),
+        "delete_many": show(batch::delete_many(&bucket, &["b1".into(), "b2".into()])),
+        "list_keys": show(bucket.list_keys(None).map(|r| { let mut k = r.keys; k.sort(); (k, r.cursor) })),
+        "delete": show(bucket.delete("k")),
+        "exists_after_delete": show(bucket.exists("k")),
     })
 }
 
@@ -149,19 +277,15 @@ fn handle(req: Request) -> Response {
     } else if req.path().ends_with("/sqlite") {
         sqlite_script(&query_param(&req, "db"))
     } else if req.path().ends_with("/pg") {
-        let address = req
-            .header("x-pg-address")
-            .and_then(|h| h.as_str())
-            .unwrap_or_default()
-            .to_string();
-        postgres_script(&address)
+        postgres_script(&header(&req, "x-pg-address"))
+    } else if req.path().ends_with("/pg-types") {
+        postgres_types_script(&header(&req, "x-pg-address"))
+    } else if req.path().ends_with("/sqlite3") {
+        sqlite3_script(&query_param(&req, "db"))
+    } else if req.path().ends_with("/wasi-kv") {
+        wasi_key_value_script(&query_param(&req, "store"))
     } else if req.path().ends_with("/redis") {
-        let address = req
-            .header("x-redis-address")
-            .and_then(|h| h.as_str())
-            .unwrap_or_default()
-            .to_string();
-        redis_script(&address)
+        redis_script(&header(&req, "x-redis-address"))
     } else if req.path().ends_with("/vars") {
         show(variables::get(&query_param(&req, "name")))
     } else {

@@ -1,0 +1,357 @@
+//! Outbound PostgreSQL (`spin:postgres@4.2.0`, also serving spin-sdk 5's 4.0.0): the
+//! guest names a server address; the host checks it against `allowed_outbound_hosts`
+//! (scheme `postgres`), then serves the connection from a pool kept per address
+//! across requests. Value encodings live in [`values`].
+
+// The error type is the interface's `error` variant, fixed by the WIT.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod values;
+
+use deadpool_postgres::{Manager, Object, Pool, Runtime};
+use tokio_postgres::types::ToSql;
+use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
+
+use super::Backends;
+use super::allowed_hosts::AllowedHosts;
+use crate::bindings::postgres4::spin::postgres::postgres::{
+    self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
+};
+use crate::state::HostState;
+use values::{data_type, db_value, to_sql};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_SIZE: usize = 16;
+
+/// Connection pools by address, shared by every instance.
+#[derive(Default)]
+pub struct PostgresPools {
+    pools: Mutex<HashMap<String, Pool>>,
+}
+
+impl PostgresPools {
+    fn pool(&self, address: &str, config: tokio_postgres::Config) -> Result<Pool, Error> {
+        let mut pools = self.pools.lock().expect("pool map lock");
+        if let Some(pool) = pools.get(address) {
+            return Ok(pool.clone());
+        }
+        let manager = Manager::new(config, tokio_postgres::NoTls);
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::ConnectionFailed(e.to_string()))?;
+        pools.insert(address.to_string(), pool.clone());
+        Ok(pool)
+    }
+}
+
+/// Per-instance Postgres state.
+pub struct PostgresAccess {
+    pub allowed: Arc<AllowedHosts>,
+    pub backends: Arc<Backends>,
+}
+
+/// An open connection as the guest holds it (returned to the pool when dropped).
+pub struct PgConnection {
+    // Shared so an `async func` call can use it without borrowing the instance table.
+    client: Arc<Object>,
+}
+
+/// spin-sdk 7's connection builder: an address waiting for `build`.
+pub struct PgConnectionBuilder {
+    address: String,
+}
+
+/// Parses `address` and checks every host it names against the allow list.
+fn authorize(address: &str, allowed: &AllowedHosts) -> Result<tokio_postgres::Config, Error> {
+    let config = tokio_postgres::Config::from_str(address)
+        .map_err(|e| Error::ConnectionFailed(format!("invalid address: {e}")))?;
+    let ports = config.get_ports();
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        let host = match host {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => {
+                return Err(Error::ConnectionFailed(format!(
+                    "unix socket {} is not reachable from components",
+                    p.display()
+                )));
+            }
+        };
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        if !allowed.allows("postgres", &host, Some(port)) {
+            return Err(Error::ConnectionFailed(format!(
+                "address postgres://{host}:{port} is not permitted: add it to allowed_outbound_hosts"
+            )));
+        }
+    }
+    Ok(config)
+}
+
+fn query_error(e: tokio_postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(db) => Error::QueryFailed(QueryError::DbError(DbError {
+            as_text: db.to_string(),
+            severity: db.severity().to_string(),
+            code: db.code().code().to_string(),
+            message: db.message().to_string(),
+            detail: db.detail().map(str::to_string),
+            extras: Vec::new(),
+        })),
+        None if e.is_closed() => Error::ConnectionFailed(e.to_string()),
+        None => Error::QueryFailed(QueryError::Text(
+            e.source().map(|s| format!("{e}: {s}")).unwrap_or_else(|| e.to_string()),
+        )),
+    }
+}
+
+fn bind(params: Vec<ParameterValue>) -> Result<Vec<Box<dyn ToSql + Sync + Send>>, Error> {
+    params.into_iter().map(to_sql).collect()
+}
+
+fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+impl HostState {
+    fn pg_client(&self, connection: &Resource<PgConnection>) -> Result<Arc<Object>, Error> {
+        Ok(self
+            .table
+            .get(connection)
+            .map_err(|e| Error::Other(e.to_string()))?
+            .client
+            .clone())
+    }
+
+    /// The pool for `address` if this component may reach it.
+    fn pg_pool(&self, address: &str) -> Result<Pool, Error> {
+        let config = authorize(address, &self.postgres.allowed)?;
+        self.postgres.backends.postgres.pool(address, config)
+    }
+
+    fn pg_push(&mut self, client: Object) -> Result<Resource<PgConnection>, Error> {
+        self.table
+            .push(PgConnection {
+                client: Arc::new(client),
+            })
+            .map_err(|e| Error::Other(e.to_string()))
+    }
+}
+
+async fn checkout(pool: Pool) -> Result<Object, Error> {
+    pool.get().await.map_err(|e| {
+        let detail = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+        Error::ConnectionFailed(format!("{e}{detail}"))
+    })
+}
+
+/// Runs a query on a pooled client.
+async fn run_query(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    params: Vec<ParameterValue>,
+) -> Result<RowSet, Error> {
+    let params = bind(params)?;
+    let prepared = client.prepare(statement).await.map_err(query_error)?;
+    let rows = client.query(&prepared, &refs(&params)).await.map_err(query_error)?;
+    let columns: Vec<Column> = prepared
+        .columns()
+        .iter()
+        .map(|c| Column {
+            name: c.name().to_string(),
+            data_type: data_type(c.type_()),
+        })
+        .collect();
+    let rows = rows
+        .iter()
+        .map(|row| {
+            prepared
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| db_value(row, i, c.type_()))
+                .collect::<Result<Vec<DbValue>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RowSet { columns, rows })
+}
+
+async fn run_execute(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    params: Vec<ParameterValue>,
+) -> Result<u64, Error> {
+    let params = bind(params)?;
+    client.execute(statement, &refs(&params)).await.map_err(query_error)
+}
+
+impl postgres::Host for HostState {}
+
+impl postgres::HostConnection for HostState {
+    async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, Error> {
+        let client = checkout(self.pg_pool(&address)?).await?;
+        self.pg_push(client)
+    }
+
+    async fn query(
+        &mut self,
+        connection: Resource<PgConnection>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Result<RowSet, Error> {
+        let client = self.pg_client(&connection)?;
+        run_query(&client, &statement, params).await
+    }
+
+    async fn execute(
+        &mut self,
+        connection: Resource<PgConnection>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Result<u64, Error> {
+        let client = self.pg_client(&connection)?;
+        run_execute(&client, &statement, params).await
+    }
+
+    async fn drop(&mut self, connection: Resource<PgConnection>) -> wasmtime::Result<()> {
+        self.table.delete(connection)?;
+        Ok(())
+    }
+}
+
+impl postgres::HostConnectionBuilder for HostState {
+    async fn new(&mut self, address: String) -> wasmtime::Result<Resource<PgConnectionBuilder>> {
+        Ok(self.table.push(PgConnectionBuilder { address })?)
+    }
+
+    async fn set_ca_root(&mut self, _: Resource<PgConnectionBuilder>, _: String) -> Result<(), Error> {
+        // Connections are plain TCP (NoTls) for now; refusing is better than silently
+        // connecting without the certificate the guest asked for.
+        Err(Error::Other(
+            "TLS connections are not supported by this host yet".into(),
+        ))
+    }
+
+    async fn build(&mut self, builder: Resource<PgConnectionBuilder>) -> Result<Resource<PgConnection>, Error> {
+        let address = self
+            .table
+            .get(&builder)
+            .map_err(|e| Error::Other(e.to_string()))?
+            .address
+            .clone();
+        postgres::HostConnection::open(self, address).await
+    }
+
+    async fn drop(&mut self, builder: Resource<PgConnectionBuilder>) -> wasmtime::Result<()> {
+        self.table.delete(builder)?;
+        Ok(())
+    }
+}
+
+/// The `async func` half of 4.2.0 (spin-sdk 7), reached through wasmtime's store
+/// accessor.
+pub struct SpinPostgres4;
+
+impl wasmtime::component::HasData for SpinPostgres4 {
+    type Data<'a> = &'a mut HostState;
+}
+
+fn client_of<U>(store: &Accessor<U, SpinPostgres4>, c: &Resource<PgConnection>) -> Result<Arc<Object>, Error> {
+    store.with(|mut view| view.get().pg_client(c))
+}
+
+async fn open_with<U>(store: &Accessor<U, SpinPostgres4>, address: String) -> Result<Resource<PgConnection>, Error> {
+    let pool = store.with(|mut view| view.get().pg_pool(&address))?;
+    let client = checkout(pool).await?;
+    store.with(|mut view| view.get().pg_push(client))
+}
+
+impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
+    async fn open_async(store: &Accessor<U, Self>, address: String) -> Result<Resource<PgConnection>, Error> {
+        open_with(store, address).await
+    }
+
+    #[allow(clippy::type_complexity)] // the shape is fixed by the WIT
+    async fn query_async(
+        store: &Accessor<U, Self>,
+        c: Resource<PgConnection>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> wasmtime::Result<Result<(Vec<Column>, StreamReader<Vec<DbValue>>, FutureReader<Result<(), Error>>), Error>>
+    {
+        let client = match client_of(store, &c) {
+            Ok(client) => client,
+            Err(e) => return Ok(Err(e)),
+        };
+        let RowSet { columns, rows } = match run_query(&client, &statement, params).await {
+            Ok(set) => set,
+            Err(e) => return Ok(Err(e)),
+        };
+        store.with(|mut access| {
+            let rows = StreamReader::new(&mut access, rows)?;
+            let done = FutureReader::new(&mut access, async { wasmtime::Result::<_>::Ok(Ok(())) })?;
+            Ok(Ok((columns, rows, done)))
+        })
+    }
+
+    async fn execute_async(
+        store: &Accessor<U, Self>,
+        c: Resource<PgConnection>,
+        statement: String,
+        params: Vec<ParameterValue>,
+    ) -> Result<u64, Error> {
+        let client = client_of(store, &c)?;
+        run_execute(&client, &statement, params).await
+    }
+}
+
+impl<U> postgres::HostConnectionBuilderWithStore<U> for SpinPostgres4 {
+    async fn build_async(
+        store: &Accessor<U, Self>,
+        builder: Resource<PgConnectionBuilder>,
+    ) -> Result<Resource<PgConnection>, Error> {
+        let address = store.with(|mut view| {
+            view.get()
+                .table
+                .get(&builder)
+                .map(|b| b.address.clone())
+                .map_err(|e| Error::Other(e.to_string()))
+        })?;
+        open_with(store, address).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked_against_allowed_hosts() {
+        let allowed = AllowedHosts::parse(["postgres://db.internal:5432"]).unwrap();
+        assert!(authorize("postgres://app@db.internal/shop", &allowed).is_ok());
+        assert!(authorize("host=db.internal port=5432 user=app", &allowed).is_ok());
+        for denied in [
+            "postgres://app@db.internal:6543/shop",
+            "postgres://app@other/shop",
+            "host=/tmp user=x",
+        ] {
+            assert!(
+                matches!(authorize(denied, &allowed), Err(Error::ConnectionFailed(_))),
+                "{denied}"
+            );
+        }
+        assert!(matches!(
+            authorize("not a url ://", &allowed),
+            Err(Error::ConnectionFailed(_))
+        ));
+    }
+}
