@@ -1,0 +1,245 @@
+//! The embedded event log: Kafka's model (topics, partitions, offsets, consumer groups
+//! with committed offsets) on one SQLite file, used when no Kafka brokers are configured.
+//!
+//! Several processes may share the file (e.g. two hosts on one data dir, one consumer
+//! group). There is no coordinator: each group member heartbeats into the `members`
+//! table and owns partitions through time-limited rows in `leases`. Every member
+//! computes the same fair assignment from the live members; it claims partitions of its
+//! share that are free (or whose lease expired) and hands back partitions beyond its
+//! share after the trigger acknowledged [`ConsumerEvent::Revoked`](crate::ConsumerEvent).
+//! A crashed process stops heartbeating, so its leases expire after the session timeout
+//! and survivors resume from the committed offsets.
+
+mod assign;
+mod consumer;
+mod partitioner;
+mod store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+pub use consumer::EmbeddedConsumer;
+pub use partitioner::{murmur2, partition_for_key};
+
+use crate::{Broker, BrokerError, Consumer, Delivery, OutgoingMessage, Producer};
+use store::{Membership, Store};
+
+/// Settings of an [`EmbeddedBroker`].
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Partitions of topics created implicitly (by a publish or a subscription).
+    pub default_partitions: i32,
+    /// This process's identity in consumer groups; each consumer appends a suffix.
+    /// Must differ between processes sharing the file.
+    pub member_id: String,
+    /// A member whose last heartbeat is older than this is considered dead and its
+    /// partitions move to the others.
+    pub session_timeout: Duration,
+    /// How often members heartbeat and rebalance.
+    pub heartbeat_interval: Duration,
+    /// How often consumers look for records written by other processes (records of this
+    /// process's producers wake them at once).
+    pub poll_interval: Duration,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            default_partitions: 3,
+            member_id: default_member_id(),
+            session_timeout: Duration::from_secs(6),
+            heartbeat_interval: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(20),
+        }
+    }
+}
+
+/// `pid<pid>-<random>`: unique per process even when pids are reused (containers).
+fn default_member_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process; mixing in the clock guards against
+    // a platform where it is not.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_i64(store::now_ms());
+    format!("pid{}-{:016x}", std::process::id(), hasher.finish())
+}
+
+impl EmbeddedOptions {
+    fn validate(&self) -> Result<(), BrokerError> {
+        let problem = if self.default_partitions < 1 {
+            "default_partitions must be at least 1"
+        } else if self.member_id.is_empty() {
+            "member_id must not be empty"
+        } else if self.heartbeat_interval.is_zero() || self.poll_interval.is_zero() {
+            "heartbeat_interval and poll_interval must be positive"
+        } else if self.session_timeout <= self.heartbeat_interval {
+            "session_timeout must be longer than heartbeat_interval"
+        } else {
+            return Ok(());
+        };
+        Err(BrokerError::Rejected(format!("embedded event log options: {problem}")))
+    }
+}
+
+/// The embedded log. Cheap to share: producers and consumers hold the same store.
+pub struct EmbeddedBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    options: EmbeddedOptions,
+    /// Wakes this process's consumers right after a local publish.
+    published: Arc<Notify>,
+    /// Next partition per topic for records without a key.
+    round_robin: Mutex<HashMap<String, i32>>,
+    /// Numbers this process's consumers so each has its own member id.
+    consumers: AtomicU64,
+}
+
+impl EmbeddedBroker {
+    /// Opens the log at `path` (e.g. `<data-dir>/events/log.db`), creating the file, its
+    /// parent directories and the schema when missing.
+    pub fn open(path: &Path, options: EmbeddedOptions) -> Result<Self, BrokerError> {
+        options.validate()?;
+        let store = Arc::new(Store::open(path)?);
+        Ok(EmbeddedBroker {
+            inner: Arc::new(Inner {
+                store,
+                options,
+                published: Arc::new(Notify::new()),
+                round_robin: Mutex::new(HashMap::new()),
+                consumers: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Like [`Broker::consumer`], with the concrete type.
+    pub async fn join_group(&self, group: &str, topics: &[String]) -> Result<Arc<EmbeddedConsumer>, BrokerError> {
+        if group.is_empty() {
+            return Err(BrokerError::Rejected("consumer group name must not be empty".into()));
+        }
+        if topics.is_empty() {
+            return Err(BrokerError::Rejected(format!(
+                "consumer group {group:?} subscribes to no topic"
+            )));
+        }
+        for topic in topics {
+            validate_topic(topic)?;
+        }
+        let mut topics = topics.to_vec();
+        topics.sort();
+        topics.dedup();
+
+        let options = &self.inner.options;
+        let n = self.inner.consumers.fetch_add(1, Ordering::Relaxed);
+        let membership = Membership {
+            group: group.to_string(),
+            member_id: format!("{}#{n}", options.member_id),
+            topics,
+            session_ms: store::millis(options.session_timeout),
+        };
+        let timing = consumer::Timing {
+            heartbeat_interval: options.heartbeat_interval,
+            poll_interval: options.poll_interval,
+        };
+        EmbeddedConsumer::join(
+            Arc::clone(&self.inner.store),
+            membership,
+            options.default_partitions,
+            timing,
+            Arc::clone(&self.inner.published),
+        )
+        .await
+    }
+}
+
+/// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+fn validate_topic(topic: &str) -> Result<(), BrokerError> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." || !topic.chars().all(legal) {
+        return Err(BrokerError::Rejected(format!(
+            "invalid topic name {topic:?}: use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// The partition for a record: Kafka's murmur2 of the key, or round-robin without one.
+    fn pick_partition(&self, topic: &str, key: Option<&[u8]>, partitions: i32) -> i32 {
+        match key {
+            Some(key) => partition_for_key(key, partitions),
+            None => {
+                let mut next = self.round_robin.lock().unwrap_or_else(PoisonError::into_inner);
+                let slot = next.entry(topic.to_string()).or_insert(0);
+                let partition = *slot % partitions;
+                *slot = (partition + 1) % partitions;
+                partition
+            }
+        }
+    }
+}
+
+struct EmbeddedProducer {
+    inner: Arc<Inner>,
+}
+
+#[async_trait]
+impl Producer for EmbeddedProducer {
+    async fn publish(&self, message: OutgoingMessage) -> Result<Delivery, BrokerError> {
+        validate_topic(&message.topic)?;
+        let inner = Arc::clone(&self.inner);
+        let default_partitions = inner.options.default_partitions;
+        let delivery = self
+            .inner
+            .store
+            .run(move |conn| {
+                store::append(conn, &message, default_partitions, |partitions| {
+                    inner.pick_partition(&message.topic, message.key.as_deref(), partitions)
+                })
+            })
+            .await?;
+        self.inner.published.notify_waiters();
+        Ok(delivery)
+    }
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn producer(&self) -> Arc<dyn Producer> {
+        Arc::new(EmbeddedProducer {
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    async fn consumer(&self, group: &str, topics: &[String]) -> Result<Arc<dyn Consumer>, BrokerError> {
+        Ok(self.join_group(group, topics).await?)
+    }
+
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
+        validate_topic(topic)?;
+        if partitions < 1 {
+            return Err(BrokerError::Rejected(format!(
+                "topic {topic:?} needs at least one partition, not {partitions}"
+            )));
+        }
+        let topics = vec![topic.to_string()];
+        self.inner
+            .store
+            .run(move |conn| store::ensure_topics(conn, &topics, partitions))
+            .await
+    }
+}

@@ -1,0 +1,610 @@
+//! The SQLite side of the embedded log: schema, a small connection pool, and one
+//! function per transaction. Everything here blocks; the async side runs it through
+//! [`Store::run`], which moves it onto tokio's blocking pool.
+//!
+//! Several processes may open the same file. WAL mode lets readers run beside the one
+//! writer, and every read-modify-write runs inside `BEGIN IMMEDIATE`, so the write lock
+//! is taken up front and two writers never both read the same "next offset" or both
+//! claim the same partition.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::assign::{self, Member};
+use crate::{BrokerError, Delivery, Headers, Message, OutgoingMessage, TopicPartition};
+
+/// Bumped when the schema changes incompatibly; a file from a newer build is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY,
+    partitions INTEGER NOT NULL CHECK (partitions > 0)
+);
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    record_offset INTEGER NOT NULL,
+    record_key BLOB,
+    payload BLOB NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    headers BLOB NOT NULL,
+    PRIMARY KEY (topic, partition_id, record_offset)
+);
+CREATE TABLE IF NOT EXISTS committed_offsets (
+    group_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (group_id, topic, partition_id)
+);
+CREATE TABLE IF NOT EXISTS members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    topics TEXT NOT NULL,
+    heartbeat_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    group_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition_id INTEGER NOT NULL,
+    member_id TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, topic, partition_id)
+);
+CREATE INDEX IF NOT EXISTS leases_by_member ON leases (group_id, member_id);
+";
+
+/// How long a connection waits for another writer (this or another process).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept for reuse; more are opened on demand under load.
+const MAX_IDLE_CONNECTIONS: usize = 4;
+
+/// Why a store operation failed, before it becomes a [`BrokerError`] with the file name.
+#[derive(Debug)]
+pub(super) enum StoreError {
+    Sql(rusqlite::Error),
+    Io(std::io::Error),
+    Corrupt(String),
+    Rejected(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e)
+    }
+}
+
+pub(super) type StoreResult<T> = Result<T, StoreError>;
+
+pub(super) struct Store {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the log file and its schema.
+    pub fn open(path: &Path) -> Result<Self, BrokerError> {
+        let store = Store {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        };
+        // `connect` creates the parent directories.
+        store.with_conn(|conn| {
+            // WAL is a property of the file: set once, every later connection inherits it.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            create_schema(conn)
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `f` on a pooled connection on tokio's blocking pool.
+    pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.with_conn(f))
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("embedded event log task failed: {e}")))?
+    }
+
+    /// Runs `f` on a pooled connection on the calling thread.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> Result<T, BrokerError> {
+        let mut conn = match self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            Some(conn) => conn,
+            None => self.connect().map_err(|e| self.error(e))?,
+        };
+        let result = f(&mut conn).map_err(|e| self.error(e));
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn connect(&self) -> StoreResult<Connection> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
+        }
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // In WAL mode NORMAL still survives a process crash; only power loss can drop the
+        // last commits, which is the trade-off Kafka's default fsync policy makes too.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(conn)
+    }
+
+    fn error(&self, e: StoreError) -> BrokerError {
+        let path = self.path.display();
+        match e {
+            StoreError::Sql(e) => BrokerError::Unavailable(format!("embedded event log {path}: {e}")),
+            StoreError::Io(e) => BrokerError::Unavailable(format!("embedded event log {path}: {e}")),
+            StoreError::Corrupt(what) => {
+                BrokerError::Unavailable(format!("embedded event log {path} is corrupt: {what}"))
+            }
+            StoreError::Rejected(why) => BrokerError::Rejected(why),
+        }
+    }
+}
+
+fn create_schema(conn: &mut Connection) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Rejected(format!(
+            "the embedded event log was written by a newer version (schema {version}, this build knows {SCHEMA_VERSION})"
+        )));
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------------
+// Topics and records
+// ---------------------------------------------------------------------------------
+
+/// Creates `topic` with `partitions` unless it exists; returns its actual partition count.
+fn ensure_topic_in(tx: &Transaction<'_>, topic: &str, partitions: i32) -> StoreResult<i32> {
+    tx.execute(
+        "INSERT INTO topics (name, partitions) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+        params![topic, partitions],
+    )?;
+    Ok(
+        tx.query_row("SELECT partitions FROM topics WHERE name = ?1", [topic], |row| {
+            row.get(0)
+        })?,
+    )
+}
+
+/// Creates every topic in `topics` that is missing, with `partitions` partitions.
+pub(super) fn ensure_topics(conn: &mut Connection, topics: &[String], partitions: i32) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for topic in topics {
+        ensure_topic_in(&tx, topic, partitions)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Appends one record. `pick` chooses the partition once the partition count is known
+/// (the topic is created with `default_partitions` if missing). The offset is the next
+/// one of that partition, read and written in the same immediate transaction.
+pub(super) fn append(
+    conn: &mut Connection,
+    message: &OutgoingMessage,
+    default_partitions: i32,
+    pick: impl FnOnce(i32) -> i32,
+) -> StoreResult<Delivery> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let partitions = ensure_topic_in(&tx, &message.topic, default_partitions)?;
+    let partition = pick(partitions);
+    let offset: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM records WHERE topic = ?1 AND partition_id = ?2",
+        params![message.topic, partition],
+        |row| row.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO records (topic, partition_id, record_offset, record_key, payload, timestamp_ms, headers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            message.topic,
+            partition,
+            offset,
+            message.key,
+            message.payload,
+            now_ms(),
+            encode_headers(&message.headers),
+        ],
+    )?;
+    tx.commit()?;
+    Ok(Delivery { partition, offset })
+}
+
+/// Up to `limit` records of `tp` from offset `from` on, in offset order.
+pub(super) fn read(conn: &mut Connection, tp: &TopicPartition, from: i64, limit: usize) -> StoreResult<Vec<Message>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT record_offset, record_key, payload, timestamp_ms, headers FROM records
+         WHERE topic = ?1 AND partition_id = ?2 AND record_offset >= ?3
+         ORDER BY record_offset LIMIT ?4",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![tp.topic, tp.partition, from, limit], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, Option<Vec<u8>>>(1)?,
+            row.get::<_, Vec<u8>>(2)?,
+            row.get::<_, i64>(3)?,
+            row.get::<_, Vec<u8>>(4)?,
+        ))
+    })?;
+    let mut messages = Vec::new();
+    for row in rows {
+        let (offset, key, payload, timestamp_ms, headers) = row?;
+        messages.push(Message {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            offset,
+            key,
+            payload,
+            timestamp_ms,
+            headers: decode_headers(&headers).map_err(|e| StoreError::Corrupt(format!("{tp}@{offset}: {e}")))?,
+        });
+    }
+    Ok(messages)
+}
+
+/// Headers as a blob: for each header, u32 LE name length, name, u32 LE value length, value.
+/// Kept in one column so a record is one row; order and repeated names are preserved.
+fn encode_headers(headers: &Headers) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        for part in [name.as_bytes(), value.as_slice()] {
+            let len = u32::try_from(part.len()).expect("a header part over 4 GiB");
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out
+}
+
+fn decode_headers(mut blob: &[u8]) -> Result<Headers, String> {
+    fn take<'a>(blob: &mut &'a [u8]) -> Result<&'a [u8], String> {
+        let (len, rest) = blob.split_first_chunk::<4>().ok_or("truncated header length")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err("truncated header".to_string());
+        }
+        let (part, rest) = rest.split_at(len);
+        *blob = rest;
+        Ok(part)
+    }
+    let mut headers = Vec::new();
+    while !blob.is_empty() {
+        let name = String::from_utf8(take(&mut blob)?.to_vec()).map_err(|_| "header name is not UTF-8")?;
+        headers.push((name, take(&mut blob)?.to_vec()));
+    }
+    Ok(headers)
+}
+
+// ---------------------------------------------------------------------------------
+// Group membership, leases and offsets
+// ---------------------------------------------------------------------------------
+
+/// Who a consumer is in its group.
+#[derive(Clone, Debug)]
+pub(super) struct Membership {
+    pub group: String,
+    pub member_id: String,
+    /// Sorted and without duplicates.
+    pub topics: Vec<String>,
+    pub session_ms: i64,
+}
+
+impl Membership {
+    /// Topic names cannot contain newlines (Kafka allows `[a-zA-Z0-9._-]`; the broker
+    /// rejects others), so a newline-joined list is unambiguous.
+    fn topics_column(&self) -> String {
+        self.topics.join("\n")
+    }
+}
+
+/// What a heartbeat found out.
+#[derive(Debug, Default)]
+pub(super) struct Heartbeat {
+    /// Every partition whose lease this member holds after the heartbeat.
+    pub held: BTreeSet<TopicPartition>,
+    /// Held partitions the caller did not know about (newly claimed), with the offset to
+    /// start from: the group's committed offset, or 0.
+    pub acquired: Vec<(TopicPartition, i64)>,
+    /// Held partitions beyond this member's fair share: to hand back after the handshake.
+    pub surplus: BTreeSet<TopicPartition>,
+}
+
+fn upsert_member(tx: &Transaction<'_>, m: &Membership, now: i64) -> StoreResult<()> {
+    tx.execute(
+        "INSERT INTO members (group_id, member_id, topics, heartbeat_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (group_id, member_id) DO UPDATE SET topics = excluded.topics, heartbeat_ms = excluded.heartbeat_ms",
+        params![m.group, m.member_id, m.topics_column(), now],
+    )?;
+    Ok(())
+}
+
+/// Joins the group: creates missing topics and the member row, so other members count
+/// this one in their next balance even before its first heartbeat.
+pub(super) fn join(conn: &mut Connection, m: &Membership, default_partitions: i32) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for topic in &m.topics {
+        ensure_topic_in(&tx, topic, default_partitions)?;
+    }
+    upsert_member(&tx, m, now_ms())?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// One heartbeat: refreshes this member and its leases, and when `balance` is set claims
+/// the free partitions of its fair share and reports the ones it holds beyond it.
+/// `known` are the partitions the caller already tracks (owned or being handed back).
+pub(super) fn heartbeat(
+    conn: &mut Connection,
+    m: &Membership,
+    balance: bool,
+    known: &BTreeSet<TopicPartition>,
+) -> StoreResult<Heartbeat> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let expires = now.saturating_add(m.session_ms);
+    let live_since = now.saturating_sub(m.session_ms);
+
+    upsert_member(&tx, m, now)?;
+    // A crashed member's row would otherwise stay forever; its leases expire on their own.
+    tx.execute(
+        "DELETE FROM members WHERE group_id = ?1 AND heartbeat_ms < ?2",
+        params![m.group, live_since],
+    )?;
+    // Extends only leases still ours: one that expired and was claimed by another member
+    // is gone for good and shows up below as missing from `held`.
+    tx.execute(
+        "UPDATE leases SET expires_ms = ?3 WHERE group_id = ?1 AND member_id = ?2",
+        params![m.group, m.member_id, expires],
+    )?;
+    let mut held = leases_of(&tx, m)?;
+
+    let mut surplus = BTreeSet::new();
+    if balance {
+        let members = live_members(&tx, &m.group, live_since)?;
+        let partitions = partitions_of(&tx, &members)?;
+        let share = assign::share_of(&m.member_id, &members, &partitions);
+        let unclaimed: Vec<TopicPartition> = share.difference(&held).cloned().collect();
+        for tp in unclaimed {
+            if try_claim(&tx, m, &tp, now, expires)? {
+                held.insert(tp);
+            }
+        }
+        surplus = held.difference(&share).cloned().collect();
+    }
+
+    let mut acquired = Vec::new();
+    for tp in held.difference(known) {
+        acquired.push((tp.clone(), committed_offset(&tx, &m.group, tp)?.unwrap_or(0)));
+    }
+    tx.commit()?;
+    Ok(Heartbeat {
+        held,
+        acquired,
+        surplus,
+    })
+}
+
+fn leases_of(tx: &Transaction<'_>, m: &Membership) -> StoreResult<BTreeSet<TopicPartition>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT topic, partition_id FROM leases WHERE group_id = ?1 AND member_id = ?2")?;
+    let rows = stmt.query_map(params![m.group, m.member_id], |row| {
+        Ok(TopicPartition::new(row.get::<_, String>(0)?, row.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Members whose heartbeat is recent enough, sorted by id.
+fn live_members(tx: &Transaction<'_>, group: &str, live_since: i64) -> StoreResult<Vec<Member>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT member_id, topics FROM members WHERE group_id = ?1 AND heartbeat_ms >= ?2 ORDER BY member_id",
+    )?;
+    let rows = stmt.query_map(params![group, live_since], |row| {
+        let topics: String = row.get(1)?;
+        Ok(Member {
+            id: row.get(0)?,
+            topics: topics
+                .split('\n')
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every partition of every topic some live member subscribed to, sorted.
+fn partitions_of(tx: &Transaction<'_>, members: &[Member]) -> StoreResult<Vec<TopicPartition>> {
+    let topics: BTreeSet<&String> = members.iter().flat_map(|m| &m.topics).collect();
+    let mut partitions = Vec::new();
+    for topic in topics {
+        let count: Option<i32> = tx
+            .query_row("SELECT partitions FROM topics WHERE name = ?1", [topic], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        partitions.extend((0..count.unwrap_or(0)).map(|p| TopicPartition::new(topic.as_str(), p)));
+    }
+    Ok(partitions)
+}
+
+/// Takes the lease on `tp` if nobody holds it or its holder let it expire.
+fn try_claim(tx: &Transaction<'_>, m: &Membership, tp: &TopicPartition, now: i64, expires: i64) -> StoreResult<bool> {
+    let changed = tx.execute(
+        "INSERT INTO leases (group_id, topic, partition_id, member_id, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (group_id, topic, partition_id) DO UPDATE
+         SET member_id = excluded.member_id, expires_ms = excluded.expires_ms
+         WHERE leases.expires_ms < ?6",
+        params![m.group, tp.topic, tp.partition, m.member_id, expires, now],
+    )?;
+    Ok(changed == 1)
+}
+
+fn committed_offset(tx: &Transaction<'_>, group: &str, tp: &TopicPartition) -> StoreResult<Option<i64>> {
+    Ok(tx
+        .query_row(
+            "SELECT next_offset FROM committed_offsets WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
+            params![group, tp.topic, tp.partition],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
+/// Drops this member's leases on `partitions` (after the revoke handshake).
+pub(super) fn release(conn: &mut Connection, m: &Membership, partitions: &BTreeSet<TopicPartition>) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for tp in partitions {
+        tx.execute(
+            "DELETE FROM leases WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3 AND member_id = ?4",
+            params![m.group, tp.topic, tp.partition, m.member_id],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Leaves the group: drops every lease of this member and its member row.
+pub(super) fn leave(conn: &mut Connection, m: &Membership) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM leases WHERE group_id = ?1 AND member_id = ?2",
+        params![m.group, m.member_id],
+    )?;
+    tx.execute(
+        "DELETE FROM members WHERE group_id = ?1 AND member_id = ?2",
+        params![m.group, m.member_id],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Stores the group's position on `tp` if this member still holds its lease. Checked and
+/// written in one immediate transaction, so a member that lost the partition can never
+/// overwrite the position its successor works from. Offsets only move forward.
+pub(super) fn commit(conn: &mut Connection, m: &Membership, tp: &TopicPartition, next_offset: i64) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let holder: Option<String> = tx
+        .query_row(
+            "SELECT member_id FROM leases WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
+            params![m.group, tp.topic, tp.partition],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if holder.as_deref() != Some(m.member_id.as_str()) {
+        return Err(StoreError::Rejected(format!(
+            "commit of {tp} for group {:?} refused: the partition is no longer assigned to this consumer",
+            m.group
+        )));
+    }
+    tx.execute(
+        "INSERT INTO committed_offsets (group_id, topic, partition_id, next_offset) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (group_id, topic, partition_id) DO UPDATE
+         SET next_offset = MAX(next_offset, excluded.next_offset)",
+        params![m.group, tp.topic, tp.partition, next_offset],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The group's committed position on `tp`, if any (for tests and tooling).
+#[cfg(test)]
+pub(super) fn committed(conn: &mut Connection, group: &str, tp: &TopicPartition) -> StoreResult<Option<i64>> {
+    let tx = conn.transaction()?;
+    let offset = committed_offset(&tx, group, tp)?;
+    tx.commit()?;
+    Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership(member_id: &str, session_ms: i64) -> Membership {
+        Membership {
+            group: "g".into(),
+            member_id: member_id.into(),
+            topics: vec!["t".into()],
+            session_ms,
+        }
+    }
+
+    #[test]
+    fn a_live_lease_is_kept_even_when_its_holder_looks_dead_to_another_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("log.db")).unwrap();
+        let t0 = TopicPartition::new("t", 0);
+        let a = membership("a", 10_000);
+        // B's session timeout is so short that A looks dead to it, so t0 is in B's share;
+        // A's lease still has ten seconds to run, and that is what decides.
+        let b = membership("b", 1);
+        let none = BTreeSet::new();
+
+        store
+            .with_conn(|conn| {
+                join(conn, &a, 1)?;
+                let beat = heartbeat(conn, &a, true, &none)?;
+                assert_eq!(beat.held, BTreeSet::from([t0.clone()]));
+                assert_eq!(beat.acquired, vec![(t0.clone(), 0)]);
+                Ok(())
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        store
+            .with_conn(|conn| {
+                join(conn, &b, 1)?;
+                let beat = heartbeat(conn, &b, true, &none)?;
+                assert!(beat.held.is_empty(), "{beat:?}");
+                assert!(matches!(commit(conn, &b, &t0, 1), Err(StoreError::Rejected(_))));
+                commit(conn, &a, &t0, 1)?;
+                // A keeps its partition; knowing it already, nothing is reported as new.
+                let beat = heartbeat(conn, &a, true, &BTreeSet::from([t0.clone()]))?;
+                assert_eq!(beat.held, BTreeSet::from([t0.clone()]));
+                assert!(beat.acquired.is_empty() && beat.surplus.is_empty(), "{beat:?}");
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn headers_round_trip_with_repeats_and_binary_values() {
+        let headers: Headers = vec![
+            ("ce_type".into(), b"OrderPlaced".to_vec()),
+            ("x".into(), vec![]),
+            ("x".into(), vec![0, 255, 10]),
+            (String::new(), b"empty name".to_vec()),
+        ];
+        assert_eq!(decode_headers(&encode_headers(&headers)).unwrap(), headers);
+        assert!(decode_headers(&encode_headers(&Vec::new())).unwrap().is_empty());
+        assert!(decode_headers(&[1, 0, 0]).is_err());
+        assert!(decode_headers(&[5, 0, 0, 0, b'a']).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! The brokers behind the shop's Kafka trigger and the guests' `wasi:messaging`
+//! producer. The trigger is written once against [`Broker`]; two implementations sit
+//! behind it: Kafka through rdkafka, and the embedded log (a SQLite file under the data
+//! dir) used when no brokers are configured.
+//!
+//! Delivery contract shared by both:
+//! - messages of one partition are delivered in offset order;
+//! - a group's committed offset only moves when the consumer calls [`Consumer::commit`];
+//! - before a partition is taken away (rebalance, shutdown) the consumer emits
+//!   [`ConsumerEvent::Revoked`] and waits until the trigger has finished and committed
+//!   its work on that partition, so no other member starts it from a stale offset.
+
+pub mod embedded;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+/// Kafka-style record headers: ordered, names may repeat.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
+
+/// A record as a consumer receives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// Milliseconds since the Unix epoch (producer create time).
+    pub timestamp_ms: i64,
+    pub headers: Headers,
+}
+
+impl Message {
+    pub fn topic_partition(&self) -> TopicPartition {
+        TopicPartition::new(self.topic.clone(), self.partition)
+    }
+}
+
+/// A record to publish. The partition is chosen by the broker from the key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingMessage {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Headers,
+}
+
+/// Where a published record landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker (or the log file) cannot be reached or written right now; retrying may help.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the request (unknown topic, record too large, …).
+    #[error("rejected by the broker: {0}")]
+    Rejected(String),
+    /// The consumer was closed.
+    #[error("consumer closed")]
+    Closed,
+}
+
+/// What a group consumer hands the trigger next.
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    Message(Message),
+    /// These partitions are leaving this member. The trigger stops work on them,
+    /// commits what it finished, then sends on (or drops) `done`; only then are the
+    /// partitions given to another member.
+    Revoked {
+        partitions: Vec<TopicPartition>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+#[async_trait]
+pub trait Producer: Send + Sync + 'static {
+    /// Publishes one record durably (Kafka: idempotent, acks=all).
+    async fn publish(&self, message: OutgoingMessage) -> Result<Delivery, BrokerError>;
+}
+
+#[async_trait]
+pub trait Consumer: Send + Sync + 'static {
+    /// The next message or rebalance event. Cancel-safe: dropping the future loses nothing.
+    async fn next_event(&self) -> Result<ConsumerEvent, BrokerError>;
+    /// Marks every record of `partition` before `next_offset` as processed for the group.
+    async fn commit(&self, partition: &TopicPartition, next_offset: i64) -> Result<(), BrokerError>;
+    /// Leaves the group (partitions go to other members). Commits nothing by itself.
+    async fn close(&self);
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// A short name for logs and metrics ("kafka", "embedded").
+    fn kind(&self) -> &'static str;
+    fn producer(&self) -> Arc<dyn Producer>;
+    /// Joins `group`, subscribed to `topics` (created with the default partition count
+    /// when missing).
+    async fn consumer(&self, group: &str, topics: &[String]) -> Result<Arc<dyn Consumer>, BrokerError>;
+    /// Creates `topic` with `partitions` partitions unless it exists.
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError>;
+}
