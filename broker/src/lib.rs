@@ -11,6 +11,7 @@
 //!   its work on that partition, so no other member starts it from a stale offset.
 
 pub mod embedded;
+pub mod kafka;
 
 use std::sync::Arc;
 
@@ -128,4 +129,28 @@ pub trait Broker: Send + Sync + 'static {
     async fn consumer(&self, group: &str, topics: &[String]) -> Result<Arc<dyn Consumer>, BrokerError>;
     /// Creates `topic` with `partitions` partitions unless it exists.
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError>;
+}
+
+/// Leaves the group: runs [`Consumer::close`] while acknowledging the
+/// [`ConsumerEvent::Revoked`] handshakes that leaving causes (close waits for them).
+/// Messages still arriving are dropped unhandled and uncommitted, so the partition's
+/// next owner receives them.
+pub async fn leave_group(consumer: &dyn Consumer) {
+    let close = consumer.close();
+    tokio::pin!(close);
+    loop {
+        tokio::select! {
+            _ = &mut close => return,
+            event = consumer.next_event() => match event {
+                Ok(ConsumerEvent::Revoked { done, .. }) => {
+                    let _ = done.send(());
+                }
+                Ok(ConsumerEvent::Message(_)) => {}
+                Err(_) => {
+                    (&mut close).await;
+                    return;
+                }
+            },
+        }
+    }
 }

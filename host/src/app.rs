@@ -11,12 +11,18 @@ use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime_wasi_http::handler::ProxyPre;
 
+use shop_broker::Producer;
+
+use crate::bindings::cron::SpinCronPre;
 use crate::bindings::fermyon::spin as spin2;
+use crate::bindings::messaging::KafkaHandlerPre;
+use crate::bindings::messaging::wasi::messaging as wasi_messaging;
 use crate::bindings::wasi_keyvalue::wasi::keyvalue as wasi_keyvalue;
 use crate::bindings::{key_value3, postgres4, redis3, sqlite3, variables3};
 use crate::capability::Backends;
 use crate::capability::allowed_hosts::AllowedHosts;
 use crate::capability::key_value::SpinKeyValue3;
+use crate::capability::messaging::TopicRules;
 use crate::capability::postgres::SpinPostgres4;
 use crate::capability::redis::SpinRedis3;
 use crate::capability::sqlite::v3::SpinSqlite3;
@@ -44,12 +50,23 @@ impl HttpWorld {
     }
 }
 
-/// A component ready to be instantiated per request.
+/// What a component exports that a trigger can call.
+pub struct Exports {
+    /// The HTTP handler, for `[[trigger.http]]`.
+    pub http: Option<(ProxyPre<HostState>, HttpWorld)>,
+    /// `wasi:messaging/incoming-handler`, for `[[trigger.kafka]]`.
+    pub messaging: Option<KafkaHandlerPre<HostState>>,
+    /// `handle-cron-event`, for `[[trigger.cron]]`.
+    pub cron: Option<SpinCronPre<HostState>>,
+}
+
+/// A component ready to be instantiated per request or message.
 pub struct LoadedComponent {
     pub id: Arc<str>,
-    pub pre: ProxyPre<HostState>,
-    pub world: HttpWorld,
+    pub exports: Exports,
     pub allowed_hosts: Arc<AllowedHosts>,
+    pub allowed_topics: Arc<TopicRules>,
+    pub producer: Option<Arc<dyn Producer>>,
     pub environment: Vec<(String, String)>,
     pub key_value_stores: Arc<BTreeSet<String>>,
     pub sqlite_databases: Arc<BTreeSet<String>>,
@@ -80,6 +97,8 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     postgres4::spin::postgres::postgres::add_to_linker::<_, SpinPostgres4>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     variables3::spin::variables::variables::add_to_linker::<_, SpinVariables3>(&mut linker, |s| &s.variables)?;
+    wasi_messaging::types::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    wasi_messaging::producer::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
 
@@ -96,73 +115,113 @@ pub fn allowed_hosts(entries: &[String], variables: &Variables) -> anyhow::Resul
     AllowedHosts::parse(rendered.iter().map(String::as_str)).map_err(|e| anyhow::anyhow!(e))
 }
 
-/// Loads the components that HTTP triggers reference.
-pub fn load_http_components(
+/// What the loader needs besides the manifest.
+pub struct LoadContext<'a> {
+    pub engine: &'a Engine,
+    pub cache: &'a CompileCache,
+    pub variables: &'a Variables,
+    pub backends: &'a Arc<Backends>,
+    /// The broker guests publish to (`None`: publishing answers a connection error).
+    pub producer: Option<Arc<dyn Producer>>,
+}
+
+/// Loads every component a trigger references, each once.
+pub fn load_components(
     manifest: &Manifest,
-    engine: &Engine,
-    cache: &CompileCache,
-    variables: &Variables,
-    backends: &Arc<Backends>,
+    context: &LoadContext<'_>,
 ) -> anyhow::Result<BTreeMap<String, Arc<LoadedComponent>>> {
-    let linker = linker(engine)?;
+    let referenced: BTreeSet<String> = manifest
+        .http_triggers()
+        .into_iter()
+        .map(|t| t.component)
+        .chain(manifest.kafka_triggers().into_iter().map(|t| t.component))
+        .chain(manifest.cron_triggers().into_iter().map(|t| t.component))
+        .collect();
+    let linker = linker(context.engine)?;
     let mut loaded = BTreeMap::new();
-    for trigger in manifest.http_triggers() {
-        if loaded.contains_key(&trigger.component) {
-            continue;
-        }
-        let id = trigger.component.clone();
-        let component = manifest
-            .raw
-            .component
-            .get(&id)
-            .with_context(|| format!("trigger refers to unknown component `{id}`"))?;
-        let path = manifest
-            .source_path(component)
-            .with_context(|| format!("component `{id}` has no local source"))?;
-        let wasm = std::fs::read(&path).with_context(|| format!("component `{id}`: cannot read {}", path.display()))?;
-        let started = Instant::now();
-        let (compiled, outcome) = cache
-            .load(engine, &wasm)
-            .with_context(|| format!("component `{id}`: {} is not a valid component", path.display()))?;
-        let pre = linker
-            .instantiate_pre(&compiled)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("component `{id}` needs an import this host does not provide"))?;
-        let (pre, world) = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
-            Ok(p3) => (ProxyPre::P3(p3), HttpWorld::P3),
-            Err(_) => match wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre) {
-                Ok(p2) => (ProxyPre::P2(p2), HttpWorld::P2),
-                Err(e) => {
-                    return Err(anyhow::anyhow!(
-                        "component `{id}` exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3: {e}"
-                    ));
-                }
-            },
-        };
-        tracing::info!(
-            component = %id,
-            world = world.as_str(),
-            compilation_cache = outcome.as_str(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "component loaded"
-        );
-        let allowed =
-            allowed_hosts(&component.allowed_outbound_hosts, variables).with_context(|| format!("component `{id}`"))?;
-        loaded.insert(
-            id.clone(),
-            Arc::new(LoadedComponent {
-                id: id.as_str().into(),
-                pre,
-                world,
-                allowed_hosts: Arc::new(allowed),
-                environment: component.environment.clone().into_iter().collect(),
-                key_value_stores: Arc::new(component.key_value_stores.iter().cloned().collect()),
-                sqlite_databases: Arc::new(component.sqlite_databases.iter().cloned().collect()),
-                backends: backends.clone(),
-                variables: ComponentVariables::render(&id, &component.variables, variables)?,
-                cache: outcome,
-            }),
-        );
+    for id in referenced {
+        let component = load_component(manifest, context, &linker, &id)?;
+        loaded.insert(id, Arc::new(component));
     }
     Ok(loaded)
+}
+
+fn load_component(
+    manifest: &Manifest,
+    context: &LoadContext<'_>,
+    linker: &Linker<HostState>,
+    id: &str,
+) -> anyhow::Result<LoadedComponent> {
+    let component = manifest
+        .raw
+        .component
+        .get(id)
+        .with_context(|| format!("trigger refers to unknown component `{id}`"))?;
+    let path = manifest
+        .source_path(component)
+        .with_context(|| format!("component `{id}` has no local source"))?;
+    let wasm = std::fs::read(&path).with_context(|| format!("component `{id}`: cannot read {}", path.display()))?;
+    let started = Instant::now();
+    let (compiled, outcome) = context
+        .cache
+        .load(context.engine, &wasm)
+        .with_context(|| format!("component `{id}`: {} is not a valid component", path.display()))?;
+    let pre = linker
+        .instantiate_pre(&compiled)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component `{id}` needs an import this host does not provide"))?;
+    let http = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
+        Ok(p3) => Some((ProxyPre::P3(p3), HttpWorld::P3)),
+        Err(_) => wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone())
+            .ok()
+            .map(|p2| (ProxyPre::P2(p2), HttpWorld::P2)),
+    };
+    let exports = Exports {
+        http,
+        messaging: KafkaHandlerPre::new(pre.clone()).ok(),
+        cron: SpinCronPre::new(pre).ok(),
+    };
+    tracing::info!(
+        component = %id,
+        exports = %exports.describe(),
+        compilation_cache = outcome.as_str(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "component loaded"
+    );
+    let allowed = allowed_hosts(&component.allowed_outbound_hosts, context.variables)
+        .with_context(|| format!("component `{id}`"))?;
+    Ok(LoadedComponent {
+        id: id.into(),
+        exports,
+        allowed_hosts: Arc::new(allowed),
+        allowed_topics: Arc::new(TopicRules::new(&component.allowed_topics)),
+        producer: context.producer.clone(),
+        environment: component.environment.clone().into_iter().collect(),
+        key_value_stores: Arc::new(component.key_value_stores.iter().cloned().collect()),
+        sqlite_databases: Arc::new(component.sqlite_databases.iter().cloned().collect()),
+        backends: context.backends.clone(),
+        variables: ComponentVariables::render(id, &component.variables, context.variables)?,
+        cache: outcome,
+    })
+}
+
+impl Exports {
+    /// The exports a trigger can use, for logs and errors.
+    pub fn describe(&self) -> String {
+        let mut names = Vec::new();
+        if let Some((_, world)) = &self.http {
+            names.push(world.as_str());
+        }
+        if self.messaging.is_some() {
+            names.push("wasi:messaging/incoming-handler@0.2.0-draft");
+        }
+        if self.cron.is_some() {
+            names.push("fermyon:spin-cron handle-cron-event");
+        }
+        if names.is_empty() {
+            "nothing a trigger can call".into()
+        } else {
+            names.join(", ")
+        }
+    }
 }

@@ -9,7 +9,21 @@ pub struct Metrics {
     pub instantiation_duration: HistogramVec,
     pub component_errors: IntCounterVec,
     pub component_loads: IntCounterVec,
+    /// Kafka trigger, by component, topic and partition.
+    pub messages_handled: IntCounterVec,
+    pub messages_failed: IntCounterVec,
+    pub messages_retried: IntCounterVec,
+    pub messages_dead_lettered: IntCounterVec,
+    pub message_handler_duration: HistogramVec,
+    /// Cron trigger, by component and outcome (`ok`, `error`, `skipped`).
+    pub cron_runs: IntCounterVec,
 }
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+const MESSAGE_LABELS: &[&str] = &["component", "topic", "partition"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -63,12 +77,52 @@ impl Metrics {
             &["component", "cache"],
         )
         .expect("valid metric");
+        let messages_handled = counter(
+            "kafka_messages_handled_total",
+            "Messages whose handler succeeded (offset committed after it)",
+            MESSAGE_LABELS,
+        );
+        let messages_failed = counter(
+            "kafka_handler_failures_total",
+            "Handler attempts that returned an error, trapped or timed out",
+            MESSAGE_LABELS,
+        );
+        let messages_retried = counter(
+            "kafka_messages_retried_total",
+            "Retries of a failed message",
+            MESSAGE_LABELS,
+        );
+        let messages_dead_lettered = counter(
+            "kafka_messages_dead_lettered_total",
+            "Messages sent to the dead-letter topic after their last retry",
+            MESSAGE_LABELS,
+        );
+        let message_handler_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kafka_handler_duration_seconds",
+                "Time for one handler attempt, instantiation included",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["component", "topic"],
+        )
+        .expect("valid metric");
+        let cron_runs = counter(
+            "cron_runs_total",
+            "Cron trigger firings, by component and outcome",
+            &["component", "outcome"],
+        );
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_request_duration.clone()),
             Box::new(instantiation_duration.clone()),
             Box::new(component_errors.clone()),
             Box::new(component_loads.clone()),
+            Box::new(messages_handled.clone()),
+            Box::new(messages_failed.clone()),
+            Box::new(messages_retried.clone()),
+            Box::new(messages_dead_lettered.clone()),
+            Box::new(message_handler_duration.clone()),
+            Box::new(cron_runs.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -79,6 +133,12 @@ impl Metrics {
             instantiation_duration,
             component_errors,
             component_loads,
+            messages_handled,
+            messages_failed,
+            messages_retried,
+            messages_dead_lettered,
+            message_handler_duration,
+            cron_runs,
         }
     }
 

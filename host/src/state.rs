@@ -12,6 +12,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::app::LoadedComponent;
 use crate::capability::key_value::KeyValueAccess;
+use crate::capability::messaging::MessagingAccess;
 use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
 use crate::capability::postgres::PostgresAccess;
 use crate::capability::redis::RedisAccess;
@@ -73,6 +74,7 @@ pub struct HostState {
     pub postgres: PostgresAccess,
     pub redis: RedisAccess,
     pub variables: ComponentVariables,
+    pub messaging: MessagingAccess,
     pub limiter: MemoryLimiter,
     /// Tags on the guest's stdout/stderr lines.
     pub output_tags: OutputTags,
@@ -126,6 +128,11 @@ impl HostState {
                 backends: component.backends.clone(),
             },
             variables: component.variables.clone(),
+            messaging: MessagingAccess {
+                component: component.id.clone(),
+                allowed_topics: component.allowed_topics.clone(),
+                producer: component.producer.clone(),
+            },
             limiter: MemoryLimiter {
                 max_memory_bytes,
                 probe: Arc::default(),

@@ -3,6 +3,7 @@
 
 pub mod allowed_hosts;
 pub mod key_value;
+pub mod messaging;
 pub mod outbound_http;
 pub mod postgres;
 pub mod redis;

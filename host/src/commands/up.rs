@@ -13,16 +13,19 @@ use tokio::net::TcpListener;
 
 use crate::ManifestArgs;
 use crate::admin::{self, Readiness};
-use crate::app::{LoadedComponent, load_http_components};
+use crate::app::{LoadContext, LoadedComponent, load_components};
 use crate::capability::Backends;
+use crate::capability::outbound_http::LocalServices;
 use crate::compile_cache::CompileCache;
 use crate::component_build::{BuildPolicy, build};
 use crate::engine::{self, EngineOptions, EpochTicker};
+use crate::events::{self, KafkaSettings};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::runtime_config::RuntimeConfig;
 use crate::trigger::http::invoke::RequestLimits;
 use crate::trigger::http::{self, HttpApp};
+use crate::trigger::{cron, kafka};
 use crate::variables::Variables;
 
 #[derive(clap::Args)]
@@ -50,6 +53,10 @@ pub struct UpArgs {
     /// Do not run build commands, even for missing sources.
     #[arg(long)]
     pub no_build: bool,
+    /// Kafka bootstrap servers (`host:port,…`); overrides the runtime config and the
+    /// manifest. Without brokers anywhere, the embedded event log is used.
+    #[arg(long, env = "SHOP_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -87,7 +94,22 @@ async fn serve(
     let metrics = Arc::new(Metrics::new());
 
     let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &args.data_dir)?);
-    let components = load_http_components(&manifest, &engine, &cache, &variables, &backends)?;
+    let broker = if events::needed(&manifest) {
+        let settings = KafkaSettings::resolve(&manifest, &runtime_config, args.kafka_brokers.as_deref())?;
+        Some(events::connect(&settings, &args.data_dir)?)
+    } else {
+        None
+    };
+    let components = load_components(
+        &manifest,
+        &LoadContext {
+            engine: &engine,
+            cache: &cache,
+            variables: &variables,
+            backends: &backends,
+            producer: broker.as_ref().map(|b| b.producer()),
+        },
+    )?;
     for c in components.values() {
         metrics
             .component_loads
@@ -103,6 +125,35 @@ async fn serve(
         .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
     let listen_addr = listener.local_addr()?;
     let app = HttpApp::new(&manifest, &components, &engine, limits, metrics.clone(), listen_addr)?;
+    let local: std::sync::Weak<dyn LocalServices> = Arc::downgrade(&app) as _;
+
+    // Event triggers run until `stop` turns true.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let mut event_tasks = match &broker {
+        Some(broker) => kafka::start(
+            &manifest,
+            kafka::KafkaContext {
+                engine: &engine,
+                components: &components,
+                limits,
+                metrics: metrics.clone(),
+                local: local.clone(),
+                broker: broker.clone(),
+            },
+            stop_rx.clone(),
+        )?,
+        None => tokio::task::JoinSet::new(),
+    };
+    cron::start(
+        &manifest,
+        &engine,
+        &components,
+        limits,
+        &metrics,
+        &local,
+        &stop_rx,
+        &mut event_tasks,
+    )?;
 
     print_routes(&app, &manifest, &components, listen_addr, admin_listener.local_addr()?);
 
@@ -115,9 +166,20 @@ async fn serve(
             shutdown_signal().await;
             readiness.set(false);
             tracing::info!("shutdown requested");
+            let _ = stop.send(true);
         }
     };
-    http::serve(app, listener, shutdown, Duration::from_millis(args.drain_timeout_ms)).await?;
+    let drain = Duration::from_millis(args.drain_timeout_ms);
+    http::serve(app, listener, shutdown, drain).await?;
+    // Kafka workers finish the message in hand and commit; cron runs finish.
+    if tokio::time::timeout(drain, async { while event_tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "event triggers did not stop within the drain timeout; uncommitted messages will be redelivered"
+        );
+    }
     admin_task.abort();
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -142,7 +204,8 @@ fn print_routes(
         };
         let world = components
             .get(&route.component)
-            .map(|c| c.world.as_str())
+            .and_then(|c| c.exports.http.as_ref())
+            .map(|(_, world)| world.as_str())
             .unwrap_or("?");
         println!("  {}: http://{listen}{base}{wildcard} [{world}]", route.component);
     }
@@ -153,6 +216,17 @@ fn print_routes(
                 trigger.component, trigger.component
             );
         }
+    }
+    for trigger in manifest.kafka_triggers() {
+        println!(
+            "  {}: kafka {} (group {})",
+            trigger.component,
+            trigger.topics.join(", "),
+            trigger.group
+        );
+    }
+    for trigger in manifest.cron_triggers() {
+        println!("  {}: cron \"{}\"", trigger.component, trigger.expression);
     }
     println!("Admin: http://{admin}/healthz /readyz /metrics");
 }

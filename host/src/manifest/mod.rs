@@ -5,6 +5,7 @@
 //! rejected) and strict about *meaning*: [`validate`] turns every semantic problem
 //! into a [`Problem`] naming the file and key, so `shop check` can print them all.
 
+mod event_triggers;
 mod template;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+pub use event_triggers::{CronTrigger, KafkaTrigger, check_topic_name};
 pub use template::Template;
 pub use validate::{Problem, Severity, is_valid_variable_name, validate};
 
@@ -87,6 +89,10 @@ pub struct Component {
     pub key_value_stores: Vec<String>,
     #[serde(default)]
     pub sqlite_databases: Vec<String>,
+    /// Topics the component may publish to through `wasi:messaging` (this host's
+    /// addition; `prefix.*` allows a family).
+    #[serde(default)]
+    pub allowed_topics: Vec<String>,
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
     #[serde(default)]

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{Extra, HttpRoute, Manifest, Source, Template, parse_http_trigger};
+use super::event_triggers::{CRON_KEYS, KAFKA_APP_KEYS, KAFKA_KEYS, parse_cron_trigger, parse_kafka_trigger};
+use super::{Extra, HttpRoute, Manifest, Source, Template, check_topic_name, parse_http_trigger};
 use crate::capability::allowed_hosts::AllowedHostPattern;
 use crate::trigger::http::router::RoutePattern;
 
@@ -46,7 +47,7 @@ const SPIN_KEYS_NOT_YET_SUPPORTED: &[&str] = &[
 ];
 
 /// Trigger types this host can serve.
-pub const SUPPORTED_TRIGGERS: &[&str] = &["http"];
+pub const SUPPORTED_TRIGGERS: &[&str] = &["http", "kafka", "cron"];
 
 struct Collector {
     file: String,
@@ -153,16 +154,24 @@ pub fn validate(manifest: &Manifest) -> Vec<Problem> {
             );
             continue;
         }
-        if trigger_type == "http" {
-            validate_http_triggers(&mut c, manifest, entries);
+        match trigger_type.as_str() {
+            "http" => validate_http_triggers(&mut c, manifest, entries),
+            "kafka" => validate_event_triggers(&mut c, manifest, "kafka", KAFKA_KEYS, entries, |t| {
+                parse_kafka_trigger(t, &raw.application.name).map(|t| t.component)
+            }),
+            _ => validate_event_triggers(&mut c, manifest, "cron", CRON_KEYS, entries, |t| {
+                parse_cron_trigger(t).map(|t| t.component)
+            }),
         }
     }
-    for trigger_type in raw.application.trigger.keys() {
-        if !SUPPORTED_TRIGGERS.contains(&trigger_type.as_str()) {
-            c.error(
-                format!("application.trigger.{trigger_type}"),
-                format!("settings for unknown trigger type `{trigger_type}`"),
-            );
+    for (trigger_type, settings) in &raw.application.trigger {
+        let key = format!("application.trigger.{trigger_type}");
+        if trigger_type == "kafka" {
+            for k in settings.keys().filter(|k| !KAFKA_APP_KEYS.contains(&k.as_str())) {
+                c.warning(format!("{key}.{k}"), "unknown key (ignored)");
+            }
+        } else if !SUPPORTED_TRIGGERS.contains(&trigger_type.as_str()) {
+            c.error(key, format!("settings for unknown trigger type `{trigger_type}`"));
         }
     }
 
@@ -214,6 +223,31 @@ fn validate_http_triggers(c: &mut Collector, manifest: &Manifest, entries: &[tom
                 }
                 Err(e) => c.error(format!("{key}.route"), e),
             }
+        }
+    }
+}
+
+/// Kafka and cron entries: known keys, a parse, and a component that exists.
+fn validate_event_triggers(
+    c: &mut Collector,
+    manifest: &Manifest,
+    kind: &str,
+    known_keys: &[&str],
+    entries: &[toml::Table],
+    parse: impl Fn(&toml::Table) -> Result<String, String>,
+) {
+    for (index, table) in entries.iter().enumerate() {
+        let key = format!("trigger.{kind}[{index}]");
+        for k in table.keys().filter(|k| !known_keys.contains(&k.as_str())) {
+            c.warning(format!("{key}.{k}"), "unknown key (ignored)");
+        }
+        match parse(table) {
+            Ok(component) if !manifest.raw.component.contains_key(&component) => c.error(
+                format!("{key}.component"),
+                format!("unknown component `{component}`: no [component.{component}] table"),
+            ),
+            Ok(_) => {}
+            Err(e) => c.error(&key, e),
         }
     }
 }
@@ -291,6 +325,11 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
             && let Err(e) = AllowedHostPattern::parse(host)
         {
             c.error(k, e);
+        }
+    }
+    for (i, topic) in component.allowed_topics.iter().enumerate() {
+        if let Err(e) = check_topic_name(topic.strip_suffix('*').unwrap_or(topic)) {
+            c.error(format!("{key}.allowed_topics[{i}]"), e);
         }
     }
 }

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
 use wasmtime::component::GuestTaskId;
-use wasmtime::{Engine, Store, StoreContextMut, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{
-    ExpirationError, HandlerState, Instance, ProxyHandler, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+    HandlerState, Instance, ProxyHandler, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
 };
 
 use crate::app::LoadedComponent;
@@ -24,16 +24,8 @@ use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalService
 use crate::metrics::Metrics;
 use crate::state::{HostState, InvocationProbe};
 
-/// Limits applied to every invocation.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimits {
-    pub timeout: Duration,
-    pub max_memory_bytes: usize,
-}
-
-/// How long past its deadline an instance stuck outside guest code (e.g. in a host
-/// call) may linger before the worker is torn down regardless.
-const HARD_KILL_GRACE: Duration = Duration::from_secs(1);
+pub use crate::instance::RequestLimits;
+use crate::instance::{HARD_KILL_GRACE, InvocationFailure, new_store};
 
 struct ComponentHandlerState {
     engine: Engine,
@@ -50,25 +42,11 @@ impl HandlerState for ComponentHandlerState {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, HardDeadline, SingleUse>> {
         let started = Instant::now();
-        let state = HostState::new(
-            &self.component,
-            self.limits.max_memory_bytes,
-            self.limits.timeout,
-            self.local.clone(),
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        // Check the deadline on every epoch tick; until it passes, yield to the
-        // executor so a spinning guest cannot monopolise a runtime thread.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        let proxy = self.component.pre.instantiate_async(&mut store).await?;
+        let mut store = new_store(&self.engine, &self.component, self.limits, self.local.clone());
+        let Some((pre, _)) = &self.component.exports.http else {
+            wasmtime::bail!("component `{}` has no HTTP handler", self.component.id);
+        };
+        let proxy = pre.instantiate_async(&mut store).await?;
         self.metrics
             .instantiation_duration
             .with_label_values(&[&*self.component.id])
@@ -152,45 +130,6 @@ impl WorkerExpiration for HardDeadline {
             this.sleep.as_mut().reset((start + this.limit).into());
         }
         this.sleep.as_mut().poll(cx)
-    }
-}
-
-/// Why an invocation produced no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvocationFailure {
-    Timeout,
-    MemoryLimit,
-    Trap,
-}
-
-impl InvocationFailure {
-    pub fn status(self) -> http::StatusCode {
-        match self {
-            InvocationFailure::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
-            InvocationFailure::MemoryLimit | InvocationFailure::Trap => http::StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn kind(self) -> &'static str {
-        match self {
-            InvocationFailure::Timeout => "timeout",
-            InvocationFailure::MemoryLimit => "memory_limit",
-            InvocationFailure::Trap => "trap",
-        }
-    }
-
-    fn classify(error: &wasmtime::Error, probe: &InvocationProbe, elapsed: Duration, timeout: Duration) -> Self {
-        let interrupted = error
-            .chain()
-            .any(|e| matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)))
-            || error.chain().any(|e| e.downcast_ref::<ExpirationError>().is_some());
-        if interrupted || elapsed >= timeout {
-            InvocationFailure::Timeout
-        } else if probe.memory_limit_hit() {
-            InvocationFailure::MemoryLimit
-        } else {
-            InvocationFailure::Trap
-        }
     }
 }
 

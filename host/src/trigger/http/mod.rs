@@ -6,6 +6,7 @@ pub mod invoke;
 pub mod router;
 pub mod spin_headers;
 
+use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -53,6 +54,16 @@ impl HttpApp {
     ) -> anyhow::Result<Arc<Self>> {
         let mut routes = Vec::new();
         for trigger in manifest.http_triggers() {
+            let component = components
+                .get(&trigger.component)
+                .with_context(|| format!("component `{}` is not loaded", trigger.component))?;
+            if component.exports.http.is_none() {
+                anyhow::bail!(
+                    "component `{}` is used by an HTTP trigger but exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 (it exports {})",
+                    trigger.component,
+                    component.exports.describe()
+                );
+            }
             if let HttpRoute::Path(raw) = &trigger.route {
                 let pattern = RoutePattern::parse(raw).map_err(|e| anyhow::anyhow!(e))?;
                 routes.push(Route {
@@ -67,6 +78,7 @@ impl HttpApp {
             let local: Weak<dyn LocalServices> = weak.clone();
             let invokers = components
                 .iter()
+                .filter(|(_, c)| c.exports.http.is_some())
                 .map(|(id, c)| {
                     let invoker =
                         ComponentInvoker::new(engine.clone(), c.clone(), limits, metrics.clone(), local.clone());

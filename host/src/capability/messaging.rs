@@ -1,0 +1,279 @@
+//! `wasi:messaging@0.2.0-draft` for guests: the `message` and `client` resources and
+//! `producer.send`, publishing through the app's broker (Kafka or the embedded log).
+//! A component may publish only to topics its `allowed_topics` lists.
+//!
+//! How a message maps onto a Kafka record, both ways:
+//! - `data` is the payload; `content-type` is the `content-type` header;
+//! - `metadata` holds every other header (UTF-8), CloudEvents `ce_*` ones included,
+//!   plus the record's `kafka.key`, `kafka.partition`, `kafka.offset` and
+//!   `kafka.timestamp` (ms) when it was received;
+//! - when sending, `kafka.key` becomes the record key and other `kafka.*` entries are
+//!   dropped (the broker assigns partition, offset and timestamp).
+
+use std::sync::Arc;
+
+use shop_broker::{BrokerError, Message, OutgoingMessage, Producer};
+use wasmtime::component::Resource;
+
+use crate::bindings::messaging::wasi::messaging::{producer, types};
+use crate::state::HostState;
+use types::Error;
+
+pub const KEY: &str = "kafka.key";
+const CONTENT_TYPE: &str = "content-type";
+const RESERVED_PREFIX: &str = "kafka.";
+
+/// Which topics a component may publish to: exact names, or prefixes ending in `*`.
+#[derive(Debug, Clone, Default)]
+pub struct TopicRules {
+    patterns: Vec<String>,
+}
+
+impl TopicRules {
+    pub fn new(patterns: &[String]) -> Self {
+        Self {
+            patterns: patterns.to_vec(),
+        }
+    }
+
+    pub fn allows(&self, topic: &str) -> bool {
+        self.patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => topic.starts_with(prefix),
+            None => p == topic,
+        })
+    }
+}
+
+/// Per-instance messaging state.
+pub struct MessagingAccess {
+    pub component: Arc<str>,
+    pub allowed_topics: Arc<TopicRules>,
+    pub producer: Option<Arc<dyn Producer>>,
+}
+
+/// A connection handle; every client of an instance publishes through the same broker.
+pub struct MessagingClient;
+
+/// A message as the guest sees it (built by the guest or received from a topic).
+#[derive(Debug, Clone, Default)]
+pub struct GuestMessage {
+    pub data: Vec<u8>,
+    pub topic: Option<String>,
+    pub content_type: Option<String>,
+    pub metadata: Vec<(String, String)>,
+}
+
+impl GuestMessage {
+    /// The guest's view of a received record.
+    pub fn received(message: &Message) -> Self {
+        let mut content_type = None;
+        let mut metadata = Vec::with_capacity(message.headers.len() + 4);
+        for (name, value) in &message.headers {
+            let value = String::from_utf8_lossy(value).into_owned();
+            if name.eq_ignore_ascii_case(CONTENT_TYPE) {
+                content_type = Some(value);
+            } else {
+                metadata.push((name.clone(), value));
+            }
+        }
+        if let Some(key) = &message.key {
+            metadata.push((KEY.into(), String::from_utf8_lossy(key).into_owned()));
+        }
+        metadata.push(("kafka.partition".into(), message.partition.to_string()));
+        metadata.push(("kafka.offset".into(), message.offset.to_string()));
+        metadata.push(("kafka.timestamp".into(), message.timestamp_ms.to_string()));
+        Self {
+            data: message.payload.clone(),
+            topic: Some(message.topic.clone()),
+            content_type,
+            metadata,
+        }
+    }
+
+    /// The record to publish for this message on `topic`.
+    pub fn outgoing(&self, topic: &str) -> OutgoingMessage {
+        let mut key = None;
+        let mut headers = Vec::with_capacity(self.metadata.len() + 1);
+        for (name, value) in &self.metadata {
+            if name == KEY {
+                key = Some(value.clone().into_bytes());
+            } else if !name.starts_with(RESERVED_PREFIX) {
+                headers.push((name.clone(), value.clone().into_bytes()));
+            }
+        }
+        if let Some(content_type) = &self.content_type {
+            headers.push((CONTENT_TYPE.into(), content_type.clone().into_bytes()));
+        }
+        OutgoingMessage {
+            topic: topic.to_string(),
+            key,
+            payload: self.data.clone(),
+            headers,
+        }
+    }
+}
+
+impl HostState {
+    fn guest_message(&mut self, message: &Resource<GuestMessage>) -> wasmtime::Result<&mut GuestMessage> {
+        Ok(self.table.get_mut(message)?)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl types::HostClient for HostState {
+    async fn connect(&mut self, _name: String) -> wasmtime::Result<Result<Resource<MessagingClient>, Error>> {
+        if self.messaging.producer.is_none() {
+            return Ok(Err(Error::Connection("no broker is configured for this host".into())));
+        }
+        Ok(Ok(self.table.push(MessagingClient)?))
+    }
+
+    async fn disconnect(&mut self, _client: Resource<MessagingClient>) -> wasmtime::Result<Result<(), Error>> {
+        Ok(Ok(()))
+    }
+
+    async fn drop(&mut self, client: Resource<MessagingClient>) -> wasmtime::Result<()> {
+        self.table.delete(client)?;
+        Ok(())
+    }
+}
+
+impl types::HostMessage for HostState {
+    async fn new(&mut self, data: Vec<u8>) -> wasmtime::Result<Resource<GuestMessage>> {
+        Ok(self.table.push(GuestMessage {
+            data,
+            ..GuestMessage::default()
+        })?)
+    }
+
+    async fn topic(&mut self, m: Resource<GuestMessage>) -> wasmtime::Result<Option<String>> {
+        Ok(self.guest_message(&m)?.topic.clone())
+    }
+
+    async fn content_type(&mut self, m: Resource<GuestMessage>) -> wasmtime::Result<Option<String>> {
+        Ok(self.guest_message(&m)?.content_type.clone())
+    }
+
+    async fn set_content_type(&mut self, m: Resource<GuestMessage>, content_type: String) -> wasmtime::Result<()> {
+        self.guest_message(&m)?.content_type = Some(content_type);
+        Ok(())
+    }
+
+    async fn data(&mut self, m: Resource<GuestMessage>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.guest_message(&m)?.data.clone())
+    }
+
+    async fn set_data(&mut self, m: Resource<GuestMessage>, data: Vec<u8>) -> wasmtime::Result<()> {
+        self.guest_message(&m)?.data = data;
+        Ok(())
+    }
+
+    async fn metadata(&mut self, m: Resource<GuestMessage>) -> wasmtime::Result<Option<Vec<(String, String)>>> {
+        Ok(Some(self.guest_message(&m)?.metadata.clone()))
+    }
+
+    async fn add_metadata(&mut self, m: Resource<GuestMessage>, key: String, value: String) -> wasmtime::Result<()> {
+        self.guest_message(&m)?.metadata.push((key, value));
+        Ok(())
+    }
+
+    async fn set_metadata(&mut self, m: Resource<GuestMessage>, meta: Vec<(String, String)>) -> wasmtime::Result<()> {
+        self.guest_message(&m)?.metadata = meta;
+        Ok(())
+    }
+
+    async fn remove_metadata(&mut self, m: Resource<GuestMessage>, key: String) -> wasmtime::Result<()> {
+        self.guest_message(&m)?.metadata.retain(|(k, _)| *k != key);
+        Ok(())
+    }
+
+    async fn drop(&mut self, m: Resource<GuestMessage>) -> wasmtime::Result<()> {
+        self.table.delete(m)?;
+        Ok(())
+    }
+}
+
+impl producer::Host for HostState {
+    async fn send(
+        &mut self,
+        _client: Resource<MessagingClient>,
+        topic: String,
+        message: Resource<GuestMessage>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let message = self.table.delete(message)?;
+        let access = &self.messaging;
+        if !access.allowed_topics.allows(&topic) {
+            tracing::warn!(component = %access.component, topic, "publish denied: topic not in allowed_topics");
+            return Ok(Err(Error::PermissionDenied(format!(
+                "component `{}` may not publish to `{topic}`: add it to the component's allowed_topics",
+                access.component
+            ))));
+        }
+        let Some(producer) = access.producer.clone() else {
+            return Ok(Err(Error::Connection("no broker is configured for this host".into())));
+        };
+        Ok(producer
+            .publish(message.outgoing(&topic))
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                BrokerError::Unavailable(m) => Error::Connection(m),
+                other => Error::Other(other.to_string()),
+            }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules_match_exact_names_and_prefixes() {
+        let rules = TopicRules::new(&["shop.orders".into(), "audit.*".into()]);
+        assert!(rules.allows("shop.orders"));
+        assert!(rules.allows("audit.payments"));
+        assert!(!rules.allows("shop.orders.dlq"));
+        assert!(!rules.allows("shop.users"));
+        assert!(!TopicRules::default().allows("anything"));
+    }
+
+    #[test]
+    fn received_records_round_trip_to_outgoing_ones() {
+        let record = Message {
+            topic: "shop.orders".into(),
+            partition: 2,
+            offset: 41,
+            key: Some(b"order-1".to_vec()),
+            payload: b"{}".to_vec(),
+            timestamp_ms: 1_700_000_000_000,
+            headers: vec![
+                ("ce_id".into(), b"e-1".to_vec()),
+                ("content-type".into(), b"application/json".to_vec()),
+            ],
+        };
+        let guest = GuestMessage::received(&record);
+        assert_eq!(guest.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            guest.metadata,
+            [
+                ("ce_id", "e-1"),
+                ("kafka.key", "order-1"),
+                ("kafka.partition", "2"),
+                ("kafka.offset", "41"),
+                ("kafka.timestamp", "1700000000000"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        let out = guest.outgoing("shop.payments");
+        assert_eq!(out.key.as_deref(), Some(&b"order-1"[..]));
+        assert_eq!(
+            out.headers,
+            vec![
+                ("ce_id".to_string(), b"e-1".to_vec()),
+                ("content-type".to_string(), b"application/json".to_vec())
+            ]
+        );
+        assert_eq!(out.payload, b"{}");
+    }
+}

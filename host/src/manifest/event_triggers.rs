@@ -1,0 +1,235 @@
+//! The trigger tables this host adds to Spin's manifest: `[[trigger.kafka]]` (with
+//! app-wide `[application.trigger.kafka]`) and `[[trigger.cron]]`.
+
+use std::time::Duration;
+
+use super::Manifest;
+
+pub const KAFKA_KEYS: &[&str] = &[
+    "component",
+    "topics",
+    "group",
+    "max_retries",
+    "retry_backoff_ms",
+    "dead_letter_topic",
+    "max_in_flight",
+    "id",
+];
+pub const KAFKA_APP_KEYS: &[&str] = &["brokers", "partitions", "options"];
+pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id"];
+
+/// One `[[trigger.kafka]]`: a component handling messages of `topics` in `group`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaTrigger {
+    pub component: String,
+    pub topics: Vec<String>,
+    /// Default: `<application name>-<component>`.
+    pub group: String,
+    /// Retries after the first failed attempt, before dead-lettering.
+    pub max_retries: u32,
+    /// Backoff before the first retry; it doubles with each further retry.
+    pub retry_backoff: Duration,
+    /// Default: `<topic>.dlq` for each message's own topic.
+    pub dead_letter_topic: Option<String>,
+    /// Partitions whose messages are handled concurrently.
+    pub max_in_flight: usize,
+}
+
+impl KafkaTrigger {
+    pub fn dead_letter_topic_for(&self, topic: &str) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{topic}.dlq"))
+    }
+}
+
+/// One `[[trigger.cron]]`.
+#[derive(Debug, Clone)]
+pub struct CronTrigger {
+    pub component: String,
+    pub schedule: cron::Schedule,
+    pub expression: String,
+}
+
+fn component_of(table: &toml::Table) -> Result<String, String> {
+    match table.get("component") {
+        Some(toml::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(toml::Value::String(_)) | None => Err("missing `component`".into()),
+        Some(other) => Err(format!("`component` must be a string, found {}", other.type_str())),
+    }
+}
+
+fn integer(table: &toml::Table, key: &str, default: i64, min: i64, max: i64) -> Result<i64, String> {
+    match table.get(key) {
+        None => Ok(default),
+        Some(toml::Value::Integer(i)) if (min..=max).contains(i) => Ok(*i),
+        Some(toml::Value::Integer(i)) => Err(format!("`{key}` must be between {min} and {max}, found {i}")),
+        Some(other) => Err(format!("`{key}` must be an integer, found {}", other.type_str())),
+    }
+}
+
+/// Kafka's topic-name rules: 1–249 characters of letters, digits, `.`, `_` and `-`.
+pub fn check_topic_name(topic: &str) -> Result<(), String> {
+    let valid_chars = topic.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c));
+    if topic.is_empty() || topic.len() > 249 || !valid_chars || topic == "." || topic == ".." {
+        return Err(format!(
+            "`{topic}` is not a valid topic name (1-249 characters of letters, digits, `.`, `_`, `-`)"
+        ));
+    }
+    Ok(())
+}
+
+pub fn parse_kafka_trigger(table: &toml::Table, app_name: &str) -> Result<KafkaTrigger, String> {
+    let component = component_of(table)?;
+    let topics: Vec<String> = match table.get("topics") {
+        Some(toml::Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_string)
+                    .ok_or("`topics` must be a list of strings")
+            })
+            .collect::<Result<_, _>>()?,
+        Some(toml::Value::Array(_)) | None => return Err("`topics` must list at least one topic".into()),
+        Some(other) => {
+            return Err(format!(
+                "`topics` must be a list of strings, found {}",
+                other.type_str()
+            ));
+        }
+    };
+    for topic in &topics {
+        check_topic_name(topic)?;
+    }
+    let group = match table.get("group") {
+        None => format!("{app_name}-{component}"),
+        Some(toml::Value::String(g)) if !g.is_empty() => g.clone(),
+        Some(_) => return Err("`group` must be a non-empty string".into()),
+    };
+    let dead_letter_topic = match table.get("dead_letter_topic") {
+        None => None,
+        Some(toml::Value::String(t)) => {
+            check_topic_name(t)?;
+            if topics.contains(t) {
+                return Err(format!("`dead_letter_topic` `{t}` is also one of the trigger's topics"));
+            }
+            Some(t.clone())
+        }
+        Some(other) => {
+            return Err(format!(
+                "`dead_letter_topic` must be a string, found {}",
+                other.type_str()
+            ));
+        }
+    };
+    Ok(KafkaTrigger {
+        component,
+        topics,
+        group,
+        max_retries: integer(table, "max_retries", 3, 0, 100)? as u32,
+        retry_backoff: Duration::from_millis(integer(table, "retry_backoff_ms", 200, 0, 3_600_000)? as u64),
+        dead_letter_topic,
+        max_in_flight: integer(table, "max_in_flight", 4, 1, 1024)? as usize,
+    })
+}
+
+pub fn parse_cron_trigger(table: &toml::Table) -> Result<CronTrigger, String> {
+    let component = component_of(table)?;
+    let expression = match table.get("cron_expression") {
+        Some(toml::Value::String(e)) => e.trim().to_string(),
+        Some(other) => {
+            return Err(format!(
+                "`cron_expression` must be a string, found {}",
+                other.type_str()
+            ));
+        }
+        None => return Err("missing `cron_expression`".into()),
+    };
+    let fields = expression.split_whitespace().count();
+    if fields != 6 {
+        return Err(format!(
+            "`cron_expression` `{expression}` has {fields} fields; expected 6: sec min hour day-of-month month day-of-week"
+        ));
+    }
+    let schedule = expression
+        .parse::<cron::Schedule>()
+        .map_err(|e| format!("`cron_expression` `{expression}`: {e}"))?;
+    Ok(CronTrigger {
+        component,
+        schedule,
+        expression,
+    })
+}
+
+impl Manifest {
+    fn trigger_tables(&self, kind: &str) -> impl Iterator<Item = &toml::Table> {
+        self.raw.trigger.get(kind).into_iter().flatten()
+    }
+
+    /// Every `[[trigger.kafka]]` entry that parses (others are reported by `validate`).
+    pub fn kafka_triggers(&self) -> Vec<KafkaTrigger> {
+        let app = &self.raw.application.name;
+        self.trigger_tables("kafka")
+            .filter_map(|t| parse_kafka_trigger(t, app).ok())
+            .collect()
+    }
+
+    /// Every `[[trigger.cron]]` entry that parses.
+    pub fn cron_triggers(&self) -> Vec<CronTrigger> {
+        self.trigger_tables("cron")
+            .filter_map(|t| parse_cron_trigger(t).ok())
+            .collect()
+    }
+
+    /// `[application.trigger.kafka]`, if present.
+    pub fn kafka_settings(&self) -> Option<&toml::Table> {
+        self.raw.application.trigger.get("kafka")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn kafka_triggers_get_defaults() {
+        let t = parse_kafka_trigger(&table("component = \"saga\"\ntopics = [\"shop.orders\"]"), "shop").unwrap();
+        assert_eq!(t.group, "shop-saga");
+        assert_eq!((t.max_retries, t.max_in_flight), (3, 4));
+        assert_eq!(t.retry_backoff, Duration::from_millis(200));
+        assert_eq!(t.dead_letter_topic_for("shop.orders"), "shop.orders.dlq");
+    }
+
+    #[test]
+    fn kafka_trigger_mistakes_are_explained() {
+        for (text, expected) in [
+            ("component = \"a\"", "at least one topic"),
+            ("component = \"a\"\ntopics = [\"bad topic\"]", "not a valid topic name"),
+            (
+                "component = \"a\"\ntopics = [\"t\"]\nmax_in_flight = 0",
+                "between 1 and 1024",
+            ),
+            (
+                "component = \"a\"\ntopics = [\"t\"]\ndead_letter_topic = \"t\"",
+                "also one of",
+            ),
+            ("topics = [\"t\"]", "missing `component`"),
+        ] {
+            let err = parse_kafka_trigger(&table(text), "app").unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn cron_expressions_need_six_fields() {
+        let t = parse_cron_trigger(&table("component = \"c\"\ncron_expression = \"*/5 * * * * *\"")).unwrap();
+        let mut upcoming = t.schedule.upcoming(chrono::Utc);
+        let (a, b) = (upcoming.next().unwrap(), upcoming.next().unwrap());
+        assert_eq!((b - a).num_seconds(), 5);
+        let err = parse_cron_trigger(&table("component = \"c\"\ncron_expression = \"* * * * *\"")).unwrap_err();
+        assert!(err.contains("has 5 fields"), "{err}");
+        assert!(parse_cron_trigger(&table("component = \"c\"\ncron_expression = \"x * * * * *\"")).is_err());
+    }
+}

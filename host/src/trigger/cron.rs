@@ -1,0 +1,133 @@
+//! The cron trigger: runs a component's `handle-cron-event` (Spin's
+//! `fermyon:spin-cron@2.0.0` world) on a 6-field schedule (seconds first), in UTC.
+//!
+//! Firings of one trigger never overlap: the next one is computed after the current
+//! run ends, so a run longer than the interval skips the firings it covered (counted
+//! as `skipped`).
+
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use wasmtime::Engine;
+
+use crate::app::LoadedComponent;
+use crate::bindings::cron::fermyon::spin_cron::cron_types::Metadata;
+use crate::capability::outbound_http::LocalServices;
+use crate::instance::{HARD_KILL_GRACE, InvocationFailure, RequestLimits, new_store};
+use crate::manifest::{CronTrigger, Manifest};
+use crate::metrics::Metrics;
+use crate::state::InvocationProbe;
+
+struct CronRunner {
+    trigger: CronTrigger,
+    engine: Engine,
+    component: Arc<LoadedComponent>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+    local: Weak<dyn LocalServices>,
+}
+
+impl CronRunner {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut previous: Option<chrono::DateTime<Utc>> = None;
+        loop {
+            let Some(next) = self.trigger.schedule.upcoming(Utc).next() else {
+                tracing::warn!(component = %self.trigger.component, "cron expression has no future firing");
+                return;
+            };
+            if let Some(previous) = previous {
+                let missed = self.trigger.schedule.after(&previous).take_while(|t| *t < next).count();
+                if missed > 0 {
+                    self.count("skipped", missed as u64);
+                }
+            }
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let outcome = self.fire(next.timestamp()).await;
+            self.count(if outcome.is_ok() { "ok" } else { "error" }, 1);
+            if let Err(e) = outcome {
+                tracing::warn!(component = %self.trigger.component, scheduled = %next, error = %e, "cron run failed");
+            }
+            previous = Some(next);
+        }
+    }
+
+    fn count(&self, outcome: &str, n: u64) {
+        self.metrics
+            .cron_runs
+            .with_label_values(&[&self.trigger.component, outcome])
+            .inc_by(n);
+    }
+
+    async fn fire(&self, scheduled_unix: i64) -> Result<(), String> {
+        let Some(pre) = &self.component.exports.cron else {
+            return Err("no handle-cron-event export".into());
+        };
+        let request_id = format!("cron/{}/{scheduled_unix}", self.trigger.component);
+        let probe = Arc::new(InvocationProbe::new(&request_id));
+        let started = Instant::now();
+        let mut store = new_store(&self.engine, &self.component, self.limits, self.local.clone());
+        let _ = store.data().output_tags.request_id.set(request_id);
+        store.data_mut().limiter.probe = probe.clone();
+        let metadata = Metadata {
+            timestamp: scheduled_unix.max(0) as u64,
+        };
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_handle_cron_event(&mut store, metadata).await
+        };
+        match tokio::time::timeout(self.limits.timeout + HARD_KILL_GRACE, call).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(returned))) => Err(format!("handler returned {returned:?}")),
+            Ok(Err(error)) => {
+                let failure = InvocationFailure::classify(&error, &probe, started.elapsed(), self.limits.timeout);
+                Err(format!("{}: {error:#}", failure.kind()))
+            }
+            Err(_) => Err("timeout: abandoned in a host call".into()),
+        }
+    }
+}
+
+/// Starts every `[[trigger.cron]]`; they run until `stop` is true.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    manifest: &Manifest,
+    engine: &Engine,
+    components: &std::collections::BTreeMap<String, Arc<LoadedComponent>>,
+    limits: RequestLimits,
+    metrics: &Arc<Metrics>,
+    local: &Weak<dyn LocalServices>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    for trigger in manifest.cron_triggers() {
+        let component = components
+            .get(&trigger.component)
+            .ok_or_else(|| anyhow::anyhow!("component `{}` is not loaded", trigger.component))?
+            .clone();
+        if component.exports.cron.is_none() {
+            anyhow::bail!(
+                "component `{}` is used by a cron trigger but does not export fermyon:spin-cron's handle-cron-event (it exports {})",
+                trigger.component,
+                component.exports.describe()
+            );
+        }
+        tracing::info!(component = %trigger.component, schedule = %trigger.expression, "cron trigger scheduled");
+        let runner = CronRunner {
+            trigger,
+            engine: engine.clone(),
+            component,
+            limits,
+            metrics: metrics.clone(),
+            local: local.clone(),
+        };
+        tasks.spawn(runner.run(stop.clone()));
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! Delivery semantics of a `[[trigger.kafka]]`, independent of what handles a message:
+//!
+//! - one worker per assigned partition handles its messages strictly in offset order;
+//!   partitions run concurrently, at most `max_in_flight` handler calls at a time;
+//! - a partition's offset is committed only past messages whose handler succeeded (or
+//!   that were dead-lettered); commits are batched while a partition is busy and
+//!   flushed when it goes idle, is revoked or the trigger stops;
+//! - a failure is retried with exponential backoff up to `max_retries`, then the
+//!   message is published to the dead-letter topic with `x-error`, `x-attempts` and
+//!   `x-original-{topic,partition,offset}` headers; only after that publish succeeded
+//!   is it committed, so nothing is dropped;
+//! - on revocation or shutdown a worker finishes the handler call in hand, commits
+//!   what it finished and stops; a message it did not finish is not committed and is
+//!   redelivered to whichever member gets the partition next.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use shop_broker::{Broker, BrokerError, Consumer, ConsumerEvent, Message, OutgoingMessage, Producer, TopicPartition};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::manifest::KafkaTrigger;
+use crate::metrics::Metrics;
+
+/// Messages read ahead per partition before the consumer waits for the worker.
+const QUEUE_DEPTH: usize = 256;
+/// Longest a finished message waits for its offset to be committed while its
+/// partition stays busy.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// Ceiling of the exponential retry backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What handles one message: a component instance in production, a stub in tests.
+#[async_trait]
+pub trait MessageHandler: Send + Sync + 'static {
+    /// `Err` explains the failure (returned error, trap, timeout) for logs and the
+    /// dead-letter headers.
+    async fn handle(&self, message: &Message) -> Result<(), String>;
+}
+
+/// Everything the workers of one subscription share.
+struct Shared {
+    trigger: KafkaTrigger,
+    handler: Arc<dyn MessageHandler>,
+    consumer: Arc<dyn Consumer>,
+    producer: Arc<dyn Producer>,
+    metrics: Arc<Metrics>,
+    in_flight: Semaphore,
+}
+
+/// How a worker left a message.
+enum Outcome {
+    /// Handled or dead-lettered: its offset may be committed.
+    Done,
+    /// Stopped before either (shutdown or revocation): must not be committed.
+    Abandoned,
+}
+
+/// Consumes the trigger's topics in its group until `stop` turns true, then commits
+/// what was finished and leaves the group.
+pub async fn run(
+    trigger: KafkaTrigger,
+    broker: Arc<dyn Broker>,
+    handler: Arc<dyn MessageHandler>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let consumer = broker.consumer(&trigger.group, &trigger.topics).await?;
+    tracing::info!(
+        component = %trigger.component,
+        group = %trigger.group,
+        topics = ?trigger.topics,
+        broker = broker.kind(),
+        "kafka trigger subscribed"
+    );
+    let shared = Arc::new(Shared {
+        in_flight: Semaphore::new(trigger.max_in_flight),
+        trigger,
+        handler,
+        consumer: consumer.clone(),
+        producer: broker.producer(),
+        metrics,
+    });
+    let mut workers: HashMap<TopicPartition, Worker> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            event = consumer.next_event() => event,
+        };
+        match event {
+            Ok(ConsumerEvent::Message(message)) => {
+                let partition = message.topic_partition();
+                let worker = workers
+                    .entry(partition.clone())
+                    .or_insert_with(|| Worker::spawn(shared.clone(), partition.clone()));
+                // A full queue holds the consumer back: that is the back-pressure.
+                let sent = tokio::select! {
+                    _ = stopped(&mut stop) => break,
+                    sent = worker.queue.send(message) => sent,
+                };
+                if sent.is_err() {
+                    tracing::error!(%partition, "partition worker ended unexpectedly; restarting it");
+                    workers.remove(&partition);
+                }
+            }
+            Ok(ConsumerEvent::Revoked { partitions, done }) => {
+                let stopping = partitions.iter().filter_map(|p| workers.remove(p)).map(Worker::stop);
+                futures::future::join_all(stopping).await;
+                tracing::info!(partitions = ?partitions, "partitions revoked; finished work committed");
+                let _ = done.send(());
+            }
+            Err(BrokerError::Closed) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, group = %shared.trigger.group, "consumer error; retrying in 1s");
+                tokio::select! {
+                    _ = stopped(&mut stop) => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    futures::future::join_all(workers.into_values().map(Worker::stop)).await;
+    shop_broker::leave_group(consumer.as_ref()).await;
+    tracing::info!(group = %shared.trigger.group, "kafka trigger stopped");
+    Ok(())
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The task handling one partition, and how to reach it.
+struct Worker {
+    queue: mpsc::Sender<Message>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    fn spawn(shared: Arc<Shared>, partition: TopicPartition) -> Self {
+        let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (stop, stop_receiver) = watch::channel(false);
+        let task = tokio::spawn(work_partition(shared, partition, receiver, stop_receiver));
+        Worker { queue, stop, task }
+    }
+
+    /// Finishes the message in hand, commits, and ends the task.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        drop(self.queue);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "partition worker panicked");
+        }
+    }
+}
+
+async fn work_partition(
+    shared: Arc<Shared>,
+    partition: TopicPartition,
+    mut queue: mpsc::Receiver<Message>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut uncommitted: Option<i64> = None;
+    let mut last_commit = Instant::now();
+    loop {
+        // Commit before waiting: an idle partition has nothing worth batching.
+        let message = match queue.try_recv() {
+            Ok(message) => message,
+            Err(_) => {
+                commit(&shared, &partition, uncommitted.take()).await;
+                last_commit = Instant::now();
+                tokio::select! {
+                    _ = stopped(&mut stop) => break,
+                    message = queue.recv() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                }
+            }
+        };
+        if *stop.borrow() {
+            break;
+        }
+        match deliver(&shared, &message, &mut stop).await {
+            Outcome::Done => uncommitted = Some(message.offset + 1),
+            Outcome::Abandoned => break,
+        }
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
+            commit(&shared, &partition, uncommitted.take()).await;
+            last_commit = Instant::now();
+        }
+    }
+    commit(&shared, &partition, uncommitted).await;
+}
+
+async fn commit(shared: &Shared, partition: &TopicPartition, next_offset: Option<i64>) {
+    let Some(next_offset) = next_offset else { return };
+    if let Err(e) = shared.consumer.commit(partition, next_offset).await {
+        // The partition may have moved on; the new owner redelivers from its last
+        // commit, so this is a duplicate at worst, never a loss.
+        tracing::warn!(%partition, next_offset, error = %e, "offset commit failed");
+    }
+}
+
+/// Runs the handler until it succeeds, the retries run out (then dead-letters), or
+/// the worker is told to stop.
+async fn deliver(shared: &Shared, message: &Message, stop: &mut watch::Receiver<bool>) -> Outcome {
+    let trigger = &shared.trigger;
+    let partition = message.partition.to_string();
+    let labels = [trigger.component.as_str(), message.topic.as_str(), partition.as_str()];
+    let mut attempt: u32 = 1;
+    loop {
+        let result = {
+            let _permit = shared.in_flight.acquire().await.expect("semaphore is never closed");
+            let started = Instant::now();
+            let result = shared.handler.handle(message).await;
+            shared
+                .metrics
+                .message_handler_duration
+                .with_label_values(&[trigger.component.as_str(), message.topic.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            result
+        };
+        let error = match result {
+            Ok(()) => {
+                shared.metrics.messages_handled.with_label_values(&labels).inc();
+                return Outcome::Done;
+            }
+            Err(error) => error,
+        };
+        shared.metrics.messages_failed.with_label_values(&labels).inc();
+        tracing::warn!(
+            component = %trigger.component, topic = %message.topic, partition = message.partition,
+            offset = message.offset, attempt, error = %error, "message handler failed"
+        );
+        if attempt > trigger.max_retries {
+            return dead_letter(shared, message, &error, attempt, stop).await;
+        }
+        shared.metrics.messages_retried.with_label_values(&labels).inc();
+        let backoff = backoff(trigger.retry_backoff, attempt);
+        tokio::select! {
+            _ = stopped(stop) => return Outcome::Abandoned,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// `base`, doubled for each retry after the first, capped.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << (attempt - 1).min(20)).min(MAX_BACKOFF)
+}
+
+/// The dead-letter record: the original key, payload and headers plus why it failed.
+pub fn dead_letter_record(dead_letter_topic: String, message: &Message, error: &str, attempts: u32) -> OutgoingMessage {
+    let mut headers = message.headers.clone();
+    headers.extend([
+        ("x-error".to_string(), error.as_bytes().to_vec()),
+        ("x-attempts".to_string(), attempts.to_string().into_bytes()),
+        ("x-original-topic".to_string(), message.topic.clone().into_bytes()),
+        (
+            "x-original-partition".to_string(),
+            message.partition.to_string().into_bytes(),
+        ),
+        ("x-original-offset".to_string(), message.offset.to_string().into_bytes()),
+    ]);
+    OutgoingMessage {
+        topic: dead_letter_topic,
+        key: message.key.clone(),
+        payload: message.payload.clone(),
+        headers,
+    }
+}
+
+/// Publishes to the dead-letter topic, retrying the publish itself until it succeeds
+/// or the worker stops (then the message stays uncommitted and comes back later).
+async fn dead_letter(
+    shared: &Shared,
+    message: &Message,
+    error: &str,
+    attempts: u32,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let trigger = &shared.trigger;
+    let topic = trigger.dead_letter_topic_for(&message.topic);
+    let record = dead_letter_record(topic.clone(), message, error, attempts);
+    let mut publish_attempt = 1;
+    loop {
+        match shared.producer.publish(record.clone()).await {
+            Ok(delivery) => {
+                let partition = message.partition.to_string();
+                shared
+                    .metrics
+                    .messages_dead_lettered
+                    .with_label_values(&[trigger.component.as_str(), message.topic.as_str(), partition.as_str()])
+                    .inc();
+                tracing::error!(
+                    component = %trigger.component, topic = %message.topic, partition = message.partition,
+                    offset = message.offset, attempts, dead_letter_topic = %topic,
+                    dead_letter_offset = delivery.offset, error, "message dead-lettered"
+                );
+                return Outcome::Done;
+            }
+            Err(e) => {
+                tracing::error!(dead_letter_topic = %topic, error = %e, "dead-letter publish failed; retrying");
+                tokio::select! {
+                    _ = stopped(stop) => return Outcome::Abandoned,
+                    _ = tokio::time::sleep(backoff(trigger.retry_backoff.max(Duration::from_millis(100)), publish_attempt)) => {}
+                }
+                publish_attempt += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+//! The delivery loop against the embedded log with a stub handler: ordering, retries,
+//! dead-lettering and commits, without any WebAssembly in the way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use shop_broker::embedded::{EmbeddedBroker, EmbeddedOptions};
+
+use super::*;
+
+/// Payloads: `ok`, `fail:<n>` (fails its first n attempts), `always` (always fails).
+#[derive(Default)]
+struct StubHandler {
+    attempts: Mutex<HashMap<(i32, i64), u32>>,
+    handled: Mutex<Vec<Message>>,
+}
+
+#[async_trait]
+impl MessageHandler for StubHandler {
+    async fn handle(&self, message: &Message) -> Result<(), String> {
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap();
+            let n = attempts.entry((message.partition, message.offset)).or_default();
+            *n += 1;
+            *n
+        };
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        let fail = match payload.split_once(':') {
+            Some(("fail", n)) => attempt <= n.parse::<u32>().unwrap(),
+            _ => payload == "always",
+        };
+        if fail {
+            return Err(format!("failing on purpose (attempt {attempt})"));
+        }
+        self.handled.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+}
+
+fn broker(name: &str) -> (Arc<dyn Broker>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("shop-delivery-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("log.db");
+    let options = EmbeddedOptions {
+        heartbeat_interval: Duration::from_millis(50),
+        session_timeout: Duration::from_millis(1500),
+        poll_interval: Duration::from_millis(10),
+        ..EmbeddedOptions::default()
+    };
+    (Arc::new(EmbeddedBroker::open(&path, options).unwrap()), path)
+}
+
+fn trigger(topic: &str, max_retries: u32) -> KafkaTrigger {
+    KafkaTrigger {
+        component: "stub".into(),
+        topics: vec![topic.into()],
+        group: "stub-group".into(),
+        max_retries,
+        retry_backoff: Duration::from_millis(5),
+        dead_letter_topic: None,
+        max_in_flight: 3,
+    }
+}
+
+async fn publish(broker: &Arc<dyn Broker>, topic: &str, key: &str, payload: &str) {
+    broker
+        .producer()
+        .publish(OutgoingMessage {
+            topic: topic.into(),
+            key: Some(key.as_bytes().to_vec()),
+            payload: payload.as_bytes().to_vec(),
+            headers: vec![("ce_id".into(), format!("{key}/{payload}").into_bytes())],
+        })
+        .await
+        .unwrap();
+}
+
+/// Runs the trigger until `done` holds for the handler (or 20 s pass), then stops it.
+async fn run_until(
+    broker: &Arc<dyn Broker>,
+    trigger: KafkaTrigger,
+    handler: &Arc<StubHandler>,
+    done: impl Fn(&StubHandler) -> bool,
+) {
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run(
+        trigger,
+        broker.clone(),
+        handler.clone() as Arc<dyn MessageHandler>,
+        Arc::new(Metrics::new()),
+        stop_rx,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(handler) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Every record of `topic` from the start, read by a fresh group.
+async fn read_all(broker: &Arc<dyn Broker>, topic: &str, expected: usize) -> Vec<Message> {
+    let consumer = broker
+        .consumer(&format!("reader-{topic}"), &[topic.to_string()])
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Ok(Ok(ConsumerEvent::Message(m))) =
+            tokio::time::timeout(Duration::from_millis(200), consumer.next_event()).await
+        {
+            out.push(m);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_messages_are_handled_once_in_order_per_key() {
+    let (broker, _) = broker("order");
+    let topic = "orders";
+    broker.ensure_topic(topic, 3).await.unwrap();
+    for seq in 0..300 {
+        publish(&broker, topic, &format!("key-{}", seq % 7), &format!("ok:{seq}")).await;
+    }
+    let handler = Arc::new(StubHandler::default());
+    run_until(&broker, trigger(topic, 3), &handler, |h| {
+        h.handled.lock().unwrap().len() >= 300
+    })
+    .await;
+    let handled = handler.handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 300, "each message exactly once");
+    let mut per_key: BTreeMap<Vec<u8>, Vec<u32>> = BTreeMap::new();
+    for m in &handled {
+        let seq = String::from_utf8_lossy(&m.payload)[3..].parse().unwrap();
+        per_key.entry(m.key.clone().unwrap()).or_default().push(seq);
+    }
+    for (key, seqs) in per_key {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key:?} out of order: {seqs:?}");
+    }
+    let partitions: std::collections::BTreeSet<i32> = handled.iter().map(|m| m.partition).collect();
+    assert_eq!(partitions.len(), 3, "the keys spread over all partitions");
+
+    // Everything was committed: a second run of the same group handles nothing.
+    let again = Arc::new(StubHandler::default());
+    let started = Instant::now();
+    run_until(&broker, trigger(topic, 3), &again, |_| {
+        started.elapsed() >= Duration::from_millis(800)
+    })
+    .await;
+    assert!(again.handled.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_then_dead_lettered_and_the_partition_moves_on() {
+    let (broker, _) = broker("retry");
+    let topic = "payments";
+    broker.ensure_topic(topic, 1).await.unwrap();
+    publish(&broker, topic, "a", "fail:2").await;
+    publish(&broker, topic, "a", "always").await;
+    publish(&broker, topic, "a", "ok").await;
+    let handler = Arc::new(StubHandler::default());
+    run_until(&broker, trigger(topic, 3), &handler, |h| {
+        h.handled.lock().unwrap().len() >= 2
+    })
+    .await;
+
+    let handled: Vec<String> = handler
+        .handled
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(
+        handled,
+        ["fail:2", "ok"],
+        "handled once each, in order, after the poison one"
+    );
+    let attempts = handler.attempts.lock().unwrap().clone();
+    assert_eq!(attempts[&(0, 0)], 3, "two failures, then success");
+    assert_eq!(attempts[&(0, 1)], 4, "first attempt plus max_retries");
+
+    let dead = read_all(&broker, "payments.dlq", 1).await;
+    assert_eq!(dead.len(), 1);
+    let header = |name: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(dead[0].payload, b"always");
+    assert_eq!(dead[0].key.as_deref(), Some(&b"a"[..]));
+    assert_eq!(header("x-attempts").as_deref(), Some("4"));
+    assert_eq!(header("x-original-topic").as_deref(), Some("payments"));
+    assert_eq!(header("x-original-partition").as_deref(), Some("0"));
+    assert_eq!(header("x-original-offset").as_deref(), Some("1"));
+    assert!(header("x-error").unwrap().contains("failing on purpose"));
+    assert_eq!(
+        header("ce_id").as_deref(),
+        Some("a/always"),
+        "original headers are kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_mid_retry_commits_nothing_unhandled() {
+    let (broker, path) = broker("stop");
+    let topic = "slow";
+    broker.ensure_topic(topic, 1).await.unwrap();
+    publish(&broker, topic, "k", "ok").await;
+    publish(&broker, topic, "k", "fail:1000").await;
+    publish(&broker, topic, "k", "ok").await;
+    let mut slow = trigger(topic, 1000);
+    slow.retry_backoff = Duration::from_millis(50);
+    let handler = Arc::new(StubHandler::default());
+    run_until(&broker, slow, &handler, |h| {
+        h.attempts.lock().unwrap().get(&(0, 1)).copied().unwrap_or(0) >= 3
+    })
+    .await;
+    assert_eq!(
+        handler.handled.lock().unwrap().len(),
+        1,
+        "only the first message finished"
+    );
+
+    // A restarted host (new broker handle on the same file) resumes at the failing one.
+    drop(broker);
+    let reopened: Arc<dyn Broker> = Arc::new(EmbeddedBroker::open(&path, EmbeddedOptions::default()).unwrap());
+    let consumer = reopened.consumer("stub-group", &[topic.to_string()]).await.unwrap();
+    let first = loop {
+        if let ConsumerEvent::Message(m) = consumer.next_event().await.unwrap() {
+            break m;
+        }
+    };
+    assert_eq!(first.offset, 1, "the unfinished message was not committed");
+}
+
+#[test]
+fn backoff_doubles_and_is_capped() {
+    let base = Duration::from_millis(100);
+    assert_eq!(backoff(base, 1), base);
+    assert_eq!(backoff(base, 3), Duration::from_millis(400));
+    assert_eq!(backoff(base, 40), MAX_BACKOFF);
+}

@@ -1,0 +1,143 @@
+//! The Kafka trigger: where a Kafka (or embedded-log) message becomes a call into a
+//! component. [`delivery`] holds the semantics (ordering, retries, dead-lettering,
+//! commits); [`ComponentHandler`] is the call itself: a fresh instance per message,
+//! `wasi:messaging/incoming-handler.handle` with the record as a `message`.
+
+pub mod delivery;
+
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use shop_broker::{Broker, Message};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use wasmtime::Engine;
+
+use crate::app::LoadedComponent;
+use crate::capability::messaging::GuestMessage;
+use crate::capability::outbound_http::LocalServices;
+use crate::instance::{HARD_KILL_GRACE, InvocationFailure, RequestLimits, new_store};
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::state::InvocationProbe;
+use delivery::MessageHandler;
+
+/// Runs a component's `wasi:messaging/incoming-handler` for each message.
+pub struct ComponentHandler {
+    engine: Engine,
+    component: Arc<LoadedComponent>,
+    limits: RequestLimits,
+    metrics: Arc<Metrics>,
+    local: Weak<dyn LocalServices>,
+}
+
+#[async_trait]
+impl MessageHandler for ComponentHandler {
+    async fn handle(&self, message: &Message) -> Result<(), String> {
+        let Some(pre) = &self.component.exports.messaging else {
+            return Err(format!("component `{}` has no message handler", self.component.id));
+        };
+        let request_id = format!("{}/{}/{}", message.topic, message.partition, message.offset);
+        let probe = Arc::new(InvocationProbe::new(&request_id));
+        let started = Instant::now();
+        let mut store = new_store(&self.engine, &self.component, self.limits, self.local.clone());
+        let _ = store.data().output_tags.request_id.set(request_id.clone());
+        store.data_mut().limiter.probe = probe.clone();
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            self.metrics
+                .instantiation_duration
+                .with_label_values(&[&*self.component.id])
+                .observe(started.elapsed().as_secs_f64());
+            let guest_message = store.data_mut().table.push(GuestMessage::received(message))?;
+            instance
+                .wasi_messaging_incoming_handler()
+                .call_handle(&mut store, guest_message)
+                .await
+        };
+        // The epoch deadline interrupts guest code; this also bounds time spent in host
+        // calls that never return.
+        let outcome = tokio::time::timeout(self.limits.timeout + HARD_KILL_GRACE, call).await;
+        let failure = match outcome {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(returned))) => return Err(format!("handler returned {returned:?}")),
+            Ok(Err(error)) => {
+                let failure = InvocationFailure::classify(&error, &probe, started.elapsed(), self.limits.timeout);
+                tracing::debug!(component = %self.component.id, request_id, error = ?error, "message handler trapped");
+                (failure, format!("{error:#}"))
+            }
+            Err(_) => (InvocationFailure::Timeout, "abandoned in a host call".to_string()),
+        };
+        let (kind, detail) = failure;
+        self.metrics
+            .component_errors
+            .with_label_values(&[&*self.component.id, kind.kind()])
+            .inc();
+        Err(match kind {
+            InvocationFailure::Timeout => format!("timed out after {:?}", self.limits.timeout),
+            InvocationFailure::MemoryLimit => "exceeded the memory limit".into(),
+            InvocationFailure::Trap => format!("trapped: {detail}"),
+        })
+    }
+}
+
+/// Everything the Kafka triggers of an app need.
+pub struct KafkaContext<'a> {
+    pub engine: &'a Engine,
+    pub components: &'a std::collections::BTreeMap<String, Arc<LoadedComponent>>,
+    pub limits: RequestLimits,
+    pub metrics: Arc<Metrics>,
+    pub local: Weak<dyn LocalServices>,
+    pub broker: Arc<dyn Broker>,
+}
+
+/// Starts every `[[trigger.kafka]]` of the manifest; they run until `stop` is true.
+pub fn start(
+    manifest: &Manifest,
+    context: KafkaContext<'_>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinSet<()>> {
+    let mut tasks = JoinSet::new();
+    for trigger in manifest.kafka_triggers() {
+        let component = context
+            .components
+            .get(&trigger.component)
+            .ok_or_else(|| anyhow::anyhow!("component `{}` is not loaded", trigger.component))?
+            .clone();
+        if component.exports.messaging.is_none() {
+            anyhow::bail!(
+                "component `{}` is used by a Kafka trigger but does not export wasi:messaging/incoming-handler@0.2.0-draft (it exports {})",
+                trigger.component,
+                component.exports.describe()
+            );
+        }
+        let handler = Arc::new(ComponentHandler {
+            engine: context.engine.clone(),
+            component,
+            limits: context.limits,
+            metrics: context.metrics.clone(),
+            local: context.local.clone(),
+        });
+        let broker = context.broker.clone();
+        let metrics = context.metrics.clone();
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            // A broker that is down at start-up is waited for, not given up on.
+            loop {
+                let handler: Arc<dyn MessageHandler> = handler.clone();
+                match delivery::run(trigger.clone(), broker.clone(), handler, metrics.clone(), stop.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::error!(
+                        component = %trigger.component, error = %e, "kafka trigger cannot subscribe; retrying in 2s"
+                    ),
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
+        });
+    }
+    Ok(tasks)
+}
