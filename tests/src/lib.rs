@@ -149,7 +149,8 @@ impl Shop {
     pub fn start_with(manifest: &Path, options: ShopOptions<'_>) -> Self {
         let port = free_port();
         let admin_port = free_port();
-        let mut child = Command::new(shop_bin())
+        let mut command = Command::new(shop_bin());
+        command
             .arg("up")
             .arg("--file")
             .arg(manifest)
@@ -163,11 +164,17 @@ impl Shop {
             // With RUST_BACKTRACE set, wasmtime captures a backtrace for an internal
             // error on every store drop, i.e. every request; production runs without it.
             .env_remove("RUST_BACKTRACE")
-            .envs(options.env)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn shop");
+            .stderr(Stdio::piped());
+        // The host reads SHOP_* settings from the environment (the test command exports
+        // SHOP_KAFKA_BROKERS for the tests' own use); each test passes what it means.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOP_")) {
+            if !options.env.iter().any(|(k, _)| *k == key) {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command.spawn().expect("spawn shop");
         let stdout = Captured::default();
         let stderr = Captured::default();
         stdout.follow(child.stdout.take().unwrap());

@@ -20,10 +20,15 @@ use crate::state::HostState;
 /// Most connections one instance may hold open at once.
 const MAX_OPEN_CONNECTIONS: usize = 64;
 
-/// One database file, shared by every instance that opens its label.
+/// A database file, and one connection to it. The label's registry entry is a
+/// template; each guest `open` gets its own [`Database::session`], so transactions of
+/// concurrent instances never interleave on a shared connection (SQLite's locking and
+/// the busy timeout order them instead).
 #[derive(Clone)]
 pub struct Database {
-    conn: Arc<Mutex<Connection>>,
+    path: Arc<Path>,
+    /// Opened on first use, so `open` itself does no I/O.
+    conn: Arc<Mutex<Option<Connection>>>,
 }
 
 /// Opens (creating if needed) an embedded database file. WAL lets readers proceed
@@ -40,29 +45,44 @@ pub fn open_file(path: &Path) -> anyhow::Result<Connection> {
 }
 
 impl Database {
+    /// Creates the file if needed (and checks it opens) at start-up.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        drop(open_file(path)?);
         Ok(Self {
-            conn: Arc::new(Mutex::new(open_file(path)?)),
+            path: path.into(),
+            conn: Arc::default(),
         })
+    }
+
+    /// A handle with a connection of its own to the same file.
+    pub fn session(&self) -> Self {
+        Self {
+            path: self.path.clone(),
+            conn: Arc::default(),
+        }
     }
 
     /// Runs one statement on a blocking thread.
     pub async fn execute(&self, statement: String, parameters: Vec<Value>) -> Result<Executed, Error> {
         let conn = self.conn.clone();
+        let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = conn
+            let mut slot = conn
                 .lock()
                 .map_err(|_| Error::Io("database connection poisoned".into()))?;
-            run_statement(&conn, &statement, parameters).map_err(to_error)
+            if slot.is_none() {
+                *slot = Some(open_file(&path).map_err(|e| Error::Io(format!("{e:#}")))?);
+            }
+            let conn = slot.as_ref().expect("connection opened above");
+            run_statement(conn, &statement, parameters).map_err(to_error)
         })
         .await
         .map_err(|e| Error::Io(e.to_string()))?
     }
 }
 
-/// A statement's rows plus what it changed. The file's connection is shared by every
-/// instance, so the rowid and change count are captured under the lock and kept per
-/// guest connection rather than read back from SQLite later.
+/// A statement's rows plus what it changed (captured with the statement, so the guest
+/// connection's rowid and change count never mix in another statement's).
 #[derive(Debug)]
 pub struct Executed {
     pub result: QueryResult,
@@ -191,7 +211,7 @@ impl HostState {
         if !access.allowed.contains(&label) {
             return Err(Error::AccessDenied);
         }
-        let Some(database) = access.backends.sqlite.databases.get(&label).cloned() else {
+        let Some(database) = access.backends.sqlite.databases.get(&label).map(Database::session) else {
             return Err(Error::NoSuchDatabase);
         };
         if access.open_count >= MAX_OPEN_CONNECTIONS {
@@ -437,6 +457,31 @@ mod tests {
         assert_eq!(format!("{:?}", result.rows[0].values), format!("{values:?}"));
         let err = db.execute("SELEKT".into(), vec![]).await.unwrap_err();
         assert!(matches!(err, Error::Io(m) if m.contains("syntax error")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn each_guest_connection_has_its_own_transactions() {
+        let dir = std::env::temp_dir().join(format!("shop-sqlite-sessions-{}", std::process::id()));
+        let template = Database::open(&dir.join("t.db")).unwrap();
+        let (a, b) = (template.session(), template.session());
+        a.execute("CREATE TABLE t (v)".into(), vec![]).await.unwrap();
+        a.execute("BEGIN".into(), vec![]).await.unwrap();
+        a.execute("INSERT INTO t VALUES (1)".into(), vec![]).await.unwrap();
+        let count = |db: &Database| {
+            let db = db.clone();
+            async move {
+                let r = db.execute("SELECT COUNT(*) FROM t".into(), vec![]).await.unwrap();
+                match r.result.rows[0].values[0] {
+                    Value::Integer(n) => n,
+                    ref other => panic!("count is {other:?}"),
+                }
+            }
+        };
+        assert_eq!(count(&b).await, 0, "b does not see a's open transaction");
+        assert_eq!(count(&a).await, 1);
+        a.execute("ROLLBACK".into(), vec![]).await.unwrap();
+        assert_eq!(count(&a).await, 0, "the rollback undid a's work");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
