@@ -7,6 +7,7 @@
 
 mod envelope;
 mod event;
+pub mod time;
 
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError};
 pub use event::{EventError, ShopEvent};

@@ -49,6 +49,7 @@ pub struct ManifestArgs {
     #[arg(short = 'f', long = "file", env = "SHOP_FILE", default_value = "spin.toml")]
     pub file: PathBuf,
     /// Spin runtime configuration (backends for stores and databases, Kafka, …).
+    /// Default: `runtime-config.toml` beside the manifest, if it exists.
     #[arg(long, env = "SHOP_RUNTIME_CONFIG_FILE")]
     pub runtime_config_file: Option<PathBuf>,
 }

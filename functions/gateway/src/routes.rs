@@ -7,36 +7,85 @@ pub struct Reply {
     pub body: Value,
 }
 
-fn error(status: u16, code: &str, message: String) -> Reply {
-    Reply {
-        status,
-        body: json!({ "error": { "code": code, "message": message } }),
-    }
+/// What to do with a request.
+pub enum Decision {
+    /// Answer here.
+    Reply(Reply),
+    /// Pass it, path and query unchanged, to this private service.
+    Forward(&'static str),
 }
 
-pub fn respond(method: &str, path: &str) -> Reply {
-    match (method, path) {
-        ("GET", "/") => Reply {
-            status: 200,
-            body: json!({ "service": "shop", "version": env!("CARGO_PKG_VERSION") }),
-        },
-        (_, "/") => error(405, "method_not_allowed", format!("{method} is not allowed on /")),
-        _ => error(404, "not_found", format!("no route for {method} {path}")),
+fn error(status: u16, code: &str, message: String) -> Decision {
+    Decision::Reply(Reply {
+        status,
+        body: json!({ "error": { "code": code, "message": message } }),
+    })
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+pub fn decide(method: &str, path: &str) -> Decision {
+    if path == "/" {
+        return match method {
+            "GET" => Decision::Reply(Reply {
+                status: 200,
+                body: json!({ "service": "shop", "version": env!("CARGO_PKG_VERSION") }),
+            }),
+            _ => error(405, "method_not_allowed", format!("{method} is not allowed on /")),
+        };
     }
+    if under(path, "/products") {
+        return match method {
+            "GET" => Decision::Forward("products"),
+            // Catalog changes are for admins; until token verification is in place the
+            // gateway lets none through rather than all.
+            "POST" | "PUT" | "DELETE" => error(
+                401,
+                "unauthorized",
+                format!("{method} {path} needs an admin's bearer token"),
+            ),
+            _ => error(405, "method_not_allowed", format!("{method} is not allowed on {path}")),
+        };
+    }
+    error(404, "not_found", format!("no route for {method} {path}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn status(d: Decision) -> u16 {
+        match d {
+            Decision::Reply(r) => r.status,
+            Decision::Forward(_) => 0,
+        }
+    }
+
     #[test]
     fn index_and_errors() {
-        let index = respond("GET", "/");
+        let Decision::Reply(index) = decide("GET", "/") else {
+            panic!("index is answered here")
+        };
         assert_eq!(index.status, 200);
         assert_eq!(index.body["service"], "shop");
-        let missing = respond("GET", "/nope");
+        let Decision::Reply(missing) = decide("GET", "/nope") else {
+            panic!()
+        };
         assert_eq!(missing.status, 404);
         assert_eq!(missing.body["error"]["code"], "not_found");
-        assert_eq!(respond("DELETE", "/").status, 405);
+        assert_eq!(status(decide("DELETE", "/")), 405);
+    }
+
+    #[test]
+    fn catalog_reads_are_forwarded_and_writes_need_an_admin() {
+        assert!(matches!(decide("GET", "/products"), Decision::Forward("products")));
+        assert!(matches!(decide("GET", "/products/p-1"), Decision::Forward("products")));
+        assert_eq!(status(decide("GET", "/productsx")), 404);
+        for method in ["POST", "PUT", "DELETE"] {
+            assert_eq!(status(decide(method, "/products/p-1")), 401, "{method}");
+        }
+        assert_eq!(status(decide("PATCH", "/products")), 405);
     }
 }

@@ -1,0 +1,17 @@
+//! The catalog service (SPEC §3.3), a private component behind the gateway.
+//!
+//! Plain Rust, tested natively: [`input`] (validation of what clients send),
+//! [`catalog`] (the SQL, over the small [`sql::Sql`] trait, with product events written
+//! to an outbox table in the same transaction), [`cache`] (the hot product cache) and
+//! [`service`] (HTTP semantics). The spin-sdk adapter only supplies SQLite, key-value,
+//! the clock and ids.
+
+pub mod cache;
+pub mod catalog;
+pub mod error;
+pub mod input;
+pub mod service;
+pub mod sql;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;
