@@ -182,3 +182,77 @@ fn the_gateway_serves_catalog_reads_and_refuses_anonymous_writes() {
         404
     );
 }
+
+#[test]
+fn the_outbox_relay_publishes_product_events_as_cloudevents() {
+    use shop_broker::{Broker, ConsumerEvent};
+    let dir = TempDir::new("catalog-relay");
+    with_runtime_config(&dir);
+    let data = dir.path().join("data");
+    let manifest = dir.manifest(&format!(
+        "{}[[trigger.cron]]\ncomponent = \"relay\"\ncron_expression = \"* * * * * *\"\n{}{}",
+        http_trigger("/products/...", "products"),
+        products_component("products"),
+        component(
+            "relay",
+            "outbox-relay",
+            "sqlite_databases = [\"products\"]\nallowed_topics = [\"shop.products\"]\n\
+             [component.relay.variables]\ndatabase = \"products\"\nsource = \"/products\"",
+        ),
+    ));
+    let shop = Shop::start(&manifest, &data);
+    let (_, _, created) = send(
+        reqwest::Method::POST,
+        format!("{}/products", shop.base),
+        Some(mug("EV-1", 700)),
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    send(reqwest::Method::DELETE, format!("{}/products/{id}", shop.base), None);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = shop_broker::embedded::EmbeddedBroker::open(
+        &data.join("events/log.db"),
+        shop_broker::embedded::EmbeddedOptions::default(),
+    )
+    .unwrap();
+    let received = runtime.block_on(async {
+        let consumer = broker
+            .consumer("catalog-test", &["shop.products".to_string()])
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while received.len() < 2 && std::time::Instant::now() < deadline {
+            if let Ok(Ok(ConsumerEvent::Message(m))) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), consumer.next_event()).await
+            {
+                received.push(m);
+            }
+        }
+        shop_broker::leave_group(consumer.as_ref()).await;
+        received
+    });
+    assert_eq!(received.len(), 2, "created and deleted events\n{}", shop.stderr.text());
+    for m in &received {
+        assert_eq!(m.key.as_deref(), Some(id.as_bytes()), "keyed by product id");
+        let headers = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), std::str::from_utf8(v).unwrap()));
+        let envelope = shop_domain::Envelope::from_headers(headers).unwrap();
+        assert_eq!(envelope.source, "/products");
+        // What the relay published decodes as the type its consumers use.
+        shop_domain::ShopEvent::decode(&envelope.event_type, &m.payload).unwrap();
+    }
+    let types: Vec<String> = received
+        .iter()
+        .map(|m| {
+            let (_, v) = m.headers.iter().find(|(k, _)| k == "ce_type").unwrap();
+            String::from_utf8(v.clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(types, ["shop.product.created", "shop.product.deleted"]);
+}
