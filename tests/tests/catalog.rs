@@ -131,56 +131,113 @@ fn products_crud_cache_and_outbox_on_the_host() {
     assert_eq!(events.last().unwrap().0, "shop.product.deleted");
 }
 
-#[test]
-fn the_gateway_serves_catalog_reads_and_refuses_anonymous_writes() {
-    let dir = TempDir::new("gateway-catalog");
-    with_runtime_config(&dir);
-    let data = dir.path().join("data");
-    // Seed through the service directly (admin writes need tokens the gateway cannot
-    // verify yet), then serve the app the way spin.toml does.
-    let seed = dir.manifest(&format!(
-        "{}{}",
-        http_trigger("/products/...", "products"),
-        products_component("products")
-    ));
-    let shop = Shop::start(&seed, &data);
-    let (status, _, created) = send(
-        reqwest::Method::POST,
-        format!("{}/products", shop.base),
-        Some(mug("GW-1", 450)),
-    );
-    assert_eq!(status, 201);
-    drop(shop);
+/// Serves `body` as JSON to every request on a loopback port; returns the port.
+fn serve_json(body: String) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
 
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn the_gateway_checks_tokens_and_roles_before_the_catalog() {
+    use gateway::testing::{TestIssuer, b64url};
+    use reqwest::Method;
+
+    let issuer = TestIssuer::new("shop-key-1");
+    let impostor = TestIssuer::new("shop-key-1");
+    let jwks_port = serve_json(serde_json::to_string(&issuer.jwks).unwrap());
+    let dir = TempDir::new("gateway-auth");
+    with_runtime_config(&dir);
     let app = dir.manifest(&format!(
-        "{}{}{}{}",
+        "[variables]\njwt_issuer = {{ default = \"https://auth.test\" }}\n\
+         jwks_url = {{ default = \"http://127.0.0.1:{jwks_port}/jwks\" }}\n{}{}{}{}",
         http_trigger("/...", "gateway"),
         private_trigger("products"),
         component(
             "gateway",
             "gateway",
-            "allowed_outbound_hosts = [\"http://products.spin.internal\"]"
+            &format!(
+                "allowed_outbound_hosts = [\"http://products.spin.internal\", \"http://127.0.0.1:{jwks_port}\"]\n\
+                 key_value_stores = [\"default\"]\n\
+                 [component.gateway.variables]\njwt_issuer = \"{{{{ jwt_issuer }}}}\"\njwks_url = \"{{{{ jwks_url }}}}\"\njwt_audience = \"shop\""
+            ),
         ),
         products_component("products"),
     ));
-    let shop = Shop::start(&app, &data);
-    let id = created["id"].as_str().unwrap();
-    let (status, headers, product) = send(reqwest::Method::GET, format!("{}/products/{id}", shop.base), None);
-    assert_eq!((status, &product), (200, &created));
-    assert_eq!(headers["content-type"], "application/json");
-    let (status, _, page) = send(reqwest::Method::GET, format!("{}/products?q=gw", shop.base), None);
-    assert_eq!((status, page["total"].as_i64()), (200, Some(1)));
-    let (status, _, body) = send(
-        reqwest::Method::POST,
-        format!("{}/products", shop.base),
-        Some(mug("GW-2", 1)),
+    let shop = Shop::start(&app, &dir.path().join("data"));
+    let claims = |roles: &[&str], exp: u64| json!({ "sub": "u-1", "iss": "https://auth.test", "aud": "shop", "exp": exp, "nbf": now() - 5, "roles": roles });
+    let post = |token: Option<String>| {
+        let mut request = client()
+            .post(format!("{}/products", shop.base))
+            .header("content-type", "application/json")
+            .body(mug("GW-1", 450).to_string());
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, challenge, response.json::<Value>().unwrap_or(Value::Null))
+    };
+
+    let mut wrong_audience = claims(&["admin"], now() + 300);
+    wrong_audience["aud"] = json!("elsewhere");
+    let unsigned = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(claims(&["admin"], now() + 300).to_string().as_bytes())
     );
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")));
-    // The private service has no public route of its own.
+    for (case, token) in [
+        ("missing", None),
+        ("expired", Some(issuer.token(claims(&["admin"], now() - 600)))),
+        ("wrong audience", Some(issuer.token(wrong_audience))),
+        ("wrong key", Some(impostor.token(claims(&["admin"], now() + 300)))),
+        ("alg none", Some(unsigned)),
+    ] {
+        let (status, challenge, body) = post(token);
+        assert_eq!(status, 401, "{case}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{case}");
+        assert_eq!(challenge.as_deref(), Some("Bearer"), "{case}");
+    }
+    let (status, _, body) = post(Some(issuer.token(claims(&["customer"], now() + 300))));
     assert_eq!(
-        send(reqwest::Method::GET, format!("{}/not-a-route", shop.base), None).0,
-        404
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "customer on an admin route"
     );
+
+    let (status, _, created) = post(Some(issuer.token(claims(&["admin"], now() + 300))));
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let (status, headers, product) = send(Method::GET, format!("{}/products/{id}", shop.base), None);
+    assert_eq!((status, &product), (200, &created), "reads are public");
+    assert_eq!(headers["content-type"], "application/json");
+    let (status, _, page) = send(Method::GET, format!("{}/products?q=gw", shop.base), None);
+    assert_eq!((status, page["total"].as_i64()), (200, Some(1)));
+    assert_eq!(send(Method::GET, format!("{}/not-a-route", shop.base), None).0, 404);
 }
 
 #[test]

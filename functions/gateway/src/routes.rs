@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use crate::auth::Access;
+
 pub struct Reply {
     pub status: u16,
     pub body: Value,
@@ -11,8 +13,9 @@ pub struct Reply {
 pub enum Decision {
     /// Answer here.
     Reply(Reply),
-    /// Pass it, path and query unchanged, to this private service.
-    Forward(&'static str),
+    /// Pass it, path and query unchanged, to this private service, once the caller has
+    /// the access the route needs.
+    Forward { service: &'static str, access: Access },
 }
 
 fn error(status: u16, code: &str, message: String) -> Decision {
@@ -37,16 +40,14 @@ pub fn decide(method: &str, path: &str) -> Decision {
         };
     }
     if under(path, "/products") {
-        return match method {
-            "GET" => Decision::Forward("products"),
-            // Catalog changes are for admins; until token verification is in place the
-            // gateway lets none through rather than all.
-            "POST" | "PUT" | "DELETE" => error(
-                401,
-                "unauthorized",
-                format!("{method} {path} needs an admin's bearer token"),
-            ),
-            _ => error(405, "method_not_allowed", format!("{method} is not allowed on {path}")),
+        let access = match method {
+            "GET" => Access::Public,
+            "POST" | "PUT" | "DELETE" => Access::Admin,
+            _ => return error(405, "method_not_allowed", format!("{method} is not allowed on {path}")),
+        };
+        return Decision::Forward {
+            service: "products",
+            access,
         };
     }
     error(404, "not_found", format!("no route for {method} {path}"))
@@ -59,7 +60,17 @@ mod tests {
     fn status(d: Decision) -> u16 {
         match d {
             Decision::Reply(r) => r.status,
-            Decision::Forward(_) => 0,
+            Decision::Forward { .. } => 0,
+        }
+    }
+
+    fn access(d: Decision) -> Option<Access> {
+        match d {
+            Decision::Forward {
+                service: "products",
+                access,
+            } => Some(access),
+            _ => None,
         }
     }
 
@@ -79,12 +90,12 @@ mod tests {
     }
 
     #[test]
-    fn catalog_reads_are_forwarded_and_writes_need_an_admin() {
-        assert!(matches!(decide("GET", "/products"), Decision::Forward("products")));
-        assert!(matches!(decide("GET", "/products/p-1"), Decision::Forward("products")));
+    fn catalog_reads_are_public_and_writes_need_an_admin() {
+        assert_eq!(access(decide("GET", "/products")), Some(Access::Public));
+        assert_eq!(access(decide("GET", "/products/p-1")), Some(Access::Public));
         assert_eq!(status(decide("GET", "/productsx")), 404);
         for method in ["POST", "PUT", "DELETE"] {
-            assert_eq!(status(decide(method, "/products/p-1")), 401, "{method}");
+            assert_eq!(access(decide(method, "/products/p-1")), Some(Access::Admin), "{method}");
         }
         assert_eq!(status(decide("PATCH", "/products")), 405);
     }

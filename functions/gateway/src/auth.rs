@@ -1,0 +1,230 @@
+//! Who is calling: RS256 bearer tokens checked against the issuer's JWKS (`iss`,
+//! `aud`, `exp`, `nbf`, and the algorithm pinned to RS256, so `alg: none` or an HMAC
+//! token signed with the public key is refused), and what each route requires.
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Customer,
+    Admin,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    pub fn may(&self, access: Access) -> bool {
+        let has = |role: &str| self.roles.iter().any(|r| r == role);
+        match access {
+            Access::Public => true,
+            Access::Customer => has("customer") || has("admin"),
+            Access::Admin => has("admin"),
+        }
+    }
+}
+
+/// Why a request was refused: 401 (no usable identity) or 403 (not allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Unauthenticated(String),
+    Forbidden(String),
+}
+
+/// Where tokens must come from.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    pub issuer: String,
+    pub audience: String,
+}
+
+#[derive(Deserialize)]
+struct RealmAccess {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    /// Our auth service's claim.
+    #[serde(default)]
+    roles: Vec<String>,
+    /// Keycloak's.
+    realm_access: Option<RealmAccess>,
+}
+
+/// The bearer token of an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, Refusal> {
+    let value = header.ok_or_else(|| Refusal::Unauthenticated("missing bearer token".into()))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| Refusal::Unauthenticated("malformed Authorization header".into()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(Refusal::Unauthenticated(
+            "expected `Authorization: Bearer <token>`".into(),
+        ));
+    }
+    Ok(token.trim())
+}
+
+/// The `kid` a token names (to pick or refresh keys), if its header parses.
+pub fn key_id(token: &str) -> Option<String> {
+    decode_header(token).ok()?.kid
+}
+
+/// Verifies `token` against `keys`.
+pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules) -> Result<Principal, Refusal> {
+    let invalid = |why: String| Refusal::Unauthenticated(format!("invalid token: {why}"));
+    let header = decode_header(token).map_err(|e| invalid(e.to_string()))?;
+    if header.alg != Algorithm::RS256 {
+        return Err(invalid(format!("algorithm {:?} is not accepted", header.alg)));
+    }
+    let jwk = match &header.kid {
+        Some(kid) => keys.find(kid),
+        None if keys.keys.len() == 1 => keys.keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| invalid("signed with an unknown key".into()))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(e.to_string()))?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[&rules.issuer]);
+    validation.set_audience(&[&rules.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.validate_nbf = true;
+    validation.leeway = 30;
+    let data = decode::<Claims>(token, &key, &validation).map_err(|e| invalid(e.to_string()))?;
+    let mut roles = data.claims.roles;
+    roles.extend(data.claims.realm_access.map(|r| r.roles).unwrap_or_default());
+    Ok(Principal {
+        subject: data.claims.sub,
+        roles,
+    })
+}
+
+/// Checks a request needing `access`: `Ok(None)` for public routes.
+pub fn authorize(
+    access: Access,
+    authorization: Option<&str>,
+    keys: impl FnOnce(Option<String>) -> Result<JwkSet, String>,
+    rules: &TokenRules,
+) -> Result<Option<Principal>, Refusal> {
+    if access == Access::Public {
+        return Ok(None);
+    }
+    let token = bearer(authorization)?;
+    let keys = keys(key_id(token)).map_err(|e| Refusal::Unauthenticated(format!("cannot load signing keys: {e}")))?;
+    let principal = verify(token, &keys, rules)?;
+    if !principal.may(access) {
+        return Err(Refusal::Forbidden(
+            format!("this route needs the {access:?} role").to_lowercase(),
+        ));
+    }
+    Ok(Some(principal))
+}
+
+#[cfg(test)]
+pub mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{TestIssuer, b64url};
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn rules() -> TokenRules {
+        TokenRules {
+            issuer: "https://auth.shop".into(),
+            audience: "shop".into(),
+        }
+    }
+
+    fn claims(roles: &[&str]) -> serde_json::Value {
+        json!({ "sub": "u-1", "iss": "https://auth.shop", "aud": "shop", "exp": now() + 300, "nbf": now() - 1, "roles": roles })
+    }
+
+    #[test]
+    fn good_tokens_pass_and_every_kind_of_bad_one_is_refused() {
+        let issuer = TestIssuer::new("k1");
+        let other = TestIssuer::new("k1");
+        let verify_token = |t: &str| verify(t, &issuer.jwks, &rules());
+
+        let principal = verify_token(&issuer.token(claims(&["customer"]))).unwrap();
+        assert_eq!(principal.subject, "u-1");
+        assert!(principal.may(Access::Customer) && !principal.may(Access::Admin));
+
+        let mut expired = claims(&[]);
+        expired["exp"] = json!(now() - 600);
+        let mut future = claims(&[]);
+        future["nbf"] = json!(now() + 600);
+        let mut wrong_audience = claims(&[]);
+        wrong_audience["aud"] = json!("other");
+        let mut wrong_issuer = claims(&[]);
+        wrong_issuer["iss"] = json!("https://evil");
+        let unsigned = format!(
+            "{}.{}.",
+            b64url(br#"{"alg":"none","typ":"JWT"}"#),
+            b64url(claims(&["admin"]).to_string().as_bytes())
+        );
+        for (name, token) in [
+            ("expired", issuer.token(expired)),
+            ("not yet valid", issuer.token(future)),
+            ("wrong audience", issuer.token(wrong_audience)),
+            ("wrong issuer", issuer.token(wrong_issuer)),
+            ("wrong key", other.token(claims(&["admin"]))),
+            ("alg none", unsigned),
+            ("garbage", "not.a.token".into()),
+        ] {
+            assert!(
+                matches!(verify_token(&token), Err(Refusal::Unauthenticated(_))),
+                "{name} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_check_roles_and_headers() {
+        let issuer = TestIssuer::new("k1");
+        let keys = |_: Option<String>| Ok(issuer.jwks.clone());
+        let customer = format!("Bearer {}", issuer.token(claims(&["customer"])));
+        let admin = format!("Bearer {}", issuer.token(claims(&["admin"])));
+        assert_eq!(authorize(Access::Public, None, keys, &rules()), Ok(None));
+        assert!(matches!(
+            authorize(Access::Admin, None, keys, &rules()),
+            Err(Refusal::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            authorize(Access::Admin, Some("Basic abc"), keys, &rules()),
+            Err(Refusal::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            authorize(Access::Admin, Some(&customer), keys, &rules()),
+            Err(Refusal::Forbidden(_))
+        ));
+        assert!(
+            authorize(Access::Admin, Some(&admin), keys, &rules())
+                .unwrap()
+                .is_some()
+        );
+        let keycloak = json!({ "sub": "kc", "iss": "https://auth.shop", "aud": "shop", "exp": now() + 60,
+                                "realm_access": { "roles": ["admin"] } });
+        let token = format!("Bearer {}", issuer.token(keycloak));
+        assert!(
+            authorize(Access::Admin, Some(&token), keys, &rules()).is_ok(),
+            "Keycloak realm roles count"
+        );
+    }
+}
