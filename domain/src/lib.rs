@@ -7,6 +7,8 @@
 
 mod envelope;
 mod event;
+pub mod outbox;
+pub mod sql;
 pub mod time;
 
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError};

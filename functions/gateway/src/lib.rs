@@ -18,12 +18,19 @@ mod adapter {
     use spin_sdk::http_component;
     use spin_sdk::key_value::Store;
 
-    use crate::auth::{Refusal, TokenRules, authorize};
+    use crate::auth::{Principal, Refusal, TokenRules, authorize};
     use crate::keys::{self, CACHE_KEY, Cached};
     use crate::routes::{Decision, decide};
 
     /// Response headers of a service worth passing on.
-    const PASSED_HEADERS: &[&str] = &["content-type", "location", "x-cache", "allow", "retry-after"];
+    const PASSED_HEADERS: &[&str] = &[
+        "content-type",
+        "location",
+        "x-cache",
+        "allow",
+        "retry-after",
+        "cache-control",
+    ];
 
     fn json(status: u16, body: &serde_json::Value) -> Response {
         Response::builder()
@@ -85,7 +92,7 @@ mod adapter {
         Ok(jwks)
     }
 
-    async fn forward(service: &str, req: &Request) -> Response {
+    async fn forward(service: &str, req: &Request, caller: Option<Principal>) -> Response {
         let query = match req.query() {
             "" => String::new(),
             q => format!("?{q}"),
@@ -98,6 +105,12 @@ mod adapter {
             if let Some(value) = req.header(name).and_then(|v| v.as_str()) {
                 outbound.header(name, value);
             }
+        }
+        // Services trust these because only the gateway can reach them, and it never
+        // passes on a client's own x-shop-* headers.
+        if let Some(caller) = caller {
+            outbound.header("x-shop-user", caller.subject);
+            outbound.header("x-shop-roles", caller.roles.join(","));
         }
         if *req.method() != Method::Get {
             outbound.body(req.body().to_vec());
@@ -141,7 +154,7 @@ mod adapter {
             (_, Some(token)) => signing_keys(crate::auth::key_id(token)).await,
         };
         match authorize(access, authorization, move |_| keys, &rules) {
-            Ok(_) => forward(service, &req).await,
+            Ok(caller) => forward(service, &req, caller).await,
             Err(Refusal::Unauthenticated(why)) => {
                 let mut response = error(401, "unauthorized", &why);
                 response.set_header("www-authenticate", "Bearer");

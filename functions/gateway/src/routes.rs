@@ -29,6 +29,14 @@ fn under(path: &str, prefix: &str) -> bool {
     path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
+fn forward_if(allowed: bool, method: &str, path: &str, service: &'static str, access: Access) -> Decision {
+    if allowed {
+        Decision::Forward { service, access }
+    } else {
+        error(405, "method_not_allowed", format!("{method} is not allowed on {path}"))
+    }
+}
+
 pub fn decide(method: &str, path: &str) -> Decision {
     if path == "/" {
         return match method {
@@ -38,6 +46,22 @@ pub fn decide(method: &str, path: &str) -> Decision {
             }),
             _ => error(405, "method_not_allowed", format!("{method} is not allowed on /")),
         };
+    }
+    match path {
+        "/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout" => {
+            return forward_if(method == "POST", method, path, "users", Access::Public);
+        }
+        "/.well-known/jwks.json" => return forward_if(method == "GET", method, path, "users", Access::Public),
+        "/users/me" => {
+            return forward_if(
+                matches!(method, "GET" | "PATCH"),
+                method,
+                path,
+                "users",
+                Access::Customer,
+            );
+        }
+        _ => {}
     }
     if under(path, "/products") {
         let access = match method {
@@ -66,12 +90,27 @@ mod tests {
 
     fn access(d: Decision) -> Option<Access> {
         match d {
-            Decision::Forward {
-                service: "products",
-                access,
-            } => Some(access),
+            Decision::Forward { access, .. } => Some(access),
             _ => None,
         }
+    }
+
+    #[test]
+    fn account_routes_go_to_the_users_service() {
+        for path in ["/auth/register", "/auth/login", "/auth/refresh", "/auth/logout"] {
+            assert!(matches!(
+                decide("POST", path),
+                Decision::Forward {
+                    service: "users",
+                    access: Access::Public
+                }
+            ));
+            assert_eq!(status(decide("GET", path)), 405);
+        }
+        assert_eq!(access(decide("GET", "/.well-known/jwks.json")), Some(Access::Public));
+        assert_eq!(access(decide("GET", "/users/me")), Some(Access::Customer));
+        assert_eq!(access(decide("PATCH", "/users/me")), Some(Access::Customer));
+        assert_eq!(status(decide("DELETE", "/users/me")), 405);
     }
 
     #[test]

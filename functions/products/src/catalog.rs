@@ -17,10 +17,7 @@ pub const SCHEMA: &[&str] = &[
         price_amount INTEGER NOT NULL, price_currency TEXT NOT NULL,
         created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS products_by_category ON products (category, name)",
-    "CREATE TABLE IF NOT EXISTS outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
-        topic TEXT NOT NULL, event_key TEXT NOT NULL, event_type TEXT NOT NULL,
-        payload BLOB NOT NULL, created_at TEXT NOT NULL)",
+    shop_domain::outbox::SCHEMA,
 ];
 
 const COLUMNS: &str = "id, sku, name, description, category, price_amount, price_currency, created_at, updated_at";
@@ -141,19 +138,7 @@ impl<'a, D: Sql, C: Context> Catalog<'a, D, C> {
 
     /// Writes the event for a change into the outbox (inside the caller's transaction).
     fn record(&self, event: ShopEvent) -> Result<(), SqlError> {
-        let now = self.context.now();
-        self.db.execute(
-            "INSERT INTO outbox (event_id, topic, event_key, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            &[
-                self.context.new_id().into(),
-                event.topic().into(),
-                event.key().into(),
-                event.event_type().into(),
-                SqlValue::Blob(event.to_json()),
-                now.into(),
-            ],
-        )?;
-        Ok(())
+        shop_domain::outbox::record(self.db, self.context.new_id(), self.context.now(), &event)
     }
 
     fn conflict(e: SqlError, sku: &str) -> ApiError {
@@ -270,14 +255,7 @@ pub mod tests {
     }
 
     fn outbox(db: &MemoryDb) -> Vec<ShopEvent> {
-        db.execute("SELECT event_type, payload FROM outbox ORDER BY seq", &[])
-            .unwrap()
-            .iter()
-            .map(|r| match (&r[0], &r[1]) {
-                (SqlValue::Text(t), SqlValue::Blob(p)) => ShopEvent::decode(t, p).unwrap(),
-                other => panic!("{other:?}"),
-            })
-            .collect()
+        shop_domain::outbox::read_all(db).unwrap()
     }
 
     #[test]

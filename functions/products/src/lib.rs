@@ -1,7 +1,7 @@
 //! The catalog service (SPEC §3.3), a private component behind the gateway.
 //!
 //! Plain Rust, tested natively: [`input`] (validation of what clients send),
-//! [`catalog`] (the SQL, over the small [`sql::Sql`] trait, with product events written
+//! [`catalog`] (the SQL, over the small `Sql` trait, with product events written
 //! to an outbox table in the same transaction), [`cache`] (the hot product cache) and
 //! [`service`] (HTTP semantics). The spin-sdk adapter only supplies SQLite, key-value,
 //! the clock and ids.
@@ -11,7 +11,9 @@ pub mod catalog;
 pub mod error;
 pub mod input;
 pub mod service;
-pub mod sql;
+
+/// SQL behind a small trait (shared by the services).
+pub use shop_domain::sql;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

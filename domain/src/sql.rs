@@ -1,5 +1,5 @@
-//! The few SQL operations the catalog needs, so its queries run against Spin's SQLite
-//! in the component and against rusqlite in native tests.
+//! The few SQL operations the services need, so their queries run against Spin's
+//! SQLite in the components and against rusqlite in native tests (feature `testing`).
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
@@ -98,7 +98,7 @@ pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -
 }
 
 /// rusqlite behind [`Sql`], for native tests.
-#[cfg(test)]
+#[cfg(feature = "testing")]
 pub mod testing {
     use super::*;
 

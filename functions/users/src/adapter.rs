@@ -1,0 +1,126 @@
+//! The spin-sdk side: SQLite (label `users`), variables, clock and ids.
+
+use spin_sdk::http::{Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::sqlite::{Connection, Value};
+
+use crate::keys::SigningKey;
+use crate::service::{self, Settings};
+use crate::store::Store;
+use shop_domain::sql::{Sql, SqlError, SqlValue};
+
+const DATABASE: &str = "users";
+
+struct SpinDb(Connection);
+
+impl Sql for SpinDb {
+    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+        let params: Vec<Value> = params
+            .iter()
+            .map(|p| match p {
+                SqlValue::Integer(i) => Value::Integer(*i),
+                SqlValue::Real(r) => Value::Real(*r),
+                SqlValue::Text(t) => Value::Text(t.clone()),
+                SqlValue::Blob(b) => Value::Blob(b.clone()),
+                SqlValue::Null => Value::Null,
+            })
+            .collect();
+        let result = self
+            .0
+            .execute(statement, &params)
+            .map_err(|e| SqlError::from_message(format!("{e:?}")))?;
+        Ok(result
+            .rows
+            .into_iter()
+            .map(|row| {
+                row.values
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Integer(i) => SqlValue::Integer(i),
+                        Value::Real(r) => SqlValue::Real(r),
+                        Value::Text(t) => SqlValue::Text(t),
+                        Value::Blob(b) => SqlValue::Blob(b),
+                        Value::Null => SqlValue::Null,
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+fn variable(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The configured key, else the dev key kept in the database (made on first use).
+fn signing_key(db: &SpinDb) -> Result<SigningKey, String> {
+    if let Some(pem) = variable("jwt_signing_key") {
+        return SigningKey::from_pkcs8_pem(&pem);
+    }
+    let store = Store(db);
+    store.migrate().map_err(|e| format!("{e:?}"))?;
+    let der = match store.signing_key_der().map_err(|e| format!("{e:?}"))? {
+        Some(der) => der,
+        None => {
+            let (der, _) = SigningKey::generate()?;
+            store.keep_signing_key(der).map_err(|e| format!("{e:?}"))?
+        }
+    };
+    SigningKey::from_pkcs1_der(&der)
+}
+
+fn reply(status: u16, body: Option<serde_json::Value>) -> Response {
+    let mut builder = Response::builder();
+    builder.status(status);
+    match body {
+        Some(body) => builder
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .build(),
+        None => builder.build(),
+    }
+}
+
+#[http_component]
+fn handle(req: Request) -> Response {
+    let unavailable = |message: String| {
+        reply(
+            503,
+            Some(serde_json::json!({ "error": { "code": "unavailable", "message": message } })),
+        )
+    };
+    let db = match Connection::open(DATABASE) {
+        Ok(db) => SpinDb(db),
+        Err(e) => return unavailable(format!("database: {e:?}")),
+    };
+    let key = match signing_key(&db) {
+        Ok(key) => key,
+        Err(e) => return unavailable(format!("signing key: {e}")),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let issuer = variable("jwt_issuer").unwrap_or_else(|| "http://127.0.0.1:3000".into());
+    let audience = variable("jwt_audience").unwrap_or_else(|| "shop".into());
+    let admin_email = variable("admin_email");
+    let admin_password = variable("admin_password");
+    let new_id = || uuid::Uuid::new_v4().to_string();
+    let settings = Settings {
+        issuer: &issuer,
+        audience: &audience,
+        admin: admin_email.as_deref().zip(admin_password.as_deref()),
+        now,
+        now_text: shop_domain::time::rfc3339(now),
+        new_id: &new_id,
+    };
+    let method = req.method().to_string();
+    let request = service::Request {
+        method: &method,
+        path: req.path(),
+        body: req.body(),
+        user: req.header("x-shop-user").and_then(|v| v.as_str()),
+    };
+    let response = service::handle(&request, &db, &key, &settings);
+    reply(response.status, response.body)
+}

@@ -1,0 +1,337 @@
+//! The users service's HTTP semantics, independent of spin-sdk.
+
+use serde_json::{Value, json};
+use shop_domain::sql::Sql;
+
+use crate::accounts::{self, Login, ProfileUpdate, Refusal, Registration, refuse};
+use crate::keys::{SigningKey, sha256_hex};
+use crate::store::{Store, StoreError, User};
+use crate::tokens::{ACCESS_TTL_SECS, Issuer, REFRESH_TTL_SECS, new_refresh_token};
+
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+    /// The caller the gateway verified (`x-shop-user`), if any.
+    pub user: Option<&'a str>,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: Option<Value>,
+}
+
+/// What the service needs from its surroundings.
+pub struct Settings<'a> {
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    /// Seeds an admin account on first login with exactly these credentials.
+    pub admin: Option<(&'a str, &'a str)>,
+    pub now: i64,
+    pub now_text: String,
+    pub new_id: &'a dyn Fn() -> String,
+}
+
+fn failed(e: StoreError) -> Refusal {
+    match e {
+        StoreError::EmailTaken => refuse(409, "conflict", "an account with this email already exists"),
+        StoreError::Failed(m) => refuse(503, "unavailable", format!("storage unavailable: {m}")),
+    }
+}
+
+fn ok(status: u16, body: Value) -> Result<Response, Refusal> {
+    Ok(Response {
+        status,
+        body: Some(body),
+    })
+}
+
+pub fn handle(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Settings<'_>) -> Response {
+    match route(request, db, key, settings) {
+        Ok(response) => response,
+        Err((status, code, message)) => Response {
+            status,
+            body: Some(json!({ "error": { "code": code, "message": message } })),
+        },
+    }
+}
+
+fn tokens(db: &impl Sql, key: &SigningKey, settings: &Settings<'_>, user: &User) -> Result<Response, Refusal> {
+    let issuer = Issuer {
+        key,
+        issuer: settings.issuer,
+        audience: settings.audience,
+    };
+    let access = issuer.access_token(&user.id, &user.roles, settings.now);
+    let (refresh, hash) = new_refresh_token();
+    Store(db)
+        .save_refresh(&hash, &user.id, settings.now + REFRESH_TTL_SECS)
+        .map_err(failed)?;
+    ok(
+        200,
+        json!({ "access_token": access, "refresh_token": refresh, "token_type": "Bearer", "expires_in": ACCESS_TTL_SECS }),
+    )
+}
+
+fn register_user(
+    db: &impl Sql,
+    settings: &Settings<'_>,
+    email: String,
+    password: &str,
+    name: String,
+    roles: &[&str],
+) -> Result<User, Refusal> {
+    let user = User {
+        id: (settings.new_id)(),
+        email,
+        phone: None,
+        name,
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        created_at: settings.now_text.clone(),
+        password_hash: accounts::hash_password(password),
+    };
+    Store(db).create(&user, (settings.new_id)()).map_err(failed)?;
+    Ok(user)
+}
+
+fn refresh_token_of(body: &[u8]) -> Result<String, Refusal> {
+    let value: Value = accounts::parse(body)?;
+    value["refresh_token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| refuse(400, "validation_failed", "`refresh_token` is required"))
+}
+
+fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Settings<'_>) -> Result<Response, Refusal> {
+    let store = Store(db);
+    store.migrate().map_err(failed)?;
+    let not_allowed = |allowed: &str| refuse(405, "method_not_allowed", format!("allowed: {allowed}"));
+    match (request.path.trim_end_matches('/'), request.method) {
+        ("/.well-known/jwks.json", "GET") => ok(200, key.jwks()),
+        ("/auth/register", "POST") => {
+            let input: Registration = accounts::parse(request.body)?;
+            let email = accounts::normalize_email(&input.email)?;
+            accounts::check_password(&input.password)?;
+            accounts::check_name(&input.name)?;
+            let user = register_user(
+                db,
+                settings,
+                email,
+                &input.password,
+                input.name.trim().into(),
+                &["customer"],
+            )?;
+            ok(201, json!(user))
+        }
+        ("/auth/login", "POST") => {
+            let input: Login = accounts::parse(request.body)?;
+            let email = accounts::normalize_email(&input.email)?;
+            let mut user = store.by_email(&email).map_err(failed)?;
+            if user.is_none()
+                && let Some((admin_email, admin_password)) = settings.admin
+                && admin_email.eq_ignore_ascii_case(&email)
+                && admin_password == input.password
+            {
+                let admin = register_user(
+                    db,
+                    settings,
+                    email,
+                    &input.password,
+                    "Administrator".into(),
+                    &["admin", "customer"],
+                );
+                user = Some(admin?);
+            }
+            match user {
+                Some(user) if accounts::password_matches(&input.password, &user.password_hash) => {
+                    tokens(db, key, settings, &user)
+                }
+                // The same answer for an unknown email and a wrong password.
+                _ => Err(refuse(401, "invalid_credentials", "email or password is wrong")),
+            }
+        }
+        ("/auth/refresh", "POST") => {
+            let token = refresh_token_of(request.body)?;
+            let invalid = || refuse(401, "invalid_token", "refresh token is unknown, used or expired");
+            let user_id = store
+                .take_refresh(&sha256_hex(&token), settings.now)
+                .map_err(failed)?
+                .ok_or_else(invalid)?;
+            let user = store.by_id(&user_id).map_err(failed)?.ok_or_else(invalid)?;
+            tokens(db, key, settings, &user)
+        }
+        ("/auth/logout", "POST") => {
+            let token = refresh_token_of(request.body)?;
+            store.take_refresh(&sha256_hex(&token), settings.now).map_err(failed)?;
+            Ok(Response {
+                status: 204,
+                body: None,
+            })
+        }
+        ("/users/me", method @ ("GET" | "PATCH")) => {
+            let id = request
+                .user
+                .ok_or_else(|| refuse(401, "unauthorized", "no authenticated user"))?;
+            if method == "PATCH" {
+                let update: ProfileUpdate = accounts::parse(request.body)?;
+                if let Some(name) = &update.name {
+                    accounts::check_name(name)?;
+                }
+                if let Some(phone) = &update.phone
+                    && (phone.len() > 20 || !phone.chars().all(|c| c.is_ascii_digit() || c == '+'))
+                {
+                    return Err(refuse(
+                        400,
+                        "validation_failed",
+                        "`phone` must be digits with an optional +",
+                    ));
+                }
+                store
+                    .update_profile(id, update.name.as_deref().map(str::trim), update.phone.as_deref())
+                    .map_err(failed)?;
+            }
+            let user = store
+                .by_id(id)
+                .map_err(failed)?
+                .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+            ok(200, json!(user))
+        }
+        ("/.well-known/jwks.json", _) | ("/users/me", _) => Err(not_allowed("GET")),
+        ("/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout", _) => Err(not_allowed("POST")),
+        (path, _) => Err(refuse(404, "not_found", format!("no route for {path}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+
+    use shop_domain::sql::testing::MemoryDb;
+
+    use super::*;
+
+    fn key() -> &'static SigningKey {
+        static KEY: OnceLock<SigningKey> = OnceLock::new();
+        KEY.get_or_init(|| SigningKey::generate().unwrap().1)
+    }
+
+    fn call(db: &MemoryDb, method: &str, path: &str, body: Value, user: Option<&str>) -> (u16, Value) {
+        let counter = Cell::new(0);
+        let new_id = || {
+            counter.set(counter.get() + 1);
+            format!("{}-{}", path.len(), uuid_like(counter.get()))
+        };
+        let settings = Settings {
+            issuer: "https://auth.shop",
+            audience: "shop",
+            admin: Some(("root@shop.test", "admin-password")),
+            now: 1_800_000_000,
+            now_text: "2027-01-15T08:00:00Z".into(),
+            new_id: &new_id,
+        };
+        let body = body.to_string();
+        let request = Request {
+            method,
+            path,
+            body: body.as_bytes(),
+            user,
+        };
+        let response = handle(&request, db, key(), &settings);
+        (response.status, response.body.unwrap_or(Value::Null))
+    }
+
+    fn uuid_like(n: u32) -> String {
+        format!("{:08x}{}", n, std::process::id())
+    }
+
+    #[test]
+    fn register_login_refresh_logout_and_profile() {
+        let db = MemoryDb::default();
+        let ada = json!({ "email": "Ada@Example.com", "password": "correct horse", "name": "Ada" });
+        let (status, user) = call(&db, "POST", "/auth/register", ada.clone(), None);
+        assert_eq!(status, 201, "{user}");
+        assert_eq!(
+            (user["email"].as_str(), user["roles"].clone()),
+            (Some("ada@example.com"), json!(["customer"]))
+        );
+        assert!(user.get("password_hash").is_none(), "hashes never leave the service");
+        assert_eq!(call(&db, "POST", "/auth/register", ada, None).0, 409);
+
+        let login = json!({ "email": "ada@example.com", "password": "correct horse" });
+        let (status, tokens) = call(&db, "POST", "/auth/login", login, None);
+        assert_eq!((status, tokens["token_type"].as_str()), (200, Some("Bearer")));
+        let wrong = json!({ "email": "ada@example.com", "password": "wrong horse!" });
+        assert_eq!(call(&db, "POST", "/auth/login", wrong, None).0, 401);
+        let nobody = json!({ "email": "nobody@example.com", "password": "whatever1" });
+        assert_eq!(call(&db, "POST", "/auth/login", nobody, None).0, 401);
+
+        let refresh = json!({ "refresh_token": tokens["refresh_token"] });
+        let (status, rotated) = call(&db, "POST", "/auth/refresh", refresh.clone(), None);
+        assert_eq!(status, 200);
+        assert_ne!(rotated["refresh_token"], tokens["refresh_token"], "rotated");
+        assert_eq!(call(&db, "POST", "/auth/refresh", refresh, None).0, 401, "single use");
+        let rotated_refresh = json!({ "refresh_token": rotated["refresh_token"] });
+        assert_eq!(call(&db, "POST", "/auth/logout", rotated_refresh.clone(), None).0, 204);
+        assert_eq!(
+            call(&db, "POST", "/auth/refresh", rotated_refresh, None).0,
+            401,
+            "revoked"
+        );
+
+        let id = user["id"].as_str().unwrap();
+        assert_eq!(call(&db, "GET", "/users/me", Value::Null, None).0, 401);
+        let (status, me) = call(
+            &db,
+            "PATCH",
+            "/users/me",
+            json!({ "name": "Ada L.", "phone": "+4412345" }),
+            Some(id),
+        );
+        assert_eq!(
+            (status, me["name"].as_str(), me["phone"].as_str()),
+            (200, Some("Ada L."), Some("+4412345"))
+        );
+        assert_eq!(
+            call(&db, "PATCH", "/users/me", json!({ "role": "admin" }), Some(id)).0,
+            400
+        );
+
+        let events = shop_domain::outbox::read_all(&db).unwrap();
+        assert!(matches!(&events[..], [shop_domain::ShopEvent::UserRegistered(e)] if e.user_id == id));
+    }
+
+    #[test]
+    fn the_admin_is_seeded_on_first_login_and_jwks_is_public() {
+        let db = MemoryDb::default();
+        let wrong = json!({ "email": "root@shop.test", "password": "guess-guess" });
+        assert_eq!(
+            call(&db, "POST", "/auth/login", wrong, None).0,
+            401,
+            "only with the configured password"
+        );
+        let login = json!({ "email": "root@shop.test", "password": "admin-password" });
+        assert_eq!(call(&db, "POST", "/auth/login", login.clone(), None).0, 200);
+        assert_eq!(
+            call(&db, "POST", "/auth/login", login, None).0,
+            200,
+            "seeded once, then a normal login"
+        );
+        let (status, jwks) = call(&db, "GET", "/.well-known/jwks.json", Value::Null, None);
+        assert_eq!(
+            (status, jwks["keys"][0]["kid"].as_str()),
+            (200, Some(key().kid.as_str()))
+        );
+        for (method, path, status) in [("GET", "/auth/login", 405), ("GET", "/nope", 404)] {
+            assert_eq!(call(&db, method, path, Value::Null, None).0, status, "{method} {path}");
+        }
+        let bad = call(
+            &db,
+            "POST",
+            "/auth/register",
+            json!({ "email": "x", "password": "p", "name": "n" }),
+            None,
+        );
+        assert_eq!(bad.0, 400);
+    }
+}

@@ -1,0 +1,164 @@
+//! Accounts end to end through the gateway: the users service issues RS256 tokens,
+//! the gateway verifies them against its JWKS (over local service chaining), and roles
+//! decide what each caller may do.
+
+use serde_json::{Value, json};
+use shop_tests::*;
+
+const ADMIN_EMAIL: &str = "admin@shop.test";
+const ADMIN_PASSWORD: &str = "change-me-now";
+
+fn app(dir: &TempDir) -> std::path::PathBuf {
+    std::fs::write(
+        dir.path().join("runtime-config.toml"),
+        "[sqlite_database.products]\ntype = \"spin\"\n[sqlite_database.users]\ntype = \"spin\"\n",
+    )
+    .unwrap();
+    dir.manifest(&format!(
+        "[variables]\nadmin_email = {{ default = \"\" }}\nadmin_password = {{ default = \"\", secret = true }}\n{}{}{}{}{}{}",
+        http_trigger("/...", "gateway"),
+        private_trigger("products"),
+        private_trigger("users"),
+        component(
+            "gateway",
+            "gateway",
+            "allowed_outbound_hosts = [\"http://products.spin.internal\", \"http://users.spin.internal\"]\n\
+             key_value_stores = [\"default\"]\n[component.gateway.variables]\njwt_issuer = \"https://shop.test\"\n\
+             jwks_url = \"http://users.spin.internal/.well-known/jwks.json\"",
+        ),
+        component("products", "products", "sqlite_databases = [\"products\"]\nkey_value_stores = [\"default\"]"),
+        component(
+            "users",
+            "users",
+            "sqlite_databases = [\"users\"]\n[component.users.variables]\njwt_issuer = \"https://shop.test\"\n\
+             admin_email = \"{{ admin_email }}\"\nadmin_password = \"{{ admin_password }}\"",
+        ),
+    ))
+}
+
+struct Client<'a> {
+    shop: &'a Shop,
+}
+
+impl Client<'_> {
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut request = client().request(method.parse().unwrap(), format!("{}{path}", self.shop.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
+    fn login(&self, email: &str, password: &str) -> Value {
+        let (status, tokens) = self.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({ "email": email, "password": password })),
+        );
+        assert_eq!(status, 200, "login {email}: {tokens}");
+        tokens
+    }
+}
+
+#[test]
+fn register_login_roles_profile_and_token_rotation_through_the_gateway() {
+    let dir = TempDir::new("accounts");
+    let shop = Shop::start_with(
+        &app(&dir),
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec![],
+            env: vec![
+                ("SPIN_VARIABLE_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+                ("SPIN_VARIABLE_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+            ],
+        },
+    );
+    let c = Client { shop: &shop };
+
+    // The seeded admin manages the catalog.
+    let admin = c.login(ADMIN_EMAIL, ADMIN_PASSWORD);
+    let admin_token = admin["access_token"].as_str().unwrap();
+    let mug = json!({ "sku": "MUG-1", "name": "Blue mug", "description": "Stoneware", "category": "kitchen",
+                      "price": { "amount": 1299, "currency": "EUR" } });
+    let (status, product) = c.call("POST", "/products", Some(admin_token), Some(mug.clone()));
+    assert_eq!(status, 201, "{product}");
+
+    // A customer registers, logs in, reads the catalog, edits their profile.
+    let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+    let (status, registered) = c.call("POST", "/auth/register", None, Some(ada.clone()));
+    assert_eq!(
+        (status, registered["roles"].clone()),
+        (201, json!(["customer"])),
+        "{registered}"
+    );
+    assert_eq!(c.call("POST", "/auth/register", None, Some(ada)).0, 409);
+    let tokens = c.login("ada@example.com", "correct horse");
+    let token = tokens["access_token"].as_str().unwrap();
+    let (status, jwks) = c.call("GET", "/.well-known/jwks.json", None, None);
+    assert_eq!((status, jwks["keys"][0]["alg"].as_str()), (200, Some("RS256")));
+    let (status, page) = c.call("GET", "/products?q=mug", Some(token), None);
+    assert_eq!((status, page["total"].as_i64()), (200, Some(1)));
+    let (status, me) = c.call("GET", "/users/me", Some(token), None);
+    assert_eq!((status, me["email"].as_str()), (200, Some("ada@example.com")));
+    let (status, me) = c.call(
+        "PATCH",
+        "/users/me",
+        Some(token),
+        Some(json!({ "name": "Ada Lovelace" })),
+    );
+    assert_eq!((status, me["name"].as_str()), (200, Some("Ada Lovelace")));
+
+    // Roles and tokens are enforced.
+    assert_eq!(c.call("POST", "/products", Some(token), Some(mug.clone())).0, 403);
+    assert_eq!(c.call("GET", "/users/me", None, None).0, 401);
+    let (status, _) = c.call(
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({ "email": "ada@example.com", "password": "nope-nope" })),
+    );
+    assert_eq!(status, 401);
+
+    // Refresh tokens rotate and are single-use; logout revokes.
+    let refresh = json!({ "refresh_token": tokens["refresh_token"] });
+    let (status, rotated) = c.call("POST", "/auth/refresh", None, Some(refresh.clone()));
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(c.call("POST", "/auth/refresh", None, Some(refresh)).0, 401);
+    let new_token = rotated["access_token"].as_str().unwrap();
+    assert_eq!(c.call("GET", "/users/me", Some(new_token), None).0, 200);
+    let rotated_refresh = json!({ "refresh_token": rotated["refresh_token"] });
+    assert_eq!(
+        c.call("POST", "/auth/logout", None, Some(rotated_refresh.clone())).0,
+        204
+    );
+    assert_eq!(c.call("POST", "/auth/refresh", None, Some(rotated_refresh)).0, 401);
+
+    // Malformed input: 4xx with a JSON error, never a 500.
+    for (body, expected) in [
+        (
+            json!({ "email": "not-an-email", "password": "long enough", "name": "X" }),
+            400,
+        ),
+        (
+            json!({ "email": "b@example.com", "password": "short", "name": "X" }),
+            400,
+        ),
+        (
+            json!({ "email": "b@example.com", "password": "long enough", "name": "X", "roles": ["admin"] }),
+            400,
+        ),
+    ] {
+        let (status, error) = c.call("POST", "/auth/register", None, Some(body));
+        assert_eq!(status, expected, "{error}");
+        assert!(error["error"]["code"].is_string());
+    }
+}
