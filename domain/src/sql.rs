@@ -149,3 +149,56 @@ pub mod testing {
         }
     }
 }
+
+/// Spin's SQLite behind [`Sql`], for the components.
+#[cfg(feature = "spin")]
+pub mod spin {
+    use spin_sdk::sqlite::{Connection, Value};
+
+    use super::*;
+
+    pub struct SpinSqlite(pub Connection);
+
+    impl SpinSqlite {
+        pub fn open(label: &str) -> Result<Self, String> {
+            Connection::open(label)
+                .map(Self)
+                .map_err(|e| format!("database `{label}`: {e:?}"))
+        }
+    }
+
+    impl Sql for SpinSqlite {
+        fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+            let params: Vec<Value> = params
+                .iter()
+                .map(|p| match p {
+                    SqlValue::Integer(i) => Value::Integer(*i),
+                    SqlValue::Real(r) => Value::Real(*r),
+                    SqlValue::Text(t) => Value::Text(t.clone()),
+                    SqlValue::Blob(b) => Value::Blob(b.clone()),
+                    SqlValue::Null => Value::Null,
+                })
+                .collect();
+            let result = self
+                .0
+                .execute(statement, &params)
+                .map_err(|e| SqlError::from_message(format!("{e:?}")))?;
+            Ok(result
+                .rows
+                .into_iter()
+                .map(|row| {
+                    row.values
+                        .into_iter()
+                        .map(|v| match v {
+                            Value::Integer(i) => SqlValue::Integer(i),
+                            Value::Real(r) => SqlValue::Real(r),
+                            Value::Text(t) => SqlValue::Text(t),
+                            Value::Blob(b) => SqlValue::Blob(b),
+                            Value::Null => SqlValue::Null,
+                        })
+                        .collect()
+                })
+                .collect())
+        }
+    }
+}

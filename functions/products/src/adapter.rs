@@ -1,55 +1,17 @@
 //! The spin-sdk side: SQLite (label `products`), key-value (`default`), the clock and
 //! ids, handed to [`crate::service`].
 
+use shop_domain::sql::spin::SpinSqlite;
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::key_value::Store;
-use spin_sdk::sqlite::{Connection, Value};
 
 use crate::cache::KeyValue;
 use crate::catalog::Context;
 use crate::error::ApiError;
 use crate::service::{self, Services};
-use crate::sql::{Sql, SqlError, SqlValue};
 
 const DATABASE: &str = "products";
-
-struct SpinDb(Connection);
-
-impl Sql for SpinDb {
-    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
-        let params: Vec<Value> = params
-            .iter()
-            .map(|p| match p {
-                SqlValue::Integer(i) => Value::Integer(*i),
-                SqlValue::Real(r) => Value::Real(*r),
-                SqlValue::Text(t) => Value::Text(t.clone()),
-                SqlValue::Blob(b) => Value::Blob(b.clone()),
-                SqlValue::Null => Value::Null,
-            })
-            .collect();
-        let result = self
-            .0
-            .execute(statement, &params)
-            .map_err(|e| SqlError::from_message(format!("{e:?}")))?;
-        Ok(result
-            .rows
-            .into_iter()
-            .map(|row| {
-                row.values
-                    .into_iter()
-                    .map(|v| match v {
-                        Value::Integer(i) => SqlValue::Integer(i),
-                        Value::Real(r) => SqlValue::Real(r),
-                        Value::Text(t) => SqlValue::Text(t),
-                        Value::Blob(b) => SqlValue::Blob(b),
-                        Value::Null => SqlValue::Null,
-                    })
-                    .collect()
-            })
-            .collect())
-    }
-}
 
 /// The cache is optional: without a store every read is a miss.
 struct SpinKv(Option<Store>);
@@ -99,10 +61,10 @@ fn reply(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> Response
 
 #[http_component]
 fn handle(req: Request) -> Response {
-    let db = match Connection::open(DATABASE) {
-        Ok(db) => SpinDb(db),
+    let db = match SpinSqlite::open(DATABASE) {
+        Ok(db) => db,
         Err(e) => {
-            let error = ApiError::unavailable(format!("{e:?}"));
+            let error = ApiError::unavailable(e);
             return reply(
                 error.status,
                 vec![("content-type".into(), "application/json".into())],

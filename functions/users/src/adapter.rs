@@ -1,59 +1,21 @@
 //! The spin-sdk side: SQLite (label `users`), variables, clock and ids.
 
+use shop_domain::sql::spin::SpinSqlite;
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
-use spin_sdk::sqlite::{Connection, Value};
 
 use crate::keys::SigningKey;
 use crate::service::{self, Settings};
 use crate::store::Store;
-use shop_domain::sql::{Sql, SqlError, SqlValue};
 
 const DATABASE: &str = "users";
-
-struct SpinDb(Connection);
-
-impl Sql for SpinDb {
-    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
-        let params: Vec<Value> = params
-            .iter()
-            .map(|p| match p {
-                SqlValue::Integer(i) => Value::Integer(*i),
-                SqlValue::Real(r) => Value::Real(*r),
-                SqlValue::Text(t) => Value::Text(t.clone()),
-                SqlValue::Blob(b) => Value::Blob(b.clone()),
-                SqlValue::Null => Value::Null,
-            })
-            .collect();
-        let result = self
-            .0
-            .execute(statement, &params)
-            .map_err(|e| SqlError::from_message(format!("{e:?}")))?;
-        Ok(result
-            .rows
-            .into_iter()
-            .map(|row| {
-                row.values
-                    .into_iter()
-                    .map(|v| match v {
-                        Value::Integer(i) => SqlValue::Integer(i),
-                        Value::Real(r) => SqlValue::Real(r),
-                        Value::Text(t) => SqlValue::Text(t),
-                        Value::Blob(b) => SqlValue::Blob(b),
-                        Value::Null => SqlValue::Null,
-                    })
-                    .collect()
-            })
-            .collect())
-    }
-}
 
 fn variable(name: &str) -> Option<String> {
     spin_sdk::variables::get(name).ok().filter(|v| !v.is_empty())
 }
 
 /// The configured key, else the dev key kept in the database (made on first use).
-fn signing_key(db: &SpinDb) -> Result<SigningKey, String> {
+fn signing_key(db: &SpinSqlite) -> Result<SigningKey, String> {
     if let Some(pem) = variable("jwt_signing_key") {
         return SigningKey::from_pkcs8_pem(&pem);
     }
@@ -89,9 +51,9 @@ fn handle(req: Request) -> Response {
             Some(serde_json::json!({ "error": { "code": "unavailable", "message": message } })),
         )
     };
-    let db = match Connection::open(DATABASE) {
-        Ok(db) => SpinDb(db),
-        Err(e) => return unavailable(format!("database: {e:?}")),
+    let db = match SpinSqlite::open(DATABASE) {
+        Ok(db) => db,
+        Err(e) => return unavailable(e),
     };
     let key = match signing_key(&db) {
         Ok(key) => key,
