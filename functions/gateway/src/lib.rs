@@ -2,11 +2,14 @@
 //!
 //! It answers the service index and JSON errors, verifies bearer tokens against the
 //! issuer's JWKS (variables `jwt_issuer`, `jwt_audience`, `jwks_url`), enforces each
-//! route's role, and forwards to the private services over local service chaining.
-//! Rate limiting and CORS are not built yet.
+//! route's role, limits request rates per client address and per user (token buckets
+//! in key-value), answers CORS for configured origins, caps request bodies, and
+//! forwards to the private services over local service chaining.
 
 pub mod auth;
+pub mod cors;
 pub mod keys;
+pub mod limits;
 pub mod routes;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -18,8 +21,12 @@ mod adapter {
     use spin_sdk::http_component;
     use spin_sdk::key_value::Store;
 
+    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+
     use crate::auth::{Principal, Refusal, TokenRules, authorize};
+    use crate::cors;
     use crate::keys::{self, CACHE_KEY, Cached};
+    use crate::limits::{self, Bucket, Rate, Take};
     use crate::routes::{Decision, decide};
 
     /// Response headers of a service worth passing on.
@@ -137,8 +144,97 @@ mod adapter {
         reply.body(response.into_body()).build()
     }
 
+    fn number(name: &str, default: f64) -> f64 {
+        variable(name, "")
+            .parse()
+            .ok()
+            .filter(|n: &f64| *n > 0.0)
+            .unwrap_or(default)
+    }
+
+    /// Takes a token from `key`'s bucket; `Some(seconds)` when the caller must wait.
+    /// Key-value trouble lets the request through: limiting is protection, not a gate
+    /// that should take the shop down with the store.
+    fn rate_limited(key: &str) -> Option<u64> {
+        let rate = Rate {
+            capacity: number("rate_limit_burst", 100.0),
+            per_second: number("rate_limit_per_minute", 600.0) / 60.0,
+        };
+        let bucket = store::open("default").ok()?;
+        for _ in 0..5 {
+            let cas = atomics::Cas::new(&bucket, key).ok()?;
+            let current = cas
+                .current()
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<Bucket>(&b).ok());
+            let (outcome, next) = match limits::take(current, rate, now_ms()) {
+                Take::Allowed(next) => (None, next),
+                Take::Limited {
+                    retry_after_secs,
+                    bucket,
+                } => (Some(retry_after_secs), bucket),
+            };
+            match atomics::swap(cas, &serde_json::to_vec(&next).unwrap_or_default()) {
+                Ok(()) => return outcome,
+                Err(atomics::CasError::CasFailed(_)) => continue,
+                Err(atomics::CasError::StoreError(_)) => return None,
+            }
+        }
+        None
+    }
+
+    fn too_many(retry_after: u64) -> Response {
+        let mut response = error(
+            429,
+            "rate_limited",
+            &format!("too many requests; retry in {retry_after} s"),
+        );
+        response.set_header("retry-after", retry_after.to_string());
+        response
+    }
+
     #[http_component]
     async fn handle(req: Request) -> Response {
+        let origins = cors::origins(&variable("cors_origins", ""));
+        let origin = req.header("origin").and_then(|v| v.as_str()).map(str::to_string);
+        if *req.method() == Method::Options && req.header("access-control-request-method").is_some() {
+            let (status, headers) = cors::preflight(origin.as_deref(), &origins);
+            let mut response = if status == 204 {
+                Response::builder().status(204).build()
+            } else {
+                error(403, "forbidden", "origin not allowed")
+            };
+            for (name, value) in headers {
+                response.set_header(name, value);
+            }
+            return response;
+        }
+        let mut response = route(&req).await;
+        for (name, value) in cors::response_headers(origin.as_deref(), &origins) {
+            response.set_header(name, value);
+        }
+        response
+    }
+
+    async fn route(req: &Request) -> Response {
+        // `spin-client-addr` is set by the host from the connection, not by the client.
+        let client = req
+            .header("spin-client-addr")
+            .and_then(|v| v.as_str())
+            .and_then(|a| a.rsplit_once(':').map(|(ip, _)| ip.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        if let Some(wait) = rate_limited(&format!("ratelimit:client:{client}")) {
+            return too_many(wait);
+        }
+        let max_body = number("max_body_bytes", 1_048_576.0) as usize;
+        if req.body().len() > max_body {
+            return error(
+                413,
+                "payload_too_large",
+                &format!("request bodies are limited to {max_body} bytes"),
+            );
+        }
         let (service, access) = match decide(&req.method().to_string(), req.path()) {
             Decision::Reply(reply) => return json(reply.status, &reply.body),
             Decision::Forward { service, access } => (service, access),
@@ -154,7 +250,14 @@ mod adapter {
             (_, Some(token)) => signing_keys(crate::auth::key_id(token)).await,
         };
         match authorize(access, authorization, move |_| keys, &rules) {
-            Ok(caller) => forward(service, &req, caller).await,
+            Ok(caller) => {
+                if let Some(caller) = &caller
+                    && let Some(wait) = rate_limited(&format!("ratelimit:user:{}", caller.subject))
+                {
+                    return too_many(wait);
+                }
+                forward(service, req, caller).await
+            }
             Err(Refusal::Unauthenticated(why)) => {
                 let mut response = error(401, "unauthorized", &why);
                 response.set_header("www-authenticate", "Bearer");

@@ -1,0 +1,111 @@
+//! The gateway's edge duties through the real host: rate limiting shared in key-value
+//! (429 + Retry-After, then recovery), CORS for configured origins only, and the
+//! request body limit.
+
+use std::time::{Duration, Instant};
+
+use shop_tests::*;
+
+fn app(dir: &TempDir, variables: &str) -> std::path::PathBuf {
+    std::fs::write(
+        dir.path().join("runtime-config.toml"),
+        "[sqlite_database.products]\ntype = \"spin\"\n",
+    )
+    .unwrap();
+    dir.manifest(&format!(
+        "{}{}{}{}",
+        http_trigger("/...", "gateway"),
+        private_trigger("products"),
+        component(
+            "gateway",
+            "gateway",
+            &format!(
+                "allowed_outbound_hosts = [\"http://products.spin.internal\"]\nkey_value_stores = [\"default\"]\n\
+                 [component.gateway.variables]\n{variables}"
+            ),
+        ),
+        component(
+            "products",
+            "products",
+            "sqlite_databases = [\"products\"]\nkey_value_stores = [\"default\"]"
+        ),
+    ))
+}
+
+#[test]
+fn requests_beyond_the_rate_get_429_with_retry_after_then_recover() {
+    let dir = TempDir::new("gateway-rate");
+    let shop = Shop::start(
+        &app(&dir, "rate_limit_burst = \"5\"\nrate_limit_per_minute = \"60\""),
+        &dir.path().join("data"),
+    );
+    let get = || client().get(format!("{}/products", shop.base)).send().unwrap();
+    let statuses: Vec<u16> = (0..5).map(|_| get().status().as_u16()).collect();
+    assert_eq!(statuses, [200; 5], "the burst is allowed");
+    let limited = get();
+    assert_eq!(limited.status().as_u16(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "one token per second: {retry_after}");
+    let body: serde_json::Value = limited.json().unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+
+    // After Retry-After, a token is back.
+    let deadline = Instant::now() + Duration::from_secs(retry_after);
+    std::thread::sleep(deadline - Instant::now() + Duration::from_millis(100));
+    assert_eq!(get().status().as_u16(), 200, "recovers");
+}
+
+#[test]
+fn cors_answers_configured_origins_only_and_bodies_are_capped() {
+    let dir = TempDir::new("gateway-cors");
+    let shop = Shop::start(
+        &app(
+            &dir,
+            "cors_origins = \"https://shop.example\"\nmax_body_bytes = \"1024\"",
+        ),
+        &dir.path().join("data"),
+    );
+    let preflight = |origin: &str| {
+        client()
+            .request(reqwest::Method::OPTIONS, format!("{}/products", shop.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+            .unwrap()
+    };
+    let allowed = preflight("https://shop.example");
+    assert_eq!(allowed.status().as_u16(), 204);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://shop.example");
+    assert!(
+        allowed.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    let denied = preflight("https://evil.example");
+    assert_eq!(denied.status().as_u16(), 403);
+    assert!(denied.headers().get("access-control-allow-origin").is_none());
+
+    let get = client()
+        .get(format!("{}/products", shop.base))
+        .header("origin", "https://shop.example")
+        .send()
+        .unwrap();
+    assert_eq!(get.headers()["access-control-allow-origin"], "https://shop.example");
+    let other = client()
+        .get(format!("{}/products", shop.base))
+        .header("origin", "https://evil.example")
+        .send()
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let oversized = client()
+        .post(format!("{}/products", shop.base))
+        .header("content-type", "application/json")
+        .body("x".repeat(2048))
+        .send()
+        .unwrap();
+    assert_eq!(oversized.status().as_u16(), 413);
+    let body: serde_json::Value = oversized.json().unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+}
