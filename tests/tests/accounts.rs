@@ -15,14 +15,20 @@ fn app(dir: &TempDir) -> std::path::PathBuf {
     )
     .unwrap();
     dir.manifest(&format!(
-        "[variables]\nadmin_email = {{ default = \"\" }}\nadmin_password = {{ default = \"\", secret = true }}\n{}{}{}{}{}{}",
+        "[variables]\nadmin_email = {{ default = \"\" }}\nadmin_password = {{ default = \"\", secret = true }}\n{}{}{}{}{}{}{}{}",
         http_trigger("/...", "gateway"),
         private_trigger("products"),
         private_trigger("users"),
+        private_trigger("cart"),
+        component(
+            "cart",
+            "cart",
+            "key_value_stores = [\"default\"]\nallowed_outbound_hosts = [\"http://products.spin.internal\"]",
+        ),
         component(
             "gateway",
             "gateway",
-            "allowed_outbound_hosts = [\"http://products.spin.internal\", \"http://users.spin.internal\"]\n\
+            "allowed_outbound_hosts = [\"http://products.spin.internal\", \"http://users.spin.internal\", \"http://cart.spin.internal\"]\n\
              key_value_stores = [\"default\"]\n[component.gateway.variables]\njwt_issuer = \"https://shop.test\"\n\
              jwks_url = \"http://users.spin.internal/.well-known/jwks.json\"",
         ),
@@ -116,6 +122,52 @@ fn register_login_roles_profile_and_token_rotation_through_the_gateway() {
         Some(json!({ "name": "Ada Lovelace" })),
     );
     assert_eq!((status, me["name"].as_str()), (200, Some("Ada Lovelace")));
+
+    // The cart, priced with current catalog prices.
+    let product_id = product["id"].as_str().unwrap();
+    let (status, cart) = c.call(
+        "POST",
+        "/cart/items",
+        Some(token),
+        Some(json!({ "product_id": product_id, "quantity": 2 })),
+    );
+    assert_eq!((status, cart["total"]["amount"].as_i64()), (200, Some(2598)), "{cart}");
+    let (status, cart) = c.call(
+        "PATCH",
+        &format!("/cart/items/{product_id}"),
+        Some(token),
+        Some(json!({ "quantity": 3 })),
+    );
+    assert_eq!((status, cart["lines"][0]["quantity"].as_u64()), (200, Some(3)));
+    let mut cheaper = mug.clone();
+    cheaper["price"]["amount"] = json!(1000);
+    assert_eq!(
+        c.call(
+            "PUT",
+            &format!("/products/{product_id}"),
+            Some(admin_token),
+            Some(cheaper)
+        )
+        .0,
+        200
+    );
+    let (_, cart) = c.call("GET", "/cart", Some(token), None);
+    assert_eq!(
+        cart["total"],
+        json!({ "amount": 3000, "currency": "EUR" }),
+        "the new price shows at once"
+    );
+    let (status, _) = c.call(
+        "POST",
+        "/cart/items",
+        Some(token),
+        Some(json!({ "product_id": "ghost", "quantity": 1 })),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(c.call("GET", "/cart", None, None).0, 401);
+    let (status, cart) = c.call("DELETE", &format!("/cart/items/{product_id}"), Some(token), None);
+    assert_eq!((status, cart["lines"].as_array().map(Vec::len)), (200, Some(0)));
+    assert_eq!(c.call("DELETE", "/cart", Some(token), None).0, 200);
 
     // Roles and tokens are enforced.
     assert_eq!(c.call("POST", "/products", Some(token), Some(mug.clone())).0, 403);

@@ -63,6 +63,12 @@ pub fn decide(method: &str, path: &str) -> Decision {
         }
         _ => {}
     }
+    if under(path, "/cart") {
+        return Decision::Forward {
+            service: "cart",
+            access: Access::Customer,
+        };
+    }
     if under(path, "/products") {
         let access = match method {
             "GET" => Access::Public,
@@ -111,6 +117,13 @@ mod tests {
         assert_eq!(access(decide("GET", "/users/me")), Some(Access::Customer));
         assert_eq!(access(decide("PATCH", "/users/me")), Some(Access::Customer));
         assert_eq!(status(decide("DELETE", "/users/me")), 405);
+        assert!(matches!(
+            decide("POST", "/cart/items"),
+            Decision::Forward {
+                service: "cart",
+                access: Access::Customer
+            }
+        ));
     }
 
     #[test]
