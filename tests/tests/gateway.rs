@@ -99,6 +99,15 @@ fn cors_answers_configured_origins_only_and_bodies_are_capped() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 
+    let openapi: serde_json::Value = client()
+        .get(format!("{}/openapi.json", shop.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(openapi["openapi"], "3.1.0");
+    assert!(openapi["paths"]["/products/{id}"]["put"]["security"].is_array());
+
     let oversized = client()
         .post(format!("{}/products", shop.base))
         .header("content-type", "application/json")

@@ -37,7 +37,19 @@ fn forward_if(allowed: bool, method: &str, path: &str, service: &'static str, ac
     }
 }
 
+/// The OpenAPI document of everything routed here (kept in sync by a test below).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
 pub fn decide(method: &str, path: &str) -> Decision {
+    if path == "/openapi.json" {
+        return match method {
+            "GET" => Decision::Reply(Reply {
+                status: 200,
+                body: serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON"),
+            }),
+            _ => error(405, "method_not_allowed", format!("{method} is not allowed on {path}")),
+        };
+    }
     if path == "/" {
         return match method {
             "GET" => Decision::Reply(Reply {
@@ -64,16 +76,24 @@ pub fn decide(method: &str, path: &str) -> Decision {
         _ => {}
     }
     if under(path, "/cart") {
-        return Decision::Forward {
-            service: "cart",
-            access: Access::Customer,
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let allowed = match segments.as_slice() {
+            ["cart"] => matches!(method, "GET" | "DELETE"),
+            ["cart", "items"] => method == "POST",
+            ["cart", "items", _] => matches!(method, "PATCH" | "DELETE"),
+            _ => return error(404, "not_found", format!("no route for {method} {path}")),
         };
+        return forward_if(allowed, method, path, "cart", Access::Customer);
     }
     if under(path, "/products") {
-        let access = match method {
-            "GET" => Access::Public,
-            "POST" | "PUT" | "DELETE" => Access::Admin,
-            _ => return error(405, "method_not_allowed", format!("{method} is not allowed on {path}")),
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let access = match (segments.as_slice(), method) {
+            (["products"] | ["products", _], "GET") => Access::Public,
+            (["products"], "POST") | (["products", _], "PUT" | "DELETE") => Access::Admin,
+            (["products"] | ["products", _], _) => {
+                return error(405, "method_not_allowed", format!("{method} is not allowed on {path}"));
+            }
+            _ => return error(404, "not_found", format!("no route for {method} {path}")),
         };
         return Decision::Forward {
             service: "products",
@@ -98,6 +118,42 @@ mod tests {
         match d {
             Decision::Forward { access, .. } => Some(access),
             _ => None,
+        }
+    }
+
+    fn accepted(method: &str, path: &str) -> bool {
+        !matches!(decide(method, path), Decision::Reply(r) if r.status == 404 || r.status == 405)
+    }
+
+    /// The document and the router agree both ways: every documented operation is
+    /// routed, and every route found on a grid of methods × paths is documented.
+    #[test]
+    fn the_openapi_document_matches_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented = std::collections::BTreeSet::new();
+        for (template, operations) in doc["paths"].as_object().unwrap() {
+            let path = template.replace("{id}", "x-1").replace("{product_id}", "x-1");
+            for method in operations.as_object().unwrap().keys() {
+                let method = method.to_uppercase();
+                assert!(
+                    accepted(&method, &path),
+                    "documented but not routed: {method} {template}"
+                );
+                documented.insert((method, path.clone()));
+            }
+        }
+        let mut paths: Vec<String> = documented.iter().map(|(_, p)| p.clone()).collect();
+        paths.extend(["/x", "/products/x-1/y", "/cart/other", "/auth", "/users"].map(String::from));
+        for path in &paths {
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+                if accepted(method, path) {
+                    assert!(
+                        documented.contains(&(method.to_string(), path.clone())),
+                        "routed but not documented: {method} {path}"
+                    );
+                }
+            }
         }
     }
 
@@ -146,9 +202,12 @@ mod tests {
         assert_eq!(access(decide("GET", "/products")), Some(Access::Public));
         assert_eq!(access(decide("GET", "/products/p-1")), Some(Access::Public));
         assert_eq!(status(decide("GET", "/productsx")), 404);
-        for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(access(decide("POST", "/products")), Some(Access::Admin));
+        for method in ["PUT", "DELETE"] {
             assert_eq!(access(decide(method, "/products/p-1")), Some(Access::Admin), "{method}");
         }
         assert_eq!(status(decide("PATCH", "/products")), 405);
+        assert_eq!(status(decide("POST", "/products/p-1")), 405);
+        assert_eq!(status(decide("GET", "/products/p-1/more")), 404);
     }
 }
