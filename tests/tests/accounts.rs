@@ -8,10 +8,11 @@ use shop_tests::*;
 const ADMIN_EMAIL: &str = "admin@shop.test";
 const ADMIN_PASSWORD: &str = "change-me-now";
 
-fn app(dir: &TempDir) -> std::path::PathBuf {
+/// The app; `key_value` is extra runtime config (e.g. Redis for the `default` store).
+fn app(dir: &TempDir, key_value: &str) -> std::path::PathBuf {
     std::fs::write(
         dir.path().join("runtime-config.toml"),
-        "[sqlite_database.products]\ntype = \"spin\"\n[sqlite_database.users]\ntype = \"spin\"\n",
+        format!("[sqlite_database.products]\ntype = \"spin\"\n[sqlite_database.users]\ntype = \"spin\"\n{key_value}"),
     )
     .unwrap();
     dir.manifest(&format!(
@@ -75,10 +76,40 @@ impl Client<'_> {
 }
 
 #[test]
-fn register_login_roles_profile_and_token_rotation_through_the_gateway() {
-    let dir = TempDir::new("accounts");
+fn the_shop_flow_on_embedded_defaults() {
+    shop_flow("", "accounts");
+}
+
+/// Carts, the JWKS cache and rate-limit buckets in Redis (database 9, flushed first).
+#[test]
+fn the_shop_flow_with_key_value_on_redis() {
+    let mut redis = std::net::TcpStream::connect("127.0.0.1:6379")
+        .unwrap_or_else(|e| panic!("Redis must run on 127.0.0.1:6379 for this test: {e}"));
+    use std::io::{Read, Write};
+    redis
+        .write_all(b"*2\r\n$6\r\nSELECT\r\n$1\r\n9\r\n*1\r\n$7\r\nFLUSHDB\r\n")
+        .unwrap();
+    let mut reply = [0u8; 64];
+    let _ = redis.read(&mut reply);
+    shop_flow(
+        "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/9\"\n",
+        "accounts-redis",
+    );
+    let mut redis = std::net::TcpStream::connect("127.0.0.1:6379").unwrap();
+    redis
+        .write_all(b"*2\r\n$6\r\nSELECT\r\n$1\r\n9\r\n*2\r\n$4\r\nKEYS\r\n$6\r\ncart:*\r\n")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut reply = vec![0u8; 4096];
+    let n = redis.read(&mut reply).unwrap();
+    let text = String::from_utf8_lossy(&reply[..n]);
+    assert!(text.contains("cart:"), "the cart lives in Redis: {text}");
+}
+
+fn shop_flow(key_value: &str, label: &str) {
+    let dir = TempDir::new(label);
     let shop = Shop::start_with(
-        &app(&dir),
+        &app(&dir, key_value),
         ShopOptions {
             data_dir: &dir.path().join("data"),
             args: vec![],
