@@ -37,7 +37,7 @@ fn app(dir: &TempDir, key_value: &str) -> std::path::PathBuf {
         component(
             "users",
             "users",
-            "sqlite_databases = [\"users\"]\n[component.users.variables]\njwt_issuer = \"https://shop.test\"\n\
+            "sqlite_databases = [\"users\"]\nkey_value_stores = [\"default\"]\n[component.users.variables]\njwt_issuer = \"https://shop.test\"\n\
              admin_email = \"{{ admin_email }}\"\nadmin_password = \"{{ admin_password }}\"",
         ),
     ))
@@ -224,6 +224,56 @@ fn shop_flow(key_value: &str, label: &str) {
         204
     );
     assert_eq!(c.call("POST", "/auth/refresh", None, Some(rotated_refresh)).0, 401);
+
+    // OTP login: the code travels in the user.otp_requested event (read here from the
+    // users service's outbox, as the notifications service would receive it).
+    let (status, _) = c.call(
+        "POST",
+        "/auth/otp/request",
+        None,
+        Some(json!({ "email": "ada@example.com" })),
+    );
+    assert_eq!(status, 202);
+    assert_eq!(
+        c.call(
+            "POST",
+            "/auth/otp/request",
+            None,
+            Some(json!({ "email": "ada@example.com" }))
+        )
+        .0,
+        429
+    );
+    let db = rusqlite::Connection::open(dir.path().join("data/sqlite_db_users.db")).unwrap();
+    let payload: Vec<u8> = db
+        .query_row(
+            "SELECT payload FROM outbox WHERE event_type = 'shop.user.otp_requested' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let shop_domain::ShopEvent::OtpRequested(otp) =
+        shop_domain::ShopEvent::decode("shop.user.otp_requested", &payload).unwrap()
+    else {
+        panic!("not an otp event")
+    };
+    let wrong = if otp.code == "000000" { "000001" } else { "000000" };
+    let (status, error) = c.call(
+        "POST",
+        "/auth/otp/verify",
+        None,
+        Some(json!({ "email": "ada@example.com", "code": wrong })),
+    );
+    assert_eq!((status, error["error"]["code"].as_str()), (401, Some("invalid_code")));
+    let (status, tokens) = c.call(
+        "POST",
+        "/auth/otp/verify",
+        None,
+        Some(json!({ "email": "ada@example.com", "code": otp.code })),
+    );
+    assert_eq!(status, 200, "{tokens}");
+    let otp_token = tokens["access_token"].as_str().unwrap();
+    assert_eq!(c.call("GET", "/users/me", Some(otp_token), None).0, 200);
 
     // Malformed input: 4xx with a JSON error, never a 500.
     for (body, expected) in [

@@ -60,7 +60,8 @@ pub fn decide(method: &str, path: &str) -> Decision {
         };
     }
     match path {
-        "/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout" => {
+        "/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/otp/request"
+        | "/auth/otp/verify" => {
             return forward_if(method == "POST", method, path, "users", Access::Public);
         }
         "/.well-known/jwks.json" => return forward_if(method == "GET", method, path, "users", Access::Public),

@@ -4,11 +4,37 @@ use shop_domain::sql::spin::SpinSqlite;
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
 
+use spin_sdk::key_value::Store as KeyValue;
+
 use crate::keys::SigningKey;
-use crate::service::{self, Settings};
+use crate::otp::Pending;
+use crate::service::{self, OtpStore, Settings};
 use crate::store::Store;
 
 const DATABASE: &str = "users";
+
+/// Pending codes in key-value under `otp:<destination>`.
+struct KeyValueOtp(Option<KeyValue>);
+
+impl OtpStore for KeyValueOtp {
+    fn get(&self, destination: &str) -> Option<Pending> {
+        let bytes = self.0.as_ref()?.get(&format!("otp:{destination}")).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+    fn put(&self, destination: &str, pending: &Pending) {
+        if let Some(store) = &self.0 {
+            let _ = store.set(
+                &format!("otp:{destination}"),
+                &serde_json::to_vec(pending).unwrap_or_default(),
+            );
+        }
+    }
+    fn remove(&self, destination: &str) {
+        if let Some(store) = &self.0 {
+            let _ = store.delete(&format!("otp:{destination}"));
+        }
+    }
+}
 
 fn variable(name: &str) -> Option<String> {
     spin_sdk::variables::get(name).ok().filter(|v| !v.is_empty())
@@ -75,6 +101,7 @@ fn handle(req: Request) -> Response {
         now,
         now_text: shop_domain::time::rfc3339(now),
         new_id: &new_id,
+        otp: &KeyValueOtp(KeyValue::open_default().ok()),
     };
     let method = req.method().to_string();
     let request = service::Request {
@@ -84,5 +111,9 @@ fn handle(req: Request) -> Response {
         user: req.header("x-shop-user").and_then(|v| v.as_str()),
     };
     let response = service::handle(&request, &db, &key, &settings);
-    reply(response.status, response.body)
+    let mut reply = reply(response.status, response.body);
+    if let Some(seconds) = response.retry_after {
+        reply.set_header("retry-after", seconds.to_string());
+    }
+    reply
 }

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod keys;
+pub mod otp;
 pub mod service;
 pub mod store;
 pub mod tokens;

@@ -5,6 +5,7 @@ use shop_domain::sql::Sql;
 
 use crate::accounts::{self, Login, ProfileUpdate, Refusal, Registration, refuse};
 use crate::keys::{SigningKey, sha256_hex};
+use crate::otp::{self, Pending, Rejection};
 use crate::store::{Store, StoreError, User};
 use crate::tokens::{ACCESS_TTL_SECS, Issuer, REFRESH_TTL_SECS, new_refresh_token};
 
@@ -19,6 +20,15 @@ pub struct Request<'a> {
 pub struct Response {
     pub status: u16,
     pub body: Option<Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+/// Where pending one-time codes live (key-value in the component).
+pub trait OtpStore {
+    fn get(&self, destination: &str) -> Option<Pending>;
+    fn put(&self, destination: &str, pending: &Pending);
+    fn remove(&self, destination: &str);
 }
 
 /// What the service needs from its surroundings.
@@ -30,6 +40,7 @@ pub struct Settings<'a> {
     pub now: i64,
     pub now_text: String,
     pub new_id: &'a dyn Fn() -> String,
+    pub otp: &'a dyn OtpStore,
 }
 
 fn failed(e: StoreError) -> Refusal {
@@ -43,6 +54,7 @@ fn ok(status: u16, body: Value) -> Result<Response, Refusal> {
     Ok(Response {
         status,
         body: Some(body),
+        retry_after: None,
     })
 }
 
@@ -52,6 +64,7 @@ pub fn handle(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: 
         Err((status, code, message)) => Response {
             status,
             body: Some(json!({ "error": { "code": code, "message": message } })),
+            retry_after: None,
         },
     }
 }
@@ -166,8 +179,11 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             Ok(Response {
                 status: 204,
                 body: None,
+                retry_after: None,
             })
         }
+        ("/auth/otp/request", "POST") => otp_request(request.body, db, settings),
+        ("/auth/otp/verify", "POST") => otp_verify(request.body, db, key, settings),
         ("/users/me", method @ ("GET" | "PATCH")) => {
             let id = request
                 .user
@@ -197,8 +213,117 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             ok(200, json!(user))
         }
         ("/.well-known/jwks.json", _) | ("/users/me", _) => Err(not_allowed("GET")),
-        ("/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout", _) => Err(not_allowed("POST")),
+        (
+            "/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/otp/request"
+            | "/auth/otp/verify",
+            _,
+        ) => Err(not_allowed("POST")),
         (path, _) => Err(refuse(404, "not_found", format!("no route for {path}"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OtpInput {
+    email: Option<String>,
+    phone: Option<String>,
+    code: Option<String>,
+}
+
+/// The channel and normalized destination, and the account it belongs to (if any).
+fn otp_destination(input: &OtpInput, db: &impl Sql) -> Result<(&'static str, String, Option<User>), Refusal> {
+    let store = Store(db);
+    match (&input.email, &input.phone) {
+        (Some(email), None) => {
+            let email = accounts::normalize_email(email)?;
+            let user = store.by_email(&email).map_err(failed)?;
+            Ok(("email", email, user))
+        }
+        (None, Some(phone)) => {
+            let phone: String = phone.chars().filter(|c| !c.is_whitespace()).collect();
+            if phone.len() < 6 || phone.len() > 20 || !phone.chars().all(|c| c.is_ascii_digit() || c == '+') {
+                return Err(refuse(
+                    400,
+                    "validation_failed",
+                    "`phone` must be digits with an optional +",
+                ));
+            }
+            let user = store.by_phone(&phone).map_err(failed)?;
+            Ok(("sms", phone, user))
+        }
+        _ => Err(refuse(
+            400,
+            "validation_failed",
+            "give exactly one of `email` or `phone`",
+        )),
+    }
+}
+
+fn otp_request(body: &[u8], db: &impl Sql, settings: &Settings<'_>) -> Result<Response, Refusal> {
+    let input: OtpInput = accounts::parse(body)?;
+    if input.code.is_some() {
+        return Err(refuse(400, "validation_failed", "`code` belongs to /auth/otp/verify"));
+    }
+    let (channel, destination, user) = otp_destination(&input, db)?;
+    let now_ms = settings.now * 1000;
+    // Unknown destinations get the same answer, so the endpoint does not reveal accounts.
+    if let Some(user) = user {
+        let code = otp::new_code();
+        match otp::issue(settings.otp.get(&destination).as_ref(), &destination, &code, now_ms) {
+            Ok(pending) => {
+                let event = shop_domain::ShopEvent::OtpRequested(shop_domain::events::OtpRequested {
+                    user_id: Some(user.id),
+                    channel: channel.into(),
+                    destination: destination.clone(),
+                    code,
+                    expires_at: shop_domain::time::rfc3339((pending.expires_ms) / 1000),
+                });
+                shop_domain::outbox::record(db, (settings.new_id)(), settings.now_text.clone(), &event)
+                    .map_err(|e| failed(StoreError::Failed(e.to_string())))?;
+                settings.otp.put(&destination, &pending);
+            }
+            Err(wait) => {
+                return Ok(Response {
+                    status: 429,
+                    body: Some(
+                        json!({ "error": { "code": "rate_limited", "message": format!("a code was just sent; retry in {wait} s") } }),
+                    ),
+                    retry_after: Some(wait),
+                });
+            }
+        }
+    }
+    ok(202, json!({ "status": "sent", "expires_in": otp::TTL_MS / 1000 }))
+}
+
+fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<'_>) -> Result<Response, Refusal> {
+    let input: OtpInput = accounts::parse(body)?;
+    let code = input
+        .code
+        .clone()
+        .filter(|c| c.len() == 6 && c.chars().all(|d| d.is_ascii_digit()))
+        .ok_or_else(|| refuse(400, "validation_failed", "`code` must be 6 digits"))?;
+    let (_, destination, user) = otp_destination(&input, db)?;
+    match otp::verify(settings.otp.get(&destination), &destination, &code, settings.now * 1000) {
+        Ok(()) => {
+            settings.otp.remove(&destination);
+            let user = user.ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
+            tokens(db, key, settings, &user)
+        }
+        Err((rejection, state)) => {
+            if let Some(state) = state {
+                settings.otp.put(&destination, &state);
+            }
+            Err(match rejection {
+                Rejection::Expired => refuse(401, "code_expired", "no valid code: request a new one"),
+                Rejection::Locked => refuse(429, "too_many_attempts", "too many wrong codes: request a new one"),
+                Rejection::Wrong { attempts_left } => refuse(
+                    401,
+                    "invalid_code",
+                    format!("the code is wrong ({attempts_left} attempts left)"),
+                ),
+            })
+        }
     }
 }
 
@@ -216,19 +341,50 @@ mod tests {
         KEY.get_or_init(|| SigningKey::generate().unwrap().1)
     }
 
+    /// Pending codes, per test thread (each test runs on its own thread).
+    #[derive(Default)]
+    struct MemOtp(std::cell::RefCell<std::collections::HashMap<String, Pending>>);
+
+    impl OtpStore for MemOtp {
+        fn get(&self, destination: &str) -> Option<Pending> {
+            self.0.borrow().get(destination).cloned()
+        }
+        fn put(&self, destination: &str, pending: &Pending) {
+            self.0.borrow_mut().insert(destination.into(), pending.clone());
+        }
+        fn remove(&self, destination: &str) {
+            self.0.borrow_mut().remove(destination);
+        }
+    }
+
+    thread_local!(static OTP: MemOtp = MemOtp::default());
+    thread_local!(static NOW: Cell<i64> = const { Cell::new(1_800_000_000) });
+
     fn call(db: &MemoryDb, method: &str, path: &str, body: Value, user: Option<&str>) -> (u16, Value) {
-        let counter = Cell::new(0);
+        OTP.with(|otp| call_with(db, otp, method, path, body, user))
+    }
+
+    fn call_with(
+        db: &MemoryDb,
+        otp: &MemOtp,
+        method: &str,
+        path: &str,
+        body: Value,
+        user: Option<&str>,
+    ) -> (u16, Value) {
+        thread_local!(static IDS: Cell<u32> = const { Cell::new(0) });
         let new_id = || {
-            counter.set(counter.get() + 1);
-            format!("{}-{}", path.len(), uuid_like(counter.get()))
+            IDS.with(|ids| ids.set(ids.get() + 1));
+            uuid_like(IDS.with(Cell::get))
         };
         let settings = Settings {
             issuer: "https://auth.shop",
             audience: "shop",
             admin: Some(("root@shop.test", "admin-password")),
-            now: 1_800_000_000,
+            now: NOW.with(Cell::get),
             now_text: "2027-01-15T08:00:00Z".into(),
             new_id: &new_id,
+            otp,
         };
         let body = body.to_string();
         let request = Request {
@@ -299,6 +455,81 @@ mod tests {
 
         let events = shop_domain::outbox::read_all(&db).unwrap();
         assert!(matches!(&events[..], [shop_domain::ShopEvent::UserRegistered(e)] if e.user_id == id));
+    }
+
+    /// The code as the notifications service would get it: from the outbox event.
+    fn last_code(db: &MemoryDb) -> String {
+        let events = shop_domain::outbox::read_all(db).unwrap();
+        events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                shop_domain::ShopEvent::OtpRequested(o) => Some(o.code.clone()),
+                _ => None,
+            })
+            .expect("an otp_requested event")
+    }
+
+    #[test]
+    fn otp_login_with_attempt_limits_throttling_and_expiry() {
+        let db = MemoryDb::default();
+        let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+        assert_eq!(call(&db, "POST", "/auth/register", ada, None).0, 201);
+        let request = json!({ "email": "ADA@example.com" });
+        assert_eq!(call(&db, "POST", "/auth/otp/request", request.clone(), None).0, 202);
+        let code = last_code(&db);
+        let (status, _) = call(&db, "POST", "/auth/otp/request", request.clone(), None);
+        assert_eq!(status, 429, "resend is throttled");
+        let (status, _) = call(
+            &db,
+            "POST",
+            "/auth/otp/request",
+            json!({ "email": "nobody@example.com" }),
+            None,
+        );
+        assert_eq!(status, 202, "unknown addresses look the same");
+
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        let verify = |code: &str| {
+            call(
+                &db,
+                "POST",
+                "/auth/otp/verify",
+                json!({ "email": "ada@example.com", "code": code }),
+                None,
+            )
+        };
+        for _ in 0..4 {
+            assert_eq!(verify(wrong).1["error"]["code"], "invalid_code");
+        }
+        assert_eq!(verify(wrong).0, 429, "the fifth miss locks");
+        assert_eq!(verify(&code).0, 429, "locked even for the right code");
+
+        // A new code (after the resend pause) logs in, once.
+        NOW.with(|n| n.set(n.get() + 31));
+        assert_eq!(call(&db, "POST", "/auth/otp/request", request.clone(), None).0, 202);
+        let code = last_code(&db);
+        let (status, tokens) = verify(&code);
+        assert_eq!((status, tokens["token_type"].as_str()), (200, Some("Bearer")));
+        assert_eq!(verify(&code).0, 401, "a code works once");
+
+        // An expired code is refused.
+        NOW.with(|n| n.set(n.get() + 31));
+        assert_eq!(call(&db, "POST", "/auth/otp/request", request, None).0, 202);
+        let code = last_code(&db);
+        NOW.with(|n| n.set(n.get() + 301));
+        assert_eq!(verify(&code).1["error"]["code"], "code_expired");
+        assert_eq!(
+            call(
+                &db,
+                "POST",
+                "/auth/otp/verify",
+                json!({ "email": "ada@example.com", "code": "12" }),
+                None
+            )
+            .0,
+            400
+        );
     }
 
     #[test]

@@ -80,6 +80,10 @@ impl<D: Sql> Store<'_, D> {
         self.one("email", email)
     }
 
+    pub fn by_phone(&self, phone: &str) -> Result<Option<User>, StoreError> {
+        self.one("phone", phone)
+    }
+
     pub fn by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.one("id", id)
     }
