@@ -85,6 +85,7 @@ pub async fn run(
         metrics,
     });
     let mut workers: HashMap<TopicPartition, Worker> = HashMap::new();
+    let mut outcome = Ok(());
     loop {
         let event = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -102,8 +103,12 @@ pub async fn run(
                     sent = worker.queue.send(message) => sent,
                 };
                 if sent.is_err() {
-                    tracing::error!(%partition, "partition worker ended unexpectedly; restarting it");
-                    workers.remove(&partition);
+                    // The worker died (a host bug, e.g. a panic) with messages queued that
+                    // were never committed. Carrying on would commit past them; instead
+                    // leave the group so the subscription restarts from the last commit.
+                    tracing::error!(%partition, "partition worker ended unexpectedly; resubscribing");
+                    outcome = Err(BrokerError::Unavailable(format!("the worker of {partition} crashed")));
+                    break;
                 }
             }
             Ok(ConsumerEvent::Revoked { partitions, done }) => {
@@ -125,7 +130,7 @@ pub async fn run(
     futures::future::join_all(workers.into_values().map(Worker::stop)).await;
     shop_broker::leave_group(consumer.as_ref()).await;
     tracing::info!(group = %shared.trigger.group, "kafka trigger stopped");
-    Ok(())
+    outcome
 }
 
 /// Resolves once `stop` is true (or its sender is gone).

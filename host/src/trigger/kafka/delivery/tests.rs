@@ -25,6 +25,7 @@ impl MessageHandler for StubHandler {
             *n
         };
         let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        assert!(!(payload == "panic-once" && attempt == 1), "a host bug in the handler");
         let fail = match payload.split_once(':') {
             Some(("fail", n)) => attempt <= n.parse::<u32>().unwrap(),
             _ => payload == "always",
@@ -236,6 +237,39 @@ async fn stopping_mid_retry_commits_nothing_unhandled() {
         }
     };
     assert_eq!(first.offset, 1, "the unfinished message was not committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_worker_makes_the_subscription_restart_without_skipping_messages() {
+    let (broker, _) = broker("crash");
+    let topic = "fragile";
+    broker.ensure_topic(topic, 1).await.unwrap();
+    publish(&broker, topic, "k", "panic-once").await;
+    for _ in 0..300 {
+        publish(&broker, topic, "k", "ok").await;
+    }
+    let handler = Arc::new(StubHandler::default());
+    let (_stop, stop_rx) = watch::channel(false);
+    let first = run(
+        trigger(topic, 3),
+        broker.clone(),
+        handler.clone() as Arc<dyn MessageHandler>,
+        Arc::new(Metrics::new()),
+        stop_rx.clone(),
+    )
+    .await;
+    assert!(first.is_err(), "the run ends so it can be restarted");
+    assert!(
+        handler.handled.lock().unwrap().is_empty(),
+        "nothing after the crashed message was handled and committed"
+    );
+    // The restarted subscription resumes at the crashed message and handles everything.
+    run_until(&broker, trigger(topic, 3), &handler, |h| {
+        h.handled.lock().unwrap().len() >= 301
+    })
+    .await;
+    let offsets: Vec<i64> = handler.handled.lock().unwrap().iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, (0..301).collect::<Vec<_>>());
 }
 
 #[test]
