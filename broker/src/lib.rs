@@ -131,6 +131,36 @@ pub trait Broker: Send + Sync + 'static {
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError>;
 }
 
+/// Kafka's topic-name rules: 1-249 characters of letters, digits, `.`, `_` and `-`.
+pub fn validate_topic(topic: &str) -> Result<(), BrokerError> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." || !topic.chars().all(legal) {
+        return Err(BrokerError::Rejected(format!(
+            "invalid topic name {topic:?}: use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a group subscription; its topics sorted and without repeats.
+pub(crate) fn subscription(group: &str, topics: &[String]) -> Result<Vec<String>, BrokerError> {
+    if group.is_empty() {
+        return Err(BrokerError::Rejected("consumer group name must not be empty".into()));
+    }
+    if topics.is_empty() {
+        return Err(BrokerError::Rejected(format!(
+            "consumer group {group:?} subscribes to no topic"
+        )));
+    }
+    for topic in topics {
+        validate_topic(topic)?;
+    }
+    let mut topics = topics.to_vec();
+    topics.sort();
+    topics.dedup();
+    Ok(topics)
+}
+
 /// Leaves the group: runs [`Consumer::close`] while acknowledging the
 /// [`ConsumerEvent::Revoked`] handshakes that leaving causes (close waits for them).
 /// Messages still arriving are dropped unhandled and uncommitted, so the partition's

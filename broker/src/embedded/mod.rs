@@ -124,20 +124,7 @@ impl EmbeddedBroker {
 
     /// Like [`Broker::consumer`], with the concrete type.
     pub async fn join_group(&self, group: &str, topics: &[String]) -> Result<Arc<EmbeddedConsumer>, BrokerError> {
-        if group.is_empty() {
-            return Err(BrokerError::Rejected("consumer group name must not be empty".into()));
-        }
-        if topics.is_empty() {
-            return Err(BrokerError::Rejected(format!(
-                "consumer group {group:?} subscribes to no topic"
-            )));
-        }
-        for topic in topics {
-            validate_topic(topic)?;
-        }
-        let mut topics = topics.to_vec();
-        topics.sort();
-        topics.dedup();
+        let topics = crate::subscription(group, topics)?;
 
         let options = &self.inner.options;
         let n = self.inner.consumers.fetch_add(1, Ordering::Relaxed);
@@ -163,16 +150,6 @@ impl EmbeddedBroker {
 }
 
 /// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
-fn validate_topic(topic: &str) -> Result<(), BrokerError> {
-    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." || !topic.chars().all(legal) {
-        return Err(BrokerError::Rejected(format!(
-            "invalid topic name {topic:?}: use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
-        )));
-    }
-    Ok(())
-}
-
 impl Inner {
     /// The partition for a record: Kafka's murmur2 of the key, or round-robin without one.
     fn pick_partition(&self, topic: &str, key: Option<&[u8]>, partitions: i32) -> i32 {
@@ -196,7 +173,7 @@ struct EmbeddedProducer {
 #[async_trait]
 impl Producer for EmbeddedProducer {
     async fn publish(&self, message: OutgoingMessage) -> Result<Delivery, BrokerError> {
-        validate_topic(&message.topic)?;
+        crate::validate_topic(&message.topic)?;
         let inner = Arc::clone(&self.inner);
         let default_partitions = inner.options.default_partitions;
         let delivery = self
@@ -230,7 +207,7 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
-        validate_topic(topic)?;
+        crate::validate_topic(topic)?;
         if partitions < 1 {
             return Err(BrokerError::Rejected(format!(
                 "topic {topic:?} needs at least one partition, not {partitions}"

@@ -194,20 +194,7 @@ impl KafkaBroker {
 
     /// Like [`Broker::consumer`], with the concrete type.
     pub async fn join_group(&self, group: &str, topics: &[String]) -> Result<Arc<KafkaConsumer>, BrokerError> {
-        if group.is_empty() {
-            return Err(BrokerError::Rejected("consumer group name must not be empty".into()));
-        }
-        if topics.is_empty() {
-            return Err(BrokerError::Rejected(format!(
-                "consumer group {group:?} subscribes to no topic"
-            )));
-        }
-        for topic in topics {
-            validate_topic(topic)?;
-        }
-        let mut topics = topics.to_vec();
-        topics.sort();
-        topics.dedup();
+        let topics = crate::subscription(group, topics)?;
         for topic in &topics {
             self.inner.ensure_known(topic, ADMIN_TIMEOUT).await?;
         }
@@ -291,7 +278,7 @@ impl Producer for KafkaProducer {
     /// Cancel-safe in the sense that dropping the future does not withdraw the record:
     /// librdkafka still delivers it.
     async fn publish(&self, message: OutgoingMessage) -> Result<Delivery, BrokerError> {
-        validate_topic(&message.topic)?;
+        crate::validate_topic(&message.topic)?;
         let budget = self.inner.options.message_timeout();
         match self.inner.ensure_known(&message.topic, budget).await {
             Ok(()) => {}
@@ -343,7 +330,7 @@ impl Broker for KafkaBroker {
     }
 
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
-        validate_topic(topic)?;
+        crate::validate_topic(topic)?;
         if partitions < 1 {
             return Err(BrokerError::Rejected(format!(
                 "topic {topic:?} needs at least one partition, not {partitions}"
@@ -354,16 +341,6 @@ impl Broker for KafkaBroker {
 }
 
 /// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
-fn validate_topic(topic: &str) -> Result<(), BrokerError> {
-    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." || !topic.chars().all(legal) {
-        return Err(BrokerError::Rejected(format!(
-            "invalid topic name {topic:?}: use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
-        )));
-    }
-    Ok(())
-}
-
 fn config_error(client: &str, e: KafkaError) -> BrokerError {
     BrokerError::Rejected(format!("invalid Kafka {client} settings: {e}"))
 }
@@ -494,9 +471,9 @@ mod tests {
 
     #[test]
     fn topic_names_follow_kafka_rules() {
-        assert!(validate_topic("orders.v1_x-y").is_ok());
+        assert!(crate::validate_topic("orders.v1_x-y").is_ok());
         for bad in ["", ".", "..", "with space", "ümlaut", &"x".repeat(250)] {
-            assert!(validate_topic(bad).is_err(), "{bad:?}");
+            assert!(crate::validate_topic(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -66,15 +66,11 @@ fn integer(table: &toml::Table, key: &str, default: i64, min: i64, max: i64) -> 
     }
 }
 
-/// Kafka's topic-name rules: 1–249 characters of letters, digits, `.`, `_` and `-`.
+/// Kafka's topic-name rules (the brokers enforce the same).
 pub fn check_topic_name(topic: &str) -> Result<(), String> {
-    let valid_chars = topic.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c));
-    if topic.is_empty() || topic.len() > 249 || !valid_chars || topic == "." || topic == ".." {
-        return Err(format!(
-            "`{topic}` is not a valid topic name (1-249 characters of letters, digits, `.`, `_`, `-`)"
-        ));
-    }
-    Ok(())
+    shop_broker::validate_topic(topic).map_err(|_| {
+        format!("`{topic}` is not a valid topic name (1-249 characters of letters, digits, `.`, `_`, `-`)")
+    })
 }
 
 pub fn parse_kafka_trigger(table: &toml::Table, app_name: &str) -> Result<KafkaTrigger, String> {
