@@ -78,6 +78,8 @@ shop_events! {
     ProductUpdated => "shop.product.updated", ProductChanged, topics::PRODUCTS, |p| p.product.id;
     ProductDeleted => "shop.product.deleted", ProductDeleted, topics::PRODUCTS, |p| p.product_id;
     OrderPlaced => "shop.order.placed", OrderPlaced, topics::ORDERS, |p| p.order_id;
+    OrderCancelRequested => "shop.order.cancel_requested", OrderCancelRequested, topics::ORDERS, |p| p.order_id;
+    OrderTimedOut => "shop.order.timed_out", OrderTimedOut, topics::ORDERS, |p| p.order_id;
     OrderConfirmed => "shop.order.confirmed", OrderConcluded, topics::ORDERS, |p| p.order_id;
     OrderCancelled => "shop.order.cancelled", OrderConcluded, topics::ORDERS, |p| p.order_id;
     InventoryReserveRequested => "shop.inventory.reserve_requested", InventoryCommand, topics::INVENTORY, |p| p.order_id;
@@ -147,6 +149,7 @@ mod tests {
             order_id: "o-1".into(),
             amount: money.clone(),
             payment_token: Some("tok_ok".into()),
+            user_id: Some("u-1".into()),
         };
         let payment = PaymentResult {
             order_id: "o-1".into(),
@@ -187,6 +190,14 @@ mod tests {
                 lines,
                 total: money,
                 payment_token: "tok_ok".into(),
+            }),
+            ShopEvent::OrderCancelRequested(OrderCancelRequested {
+                order_id: "o-1".into(),
+                user_id: "u-1".into(),
+            }),
+            ShopEvent::OrderTimedOut(OrderTimedOut {
+                order_id: "o-1".into(),
+                step: "payment".into(),
             }),
             ShopEvent::OrderConfirmed(concluded.clone()),
             ShopEvent::OrderCancelled(concluded),

@@ -5,8 +5,10 @@
 //! This crate is plain Rust: it builds natively (domain logic and contract tests) and
 //! for `wasm32-wasip2` (inside the function components).
 
+pub mod api;
 mod envelope;
 mod event;
+pub mod inbox;
 pub mod outbox;
 pub mod sql;
 pub mod time;

@@ -1,8 +1,9 @@
 //! The transactional outbox every service writes its events to, in the same
-//! transaction as the state change; the outbox relay publishes it.
+//! transaction as the state change, and the relay that publishes it (run by the
+//! outbox-relay component on a cron trigger, and by services right after a commit).
 
-use crate::ShopEvent;
-use crate::sql::{Sql, SqlError, SqlValue};
+use crate::sql::{Sql, SqlError, SqlValue, migrate};
+use crate::{CONTENT_TYPE, Envelope, ShopEvent};
 
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
@@ -36,4 +37,170 @@ pub fn read_all(db: &impl Sql) -> Result<Vec<ShopEvent>, String> {
             other => Err(format!("unexpected outbox row {other:?}")),
         })
         .collect()
+}
+
+/// Most events published per tick, so one tick stays short.
+pub const BATCH: i64 = 200;
+
+/// An outbox row as services write it (see `SCHEMA`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub event_id: String,
+    pub topic: String,
+    pub key: String,
+    pub event_type: String,
+    pub payload: Vec<u8>,
+    pub created_at: String,
+}
+
+fn row_from(values: &[SqlValue]) -> Result<OutboxRow, String> {
+    let text = |i: usize, column: &str| {
+        values
+            .get(i)
+            .and_then(SqlValue::text)
+            .map(str::to_string)
+            .ok_or(format!("outbox.{column} is not text"))
+    };
+    Ok(OutboxRow {
+        seq: values
+            .first()
+            .and_then(SqlValue::integer)
+            .ok_or("outbox.seq is not an integer")?,
+        event_id: text(1, "event_id")?,
+        topic: text(2, "topic")?,
+        key: text(3, "event_key")?,
+        event_type: text(4, "event_type")?,
+        payload: match values.get(5) {
+            Some(SqlValue::Blob(b)) => b.clone(),
+            _ => return Err("outbox.payload is not a blob".into()),
+        },
+        created_at: text(6, "created_at")?,
+    })
+}
+
+/// The oldest unpublished rows. Published rows are deleted rather than passed by a
+/// bookmark: on PostgreSQL a row with a smaller `seq` can commit after a larger one,
+/// and a bookmark would skip it.
+pub fn pending(db: &impl Sql, limit: i64) -> Result<Vec<OutboxRow>, String> {
+    // The service creates its outbox with its own tables on first use.
+    migrate(db, &[SCHEMA]).map_err(|e| e.to_string())?;
+    let rows = db
+        .execute(
+            "SELECT seq, event_id, topic, event_key, event_type, payload, created_at FROM outbox \
+             ORDER BY seq LIMIT ?",
+            &[limit.into()],
+        )
+        .map_err(|e| e.to_string())?;
+    rows.iter().map(|r| row_from(r)).collect()
+}
+
+pub trait Publisher {
+    fn publish(&self, topic: &str, key: &str, payload: &[u8], headers: Vec<(String, String)>) -> Result<(), String>;
+}
+
+/// The headers of a row: its CloudEvents envelope and content type.
+pub fn headers(row: &OutboxRow, source: &str) -> Vec<(String, String)> {
+    let envelope = Envelope {
+        id: row.event_id.clone(),
+        event_type: row.event_type.clone(),
+        source: source.to_string(),
+        time: row.created_at.clone(),
+        subject: Some(row.key.clone()),
+    };
+    let mut headers = envelope.to_headers();
+    headers.push(("content-type".into(), CONTENT_TYPE.into()));
+    headers
+}
+
+/// Publishes up to [`BATCH`] pending rows in order, deleting each once the broker
+/// has it; stops at the first failure (the rest waits for the next tick). A crash
+/// between publish and delete publishes that event again: consumers dedupe by id.
+/// Returns how many were published.
+pub fn relay(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, String> {
+    let rows = pending(db, BATCH)?;
+    for (published, row) in rows.iter().enumerate() {
+        if let Err(e) = publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
+            return if published == 0 {
+                Err(format!("publishing outbox seq {}: {e}", row.seq))
+            } else {
+                Ok(published)
+            };
+        }
+        db.execute("DELETE FROM outbox WHERE seq = ?", &[row.seq.into()])
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use crate::events::ProductDeleted;
+    use crate::sql::testing::MemoryDb;
+
+    use super::*;
+
+    type Headers = Vec<(String, String)>;
+
+    /// Accepts `accept` publishes, then fails.
+    struct Flaky {
+        accept: usize,
+        sent: RefCell<Vec<(String, String, Headers)>>,
+    }
+
+    impl Publisher for Flaky {
+        fn publish(&self, topic: &str, key: &str, _: &[u8], headers: Vec<(String, String)>) -> Result<(), String> {
+            if self.sent.borrow().len() >= self.accept {
+                return Err("broker unavailable".into());
+            }
+            self.sent.borrow_mut().push((topic.into(), key.into(), headers));
+            Ok(())
+        }
+    }
+
+    /// An outbox holding products p1..=p`n`'s creation events.
+    fn outbox(n: usize) -> MemoryDb {
+        let db = MemoryDb::default();
+        migrate(&db, &[SCHEMA]).unwrap();
+        for i in 1..=n {
+            let event = ShopEvent::ProductDeleted(ProductDeleted {
+                product_id: format!("p{i}"),
+            });
+            record(&db, format!("e{i}"), "2026-11-22T00:00:00Z".into(), &event).unwrap();
+        }
+        db
+    }
+
+    #[test]
+    fn rows_are_published_in_order_and_a_failure_resumes_where_it_stopped() {
+        let outbox = outbox(5);
+        let flaky = Flaky {
+            accept: 3,
+            sent: RefCell::default(),
+        };
+        assert_eq!(relay(&outbox, &flaky, "/products"), Ok(3));
+        assert_eq!(
+            pending(&outbox, 10).unwrap().len(),
+            2,
+            "published rows leave the outbox"
+        );
+        let err = relay(&outbox, &flaky, "/products").unwrap_err();
+        assert!(err.contains("seq 4") && err.contains("unavailable"), "{err}");
+        let healthy = Flaky {
+            accept: 10,
+            sent: RefCell::default(),
+        };
+        assert_eq!(relay(&outbox, &healthy, "/products"), Ok(2));
+        let keys: Vec<String> = healthy.sent.borrow().iter().map(|(_, k, _)| k.clone()).collect();
+        assert_eq!(keys, ["p4", "p5"], "exactly the rest, in order");
+        assert_eq!(relay(&outbox, &healthy, "/products"), Ok(0));
+
+        let headers = &healthy.sent.borrow()[0].2;
+        let envelope = Envelope::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        assert_eq!((envelope.id.as_str(), envelope.source.as_str()), ("e4", "/products"));
+        assert_eq!(envelope.subject.as_deref(), Some("p4"));
+        assert!(headers.contains(&("content-type".into(), "application/json".into())));
+    }
 }

@@ -298,3 +298,33 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .unwrap()
 }
+
+/// The local PostgreSQL server the integration tests use (trust auth).
+pub const POSTGRES_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Runs `sql` with psql against database `database`; its unaligned output.
+pub fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            &format!("{POSTGRES_SERVER}/{database}"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("psql must be installed for this test: {e}"));
+    assert!(
+        out.status.success(),
+        "PostgreSQL must run on 127.0.0.1:5432 for this test; `{sql}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An empty database `name` (dropped first if a previous run left it); its URL.
+pub fn fresh_postgres_database(name: &str) -> String {
+    psql("postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    psql("postgres", &format!("CREATE DATABASE {name}"));
+    format!("{POSTGRES_SERVER}/{name}")
+}

@@ -7,9 +7,34 @@ use shop_tests::*;
 
 const ADMIN_EMAIL: &str = "admin@shop.test";
 const ADMIN_PASSWORD: &str = "change-me-now";
+const SERVICE_SECRET: &str = "notifications-secret-1";
+
+/// Where the products and users services keep their data.
+enum Storage {
+    /// Spin SQLite databases under the data dir.
+    Sqlite,
+    /// A PostgreSQL database each (URLs).
+    Postgres { products: String, users: String },
+}
+
+impl Storage {
+    /// Manifest lines giving a component its database.
+    fn component_config(&self, label: &str) -> String {
+        match self {
+            Storage::Sqlite => format!("sqlite_databases = [\"{label}\"]\n"),
+            Storage::Postgres { products, users } => {
+                let url = if label == "products" { products } else { users };
+                format!(
+                    "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n\
+                     [component.{label}.variables]\ndatabase_url = \"{url}\"\n"
+                )
+            }
+        }
+    }
+}
 
 /// The app; `key_value` is extra runtime config (e.g. Redis for the `default` store).
-fn app(dir: &TempDir, key_value: &str) -> std::path::PathBuf {
+fn app(dir: &TempDir, key_value: &str, storage: &Storage) -> std::path::PathBuf {
     std::fs::write(
         dir.path().join("runtime-config.toml"),
         format!("[sqlite_database.products]\ntype = \"spin\"\n[sqlite_database.users]\ntype = \"spin\"\n{key_value}"),
@@ -33,12 +58,21 @@ fn app(dir: &TempDir, key_value: &str) -> std::path::PathBuf {
              key_value_stores = [\"default\"]\n[component.gateway.variables]\njwt_issuer = \"https://shop.test\"\n\
              jwks_url = \"http://users.spin.internal/.well-known/jwks.json\"",
         ),
-        component("products", "products", "sqlite_databases = [\"products\"]\nkey_value_stores = [\"default\"]"),
+        component(
+            "products",
+            "products",
+            &format!("key_value_stores = [\"default\"]\n{}", storage.component_config("products"))
+        ),
         component(
             "users",
             "users",
-            "sqlite_databases = [\"users\"]\nkey_value_stores = [\"default\"]\n[component.users.variables]\njwt_issuer = \"https://shop.test\"\n\
-             admin_email = \"{{ admin_email }}\"\nadmin_password = \"{{ admin_password }}\"",
+            &format!(
+                "key_value_stores = [\"default\"]\n{}{}jwt_issuer = \"https://shop.test\"\n\
+                 admin_email = \"{{{{ admin_email }}}}\"\nadmin_password = \"{{{{ admin_password }}}}\"\n\
+                 service_clients = \"notifications={SERVICE_SECRET}\"",
+                storage.component_config("users"),
+                if matches!(storage, Storage::Sqlite) { "[component.users.variables]\n" } else { "" },
+            )
         ),
     ))
 }
@@ -77,12 +111,13 @@ impl Client<'_> {
 
 #[test]
 fn the_shop_flow_on_embedded_defaults() {
-    shop_flow("", "accounts");
+    shop_flow("", &Storage::Sqlite, "accounts");
 }
 
-/// Carts, the JWKS cache and rate-limit buckets in Redis (database 9, flushed first).
+/// Users and products in PostgreSQL (a database each); carts, the JWKS cache and
+/// rate-limit buckets in Redis (database 9, flushed first).
 #[test]
-fn the_shop_flow_with_key_value_on_redis() {
+fn the_shop_flow_on_postgres_and_redis() {
     let mut redis = std::net::TcpStream::connect("127.0.0.1:6379")
         .unwrap_or_else(|e| panic!("Redis must run on 127.0.0.1:6379 for this test: {e}"));
     use std::io::{Read, Write};
@@ -91,10 +126,24 @@ fn the_shop_flow_with_key_value_on_redis() {
         .unwrap();
     let mut reply = [0u8; 64];
     let _ = redis.read(&mut reply);
+    let storage = Storage::Postgres {
+        products: fresh_postgres_database("shop_test_accounts_products"),
+        users: fresh_postgres_database("shop_test_accounts_users"),
+    };
     shop_flow(
         "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/9\"\n",
-        "accounts-redis",
+        &storage,
+        "accounts-pg-redis",
     );
+    // The services' rows are in PostgreSQL.
+    assert_eq!(
+        psql(
+            "shop_test_accounts_users",
+            "SELECT name FROM users WHERE email = 'ada@example.com'"
+        ),
+        "Ada Lovelace"
+    );
+    assert_eq!(psql("shop_test_accounts_products", "SELECT sku FROM products"), "MUG-1");
     let mut redis = std::net::TcpStream::connect("127.0.0.1:6379").unwrap();
     redis
         .write_all(b"*2\r\n$6\r\nSELECT\r\n$1\r\n9\r\n*2\r\n$4\r\nKEYS\r\n$6\r\ncart:*\r\n")
@@ -106,10 +155,10 @@ fn the_shop_flow_with_key_value_on_redis() {
     assert!(text.contains("cart:"), "the cart lives in Redis: {text}");
 }
 
-fn shop_flow(key_value: &str, label: &str) {
+fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     let dir = TempDir::new(label);
     let shop = Shop::start_with(
-        &app(&dir, key_value),
+        &app(&dir, key_value, storage),
         ShopOptions {
             data_dir: &dir.path().join("data"),
             args: vec![],
@@ -153,6 +202,29 @@ fn shop_flow(key_value: &str, label: &str) {
         Some(json!({ "name": "Ada Lovelace" })),
     );
     assert_eq!((status, me["name"].as_str()), (200, Some("Ada Lovelace")));
+
+    // A service (here: notifications) gets a short-lived token and reads a user's
+    // contact details through the gateway; a customer may not.
+    let credentials = json!({ "client_id": "notifications", "client_secret": SERVICE_SECRET });
+    let (status, issued) = c.call("POST", "/auth/service-token", None, Some(credentials));
+    assert_eq!((status, issued["expires_in"].as_i64()), (200, Some(300)), "{issued}");
+    let service_token = issued["access_token"].as_str().unwrap();
+    let ada_path = format!("/users/{}", me["id"].as_str().unwrap());
+    let (status, contact) = c.call("GET", &ada_path, Some(service_token), None);
+    assert_eq!(
+        (status, contact["email"].as_str()),
+        (200, Some("ada@example.com")),
+        "{contact}"
+    );
+    assert_eq!(c.call("GET", &ada_path, Some(token), None).0, 403);
+    assert_eq!(c.call("GET", &ada_path, None, None).0, 401);
+    assert_eq!(
+        c.call("GET", "/users/me", Some(service_token), None).0,
+        403,
+        "a service is no customer"
+    );
+    let wrong = json!({ "client_id": "notifications", "client_secret": "guessed-secret-123" });
+    assert_eq!(c.call("POST", "/auth/service-token", None, Some(wrong)).0, 401);
 
     // The cart, priced with current catalog prices.
     let product_id = product["id"].as_str().unwrap();
@@ -244,14 +316,18 @@ fn shop_flow(key_value: &str, label: &str) {
         .0,
         429
     );
-    let db = rusqlite::Connection::open(dir.path().join("data/sqlite_db_users.db")).unwrap();
-    let payload: Vec<u8> = db
-        .query_row(
-            "SELECT payload FROM outbox WHERE event_type = 'shop.user.otp_requested' ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
+    let query = "SELECT payload FROM outbox WHERE event_type = 'shop.user.otp_requested' ORDER BY seq DESC LIMIT 1";
+    let payload: Vec<u8> = match storage {
+        Storage::Sqlite => rusqlite::Connection::open(dir.path().join("data/sqlite_db_users.db"))
+            .unwrap()
+            .query_row(query, [], |r| r.get(0))
+            .unwrap(),
+        Storage::Postgres { users, .. } => psql(
+            users.rsplit('/').next().unwrap(),
+            &query.replace("SELECT payload", "SELECT convert_from(payload, 'UTF8')"),
         )
-        .unwrap();
+        .into_bytes(),
+    };
     let shop_domain::ShopEvent::OtpRequested(otp) =
         shop_domain::ShopEvent::decode("shop.user.otp_requested", &payload).unwrap()
     else {

@@ -322,6 +322,15 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
     );
     let bad_decimal = result["bad_decimal"]["err"].as_str().unwrap_or_default();
     assert!(bad_decimal.contains("BadParameter"), "{result}");
+    assert_eq!(
+        result["null_into_typed"],
+        json!({ "ok": "1" }),
+        "NULL binds to any column type: {result}"
+    );
+    // The script ends with an open transaction holding an uncommitted row; the next
+    // guest on that pooled connection must not be inside it.
+    let again = script("granted");
+    assert_eq!(again["leftover"], json!({ "ok": "[[DbValue::Int64(0)]]" }), "{again}");
 
     let denied = script("ungranted");
     let err = denied["open"]["err"].as_str().unwrap_or_default();

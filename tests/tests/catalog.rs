@@ -242,19 +242,54 @@ fn the_gateway_checks_tokens_and_roles_before_the_catalog() {
 
 #[test]
 fn the_outbox_relay_publishes_product_events_as_cloudevents() {
+    relay_publishes_product_events("catalog-relay", None);
+}
+
+/// The same with the catalog and its outbox in PostgreSQL; the relay empties it.
+#[test]
+fn the_outbox_relay_publishes_from_postgres() {
+    let database = "shop_test_catalog_relay";
+    let url = fresh_postgres_database(database);
+    relay_publishes_product_events("catalog-relay-pg", Some(&url));
+    assert_eq!(psql(database, "SELECT count(*) FROM products"), "0");
+    assert_eq!(
+        psql(database, "SELECT count(*) FROM outbox"),
+        "0",
+        "published rows leave the outbox"
+    );
+}
+
+/// Creates and deletes a product and reads the relay's events off the embedded log;
+/// `postgres` is the catalog's database URL (else SQLite).
+fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
     use shop_broker::{Broker, ConsumerEvent};
-    let dir = TempDir::new("catalog-relay");
+    let dir = TempDir::new(label);
     with_runtime_config(&dir);
     let data = dir.path().join("data");
+    let storage = |id: &str| match postgres {
+        None => String::new(),
+        Some(url) => format!(
+            "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n[component.{id}.variables]\ndatabase_url = \"{url}\"\n"
+        ),
+    };
+    let relay_variables = if postgres.is_some() {
+        ""
+    } else {
+        "[component.relay.variables]\n"
+    };
     let manifest = dir.manifest(&format!(
-        "{}[[trigger.cron]]\ncomponent = \"relay\"\ncron_expression = \"* * * * * *\"\n{}{}",
+        "{}[[trigger.cron]]\ncomponent = \"relay\"\ncron_expression = \"* * * * * *\"\n{}{}{}",
         http_trigger("/products/...", "products"),
         products_component("products"),
+        storage("products"),
         component(
             "relay",
             "outbox-relay",
-            "sqlite_databases = [\"products\"]\nallowed_topics = [\"shop.products\"]\n\
-             [component.relay.variables]\ndatabase = \"products\"\nsource = \"/products\"",
+            &format!(
+                "sqlite_databases = [\"products\"]\nallowed_topics = [\"shop.products\"]\n{}{relay_variables}\
+                 database = \"products\"\nsource = \"/products\"",
+                storage("relay")
+            ),
         ),
     ));
     let shop = Shop::start(&manifest, &data);

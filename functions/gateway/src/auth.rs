@@ -12,6 +12,8 @@ pub enum Access {
     Public,
     Customer,
     Admin,
+    /// Another service (a service token) or an admin.
+    Service,
 }
 
 /// A verified caller.
@@ -28,6 +30,7 @@ impl Principal {
             Access::Public => true,
             Access::Customer => has("customer") || has("admin"),
             Access::Admin => has("admin"),
+            Access::Service => has("service") || has("admin"),
         }
     }
 }

@@ -60,8 +60,13 @@ pub fn decide(method: &str, path: &str) -> Decision {
         };
     }
     match path {
-        "/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/otp/request"
-        | "/auth/otp/verify" => {
+        "/auth/register"
+        | "/auth/login"
+        | "/auth/refresh"
+        | "/auth/logout"
+        | "/auth/otp/request"
+        | "/auth/otp/verify"
+        | "/auth/service-token" => {
             return forward_if(method == "POST", method, path, "users", Access::Public);
         }
         "/.well-known/jwks.json" => return forward_if(method == "GET", method, path, "users", Access::Public),
@@ -75,6 +80,12 @@ pub fn decide(method: &str, path: &str) -> Decision {
             );
         }
         _ => {}
+    }
+    if let Some(id) = path.strip_prefix("/users/")
+        && !id.is_empty()
+        && !id.contains('/')
+    {
+        return forward_if(method == "GET", method, path, "users", Access::Service);
     }
     if under(path, "/cart") {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -160,7 +171,13 @@ mod tests {
 
     #[test]
     fn account_routes_go_to_the_users_service() {
-        for path in ["/auth/register", "/auth/login", "/auth/refresh", "/auth/logout"] {
+        for path in [
+            "/auth/register",
+            "/auth/login",
+            "/auth/refresh",
+            "/auth/logout",
+            "/auth/service-token",
+        ] {
             assert!(matches!(
                 decide("POST", path),
                 Decision::Forward {
@@ -174,6 +191,9 @@ mod tests {
         assert_eq!(access(decide("GET", "/users/me")), Some(Access::Customer));
         assert_eq!(access(decide("PATCH", "/users/me")), Some(Access::Customer));
         assert_eq!(status(decide("DELETE", "/users/me")), 405);
+        assert_eq!(access(decide("GET", "/users/u-1")), Some(Access::Service));
+        assert_eq!(status(decide("PUT", "/users/u-1")), 405);
+        assert_eq!(status(decide("GET", "/users/u-1/x")), 404);
         assert!(matches!(
             decide("POST", "/cart/items"),
             Decision::Forward {

@@ -1,7 +1,7 @@
 //! The spin-sdk side: SQLite (label `products`), key-value (`default`), the clock and
 //! ids, handed to [`crate::service`].
 
-use shop_domain::sql::spin::SpinSqlite;
+use shop_domain::sql::spin::SpinDatabase;
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::key_value::Store;
@@ -61,7 +61,7 @@ fn reply(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> Response
 
 #[http_component]
 fn handle(req: Request) -> Response {
-    let db = match SpinSqlite::open(DATABASE) {
+    let db = match SpinDatabase::open_configured(DATABASE) {
         Ok(db) => db,
         Err(e) => {
             let error = ApiError::unavailable(e);

@@ -8,7 +8,7 @@ use shop_domain::types::{Money, Product, ProductInput};
 
 use crate::error::ApiError;
 use crate::input::ListQuery;
-use crate::sql::{Sql, SqlError, SqlValue, in_transaction};
+use crate::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
 
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS products (
@@ -35,12 +35,6 @@ pub struct Page {
     pub page: u32,
     pub per_page: u32,
     pub total: i64,
-}
-
-impl From<SqlError> for ApiError {
-    fn from(e: SqlError) -> Self {
-        ApiError::unavailable(e)
-    }
 }
 
 fn product_from_row(row: &[SqlValue]) -> Result<Product, ApiError> {
@@ -93,10 +87,7 @@ impl<'a, D: Sql, C: Context> Catalog<'a, D, C> {
     }
 
     pub fn migrate(&self) -> Result<(), ApiError> {
-        for statement in SCHEMA {
-            self.db.execute(statement, &[])?;
-        }
-        Ok(())
+        Ok(migrate(self.db, SCHEMA)?)
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Product>, ApiError> {
@@ -107,13 +98,17 @@ impl<'a, D: Sql, C: Context> Catalog<'a, D, C> {
     }
 
     pub fn list(&self, query: &ListQuery) -> Result<Page, ApiError> {
-        // LIKE is case-insensitive for ASCII; `\` escapes the user's own % and _.
+        // Both sides lower-cased so the search ignores case on SQLite and PostgreSQL
+        // alike; `\` escapes the user's own % and _. The casts give PostgreSQL the
+        // parameters' types, which a bare `? IS NULL` does not.
         let pattern = query.text.as_ref().map(|t| {
             let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             format!("%{escaped}%")
         });
-        let filter = "(?1 IS NULL OR category = ?1) AND \
-                      (?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR description LIKE ?2 ESCAPE '\\' OR sku LIKE ?2 ESCAPE '\\')";
+        let filter = "(CAST(?1 AS TEXT) IS NULL OR category = CAST(?1 AS TEXT)) AND \
+                      (CAST(?2 AS TEXT) IS NULL OR LOWER(name) LIKE LOWER(CAST(?2 AS TEXT)) ESCAPE '\\' \
+                       OR LOWER(description) LIKE LOWER(CAST(?2 AS TEXT)) ESCAPE '\\' \
+                       OR LOWER(sku) LIKE LOWER(CAST(?2 AS TEXT)) ESCAPE '\\')";
         let params = [SqlValue::from(query.category.clone()), SqlValue::from(pattern)];
         let total = self
             .db

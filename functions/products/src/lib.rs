@@ -8,7 +8,10 @@
 
 pub mod cache;
 pub mod catalog;
-pub mod error;
+/// API errors live in `shop_domain::api`, shared by every service.
+pub mod error {
+    pub use shop_domain::api::ApiError;
+}
 pub mod input;
 pub mod service;
 

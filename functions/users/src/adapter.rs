@@ -1,11 +1,12 @@
 //! The spin-sdk side: SQLite (label `users`), variables, clock and ids.
 
-use shop_domain::sql::spin::SpinSqlite;
+use shop_domain::sql::spin::SpinDatabase;
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
 
 use spin_sdk::key_value::Store as KeyValue;
 
+use crate::clients::ServiceClients;
 use crate::keys::SigningKey;
 use crate::otp::Pending;
 use crate::service::{self, OtpStore, Settings};
@@ -41,7 +42,7 @@ fn variable(name: &str) -> Option<String> {
 }
 
 /// The configured key, else the dev key kept in the database (made on first use).
-fn signing_key(db: &SpinSqlite) -> Result<SigningKey, String> {
+fn signing_key(db: &SpinDatabase) -> Result<SigningKey, String> {
     if let Some(pem) = variable("jwt_signing_key") {
         return SigningKey::from_pkcs8_pem(&pem);
     }
@@ -77,7 +78,7 @@ fn handle(req: Request) -> Response {
             Some(serde_json::json!({ "error": { "code": "unavailable", "message": message } })),
         )
     };
-    let db = match SpinSqlite::open(DATABASE) {
+    let db = match SpinDatabase::open_configured(DATABASE) {
         Ok(db) => db,
         Err(e) => return unavailable(e),
     };
@@ -94,6 +95,10 @@ fn handle(req: Request) -> Response {
     let admin_email = variable("admin_email");
     let admin_password = variable("admin_password");
     let new_id = || uuid::Uuid::new_v4().to_string();
+    let service_clients = match ServiceClients::parse(&variable("service_clients").unwrap_or_default()) {
+        Ok(clients) => clients,
+        Err(e) => return unavailable(format!("variable `service_clients`: {e}")),
+    };
     let settings = Settings {
         issuer: &issuer,
         audience: &audience,
@@ -102,6 +107,7 @@ fn handle(req: Request) -> Response {
         now_text: shop_domain::time::rfc3339(now),
         new_id: &new_id,
         otp: &KeyValueOtp(KeyValue::open_default().ok()),
+        service_clients: &service_clients,
     };
     let method = req.method().to_string();
     let request = service::Request {
@@ -109,6 +115,7 @@ fn handle(req: Request) -> Response {
         path: req.path(),
         body: req.body(),
         user: req.header("x-shop-user").and_then(|v| v.as_str()),
+        roles: req.header("x-shop-roles").and_then(|v| v.as_str()).unwrap_or(""),
     };
     let response = service::handle(&request, &db, &key, &settings);
     let mut reply = reply(response.status, response.body);

@@ -8,6 +8,7 @@
 //! Not built yet: OTP login, logout-everywhere, service tokens.
 
 pub mod accounts;
+pub mod clients;
 pub mod keys;
 pub mod otp;
 pub mod service;

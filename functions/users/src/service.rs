@@ -4,10 +4,11 @@ use serde_json::{Value, json};
 use shop_domain::sql::Sql;
 
 use crate::accounts::{self, Login, ProfileUpdate, Refusal, Registration, refuse};
+use crate::clients::ServiceClients;
 use crate::keys::{SigningKey, sha256_hex};
 use crate::otp::{self, Pending, Rejection};
 use crate::store::{Store, StoreError, User};
-use crate::tokens::{ACCESS_TTL_SECS, Issuer, REFRESH_TTL_SECS, new_refresh_token};
+use crate::tokens::{ACCESS_TTL_SECS, Issuer, REFRESH_TTL_SECS, SERVICE_TTL_SECS, new_refresh_token};
 
 pub struct Request<'a> {
     pub method: &'a str,
@@ -15,6 +16,14 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     /// The caller the gateway verified (`x-shop-user`), if any.
     pub user: Option<&'a str>,
+    /// That caller's roles (`x-shop-roles`, comma-separated).
+    pub roles: &'a str,
+}
+
+impl Request<'_> {
+    fn has_role(&self, role: &str) -> bool {
+        self.roles.split(',').any(|r| r.trim() == role)
+    }
 }
 
 pub struct Response {
@@ -41,6 +50,7 @@ pub struct Settings<'a> {
     pub now_text: String,
     pub new_id: &'a dyn Fn() -> String,
     pub otp: &'a dyn OtpStore,
+    pub service_clients: &'a ServiceClients,
 }
 
 fn failed(e: StoreError) -> Refusal {
@@ -182,6 +192,28 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
                 retry_after: None,
             })
         }
+        ("/auth/service-token", "POST") => {
+            let input: ServiceCredentials = accounts::parse(request.body)?;
+            if !settings
+                .service_clients
+                .authenticate(&input.client_id, &input.client_secret)
+            {
+                return Err(refuse(401, "invalid_client", "unknown service client or wrong secret"));
+            }
+            let issuer = Issuer {
+                key,
+                issuer: settings.issuer,
+                audience: settings.audience,
+            };
+            ok(
+                200,
+                json!({
+                    "access_token": issuer.service_token(&input.client_id, settings.now),
+                    "token_type": "Bearer",
+                    "expires_in": SERVICE_TTL_SECS,
+                }),
+            )
+        }
         ("/auth/otp/request", "POST") => otp_request(request.body, db, settings),
         ("/auth/otp/verify", "POST") => otp_verify(request.body, db, key, settings),
         ("/users/me", method @ ("GET" | "PATCH")) => {
@@ -214,12 +246,38 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
         }
         ("/.well-known/jwks.json", _) | ("/users/me", _) => Err(not_allowed("GET")),
         (
-            "/auth/register" | "/auth/login" | "/auth/refresh" | "/auth/logout" | "/auth/otp/request"
-            | "/auth/otp/verify",
+            "/auth/register"
+            | "/auth/login"
+            | "/auth/refresh"
+            | "/auth/logout"
+            | "/auth/otp/request"
+            | "/auth/otp/verify"
+            | "/auth/service-token",
             _,
         ) => Err(not_allowed("POST")),
+        // Another service (e.g. notifications) looking up a user's contact details.
+        (path, method) if path.starts_with("/users/") && path.matches('/').count() == 2 => {
+            if method != "GET" {
+                return Err(not_allowed("GET"));
+            }
+            if !(request.has_role("service") || request.has_role("admin")) {
+                return Err(refuse(403, "forbidden", "a service or admin token is required"));
+            }
+            let user = store
+                .by_id(&path["/users/".len()..])
+                .map_err(failed)?
+                .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+            ok(200, json!(user))
+        }
         (path, _) => Err(refuse(404, "not_found", format!("no route for {path}"))),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceCredentials {
+    client_id: String,
+    client_secret: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -385,13 +443,18 @@ mod tests {
             now_text: "2027-01-15T08:00:00Z".into(),
             new_id: &new_id,
             otp,
+            service_clients: &ServiceClients::parse("notifications=notifications-secret-1").unwrap(),
         };
         let body = body.to_string();
         let request = Request {
             method,
             path,
             body: body.as_bytes(),
-            user,
+            user: user.map(|u| u.rsplit_once(':').map_or(u, |(id, _)| id)),
+            // `id:role,role` in these tests.
+            roles: user
+                .and_then(|u| u.rsplit_once(':'))
+                .map_or("customer", |(_, roles)| roles),
         };
         let response = handle(&request, db, key(), &settings);
         (response.status, response.body.unwrap_or(Value::Null))
@@ -564,5 +627,61 @@ mod tests {
             None,
         );
         assert_eq!(bad.0, 400);
+    }
+
+    #[test]
+    fn services_get_short_lived_tokens_and_may_read_users() {
+        use jsonwebtoken::{DecodingKey, Validation, decode};
+        let db = MemoryDb::default();
+        let credentials = |secret: &str| json!({ "client_id": "notifications", "client_secret": secret });
+        let (status, body) = call(
+            &db,
+            "POST",
+            "/auth/service-token",
+            credentials("wrong-secret-000"),
+            None,
+        );
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_client")));
+        let extra = json!({ "client_id": "notifications", "client_secret": "x", "scope": "all" });
+        assert_eq!(call(&db, "POST", "/auth/service-token", extra, None).0, 400);
+
+        let (status, issued) = call(
+            &db,
+            "POST",
+            "/auth/service-token",
+            credentials("notifications-secret-1"),
+            None,
+        );
+        assert_eq!(
+            (status, issued["expires_in"].as_i64()),
+            (200, Some(SERVICE_TTL_SECS)),
+            "{issued}"
+        );
+        let jwk: jsonwebtoken::jwk::JwkSet = serde_json::from_value(key().jwks()).unwrap();
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_audience(&["shop"]);
+        validation.validate_exp = false;
+        let claims = decode::<Value>(
+            issued["access_token"].as_str().unwrap(),
+            &DecodingKey::from_jwk(&jwk.keys[0]).unwrap(),
+            &validation,
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(claims["sub"], "service:notifications");
+        assert_eq!(claims["roles"], json!(["service"]));
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 300);
+
+        let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+        let (_, registered) = call(&db, "POST", "/auth/register", ada, None);
+        let path = format!("/users/{}", registered["id"].as_str().unwrap());
+        let (status, user) = call(&db, "GET", &path, Value::Null, Some("service:notifications:service"));
+        assert_eq!((status, user["email"].as_str()), (200, Some("ada@example.com")));
+        assert!(user.get("password_hash").is_none());
+        let (status, _) = call(&db, "GET", &path, Value::Null, Some("someone:customer"));
+        assert_eq!(status, 403, "customers may not read other users");
+        let (status, _) = call(&db, "GET", "/users/nobody", Value::Null, Some("svc:service"));
+        assert_eq!(status, 404);
+        assert_eq!(call(&db, "DELETE", &path, Value::Null, Some("svc:service")).0, 405);
     }
 }

@@ -3,7 +3,7 @@
 
 use shop_domain::ShopEvent;
 use shop_domain::events::UserRegistered;
-use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction};
+use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
 
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS users (
@@ -62,10 +62,7 @@ pub struct Store<'a, D: Sql>(pub &'a D);
 
 impl<D: Sql> Store<'_, D> {
     pub fn migrate(&self) -> Result<(), StoreError> {
-        for statement in SCHEMA {
-            self.0.execute(statement, &[])?;
-        }
-        Ok(())
+        Ok(migrate(self.0, SCHEMA)?)
     }
 
     fn one(&self, filter: &str, value: &str) -> Result<Option<User>, StoreError> {
@@ -121,7 +118,7 @@ impl<D: Sql> Store<'_, D> {
 
     pub fn update_profile(&self, id: &str, name: Option<&str>, phone: Option<&str>) -> Result<(), StoreError> {
         self.0.execute(
-            "UPDATE users SET name = COALESCE(?, name), phone = COALESCE(?, phone) WHERE id = ?",
+            "UPDATE users SET name = COALESCE(CAST(? AS TEXT), name), phone = COALESCE(CAST(? AS TEXT), phone) WHERE id = ?",
             &[
                 name.map(str::to_string).into(),
                 phone.map(str::to_string).into(),

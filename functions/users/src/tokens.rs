@@ -11,6 +11,8 @@ use crate::keys::{SigningKey, sha256_hex};
 
 pub const ACCESS_TTL_SECS: i64 = 15 * 60;
 pub const REFRESH_TTL_SECS: i64 = 30 * 24 * 3600;
+/// Service tokens are not refreshable: a service asks again when one runs out.
+pub const SERVICE_TTL_SECS: i64 = 5 * 60;
 
 #[derive(Serialize)]
 struct AccessClaims<'a> {
@@ -31,15 +33,29 @@ pub struct Issuer<'a> {
 
 impl Issuer<'_> {
     pub fn access_token(&self, user_id: &str, roles: &[String], now: i64) -> String {
+        self.token(user_id, roles, now, ACCESS_TTL_SECS)
+    }
+
+    /// A token for service `client_id`: subject `service:<id>`, role `service`.
+    pub fn service_token(&self, client_id: &str, now: i64) -> String {
+        self.token(
+            &format!("service:{client_id}"),
+            &["service".into()],
+            now,
+            SERVICE_TTL_SECS,
+        )
+    }
+
+    fn token(&self, subject: &str, roles: &[String], now: i64, ttl: i64) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.key.kid.clone());
         let claims = AccessClaims {
-            sub: user_id,
+            sub: subject,
             iss: self.issuer,
             aud: self.audience,
             iat: now,
             nbf: now,
-            exp: now + ACCESS_TTL_SECS,
+            exp: now + ttl,
             roles,
         };
         encode(&header, &claims, &self.key.encoding).expect("RS256 signing with a valid key")

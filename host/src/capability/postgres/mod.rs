@@ -14,7 +14,7 @@ use std::time::Duration;
 
 mod values;
 
-use deadpool_postgres::{Manager, Object, Pool, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
@@ -41,7 +41,14 @@ impl PostgresPools {
         if let Some(pool) = pools.get(address) {
             return Ok(pool.clone());
         }
-        let manager = Manager::new(config, tokio_postgres::NoTls);
+        // A guest that trapped, timed out or simply never committed leaves its
+        // transaction open on the connection; it must not leak into the next guest's
+        // work, so every returned connection is rolled back before reuse (as Spin
+        // ends a guest's connection, and with it any open transaction).
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+        };
+        let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(CONNECT_TIMEOUT))

@@ -373,7 +373,7 @@ pub fn to_sql(value: ParameterValue) -> Result<Box<dyn ToSql + Sync + Send>, Err
         ParameterValue::ArrayInt32(v) => Box::new(v),
         ParameterValue::ArrayInt64(v) => Box::new(v),
         ParameterValue::ArrayStr(v) => Box::new(v),
-        ParameterValue::DbNull => Box::new(Option::<String>::None),
+        ParameterValue::DbNull => Box::new(Null),
         ParameterValue::Date((y, m, d)) => {
             let days = valid_date(y, m, d)? - PG_EPOCH_DAYS;
             let days = i32::try_from(days).map_err(|_| Error::BadParameter("date out of range".into()))?;
@@ -458,6 +458,23 @@ pub fn data_type(ty: &Type) -> DbDataType {
         Type::INTERVAL => DbDataType::Interval,
         _ => DbDataType::Other(ty.name().to_string()),
     }
+}
+
+/// SQL NULL, which binds to a parameter of any type (`Option<T>::None` would only
+/// bind where `T` does).
+#[derive(Debug)]
+struct Null;
+
+impl ToSql for Null {
+    fn to_sql(&self, _: &Type, _: &mut BytesMut) -> Result<IsNull, BoxError> {
+        Ok(IsNull::Yes)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
 }
 
 /// Any column value as its raw binary wire form.

@@ -1,0 +1,129 @@
+//! The few SQL operations the services need, so their queries run against Spin's
+//! SQLite or PostgreSQL in the components (feature `spin`) and against rusqlite in
+//! native tests (feature `testing`).
+//!
+//! Services write one portable SQL: `?`/`?N` placeholders, SQLite's type names in
+//! their schemas, `CAST(? AS TEXT)` where a parameter's type is not evident. The
+//! [`Dialect`] turns that into what PostgreSQL expects.
+
+mod dialect;
+#[cfg(feature = "spin")]
+pub mod spin;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use dialect::Dialect;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Null,
+}
+
+impl SqlValue {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            SqlValue::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn integer(&self) -> Option<i64> {
+        match self {
+            SqlValue::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for SqlValue {
+    fn from(v: &str) -> Self {
+        SqlValue::Text(v.to_string())
+    }
+}
+
+impl From<String> for SqlValue {
+    fn from(v: String) -> Self {
+        SqlValue::Text(v)
+    }
+}
+
+impl From<i64> for SqlValue {
+    fn from(v: i64) -> Self {
+        SqlValue::Integer(v)
+    }
+}
+
+impl<T: Into<SqlValue>> From<Option<T>> for SqlValue {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(SqlValue::Null, Into::into)
+    }
+}
+
+/// Why a statement failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlError {
+    /// A UNIQUE constraint refused the row.
+    Conflict(String),
+    Other(String),
+}
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SqlError::Conflict(m) | SqlError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl SqlError {
+    /// Classifies a driver message (SQLite words every UNIQUE violation the same way;
+    /// PostgreSQL's SQLSTATE 23505 is mapped by its adapter).
+    pub fn from_message(message: String) -> Self {
+        if message.contains("UNIQUE constraint failed") {
+            SqlError::Conflict(message)
+        } else {
+            SqlError::Other(message)
+        }
+    }
+}
+
+pub trait Sql {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    /// Runs one statement; the rows it returned.
+    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError>;
+}
+
+/// Creates what `schema` describes (each statement idempotent, SQLite type names).
+pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
+    for statement in schema {
+        match db.execute(&db.dialect().ddl(statement), &[]) {
+            // Two PostgreSQL sessions creating the same table race on its catalog
+            // row even with IF NOT EXISTS; the loser finds the table there.
+            Err(SqlError::Conflict(_)) if db.dialect() == Dialect::Postgres => {}
+            other => drop(other?),
+        }
+    }
+    Ok(())
+}
+
+/// Runs `work` in a write transaction, rolling back when it fails.
+pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    db.execute(db.dialect().begin(), &[])?;
+    match work() {
+        Ok(value) => {
+            db.execute("COMMIT", &[])?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = db.execute("ROLLBACK", &[]);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! rusqlite behind [`Sql`], for native tests.
+
+use super::*;
+
+pub struct MemoryDb(pub rusqlite::Connection);
+
+impl Default for MemoryDb {
+    fn default() -> Self {
+        Self(rusqlite::Connection::open_in_memory().unwrap())
+    }
+}
+
+impl Sql for MemoryDb {
+    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+        use rusqlite::types::{Value, ValueRef};
+        let mut stmt = self
+            .0
+            .prepare(statement)
+            .map_err(|e| SqlError::from_message(e.to_string()))?;
+        let columns = stmt.column_count();
+        let params: Vec<Value> = params
+            .iter()
+            .map(|p| match p {
+                SqlValue::Integer(i) => Value::Integer(*i),
+                SqlValue::Real(r) => Value::Real(*r),
+                SqlValue::Text(t) => Value::Text(t.clone()),
+                SqlValue::Blob(b) => Value::Blob(b.clone()),
+                SqlValue::Null => Value::Null,
+            })
+            .collect();
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(|e| SqlError::from_message(e.to_string()))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| SqlError::from_message(e.to_string()))? {
+            out.push(
+                (0..columns)
+                    .map(|i| match row.get_ref(i).unwrap() {
+                        ValueRef::Null => SqlValue::Null,
+                        ValueRef::Integer(i) => SqlValue::Integer(i),
+                        ValueRef::Real(r) => SqlValue::Real(r),
+                        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+                        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+                    })
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,140 @@
+//! What the shop's event-driven components share.
+//!
+//! - The `wasi:messaging` imports, generated once here, and two export macros that
+//!   reuse them: `kafka::export_kafka_handler!` (a `[[trigger.kafka]]` handler) and
+//!   `cron::export_cron_handler!` (a `[[trigger.cron]]` handler). A component may use
+//!   both, next to spin-sdk's `#[http_component]`.
+//! - [`received`]: a delivered message as its CloudEvents envelope and domain event.
+//! - [`Messaging`]: the outbox publisher over `wasi:messaging`.
+
+#![cfg(target_arch = "wasm32")]
+
+use shop_domain::{Envelope, ShopEvent};
+
+spin_sdk::wit_bindgen::generate!({
+    world: "host",
+    path: "../../wit/shop-messaging",
+    runtime_path: "spin_sdk::wit_bindgen::rt",
+    generate_all,
+});
+
+/// The Kafka trigger's export (`wasi:messaging/incoming-handler`).
+pub mod kafka {
+    spin_sdk::wit_bindgen::generate!({
+        world: "kafka-handler",
+        path: "../../wit/shop-messaging",
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        with: {
+            "wasi:messaging/types@0.2.0-draft": crate::wasi::messaging::types,
+            "wasi:messaging/producer@0.2.0-draft": crate::wasi::messaging::producer,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_kafka_handler",
+        default_bindings_module: "event_kit::kafka",
+    });
+}
+
+/// The cron trigger's export (`handle-cron-event`).
+pub mod cron {
+    spin_sdk::wit_bindgen::generate!({
+        world: "outbox-relay",
+        path: "../../wit/shop-messaging",
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        with: {
+            "wasi:messaging/types@0.2.0-draft": crate::wasi::messaging::types,
+            "wasi:messaging/producer@0.2.0-draft": crate::wasi::messaging::producer,
+            "fermyon:spin-cron/cron-types@2.0.0": generate,
+        },
+        pub_export_macro: true,
+        export_macro_name: "export_cron_handler",
+        default_bindings_module: "event_kit::cron",
+    });
+}
+
+pub use wasi::messaging::types::{Client, Error, Message};
+
+/// A delivered message as (envelope, event). An error names what is wrong with it;
+/// the handler returns it so the host retries and then dead-letters the message.
+pub fn received(message: &Message) -> Result<(Envelope, ShopEvent), String> {
+    let metadata = message.metadata().unwrap_or_default();
+    let envelope = Envelope::from_headers(metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| format!("not a CloudEvent: {e}"))?;
+    let event = ShopEvent::decode(&envelope.event_type, &message.data()).map_err(|e| e.to_string())?;
+    Ok((envelope, event))
+}
+
+/// Publishes outbox rows through the host's `kafka` messaging client.
+pub struct Messaging(Client);
+
+impl Messaging {
+    pub fn connect() -> Result<Self, String> {
+        Client::connect("kafka")
+            .map(Self)
+            .map_err(|e| format!("messaging: {e:?}"))
+    }
+}
+
+impl shop_domain::outbox::Publisher for Messaging {
+    fn publish(&self, topic: &str, key: &str, payload: &[u8], headers: Vec<(String, String)>) -> Result<(), String> {
+        let message = Message::new(payload);
+        let mut metadata = vec![("kafka.key".to_string(), key.to_string())];
+        for (name, value) in headers {
+            if name == "content-type" {
+                message.set_content_type(&value);
+            } else {
+                metadata.push((name, value));
+            }
+        }
+        message.set_metadata(&metadata);
+        wasi::messaging::producer::send(&self.0, topic, message).map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// Publishes what is waiting in `db`'s outbox now, rather than at the relay's next
+/// tick. A failure is only logged: the rows stay and the relay sends them later.
+pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) {
+    let result = Messaging::connect().and_then(|messaging| shop_domain::outbox::relay(db, &messaging, source));
+    if let Err(e) = result {
+        eprintln!("{source}: outbox left for the relay: {e}");
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A component variable, if set and not empty.
+pub fn variable(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A numeric component variable, or `default` when unset; a value that is not a
+/// number is an error naming the variable.
+pub fn number_variable(name: &str, default: i64) -> Result<i64, String> {
+    match variable(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("variable `{name}` must be a whole number, not `{v}`")),
+    }
+}
+
+/// A header's value as text (empty when absent or not UTF-8).
+pub fn header<'a>(request: &'a spin_sdk::http::Request, name: &str) -> &'a str {
+    request.header(name).and_then(|v| v.as_str()).unwrap_or("")
+}
+
+/// A service's response as spin-sdk's.
+pub fn reply(response: shop_domain::api::Response) -> spin_sdk::http::Response {
+    let mut builder = spin_sdk::http::Response::builder();
+    builder.status(response.status);
+    for (name, value) in response.headers {
+        builder.header(name, value);
+    }
+    builder.body(response.body).build()
+}

@@ -1,0 +1,13 @@
+//! The inventory service: stock per SKU (set by an admin), and the saga's
+//! reservations: reserve every line of an order or none, release, commit, and expire
+//! reservations nobody committed. Stock never goes negative: each change is one
+//! conditional UPDATE, and CHECK constraints hold the line in the database too.
+//!
+//! `stock` is the domain logic over the `Sql` trait (tested natively); `service` the
+//! HTTP API; `adapter` wires both to Spin, the Kafka trigger and the cron trigger.
+
+pub mod service;
+pub mod stock;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;
