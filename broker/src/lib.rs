@@ -12,6 +12,7 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod namespace;
 
 use std::sync::Arc;
 

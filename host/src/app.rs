@@ -103,16 +103,39 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
 }
 
 /// Renders a component's `allowed_outbound_hosts`, substituting `{{ variable }}`s.
+/// An entry made only of a variable may hold a whole URL (a service's base URL
+/// setting): it grants that URL's origin, and nothing when the variable is empty.
 pub fn allowed_hosts(entries: &[String], variables: &Variables) -> anyhow::Result<AllowedHosts> {
-    let rendered = entries
-        .iter()
-        .map(|e| {
-            variables
-                .render(e)
-                .map_err(|err| anyhow::anyhow!("allowed_outbound_hosts entry `{e}`: {err}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut rendered = Vec::new();
+    for entry in entries {
+        let value = variables
+            .render(entry)
+            .map_err(|err| anyhow::anyhow!("allowed_outbound_hosts entry `{entry}`: {err}"))?;
+        let whole_variable = matches!(
+            crate::manifest::Template::parse(entry).map(|t| t.parts),
+            Ok(parts) if matches!(parts.as_slice(), [crate::manifest::TemplatePart::Variable(_)])
+        );
+        if whole_variable {
+            match origin_of(value.trim()) {
+                Some(origin) => rendered.push(origin),
+                None => continue,
+            }
+        } else {
+            rendered.push(value);
+        }
+    }
     AllowedHosts::parse(rendered.iter().map(String::as_str)).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `scheme://authority` of a URL (`None` for an empty value).
+fn origin_of(url: &str) -> Option<String> {
+    if url.is_empty() {
+        return None;
+    }
+    Some(match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split(['/', '?', '#']).next().unwrap_or(rest)),
+        None => url.to_string(),
+    })
 }
 
 /// What the loader needs besides the manifest.
@@ -223,5 +246,36 @@ impl Exports {
         } else {
             names.join(", ")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn a_variable_holding_a_url_grants_its_origin_and_an_empty_one_nothing() {
+        let manifest = Manifest::parse(
+            Path::new("spin.toml"),
+            "spin_manifest_version = 2\n[application]\nname = \"t\"\n[variables]\n\
+             provider = { default = \"https://pay.example:8443/v1/charges\" }\nmail = { default = \"\" }\n\
+             host = { default = \"db.example\" }\n",
+        )
+        .unwrap();
+        let variables = Variables::resolve(&manifest, |_| None).unwrap();
+        let entries = ["{{ provider }}", "{{ mail }}", "postgres://{{ host }}"].map(String::from);
+        let allowed = allowed_hosts(&entries, &variables).unwrap();
+        assert!(allowed.allows("https", "pay.example", Some(8443)));
+        assert!(!allowed.allows("https", "pay.example", Some(443)));
+        assert!(allowed.allows("postgres", "db.example", Some(5432)));
+        assert!(!allowed.allows("https", "mail.example", Some(443)));
+        let literal_path = ["https://pay.example/v1".to_string()];
+        assert!(
+            allowed_hosts(&literal_path, &variables).is_err(),
+            "written paths stay an error"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! embedded log under the data dir. Brokers come from `--kafka-brokers` /
 //! `SHOP_KAFKA_BROKERS`, else the runtime config's `[kafka]`, else the manifest's
 //! `[application.trigger.kafka]` (each may also set `partitions` for topics the host
-//! creates and `options`, extra librdkafka settings such as `security.protocol`).
+//! creates, `options`, extra librdkafka settings such as `security.protocol`, and
+//! `topic_prefix`, a namespace for the app's topics and groups on a shared cluster).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use anyhow::Context as _;
 use shop_broker::Broker;
 use shop_broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use shop_broker::kafka::{KafkaBroker, KafkaOptions};
+use shop_broker::namespace::Namespaced;
 
 use crate::manifest::Manifest;
 use crate::runtime_config::RuntimeConfig;
@@ -21,6 +23,8 @@ pub struct KafkaSettings {
     pub brokers: Option<String>,
     pub partitions: Option<i32>,
     pub options: Vec<(String, String)>,
+    /// Prepended on the broker to every topic and group the app uses.
+    pub topic_prefix: Option<String>,
 }
 
 impl KafkaSettings {
@@ -55,10 +59,16 @@ impl KafkaSettings {
                 options.push((k.clone(), value));
             }
         }
+        let topic_prefix = match table.get("topic_prefix") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
+            Some(other) => anyhow::bail!("{origin}.topic_prefix: expected a string, found {other}"),
+        };
         Ok(Self {
             brokers: brokers.filter(|b| !b.trim().is_empty()),
             partitions,
             options,
+            topic_prefix,
         })
     }
 
@@ -79,6 +89,7 @@ impl KafkaSettings {
                 .or(from_runtime.brokers)
                 .or(from_manifest.brokers),
             partitions: from_runtime.partitions.or(from_manifest.partitions),
+            topic_prefix: from_runtime.topic_prefix.or(from_manifest.topic_prefix),
             options: if from_runtime.options.is_empty() {
                 from_manifest.options
             } else {
@@ -94,6 +105,19 @@ pub fn needed(manifest: &Manifest) -> bool {
 }
 
 pub fn connect(settings: &KafkaSettings, data_dir: &Path) -> anyhow::Result<Arc<dyn Broker>> {
+    let broker = connect_plain(settings, data_dir)?;
+    match &settings.topic_prefix {
+        None => Ok(broker),
+        Some(prefix) => {
+            tracing::info!(prefix = %prefix, "event broker: topics and groups prefixed");
+            Ok(Arc::new(
+                Namespaced::new(broker, prefix).map_err(|e| anyhow::anyhow!("kafka topic_prefix: {e}"))?,
+            ))
+        }
+    }
+}
+
+fn connect_plain(settings: &KafkaSettings, data_dir: &Path) -> anyhow::Result<Arc<dyn Broker>> {
     let partitions = settings.partitions.unwrap_or(3);
     match &settings.brokers {
         Some(brokers) => {

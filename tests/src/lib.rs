@@ -2,6 +2,8 @@
 //! built into the shared target directory, writes throwaway applications, and runs
 //! the host as a real process on loopback ports.
 
+pub mod full_shop;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

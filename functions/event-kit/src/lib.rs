@@ -90,11 +90,16 @@ impl shop_domain::outbox::Publisher for Messaging {
     }
 }
 
+/// Publishes what is waiting in `db`'s outbox (the cron handlers' relay step).
+pub fn relay_outbox(db: &impl shop_domain::sql::Sql, source: &str) -> Result<(), String> {
+    let messaging = Messaging::connect()?;
+    shop_domain::outbox::relay(db, &messaging, source).map(drop)
+}
+
 /// Publishes what is waiting in `db`'s outbox now, rather than at the relay's next
 /// tick. A failure is only logged: the rows stay and the relay sends them later.
 pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) {
-    let result = Messaging::connect().and_then(|messaging| shop_domain::outbox::relay(db, &messaging, source));
-    if let Err(e) = result {
+    if let Err(e) = relay_outbox(db, source) {
         eprintln!("{source}: outbox left for the relay: {e}");
     }
 }

@@ -108,7 +108,7 @@ mod adapter {
         outbound
             .method(req.method().clone())
             .uri(format!("http://{service}.spin.internal{}{query}", req.path()));
-        for name in ["content-type", "x-request-id"] {
+        for name in ["content-type", "x-request-id", "idempotency-key"] {
             if let Some(value) = req.header(name).and_then(|v| v.as_str()) {
                 outbound.header(name, value);
             }

@@ -29,6 +29,11 @@ fn under(path: &str, prefix: &str) -> bool {
     path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// The path's segments after the leading `/`, without a trailing `/`.
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/').split('/').skip(1).collect()
+}
+
 fn forward_if(allowed: bool, method: &str, path: &str, service: &'static str, access: Access) -> Decision {
     if allowed {
         Decision::Forward { service, access }
@@ -88,8 +93,7 @@ pub fn decide(method: &str, path: &str) -> Decision {
         return forward_if(method == "GET", method, path, "users", Access::Service);
     }
     if under(path, "/cart") {
-        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-        let allowed = match segments.as_slice() {
+        let allowed = match segments(path).as_slice() {
             ["cart"] => matches!(method, "GET" | "DELETE"),
             ["cart", "items"] => method == "POST",
             ["cart", "items", _] => matches!(method, "PATCH" | "DELETE"),
@@ -97,9 +101,39 @@ pub fn decide(method: &str, path: &str) -> Decision {
         };
         return forward_if(allowed, method, path, "cart", Access::Customer);
     }
+    if under(path, "/orders") {
+        let allowed = match segments(path).as_slice() {
+            ["orders"] => matches!(method, "GET" | "POST"),
+            ["orders", _] => method == "GET",
+            ["orders", _, "cancel"] => method == "POST",
+            _ => return error(404, "not_found", format!("no route for {method} {path}")),
+        };
+        return forward_if(allowed, method, path, "orders", Access::Customer);
+    }
+    if under(path, "/inventory") {
+        return match segments(path).as_slice() {
+            ["inventory", _] => forward_if(
+                matches!(method, "GET" | "PUT"),
+                method,
+                path,
+                "inventory",
+                Access::Admin,
+            ),
+            _ => error(404, "not_found", format!("no route for {method} {path}")),
+        };
+    }
+    if under(path, "/payments") {
+        // The payments service shows a customer only their own payments.
+        return match segments(path).as_slice() {
+            ["payments", _] => forward_if(method == "GET", method, path, "payments", Access::Customer),
+            _ => error(404, "not_found", format!("no route for {method} {path}")),
+        };
+    }
+    if path == "/notifications" {
+        return forward_if(method == "GET", method, path, "notifications", Access::Customer);
+    }
     if under(path, "/products") {
-        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-        let access = match (segments.as_slice(), method) {
+        let access = match (segments(path).as_slice(), method) {
             (["products"] | ["products", _], "GET") => Access::Public,
             (["products"], "POST") | (["products", _], "PUT" | "DELETE") => Access::Admin,
             (["products"] | ["products", _], _) => {
@@ -145,7 +179,9 @@ mod tests {
         assert_eq!(doc["openapi"], "3.1.0");
         let mut documented = std::collections::BTreeSet::new();
         for (template, operations) in doc["paths"].as_object().unwrap() {
-            let path = template.replace("{id}", "x-1").replace("{product_id}", "x-1");
+            let path = ["{id}", "{product_id}", "{sku}", "{order_id}"]
+                .iter()
+                .fold(template.clone(), |path, name| path.replace(name, "x-1"));
             for method in operations.as_object().unwrap().keys() {
                 let method = method.to_uppercase();
                 assert!(
@@ -156,7 +192,19 @@ mod tests {
             }
         }
         let mut paths: Vec<String> = documented.iter().map(|(_, p)| p.clone()).collect();
-        paths.extend(["/x", "/products/x-1/y", "/cart/other", "/auth", "/users"].map(String::from));
+        paths.extend(
+            [
+                "/x",
+                "/products/x-1/y",
+                "/cart/other",
+                "/auth",
+                "/users",
+                "/orders/x-1/other",
+                "/inventory",
+                "/payments",
+            ]
+            .map(String::from),
+        );
         for path in &paths {
             for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
                 if accepted(method, path) {

@@ -72,13 +72,7 @@ impl cron::Guest for Handlers {
         let inventory = Inventory::new(&db, &context);
         inventory.migrate().map_err(|e| cron::Error::Other(e.to_string()))?;
         inventory.expire().map_err(|e| cron::Error::Other(e.to_string()))?;
-        shop_domain::outbox::relay(
-            &db,
-            &event_kit::Messaging::connect().map_err(cron::Error::Other)?,
-            SOURCE,
-        )
-        .map(drop)
-        .map_err(cron::Error::Other)
+        event_kit::relay_outbox(&db, SOURCE).map_err(cron::Error::Other)
     }
 }
 

@@ -2,7 +2,6 @@
 //! `database_url` is set) for the outbox, `wasi:messaging` for publishing, exported
 //! as the cron trigger's handler.
 
-use event_kit::Messaging;
 use event_kit::cron::{Error, Guest, Metadata};
 use shop_domain::sql::spin::SpinDatabase;
 
@@ -15,10 +14,7 @@ impl Guest for Relay {
         let database = variable("database")?;
         let source = variable("source")?;
         let outbox = SpinDatabase::open_configured(&database).map_err(Error::Other)?;
-        let messaging = Messaging::connect().map_err(Error::Other)?;
-        shop_domain::outbox::relay(&outbox, &messaging, &source)
-            .map(drop)
-            .map_err(Error::Other)
+        event_kit::relay_outbox(&outbox, &source).map_err(Error::Other)
     }
 }
 

@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "SHOP_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
+    /// Where compiled components are cached (default: `<data-dir>/cache/compiled`);
+    /// several hosts may share one.
+    #[arg(long, env = "SHOP_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Do not run build commands, even for missing sources.
     #[arg(long)]
     pub no_build: bool,
@@ -90,7 +94,11 @@ async fn serve(
         ..EngineOptions::default()
     })?;
     let _ticker = EpochTicker::start(engine.clone());
-    let cache = CompileCache::new(args.data_dir.join("cache").join("compiled"));
+    let cache = CompileCache::new(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("cache").join("compiled")),
+    );
     let metrics = Arc::new(Metrics::new());
 
     let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &args.data_dir)?);

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 pub use event_triggers::{CronTrigger, KafkaTrigger, check_topic_name};
-pub use template::Template;
+pub use template::{Template, TemplatePart};
 pub use validate::{Problem, Severity, is_valid_variable_name, validate};
 
 /// Keys a table did not recognise, kept so they can be reported as warnings.

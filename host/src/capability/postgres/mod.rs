@@ -48,6 +48,15 @@ impl PostgresPools {
         let recycling = ManagerConfig {
             recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
         };
+        // Components never see server notices (the interface has no place for
+        // them); without this each `CREATE … IF NOT EXISTS` and each recycling
+        // ROLLBACK would be logged by the driver.
+        let mut config = config;
+        let options = config.get_options().map(str::to_string);
+        config.options(&match options {
+            Some(o) if !o.is_empty() => format!("{o} -c client_min_messages=error"),
+            _ => "-c client_min_messages=error".to_string(),
+        });
         let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)

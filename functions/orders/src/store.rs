@@ -1,0 +1,328 @@
+//! The order event store: an append-only history per order (sequence numbers, the
+//! (order, seq) key as optimistic concurrency), the `orders` projection for lists and
+//! timeouts, idempotency keys, the inbox and the outbox, all in one database and
+//! changed together in one transaction.
+
+use shop_domain::ShopEvent;
+use shop_domain::events::OrderTimedOut;
+use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
+use shop_domain::types::OrderStatus;
+use shop_domain::{inbox, outbox};
+
+use crate::saga::{Order, Recorded, Timeouts, decide, publishes};
+
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS order_events (
+        order_id TEXT NOT NULL, seq INTEGER NOT NULL, event_id TEXT NOT NULL UNIQUE,
+        event_type TEXT NOT NULL, payload BLOB NOT NULL, at INTEGER NOT NULL, time TEXT NOT NULL,
+        PRIMARY KEY (order_id, seq))",
+    "CREATE TABLE IF NOT EXISTS orders (
+        id TEXT PRIMARY KEY, user_id TEXT NOT NULL, status TEXT NOT NULL, step TEXT NOT NULL,
+        total_amount INTEGER NOT NULL, currency TEXT NOT NULL, reason TEXT, deadline INTEGER,
+        version INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS orders_by_deadline ON orders (status, deadline)",
+    "CREATE TABLE IF NOT EXISTS idempotency_keys (
+        user_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, order_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, idempotency_key))",
+    inbox::SCHEMA,
+    outbox::SCHEMA,
+];
+
+/// How many times a conflicting append is retried on a fresh read.
+const APPEND_ATTEMPTS: usize = 5;
+
+pub struct Context<'a> {
+    pub now: i64,
+    pub now_text: String,
+    pub new_id: &'a dyn Fn() -> String,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum StoreError {
+    /// Another writer appended to the same order first.
+    Conflict,
+    Failed(String),
+}
+
+impl From<SqlError> for StoreError {
+    fn from(e: SqlError) -> Self {
+        match e {
+            SqlError::Conflict(_) => StoreError::Conflict,
+            SqlError::Other(m) => StoreError::Failed(m),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Conflict => f.write_str("concurrent update, retries exhausted"),
+            StoreError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What handling an event did to its order.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Changed(Order),
+    Unchanged(Order),
+    /// The event id was handled before.
+    Duplicate,
+    /// No such order here.
+    UnknownOrder,
+}
+
+/// A page of one customer's orders, newest first.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub id: String,
+    pub status: &'static str,
+    pub total: shop_domain::types::Money,
+    pub reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub struct Orders<'a, D: Sql> {
+    db: &'a D,
+    context: &'a Context<'a>,
+}
+
+/// The status as the API spells it.
+pub fn status_text(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Pending => "PENDING",
+        OrderStatus::Confirmed => "CONFIRMED",
+        OrderStatus::Cancelled => "CANCELLED",
+    }
+}
+
+fn status_of(text: &str) -> OrderStatus {
+    match text {
+        "CONFIRMED" => OrderStatus::Confirmed,
+        "CANCELLED" => OrderStatus::Cancelled,
+        _ => OrderStatus::Pending,
+    }
+}
+
+impl<'a, D: Sql> Orders<'a, D> {
+    pub fn new(db: &'a D, context: &'a Context<'a>) -> Self {
+        Self { db, context }
+    }
+
+    pub fn migrate(&self) -> Result<(), SqlError> {
+        migrate(self.db, SCHEMA)
+    }
+
+    pub fn history(&self, order_id: &str) -> Result<Vec<Recorded>, StoreError> {
+        let rows = self.db.execute(
+            "SELECT seq, event_id, event_type, payload, at, time FROM order_events WHERE order_id = ? ORDER BY seq",
+            &[order_id.into()],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let text = |i: usize| r.get(i).and_then(SqlValue::text).unwrap_or_default().to_string();
+                let payload = match r.get(3) {
+                    Some(SqlValue::Blob(b)) => b.as_slice(),
+                    _ => &[],
+                };
+                let event = ShopEvent::decode(&text(2), payload)
+                    .map_err(|e| StoreError::Failed(format!("order {order_id}: stored event unreadable: {e}")))?;
+                Ok(Recorded {
+                    seq: r.first().and_then(SqlValue::integer).unwrap_or(0),
+                    event_id: text(1),
+                    at: r.get(4).and_then(SqlValue::integer).unwrap_or(0),
+                    time: text(5),
+                    event,
+                })
+            })
+            .collect()
+    }
+
+    pub fn load(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
+        Ok(Order::fold(&self.history(order_id)?))
+    }
+
+    /// Appends `events` after `version` (0 for a new order), puts the published ones
+    /// in the outbox under the same ids, and updates the projection. Fails with
+    /// `Conflict` when someone else appended first.
+    fn append(&self, order_id: &str, version: i64, events: Vec<ShopEvent>) -> Result<Order, StoreError> {
+        let ctx = self.context;
+        for (i, event) in events.iter().enumerate() {
+            let event_id = (ctx.new_id)();
+            self.db.execute(
+                "INSERT INTO order_events (order_id, seq, event_id, event_type, payload, at, time) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                &[
+                    order_id.into(),
+                    (version + 1 + i as i64).into(),
+                    event_id.clone().into(),
+                    event.event_type().into(),
+                    SqlValue::Blob(event.to_json()),
+                    ctx.now.into(),
+                    ctx.now_text.clone().into(),
+                ],
+            )?;
+            if publishes(event) {
+                outbox::record(self.db, event_id, ctx.now_text.clone(), event)?;
+            }
+        }
+        let order = self
+            .load(order_id)?
+            .ok_or_else(|| StoreError::Failed(format!("order {order_id} has no OrderPlaced")))?;
+        self.project(&order)?;
+        Ok(order)
+    }
+
+    fn project(&self, order: &Order) -> Result<(), SqlError> {
+        self.db.execute(
+            "INSERT INTO orders (id, user_id, status, step, total_amount, currency, reason, deadline, version, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, step = excluded.step, \
+             reason = excluded.reason, deadline = excluded.deadline, version = excluded.version, \
+             updated_at = excluded.updated_at",
+            &[
+                order.id.clone().into(),
+                order.user_id.clone().into(),
+                status_text(order.status).into(),
+                order.step.name().into(),
+                order.total.amount.into(),
+                order.total.currency.clone().into(),
+                order.reason.clone().into(),
+                order.deadline(&self.context.timeouts).into(),
+                order.version.into(),
+                order.created_at.clone().into(),
+                order.updated_at.clone().into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records a new order (OrderPlaced and its first command). With an idempotency
+    /// key the customer used before, nothing is written and that order is returned.
+    pub fn place(&self, placed: ShopEvent, idempotency_key: Option<&str>) -> Result<Order, StoreError> {
+        let ShopEvent::OrderPlaced(details) = &placed else {
+            return Err(StoreError::Failed("place needs an OrderPlaced".into()));
+        };
+        let reserve = ShopEvent::InventoryReserveRequested(shop_domain::events::InventoryCommand {
+            order_id: details.order_id.clone(),
+            lines: details.lines.clone(),
+        });
+        in_transaction(self.db, || {
+            if let Some(key) = idempotency_key {
+                let claimed = self.db.execute(
+                    "INSERT INTO idempotency_keys (user_id, idempotency_key, order_id) VALUES (?, ?, ?) \
+                     ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING order_id",
+                    &[
+                        details.user_id.clone().into(),
+                        key.into(),
+                        details.order_id.clone().into(),
+                    ],
+                )?;
+                if claimed.is_empty() {
+                    let rows = self.db.execute(
+                        "SELECT order_id FROM idempotency_keys WHERE user_id = ? AND idempotency_key = ?",
+                        &[details.user_id.clone().into(), key.into()],
+                    )?;
+                    let earlier = rows
+                        .first()
+                        .and_then(|r| r.first())
+                        .and_then(SqlValue::text)
+                        .unwrap_or_default();
+                    return self
+                        .load(earlier)?
+                        .ok_or_else(|| StoreError::Failed(format!("idempotency key names unknown order {earlier}")));
+                }
+            }
+            self.append(&details.order_id, 0, vec![placed.clone(), reserve.clone()])
+        })
+    }
+
+    /// Lets `incoming` act on its order: loads it, decides, appends, in one
+    /// transaction with the inbox entry for `event_id` (when it came from the broker).
+    pub fn apply(&self, event_id: Option<&str>, order_id: &str, incoming: &ShopEvent) -> Result<Outcome, StoreError> {
+        let mut attempts = 0;
+        loop {
+            let result = in_transaction(self.db, || {
+                if let Some(id) = event_id
+                    && !inbox::first_time(self.db, id, &self.context.now_text)?
+                {
+                    return Ok(Outcome::Duplicate);
+                }
+                let Some(order) = self.load(order_id)? else {
+                    return Ok(Outcome::UnknownOrder);
+                };
+                let events = decide(&order, incoming);
+                if events.is_empty() {
+                    return Ok(Outcome::Unchanged(order));
+                }
+                self.append(order_id, order.version, events).map(Outcome::Changed)
+            });
+            attempts += 1;
+            match result {
+                Err(StoreError::Conflict) if attempts < APPEND_ATTEMPTS => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Pending orders whose current step has waited past its timeout, as the
+    /// timeout event to apply to each.
+    pub fn overdue(&self, limit: i64) -> Result<Vec<(String, ShopEvent)>, StoreError> {
+        let rows = self.db.execute(
+            "SELECT id, step FROM orders WHERE status = 'PENDING' AND deadline <= ? ORDER BY deadline LIMIT ?",
+            &[self.context.now.into(), limit.into()],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let id = r.first().and_then(SqlValue::text)?.to_string();
+                let step = r.get(1).and_then(SqlValue::text)?.to_string();
+                let event = ShopEvent::OrderTimedOut(OrderTimedOut {
+                    order_id: id.clone(),
+                    step,
+                });
+                Some((id, event))
+            })
+            .collect())
+    }
+
+    pub fn list(&self, user_id: &str, page: u32, per_page: u32) -> Result<(Vec<Summary>, i64), StoreError> {
+        let total = self
+            .db
+            .execute("SELECT COUNT(*) FROM orders WHERE user_id = ?", &[user_id.into()])?
+            .first()
+            .and_then(|r| r.first().and_then(SqlValue::integer))
+            .unwrap_or(0);
+        let rows = self.db.execute(
+            "SELECT id, status, total_amount, currency, reason, created_at, updated_at FROM orders \
+             WHERE user_id = ? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+            &[
+                user_id.into(),
+                i64::from(per_page).into(),
+                (i64::from(page - 1) * i64::from(per_page)).into(),
+            ],
+        )?;
+        let summaries = rows
+            .iter()
+            .map(|r| {
+                let text = |i: usize| r.get(i).and_then(SqlValue::text).unwrap_or_default().to_string();
+                Summary {
+                    id: text(0),
+                    status: status_text(status_of(&text(1))),
+                    total: shop_domain::types::Money {
+                        amount: r.get(2).and_then(SqlValue::integer).unwrap_or(0),
+                        currency: text(3),
+                    },
+                    reason: r.get(4).and_then(SqlValue::text).map(str::to_string),
+                    created_at: text(5),
+                    updated_at: text(6),
+                }
+            })
+            .collect();
+        Ok((summaries, total))
+    }
+}

@@ -1,0 +1,291 @@
+//! One payment per order. Commands are idempotent per order: the ledger row says what
+//! happened, and asking again re-announces it instead of charging again. The provider
+//! is called outside the transaction (it is remote); its own idempotency key (the
+//! order id) makes a retried call after a crash harmless.
+
+use serde::Serialize;
+use shop_domain::ShopEvent;
+use shop_domain::events::{PaymentCommand, PaymentResult};
+use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
+use shop_domain::types::Money;
+use shop_domain::{inbox, outbox};
+
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS payments (
+        order_id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, user_id TEXT,
+        amount INTEGER NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL,
+        provider_reference TEXT, reason TEXT, updated_at TEXT NOT NULL)",
+    inbox::SCHEMA,
+    outbox::SCHEMA,
+];
+
+/// What the provider said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Approved { reference: String },
+    Declined { reason: String },
+}
+
+/// A payment provider. `Err` is a transient failure (the command is retried).
+pub trait Provider {
+    fn authorize(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Answer, String>;
+    fn capture(&self, reference: &str) -> Result<Answer, String>;
+    fn void(&self, reference: &str) -> Result<Answer, String>;
+    fn refund(&self, reference: &str) -> Result<Answer, String>;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Payment {
+    pub id: String,
+    pub order_id: String,
+    #[serde(skip)]
+    pub user_id: Option<String>,
+    pub amount: Money,
+    /// authorized, declined, captured, voided, refunded
+    pub status: String,
+    pub provider_reference: Option<String>,
+    pub reason: Option<String>,
+    pub updated_at: String,
+}
+
+pub struct Context<'a> {
+    pub now_text: String,
+    pub new_id: &'a dyn Fn() -> String,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Handled {
+    /// Handled; this event announces the outcome.
+    Done(Box<ShopEvent>),
+    Duplicate,
+    Ignored,
+}
+
+pub struct Ledger<'a, D: Sql> {
+    db: &'a D,
+    context: &'a Context<'a>,
+}
+
+impl<'a, D: Sql> Ledger<'a, D> {
+    pub fn new(db: &'a D, context: &'a Context<'a>) -> Self {
+        Self { db, context }
+    }
+
+    pub fn migrate(&self) -> Result<(), SqlError> {
+        migrate(self.db, SCHEMA)
+    }
+
+    pub fn payment(&self, order_id: &str) -> Result<Option<Payment>, SqlError> {
+        let rows = self.db.execute(
+            "SELECT payment_id, user_id, amount, currency, status, provider_reference, reason, updated_at \
+             FROM payments WHERE order_id = ?",
+            &[order_id.into()],
+        )?;
+        Ok(rows.first().map(|r| {
+            let text = |i: usize| r.get(i).and_then(SqlValue::text).map(str::to_string);
+            Payment {
+                id: text(0).unwrap_or_default(),
+                order_id: order_id.to_string(),
+                user_id: text(1),
+                amount: Money {
+                    amount: r.get(2).and_then(SqlValue::integer).unwrap_or(0),
+                    currency: text(3).unwrap_or_default(),
+                },
+                status: text(4).unwrap_or_default(),
+                provider_reference: text(5),
+                reason: text(6),
+                updated_at: text(7).unwrap_or_default(),
+            }
+        }))
+    }
+
+    fn seen(&self, event_id: &str) -> Result<bool, SqlError> {
+        let rows = self
+            .db
+            .execute("SELECT 1 FROM inbox WHERE event_id = ?", &[event_id.into()])?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Handles one delivered command exactly once. `Err` leaves nothing changed.
+    pub fn handle(&self, event_id: &str, event: &ShopEvent, provider: &impl Provider) -> Result<Handled, String> {
+        let command = match event {
+            ShopEvent::PaymentAuthorizeRequested(c)
+            | ShopEvent::PaymentCaptureRequested(c)
+            | ShopEvent::PaymentVoidRequested(c)
+            | ShopEvent::PaymentRefundRequested(c) => c,
+            _ => return Ok(Handled::Ignored),
+        };
+        let sql = |e: SqlError| e.to_string();
+        if self.seen(event_id).map_err(sql)? {
+            return Ok(Handled::Duplicate);
+        }
+        let existing = self.payment(&command.order_id).map_err(sql)?;
+        // Decide with the provider first; record the result in one transaction.
+        let change = match event {
+            ShopEvent::PaymentAuthorizeRequested(_) => self.authorize(command, existing, provider)?,
+            ShopEvent::PaymentCaptureRequested(_) => self.capture(command, existing, provider)?,
+            _ => self.void_or_refund(command, existing, provider)?,
+        };
+        in_transaction(self.db, || {
+            if !inbox::first_time(self.db, event_id, &self.context.now_text)? {
+                return Ok(Handled::Duplicate);
+            }
+            if let Some(payment) = &change.write {
+                self.save(payment)?;
+            }
+            outbox::record(
+                self.db,
+                (self.context.new_id)(),
+                self.context.now_text.clone(),
+                &change.announce,
+            )?;
+            Ok(Handled::Done(Box::new(change.announce.clone())))
+        })
+        .map_err(sql)
+    }
+
+    fn save(&self, p: &Payment) -> Result<(), SqlError> {
+        self.db.execute(
+            "INSERT INTO payments (order_id, payment_id, user_id, amount, currency, status, provider_reference, \
+             reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET \
+             status = excluded.status, provider_reference = excluded.provider_reference, \
+             reason = excluded.reason, updated_at = excluded.updated_at",
+            &[
+                p.order_id.clone().into(),
+                p.id.clone().into(),
+                p.user_id.clone().into(),
+                p.amount.amount.into(),
+                p.amount.currency.clone().into(),
+                p.status.clone().into(),
+                p.provider_reference.clone().into(),
+                p.reason.clone().into(),
+                self.context.now_text.clone().into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn authorize(
+        &self,
+        command: &PaymentCommand,
+        existing: Option<Payment>,
+        provider: &impl Provider,
+    ) -> Result<Change, String> {
+        if let Some(payment) = existing {
+            // Asked again: the first answer stands.
+            return Ok(Change::announce(&payment));
+        }
+        let token = command.payment_token.as_deref().unwrap_or_default();
+        let mut payment = Payment {
+            id: (self.context.new_id)(),
+            order_id: command.order_id.clone(),
+            user_id: command.user_id.clone(),
+            amount: command.amount.clone(),
+            status: String::new(),
+            provider_reference: None,
+            reason: None,
+            updated_at: self.context.now_text.clone(),
+        };
+        match provider.authorize(&command.order_id, token, &command.amount)? {
+            Answer::Approved { reference } => {
+                payment.status = "authorized".into();
+                payment.provider_reference = Some(reference);
+            }
+            Answer::Declined { reason } => {
+                payment.status = "declined".into();
+                payment.reason = Some(reason);
+            }
+        }
+        Ok(Change::write(payment))
+    }
+
+    fn capture(
+        &self,
+        command: &PaymentCommand,
+        existing: Option<Payment>,
+        provider: &impl Provider,
+    ) -> Result<Change, String> {
+        let Some(mut payment) = existing else {
+            return Err(format!("capture for order {}: nothing authorized", command.order_id));
+        };
+        if payment.status != "authorized" {
+            return Ok(Change::announce(&payment));
+        }
+        match provider.capture(payment.provider_reference.as_deref().unwrap_or_default())? {
+            Answer::Approved { .. } => payment.status = "captured".into(),
+            Answer::Declined { reason } => return Err(format!("capture refused by the provider: {reason}")),
+        }
+        Ok(Change::write(payment))
+    }
+
+    /// Gives the money back: voids an authorization, refunds a capture.
+    fn void_or_refund(
+        &self,
+        command: &PaymentCommand,
+        existing: Option<Payment>,
+        provider: &impl Provider,
+    ) -> Result<Change, String> {
+        let Some(mut payment) = existing else {
+            // Nothing was authorized: nothing to give back, which the saga may record.
+            return Ok(Change {
+                write: None,
+                announce: ShopEvent::PaymentVoided(PaymentResult {
+                    order_id: command.order_id.clone(),
+                    payment_id: None,
+                    amount: command.amount.clone(),
+                    reason: Some("nothing was authorized".into()),
+                }),
+            });
+        };
+        let reference = payment.provider_reference.clone().unwrap_or_default();
+        let (answer, status) = match payment.status.as_str() {
+            "authorized" => (provider.void(&reference)?, "voided"),
+            "captured" => (provider.refund(&reference)?, "refunded"),
+            _ => return Ok(Change::announce(&payment)),
+        };
+        match answer {
+            Answer::Approved { .. } => payment.status = status.into(),
+            Answer::Declined { reason } => return Err(format!("{status} refused by the provider: {reason}")),
+        }
+        Ok(Change::write(payment))
+    }
+}
+
+/// A handled command's effect: the row to write, and the event announcing it.
+struct Change {
+    write: Option<Payment>,
+    announce: ShopEvent,
+}
+
+impl Change {
+    fn write(payment: Payment) -> Self {
+        Self {
+            announce: announcement(&payment),
+            write: Some(payment),
+        }
+    }
+
+    fn announce(payment: &Payment) -> Self {
+        Self {
+            write: None,
+            announce: announcement(payment),
+        }
+    }
+}
+
+/// The event that says what state `payment` is in.
+fn announcement(payment: &Payment) -> ShopEvent {
+    let result = PaymentResult {
+        order_id: payment.order_id.clone(),
+        payment_id: Some(payment.id.clone()),
+        amount: payment.amount.clone(),
+        reason: payment.reason.clone(),
+    };
+    match payment.status.as_str() {
+        "declined" => ShopEvent::PaymentDeclined(result),
+        "captured" => ShopEvent::PaymentCaptured(result),
+        "voided" => ShopEvent::PaymentVoided(result),
+        "refunded" => ShopEvent::PaymentRefunded(result),
+        _ => ShopEvent::PaymentAuthorized(result),
+    }
+}

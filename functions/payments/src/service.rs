@@ -1,0 +1,101 @@
+//! The payments HTTP API: `GET /payments/{order_id}` (the customer's own, or any for
+//! an admin), and the sandbox provider's API under `/sandbox/` (reached only over
+//! local service chaining; the gateway does not route it).
+
+use serde::Deserialize;
+use serde_json::json;
+use shop_domain::api::{ApiError, Response};
+use shop_domain::sql::Sql;
+use shop_domain::types::Money;
+
+use crate::ledger::Ledger;
+use crate::sandbox::{Reply, SLOW_TOKEN, Sandbox};
+
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+    pub user: &'a str,
+    pub roles: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Authorization {
+    idempotency_key: String,
+    token: String,
+    amount: Money,
+}
+
+pub struct Services<'a, D: Sql> {
+    pub ledger: &'a Ledger<'a, D>,
+    pub sandbox: &'a Sandbox<'a, D>,
+    /// How `tok_slow` is slow.
+    pub sleep: &'a dyn Fn(),
+}
+
+pub fn handle<D: Sql>(request: &Request<'_>, services: &Services<'_, D>) -> Response {
+    Response::from_result(route(request, services))
+}
+
+fn route<D: Sql>(request: &Request<'_>, services: &Services<'_, D>) -> Result<Response, ApiError> {
+    services.ledger.migrate()?;
+    shop_domain::sql::migrate(services.sandbox.db, &[crate::sandbox::SCHEMA])?;
+    let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').skip(1).collect();
+    match (segments.as_slice(), request.method) {
+        (["payments", order_id], "GET") => {
+            let admin = request.roles.split(',').any(|r| r.trim() == "admin");
+            let payment = services
+                .ledger
+                .payment(order_id)?
+                .filter(|p| admin || (!request.user.is_empty() && p.user_id.as_deref() == Some(request.user)))
+                .ok_or_else(|| ApiError::not_found("no payment for this order"))?;
+            Ok(Response::json(200, &payment))
+        }
+        (["payments", _], _) => Err(ApiError::method_not_allowed("GET")),
+        (["sandbox", "authorizations"], "POST") => {
+            let input: Authorization = ApiError::parse(request.body)?;
+            if input.amount.amount <= 0 || input.idempotency_key.is_empty() {
+                return Err(ApiError::bad_request(
+                    "validation_failed",
+                    "a positive amount and an idempotency key are required",
+                ));
+            }
+            if input.token == SLOW_TOKEN {
+                (services.sleep)();
+            }
+            let charge = services
+                .sandbox
+                .authorize(&input.idempotency_key, &input.token, &input.amount)?;
+            match &charge.decline_reason {
+                Some(reason) => Err(ApiError::new(402, "card_declined", reason.clone())),
+                None => Ok(Response::json(201, &charge)),
+            }
+        }
+        (
+            [
+                "sandbox",
+                "authorizations",
+                id,
+                action @ ("capture" | "void" | "refund"),
+            ],
+            "POST",
+        ) => match services.sandbox.transition(id, action)? {
+            Reply::Ok(charge) => Ok(Response::json(200, &charge)),
+            Reply::NotFound => Err(ApiError::not_found(format!("no charge {id}"))),
+            Reply::Refused(message) => Err(ApiError::conflict(message)),
+        },
+        _ => Err(ApiError::not_found(format!(
+            "no route for {} {}",
+            request.method, request.path
+        ))),
+    }
+}
+
+/// The body of a sandbox error, for the provider client.
+pub fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| json!(String::from_utf8_lossy(body)).to_string())
+}

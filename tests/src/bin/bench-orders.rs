@@ -1,0 +1,123 @@
+//! Order load: customers place orders concurrently through the gateway and each waits
+//! for its order to conclude. Prints orders/s (accepted orders over the time until
+//! the last one concluded), placement (the 202) and placement-to-confirmed latency
+//! percentiles, for the embedded defaults and for Kafka + PostgreSQL + Redis side by
+//! side, with the ratio between them.
+//!
+//! Usage: `cargo run --release -p shop-tests --bin bench-orders [-- ORDERS [CONCURRENCY [embedded|external|both]]]`
+//! (build the components first, as `scripts/test` does; the external run needs the
+//! services `scripts/test` starts).
+
+use std::time::{Duration, Instant};
+
+use shop_tests::full_shop::{Backend, FullShop};
+
+struct Run {
+    backend: Backend,
+    orders: usize,
+    confirmed: usize,
+    elapsed: Duration,
+    placement: Vec<Duration>,
+    to_confirmed: Vec<Duration>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
+    let label = match backend {
+        Backend::Embedded => "bench-orders-embedded",
+        Backend::External => "bench-orders-external",
+    };
+    let shop = FullShop::start(backend, label, 12, &[]);
+    let api = shop.api();
+    let admin = api.admin();
+    let product = api.product(&admin, "BENCH", 100, 1_000_000);
+    let customers: Vec<String> = (0..concurrency)
+        .map(|i| api.customer(&format!("load{i}@example.com")))
+        .collect();
+    // Warm up every component instance path once.
+    let warm = api.place(&customers[0], &product, 1, "tok_ok");
+    api.concluded(&customers[0], &warm, Duration::from_secs(60));
+
+    let started = Instant::now();
+    let results: Vec<(Duration, Duration, bool)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = customers
+            .iter()
+            .enumerate()
+            .map(|(c, token)| {
+                let (api, product) = (api.clone(), &product);
+                let share = orders / concurrency + usize::from(c < orders % concurrency);
+                scope.spawn(move || {
+                    (0..share)
+                        .map(|_| {
+                            let placed_at = Instant::now();
+                            let id = api.place(token, product, 1, "tok_ok");
+                            let placement = placed_at.elapsed();
+                            let order = api.concluded(token, &id, Duration::from_secs(300));
+                            (placement, placed_at.elapsed(), order["status"] == "CONFIRMED")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed();
+    let mut placement: Vec<Duration> = results.iter().map(|r| r.0).collect();
+    let mut to_confirmed: Vec<Duration> = results.iter().filter(|r| r.2).map(|r| r.1).collect();
+    placement.sort();
+    to_confirmed.sort();
+    Run {
+        backend,
+        orders: results.len(),
+        confirmed: to_confirmed.len(),
+        elapsed,
+        placement,
+        to_confirmed,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let orders: usize = args.first().map_or(200, |a| a.parse().expect("ORDERS is a number"));
+    let concurrency: usize = args.get(1).map_or(8, |a| a.parse().expect("CONCURRENCY is a number"));
+    let which = args.get(2).map_or("both", String::as_str);
+    let backends: Vec<Backend> = match which {
+        "embedded" => vec![Backend::Embedded],
+        "external" => vec![Backend::External],
+        _ => vec![Backend::Embedded, Backend::External],
+    };
+    println!("{orders} orders, {concurrency} customers at once, each waiting for its order to conclude");
+    let runs: Vec<Run> = backends.into_iter().map(|b| run(b, orders, concurrency)).collect();
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12} {:>12}",
+        "backend", "orders", "confirmed", "orders/s", "place p50", "place p99", "confirm p50", "confirm p99"
+    );
+    for r in &runs {
+        println!(
+            "{:<10} {:>9} {:>9} {:>9.1} {:>8.0}ms {:>8.0}ms {:>10.0}ms {:>10.0}ms",
+            format!("{:?}", r.backend).to_lowercase(),
+            r.orders,
+            r.confirmed,
+            r.orders as f64 / r.elapsed.as_secs_f64(),
+            percentile(&r.placement, 0.5).as_secs_f64() * 1000.0,
+            percentile(&r.placement, 0.99).as_secs_f64() * 1000.0,
+            percentile(&r.to_confirmed, 0.5).as_secs_f64() * 1000.0,
+            percentile(&r.to_confirmed, 0.99).as_secs_f64() * 1000.0,
+        );
+    }
+    if let [embedded, external] = runs.as_slice() {
+        let rate = |r: &Run| r.orders as f64 / r.elapsed.as_secs_f64();
+        println!(
+            "external/embedded: throughput {:.2}x, confirm p50 {:.2}x",
+            rate(external) / rate(embedded),
+            percentile(&external.to_confirmed, 0.5).as_secs_f64()
+                / percentile(&embedded.to_confirmed, 0.5).as_secs_f64()
+        );
+    }
+}

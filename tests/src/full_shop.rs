@@ -1,0 +1,359 @@
+//! The whole shop as the repository's `spin.toml` describes it, on embedded defaults or
+//! on Kafka + PostgreSQL + Redis, and a small client for its API: for the end-to-end
+//! order tests and the load script.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{Shop, ShopOptions, TempDir, client, fresh_postgres_database, psql, wasm};
+
+pub const ADMIN_EMAIL: &str = "admin@shop.test";
+pub const ADMIN_PASSWORD: &str = "change-me-now";
+/// The services that keep data, each in a database of its own.
+pub const DATABASES: [&str; 6] = ["products", "users", "orders", "inventory", "payments", "notifications"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite per service and the embedded event log, under the data dir.
+    Embedded,
+    /// Kafka (`SHOP_KAFKA_BROKERS`, topics under a prefix of their own), a PostgreSQL
+    /// database per service and key-value on Redis.
+    External,
+}
+
+pub struct FullShop {
+    shop: Option<Shop>,
+    manifest: PathBuf,
+    data_dir: PathBuf,
+    cache_dir: PathBuf,
+    env: Vec<(String, String)>,
+    pub backend: Backend,
+    /// Names the PostgreSQL databases (`shop_<label>_<service>`).
+    label: String,
+    /// The app's namespace on Kafka.
+    topic_prefix: String,
+    _dir: TempDir,
+}
+
+fn kafka_brokers() -> String {
+    std::env::var("SHOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+impl FullShop {
+    /// Starts the shop; `env` adds variables (e.g. `SPIN_VARIABLE_PAYMENT_TIMEOUT_SECS`).
+    /// `redis_db` is the Redis database for key-value on [`Backend::External`] (flushed).
+    pub fn start(backend: Backend, label: &str, redis_db: u8, env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new(label);
+        let wasm_dir = wasm("gateway").parent().unwrap().to_path_buf();
+        let repo_manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spin.toml");
+        let manifest_text = std::fs::read_to_string(&repo_manifest).unwrap().replace(
+            "source = \"target/wasm32-wasip2/release/",
+            &format!("source = \"{}/", wasm_dir.display()),
+        );
+        let manifest = dir.path().join("spin.toml");
+        std::fs::write(&manifest, manifest_text).unwrap();
+
+        let mut runtime_config: String = DATABASES
+            .iter()
+            .map(|db| format!("[sqlite_database.{db}]\ntype = \"spin\"\n"))
+            .collect();
+        let mut env: Vec<(String, String)> = [
+            ("SPIN_VARIABLE_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("SPIN_VARIABLE_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            // Load comes from one address: the rate limiter is not under test here.
+            ("SPIN_VARIABLE_RATE_LIMIT_PER_MINUTE", "10000000"),
+            ("SPIN_VARIABLE_RATE_LIMIT_BURST", "1000000"),
+        ]
+        .iter()
+        .chain(env)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let label = label.replace('-', "_");
+        let topic_prefix = format!("{label}-{}-{}.", std::process::id(), crate::free_port());
+        if backend == Backend::External {
+            flush_redis(redis_db);
+            runtime_config.push_str(&format!(
+                "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/{redis_db}\"\n\
+                 [kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n",
+                kafka_brokers(),
+            ));
+            for db in DATABASES {
+                let url = fresh_postgres_database(&format!("shop_{label}_{db}"));
+                env.push((format!("SPIN_VARIABLE_{}_DATABASE_URL", db.to_uppercase()), url));
+            }
+        }
+        std::fs::write(dir.path().join("runtime-config.toml"), runtime_config).unwrap();
+        let mut full = FullShop {
+            shop: None,
+            manifest,
+            data_dir: dir.path().join("data"),
+            // Compiled components are shared by every full shop of the test run.
+            cache_dir: wasm_dir.join("shop-test-compile-cache"),
+            env,
+            backend,
+            label,
+            topic_prefix,
+            _dir: dir,
+        };
+        full.restart();
+        full
+    }
+
+    /// Starts the host again (after [`FullShop::kill`]).
+    pub fn restart(&mut self) {
+        self.shop = Some(Shop::start_with(
+            &self.manifest,
+            ShopOptions {
+                data_dir: &self.data_dir,
+                args: vec![
+                    "--no-build".into(),
+                    "--cache-dir".into(),
+                    self.cache_dir.display().to_string(),
+                ],
+                env: self.env.clone(),
+            },
+        ));
+    }
+
+    /// SIGKILL: no drain, no commits, whatever was in flight is cut off.
+    pub fn kill(&mut self) {
+        drop(self.shop.take());
+    }
+
+    pub fn shop(&self) -> &Shop {
+        self.shop.as_ref().expect("the shop runs")
+    }
+
+    pub fn api(&self) -> Api {
+        Api {
+            base: self.shop().base.clone(),
+        }
+    }
+
+    /// Rows of `query` on `service`'s database, one line each, columns joined by `|`.
+    pub fn sql(&self, service: &str, query: &str) -> String {
+        match self.backend {
+            Backend::External => psql(&format!("shop_{}_{service}", self.label), query),
+            Backend::Embedded => {
+                let db = rusqlite::Connection::open(self.data_dir.join(format!("sqlite_db_{service}.db"))).unwrap();
+                let mut statement = db.prepare(query).unwrap();
+                let columns = statement.column_count();
+                let rows = statement
+                    .query_map([], |row| {
+                        Ok((0..columns)
+                            .map(|i| match row.get_ref(i).unwrap() {
+                                rusqlite::types::ValueRef::Null => String::new(),
+                                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                                rusqlite::types::ValueRef::Real(r) => r.to_string(),
+                                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                                rusqlite::types::ValueRef::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join("|"))
+                    })
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                rows.join("\n")
+            }
+        }
+    }
+
+    /// The event broker as the app sees it (plain topic names); call it inside a
+    /// tokio runtime.
+    pub fn broker(&self) -> std::sync::Arc<dyn shop_broker::Broker> {
+        use shop_broker::namespace::Namespaced;
+        match self.backend {
+            Backend::Embedded => std::sync::Arc::new(
+                shop_broker::embedded::EmbeddedBroker::open(
+                    &self.data_dir.join("events/log.db"),
+                    shop_broker::embedded::EmbeddedOptions::default(),
+                )
+                .unwrap(),
+            ),
+            Backend::External => {
+                let options = shop_broker::kafka::KafkaOptions {
+                    brokers: kafka_brokers(),
+                    ..Default::default()
+                };
+                let kafka = std::sync::Arc::new(shop_broker::kafka::KafkaBroker::connect(options).unwrap());
+                std::sync::Arc::new(Namespaced::new(kafka, &self.topic_prefix).unwrap())
+            }
+        }
+    }
+
+    /// What the host wrote to stderr (for failure messages).
+    pub fn log(&self) -> String {
+        self.shop.as_ref().map(|s| s.stderr.text()).unwrap_or_default()
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; whether it held.
+pub fn wait_for(timeout: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    condition()
+}
+
+fn flush_redis(db: u8) {
+    use std::io::{Read, Write};
+    let mut redis = std::net::TcpStream::connect("127.0.0.1:6379")
+        .unwrap_or_else(|e| panic!("Redis must run on 127.0.0.1:6379 for this test: {e}"));
+    let db = db.to_string();
+    redis
+        .write_all(format!("*2\r\n$6\r\nSELECT\r\n${}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n", db.len()).as_bytes())
+        .unwrap();
+    let mut reply = [0u8; 64];
+    let _ = redis.read(&mut reply);
+}
+
+/// The shop's public API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+}
+
+impl Api {
+    /// (status, JSON body) of one call; `Null` for a body that is not JSON.
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.call_with(method, path, token, body, &[])
+    }
+
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = client().request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        match request.send() {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().unwrap_or(Value::Null))
+            }
+            // The host is down (a fault test killed it): no answer.
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub fn login(&self, email: &str, password: &str) -> String {
+        let (status, tokens) = self.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({ "email": email, "password": password })),
+        );
+        assert_eq!(status, 200, "login {email}: {tokens}");
+        tokens["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub fn admin(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    }
+
+    /// Registers `email` and logs in.
+    pub fn customer(&self, email: &str) -> String {
+        let (status, body) = self.call(
+            "POST",
+            "/auth/register",
+            None,
+            Some(json!({ "email": email, "password": "correct horse", "name": "Test Customer" })),
+        );
+        assert_eq!(status, 201, "register {email}: {body}");
+        self.login(email, "correct horse")
+    }
+
+    /// A product with `available` units in stock; its id.
+    pub fn product(&self, admin: &str, sku: &str, amount: i64, available: u32) -> String {
+        let product = json!({ "sku": sku, "name": format!("Product {sku}"), "description": "for tests",
+                              "category": "tests", "price": { "amount": amount, "currency": "EUR" } });
+        let (status, created) = self.call("POST", "/products", Some(admin), Some(product));
+        assert_eq!(status, 201, "{created}");
+        let (status, level) = self.call(
+            "PUT",
+            &format!("/inventory/{sku}"),
+            Some(admin),
+            Some(json!({ "available": available })),
+        );
+        assert_eq!(status, 200, "{level}");
+        created["id"].as_str().unwrap().to_string()
+    }
+
+    /// (available, reserved) of `sku`.
+    pub fn stock(&self, admin: &str, sku: &str) -> (u64, u64) {
+        let (status, level) = self.call("GET", &format!("/inventory/{sku}"), Some(admin), None);
+        assert_eq!(status, 200, "{level}");
+        (
+            level["available"].as_u64().unwrap(),
+            level["reserved"].as_u64().unwrap(),
+        )
+    }
+
+    /// Places an order; (status, body).
+    pub fn order(&self, token: &str, lines: Value, payment_token: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/orders",
+            Some(token),
+            Some(json!({ "lines": lines, "payment_token": payment_token })),
+        )
+    }
+
+    /// Places an order of `quantity` × `product`, which must be accepted; its id.
+    pub fn place(&self, token: &str, product: &str, quantity: u32, payment_token: &str) -> String {
+        let (status, accepted) = self.order(
+            token,
+            json!([{ "product_id": product, "quantity": quantity }]),
+            payment_token,
+        );
+        assert_eq!(status, 202, "{accepted}");
+        accepted["id"].as_str().unwrap().to_string()
+    }
+
+    /// The status of the order's payment (empty when there is none).
+    pub fn payment_status(&self, token: &str, order_id: &str) -> String {
+        let (_, payment) = self.call("GET", &format!("/payments/{order_id}"), Some(token), None);
+        payment["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The order once `done` holds for it, within `timeout`.
+    pub fn order_when(&self, token: &str, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, order) = self.call("GET", &format!("/orders/{id}"), Some(token), None);
+            if status == 200 && done(&order) {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} did not get there in {timeout:?}: {order}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The order once it is CONFIRMED or CANCELLED.
+    pub fn concluded(&self, token: &str, id: &str, timeout: Duration) -> Value {
+        self.order_when(token, id, timeout, |o| o["status"] != "PENDING")
+    }
+}
