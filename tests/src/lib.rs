@@ -330,3 +330,35 @@ pub fn fresh_postgres_database(name: &str) -> String {
     psql("postgres", &format!("CREATE DATABASE {name}"));
     format!("{POSTGRES_SERVER}/{name}")
 }
+
+/// A stand-in for an outside HTTP API (a mail or SMS service): answers every request
+/// `204` and keeps the bodies it received. Returns its base URL and the bodies.
+pub fn recording_api() -> (String, Arc<Mutex<Vec<String>>>) {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                sink.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            }
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, received)
+}

@@ -12,6 +12,9 @@ const SAGA: Duration = Duration::from_secs(60);
 /// after 4 s and `tok_slow` answers after 8 s, so a slow payment can be cancelled by
 /// the customer or by the timeout.
 fn saga_scenarios(backend: Backend, label: &str, redis_db: u8) {
+    // Mail goes to a recording stand-in for a mail API.
+    let (mail_api, mails) = shop_tests::recording_api();
+    let mail_url = format!("{mail_api}/v1/send");
     let shop = FullShop::start(
         backend,
         label,
@@ -19,6 +22,7 @@ fn saga_scenarios(backend: Backend, label: &str, redis_db: u8) {
         &[
             ("SPIN_VARIABLE_PAYMENT_TIMEOUT_SECS", "4"),
             ("SPIN_VARIABLE_SANDBOX_SLOW_MS", "8000"),
+            ("SPIN_VARIABLE_MAIL_API_URL", &mail_url),
         ],
     );
     let api = shop.api();
@@ -81,6 +85,24 @@ fn saga_scenarios(backend: Backend, label: &str, redis_db: u8) {
             .is_some_and(|items| items.iter().any(|n| n["template"] == "order_confirmed"))
     });
     assert!(notified, "a confirmation is recorded\n{}", shop.log());
+    let (_, notifications) = api.call("GET", "/notifications", Some(&ada), None);
+    let confirmation = notifications["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["template"] == "order_confirmed")
+        .unwrap();
+    assert_eq!(confirmation["channel"], "email", "{confirmation}");
+    assert_eq!(confirmation["destination"], "ada@example.com");
+    let mails = mails.lock().unwrap().clone();
+    let sent: Vec<Value> = mails.iter().map(|m| serde_json::from_str(m).unwrap()).collect();
+    assert!(
+        sent.iter().any(|m| m["to"] == "ada@example.com"
+            && m["subject"] == format!("Order {id} confirmed")
+            && m["text"].as_str().unwrap().contains("25.00 EUR")),
+        "the mail API got the confirmation: {sent:?}"
+    );
+    assert!(sent.iter().any(|m| m["subject"] == "Welcome to the shop"), "{sent:?}");
     let bob = api.customer("bob@example.com");
     assert_eq!(
         api.call("GET", &format!("/orders/{id}"), Some(&bob), None).0,

@@ -326,3 +326,159 @@ impl<'a, D: Sql> Orders<'a, D> {
         Ok((summaries, total))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use shop_domain::events::{InventoryResult, OrderPlaced};
+    use shop_domain::sql::testing::MemoryDb;
+    use shop_domain::types::{Money, OrderLine};
+
+    use super::*;
+
+    thread_local!(static IDS: Cell<u32> = const { Cell::new(0) });
+
+    fn new_id() -> String {
+        IDS.with(|ids| {
+            ids.set(ids.get() + 1);
+            format!("id-{}", ids.get())
+        })
+    }
+
+    fn context(now: i64) -> Context<'static> {
+        Context {
+            now,
+            now_text: format!("t{now}"),
+            new_id: &new_id,
+            timeouts: Timeouts {
+                inventory_secs: 10,
+                payment_secs: 10,
+                completion_secs: 10,
+            },
+        }
+    }
+
+    fn placed(order_id: &str, user_id: &str) -> ShopEvent {
+        let price = Money {
+            amount: 300,
+            currency: "EUR".into(),
+        };
+        ShopEvent::OrderPlaced(OrderPlaced {
+            order_id: order_id.into(),
+            user_id: user_id.into(),
+            lines: vec![OrderLine {
+                product_id: "p-1".into(),
+                sku: "MUG".into(),
+                quantity: 1,
+                unit_price: price.clone(),
+            }],
+            total: price,
+            payment_token: "tok_ok".into(),
+        })
+    }
+
+    fn reserved(order_id: &str) -> ShopEvent {
+        ShopEvent::InventoryReserved(InventoryResult {
+            order_id: order_id.into(),
+            reason: None,
+            shortages: vec![],
+        })
+    }
+
+    #[test]
+    fn placing_records_the_order_its_first_command_and_the_projection() {
+        let db = MemoryDb::default();
+        let ctx = context(100);
+        let orders = Orders::new(&db, &ctx);
+        orders.migrate().unwrap();
+        let order = orders.place(placed("o-1", "u-1"), Some("key-1")).unwrap();
+        assert_eq!((order.version, order.status), (2, OrderStatus::Pending));
+        let types: Vec<&str> = orders
+            .history("o-1")
+            .unwrap()
+            .iter()
+            .map(|r| r.event.event_type())
+            .collect();
+        assert_eq!(types, ["shop.order.placed", "shop.inventory.reserve_requested"]);
+        let published: Vec<&str> = outbox::read_all(&db)
+            .unwrap()
+            .iter()
+            .map(ShopEvent::event_type)
+            .collect();
+        assert_eq!(published, types, "both leave through the outbox");
+
+        let again = orders.place(placed("o-2", "u-1"), Some("key-1")).unwrap();
+        assert_eq!(again.id, "o-1", "the same key: the first order");
+        let other_user = orders.place(placed("o-3", "u-2"), Some("key-1")).unwrap();
+        assert_eq!(other_user.id, "o-3", "keys are per customer");
+        let (mine, total) = orders.list("u-1", 1, 10).unwrap();
+        assert_eq!((mine.len(), total), (1, 1));
+        assert_eq!(mine[0].status, "PENDING");
+    }
+
+    #[test]
+    fn events_apply_once_and_a_stale_append_conflicts() {
+        let db = MemoryDb::default();
+        let ctx = context(100);
+        let orders = Orders::new(&db, &ctx);
+        orders.migrate().unwrap();
+        orders.place(placed("o-1", "u-1"), None).unwrap();
+        let outcome = orders.apply(Some("e-1"), "o-1", &reserved("o-1")).unwrap();
+        let Outcome::Changed(order) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(order.version, 4, "reserved + authorize_requested");
+        assert_eq!(
+            orders.apply(Some("e-1"), "o-1", &reserved("o-1")).unwrap(),
+            Outcome::Duplicate
+        );
+        assert!(matches!(
+            orders.apply(Some("e-2"), "o-1", &reserved("o-1")).unwrap(),
+            Outcome::Unchanged(_)
+        ));
+        assert_eq!(
+            orders.apply(Some("e-3"), "nope", &reserved("nope")).unwrap(),
+            Outcome::UnknownOrder
+        );
+
+        // A writer that read version 2 loses against the one that appended 3 and 4.
+        let stale = orders.append("o-1", 2, vec![reserved("o-1")]);
+        assert_eq!(stale, Err(StoreError::Conflict));
+    }
+
+    #[test]
+    fn overdue_steps_time_out_into_compensation() {
+        let db = MemoryDb::default();
+        let ctx = context(100);
+        let orders = Orders::new(&db, &ctx);
+        orders.migrate().unwrap();
+        orders.place(placed("o-1", "u-1"), None).unwrap();
+        orders.apply(Some("e-1"), "o-1", &reserved("o-1")).unwrap();
+        assert!(orders.overdue(10).unwrap().is_empty(), "not yet");
+
+        let later = context(111);
+        let orders = Orders::new(&db, &later);
+        let due = orders.overdue(10).unwrap();
+        assert_eq!(due.len(), 1);
+        let (id, timeout) = &due[0];
+        let Outcome::Changed(order) = orders.apply(None, id, timeout).unwrap() else {
+            panic!("the timeout acts")
+        };
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert_eq!(order.reason.as_deref(), Some("timed out waiting for payment"));
+        assert!(
+            orders.overdue(10).unwrap().is_empty(),
+            "concluded orders have no deadline"
+        );
+        let published: Vec<&str> = outbox::read_all(&db)
+            .unwrap()
+            .iter()
+            .map(ShopEvent::event_type)
+            .collect();
+        assert!(
+            published.ends_with(&["shop.inventory.release_requested", "shop.order.cancelled"]),
+            "{published:?}"
+        );
+    }
+}

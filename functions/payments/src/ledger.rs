@@ -289,3 +289,145 @@ fn announcement(payment: &Payment) -> ShopEvent {
         _ => ShopEvent::PaymentAuthorized(result),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use shop_domain::sql::testing::MemoryDb;
+
+    use super::*;
+
+    /// A provider that approves everything but `tok_declined`, can be down, and
+    /// counts calls.
+    #[derive(Default)]
+    struct FakeProvider {
+        calls: RefCell<Vec<String>>,
+        down: bool,
+    }
+
+    impl FakeProvider {
+        fn answer(&self, call: String, approved: bool) -> Result<Answer, String> {
+            if self.down {
+                return Err("provider unreachable".into());
+            }
+            self.calls.borrow_mut().push(call);
+            Ok(match approved {
+                true => Answer::Approved {
+                    reference: "ch-1".into(),
+                },
+                false => Answer::Declined {
+                    reason: "card declined".into(),
+                },
+            })
+        }
+    }
+
+    impl Provider for FakeProvider {
+        fn authorize(&self, key: &str, token: &str, _: &Money) -> Result<Answer, String> {
+            self.answer(format!("authorize {key}"), token != "tok_declined")
+        }
+        fn capture(&self, reference: &str) -> Result<Answer, String> {
+            self.answer(format!("capture {reference}"), true)
+        }
+        fn void(&self, reference: &str) -> Result<Answer, String> {
+            self.answer(format!("void {reference}"), true)
+        }
+        fn refund(&self, reference: &str) -> Result<Answer, String> {
+            self.answer(format!("refund {reference}"), true)
+        }
+    }
+
+    fn command(order: &str, token: &str) -> PaymentCommand {
+        PaymentCommand {
+            order_id: order.into(),
+            amount: Money {
+                amount: 900,
+                currency: "EUR".into(),
+            },
+            payment_token: Some(token.into()),
+            user_id: Some("u-1".into()),
+        }
+    }
+
+    fn outcome(handled: Result<Handled, String>) -> &'static str {
+        match handled.unwrap() {
+            Handled::Done(event) => event.event_type(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_command_is_idempotent_per_order() {
+        let db = MemoryDb::default();
+        let ids = std::cell::Cell::new(0);
+        let new_id = || {
+            ids.set(ids.get() + 1);
+            format!("id-{}", ids.get())
+        };
+        let context = Context {
+            now_text: "t".into(),
+            new_id: &new_id,
+        };
+        let ledger = Ledger::new(&db, &context);
+        ledger.migrate().unwrap();
+        let provider = FakeProvider::default();
+        let authorize = ShopEvent::PaymentAuthorizeRequested(command("o-1", "tok_ok"));
+
+        let down = FakeProvider {
+            down: true,
+            ..FakeProvider::default()
+        };
+        assert!(ledger.handle("e-1", &authorize, &down).is_err());
+        assert_eq!(
+            ledger.payment("o-1").unwrap(),
+            None,
+            "nothing recorded: the retry starts afresh"
+        );
+
+        assert_eq!(
+            outcome(ledger.handle("e-1", &authorize, &provider)),
+            "shop.payment.authorized"
+        );
+        assert_eq!(ledger.handle("e-1", &authorize, &provider), Ok(Handled::Duplicate));
+        assert_eq!(
+            outcome(ledger.handle("e-2", &authorize, &provider)),
+            "shop.payment.authorized",
+            "asked again: the answer is repeated"
+        );
+        let capture = ShopEvent::PaymentCaptureRequested(command("o-1", ""));
+        assert_eq!(
+            outcome(ledger.handle("e-3", &capture, &provider)),
+            "shop.payment.captured"
+        );
+        assert_eq!(
+            outcome(ledger.handle("e-4", &capture, &provider)),
+            "shop.payment.captured"
+        );
+        let void = ShopEvent::PaymentVoidRequested(command("o-1", ""));
+        assert_eq!(
+            outcome(ledger.handle("e-5", &void, &provider)),
+            "shop.payment.refunded",
+            "giving back a capture is a refund"
+        );
+        assert_eq!(outcome(ledger.handle("e-6", &void, &provider)), "shop.payment.refunded");
+        assert_eq!(
+            *provider.calls.borrow(),
+            ["authorize o-1", "capture ch-1", "refund ch-1"],
+            "the provider saw each move once"
+        );
+        assert_eq!(ledger.payment("o-1").unwrap().unwrap().status, "refunded");
+
+        let declined = ShopEvent::PaymentAuthorizeRequested(command("o-2", "tok_declined"));
+        assert_eq!(
+            outcome(ledger.handle("e-7", &declined, &provider)),
+            "shop.payment.declined"
+        );
+        let void = ShopEvent::PaymentVoidRequested(command("o-2", ""));
+        assert_eq!(outcome(ledger.handle("e-8", &void, &provider)), "shop.payment.declined");
+        let never = ShopEvent::PaymentVoidRequested(command("o-3", ""));
+        assert_eq!(outcome(ledger.handle("e-9", &never, &provider)), "shop.payment.voided");
+        let capture_nothing = ShopEvent::PaymentCaptureRequested(command("o-4", ""));
+        assert!(ledger.handle("e-10", &capture_nothing, &provider).is_err());
+    }
+}
