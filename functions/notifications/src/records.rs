@@ -85,7 +85,14 @@ impl<D: Sql> Records<'_, D> {
             _ => None,
         };
         let contact = match user_id {
-            Some(id) => self.contact(id).map_err(sql)?,
+            // Its user.registered may still be on its way (the two topics are read
+            // independently): fail, so the trigger retries and, if it never comes,
+            // dead-letters the event rather than mailing no one.
+            Some(id) => Some(
+                self.contact(id)
+                    .map_err(sql)?
+                    .ok_or_else(|| format!("no contact for user {id} yet: waiting for its user.registered"))?,
+            ),
             None => None,
         };
         let Some(draft) = render(event, contact.as_ref()) else {
@@ -219,6 +226,15 @@ mod tests {
             fail: true,
             ..Outbox::default()
         };
+        let stranger = ShopEvent::OrderConfirmed(OrderConcluded {
+            user_id: "u-unknown".into(),
+            ..match &confirmed {
+                ShopEvent::OrderConfirmed(o) => o.clone(),
+                _ => unreachable!(),
+            }
+        });
+        let waiting = records.handle("e-0", &stranger, &channels).unwrap_err();
+        assert!(waiting.contains("waiting for its user.registered"), "{waiting}");
         let records = Records {
             now_text: "2026-11-22T00:01:00Z".into(),
             ..records
