@@ -343,20 +343,39 @@ pub fn recording_api() -> (String, Arc<Mutex<Vec<String>>>) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
+            let (mut length, mut chunked) = (0, false);
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                if let Some((name, value)) = line.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    if name.eq_ignore_ascii_case("transfer-encoding") && value.trim().eq_ignore_ascii_case("chunked") {
+                        chunked = true;
+                    }
                 }
                 line.clear();
             }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok() {
-                sink.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            let mut body = Vec::new();
+            if chunked {
+                // Chunks: a hex size line, the bytes, CRLF; a zero size ends the body.
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                    let mut chunk = vec![0; size + 2];
+                    if size == 0 || reader.read_exact(&mut chunk).is_err() {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..size]);
+                }
+            } else {
+                body.resize(length, 0);
+                let _ = reader.read_exact(&mut body);
             }
+            sink.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
             let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
         }
     });

@@ -117,10 +117,15 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
 pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     db.execute(db.dialect().begin(), &[])?;
     match work() {
-        Ok(value) => {
-            db.execute("COMMIT", &[])?;
-            Ok(value)
-        }
+        Ok(value) => match db.execute("COMMIT", &[]) {
+            Ok(_) => Ok(value),
+            // SQLite leaves the transaction open when COMMIT fails (e.g. busy); end it
+            // so the connection's next BEGIN works.
+            Err(e) => {
+                let _ = db.execute("ROLLBACK", &[]);
+                Err(e.into())
+            }
+        },
         Err(e) => {
             let _ = db.execute("ROLLBACK", &[]);
             Err(e)

@@ -98,13 +98,11 @@ impl<D: Sql> Records<'_, D> {
         let Some(draft) = render(event, contact.as_ref()) else {
             return Ok(Handled::Ignored);
         };
-        let channel = channels.send(&draft)?;
-        in_transaction(self.db, || {
-            if !inbox::first_time(self.db, event_id, &self.now_text)? {
-                return Ok(Handled::Duplicate);
-            }
-            if let ShopEvent::UserRegistered(user) = event {
-                self.db.execute(
+        // Kept whatever becomes of the welcome message, so the customer's later
+        // notifications find their address.
+        if let ShopEvent::UserRegistered(user) = event {
+            self.db
+                .execute(
                     "INSERT INTO contacts (user_id, name, email, phone) VALUES (?, ?, ?, ?) \
                      ON CONFLICT (user_id) DO UPDATE SET name = excluded.name, email = excluded.email, \
                      phone = excluded.phone",
@@ -114,7 +112,13 @@ impl<D: Sql> Records<'_, D> {
                         user.email.clone().into(),
                         user.phone.clone().into(),
                     ],
-                )?;
+                )
+                .map_err(sql)?;
+        }
+        let channel = channels.send(&draft)?;
+        in_transaction(self.db, || {
+            if !inbox::first_time(self.db, event_id, &self.now_text)? {
+                return Ok(Handled::Duplicate);
             }
             let destination = draft.to.as_ref().map(|a| match a {
                 Address::Email(e) | Address::Phone(e) => e.clone(),

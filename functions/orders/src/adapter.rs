@@ -178,12 +178,25 @@ impl cron::Guest for Handlers {
         let (db, context) = open().map_err(failed)?;
         let orders = Orders::new(&db, &context);
         orders.migrate().map_err(|e| failed(e.to_string()))?;
-        for (order_id, timeout) in orders.overdue(OVERDUE_BATCH).map_err(|e| failed(e.to_string()))? {
-            orders
-                .apply(None, &order_id, &timeout)
-                .map_err(|e| failed(format!("timing out {order_id}: {e}")))?;
+        // One order that cannot be timed out must not hold up the others or the relay.
+        let mut problems = Vec::new();
+        match orders.overdue(OVERDUE_BATCH) {
+            Ok(due) => {
+                for (order_id, timeout) in due {
+                    if let Err(e) = orders.apply(None, &order_id, &timeout) {
+                        problems.push(format!("timing out {order_id}: {e}"));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("finding overdue orders: {e}")),
         }
-        event_kit::relay_outbox(&db, SOURCE).map_err(cron::Error::Other)
+        if let Err(e) = event_kit::relay_outbox(&db, SOURCE) {
+            problems.push(e);
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(failed(problems.join("; "))),
+        }
     }
 }
 

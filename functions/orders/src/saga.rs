@@ -244,7 +244,9 @@ pub fn decide(order: &Order, incoming: &ShopEvent) -> Vec<ShopEvent> {
         ShopEvent::PaymentAuthorized(_) if cancelled && !order.void_requested => {
             then(vec![ShopEvent::PaymentVoidRequested(order.payment_command(false))])
         }
-        ShopEvent::PaymentDeclined(result) if pending && step == Step::Payment => {
+        // Declined: at authorization, or (the provider refusing the capture) while
+        // completing, when the stock may already be committed: give it all back.
+        ShopEvent::PaymentDeclined(result) if pending && matches!(step, Step::Payment | Step::Completion) => {
             let reason = format!(
                 "payment declined: {}",
                 result.reason.as_deref().unwrap_or("no reason given")
@@ -526,6 +528,26 @@ mod tests {
             h.deliver(ShopEvent::InventoryCommitted(inventory(None, &[])), 133),
             ["shop.order.confirmed"]
         );
+    }
+
+    #[test]
+    fn a_refused_capture_cancels_returns_the_stock_and_voids() {
+        let mut h = History::placed();
+        h.deliver(ShopEvent::InventoryReserved(inventory(None, &[])), 101);
+        h.deliver(ShopEvent::PaymentAuthorized(payment(None)), 102);
+        h.deliver(ShopEvent::InventoryCommitted(inventory(None, &[])), 103);
+        assert_eq!(
+            h.deliver(
+                ShopEvent::PaymentDeclined(payment(Some("capture refused: expired"))),
+                104
+            ),
+            [
+                "shop.inventory.release_requested",
+                "shop.payment.void_requested",
+                "shop.order.cancelled"
+            ]
+        );
+        assert_eq!(h.order().status, OrderStatus::Cancelled);
     }
 
     #[test]

@@ -200,13 +200,21 @@ fn place<D: Sql>(
             "`payment_token` is 1 to 200 characters",
         ));
     }
-    if let Some(key) = request.idempotency_key
-        && (key.is_empty() || key.len() > 200)
-    {
-        return Err(ApiError::bad_request(
-            "validation_failed",
-            "`Idempotency-Key` is 1 to 200 characters",
-        ));
+    if let Some(key) = request.idempotency_key {
+        if key.is_empty() || key.len() > 200 {
+            return Err(ApiError::bad_request(
+                "validation_failed",
+                "`Idempotency-Key` is 1 to 200 characters",
+            ));
+        }
+        // A retry gets the order it placed, before the (emptied) cart or the
+        // catalog is consulted again.
+        if let Some(order) = orders.by_idempotency_key(request.user, key)? {
+            return Ok(Response::json(
+                202,
+                &json!({ "id": order.id, "status": status_text(order.status) }),
+            ));
+        }
     }
     let lines = match &input.lines {
         Some(lines) => priced(lines, upstream)?,
@@ -281,4 +289,164 @@ fn priced(lines: &[LineInput], upstream: &impl Upstream) -> Result<Vec<OrderLine
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use shop_domain::sql::testing::MemoryDb;
+
+    use super::*;
+    use crate::saga::Timeouts;
+    use crate::store::Context;
+
+    /// A catalog of two products and a cart that empties when cleared.
+    struct FakeShop {
+        cart: RefCell<Vec<OrderLine>>,
+    }
+
+    fn product(id: &str, currency: &str) -> Product {
+        Product {
+            id: id.into(),
+            sku: format!("SKU-{id}"),
+            name: id.into(),
+            description: String::new(),
+            category: "c".into(),
+            price: Money {
+                amount: 250,
+                currency: currency.into(),
+            },
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    impl Upstream for FakeShop {
+        fn product(&self, id: &str) -> Result<Option<Product>, ApiError> {
+            Ok(match id {
+                "p-eur" => Some(product(id, "EUR")),
+                "p-usd" => Some(product(id, "USD")),
+                _ => None,
+            })
+        }
+        fn cart(&self, _: &str) -> Result<Vec<OrderLine>, ApiError> {
+            Ok(self.cart.borrow().clone())
+        }
+        fn clear_cart(&self, _: &str) {
+            self.cart.borrow_mut().clear();
+        }
+    }
+
+    fn call(
+        db: &MemoryDb,
+        shop: &FakeShop,
+        (method, path, user): (&str, &str, &str),
+        body: &str,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let new_id = || uuid::Uuid::new_v4().to_string();
+        let context = Context {
+            now: 100,
+            now_text: "t100".into(),
+            new_id: &new_id,
+            timeouts: Timeouts {
+                inventory_secs: 30,
+                payment_secs: 30,
+                completion_secs: 30,
+            },
+        };
+        let request = Request {
+            method,
+            path,
+            query: "",
+            body: body.as_bytes(),
+            user,
+            roles: "customer",
+            idempotency_key: key,
+        };
+        let (response, effects) = handle(&request, &Orders::new(db, &context), shop, &new_id);
+        if effects.from_cart && response.status == 202 {
+            shop.clear_cart("");
+        }
+        (response.status, response.json_body())
+    }
+
+    #[test]
+    fn a_retried_cart_order_with_its_key_gets_the_same_order() {
+        let db = MemoryDb::default();
+        let shop = FakeShop {
+            cart: RefCell::new(vec![OrderLine {
+                product_id: "p-eur".into(),
+                sku: "SKU-p-eur".into(),
+                quantity: 2,
+                unit_price: product("p-eur", "EUR").price,
+            }]),
+        };
+        let place = ("POST", "/orders", "u-1");
+        let body = r#"{"payment_token": "tok_ok"}"#;
+        let (status, first) = call(&db, &shop, place, body, Some("k-1"));
+        assert_eq!((status, first["status"].as_str()), (202, Some("PENDING")), "{first}");
+        assert!(shop.cart.borrow().is_empty(), "the ordered cart is emptied");
+        let (status, again) = call(&db, &shop, place, body, Some("k-1"));
+        assert_eq!(
+            (status, &again["id"]),
+            (202, &first["id"]),
+            "not a 422 for the emptied cart"
+        );
+        assert_eq!(
+            call(&db, &shop, place, body, Some("k-2")).0,
+            422,
+            "a new key: the cart is empty"
+        );
+
+        let path = format!("/orders/{}", first["id"].as_str().unwrap());
+        let (status, order) = call(&db, &shop, ("GET", &path, "u-1"), "", None);
+        assert_eq!((status, order["total"]["amount"].as_i64()), (200, Some(500)));
+        assert_eq!(order["events"].as_array().unwrap().len(), 2);
+        assert_eq!(call(&db, &shop, ("GET", &path, "u-2"), "", None).0, 404, "not theirs");
+        let cancel = format!("{path}/cancel");
+        assert_eq!(call(&db, &shop, ("POST", &cancel, "u-1"), "", None).0, 202);
+        assert_eq!(call(&db, &shop, ("POST", &cancel, "u-1"), "", None).0, 409);
+        let (status, list) = call(&db, &shop, ("GET", "/orders", "u-1"), "", None);
+        assert_eq!((status, list["total"].as_i64()), (200, Some(1)));
+    }
+
+    #[test]
+    fn bad_orders_are_refused_with_a_4xx() {
+        let db = MemoryDb::default();
+        let shop = FakeShop {
+            cart: RefCell::default(),
+        };
+        let place = ("POST", "/orders", "u-1");
+        for (body, status) in [
+            ("{", 400),
+            (r#"{"payment_token": ""}"#, 400),
+            (r#"{"payment_token": 5}"#, 400),
+            (r#"{"payment_token": "t", "coupon": "x"}"#, 400),
+            (
+                r#"{"lines": [{"product_id": "p-eur", "quantity": 0}], "payment_token": "t"}"#,
+                400,
+            ),
+            (
+                r#"{"lines": [{"product_id": "p-eur", "quantity": 101}], "payment_token": "t"}"#,
+                400,
+            ),
+            (
+                r#"{"lines": [{"product_id": "nope", "quantity": 1}], "payment_token": "t"}"#,
+                422,
+            ),
+            (
+                r#"{"lines": [{"product_id": "p-eur", "quantity": 1}, {"product_id": "p-usd", "quantity": 1}], "payment_token": "t"}"#,
+                422,
+            ),
+            (r#"{"lines": [], "payment_token": "t"}"#, 422),
+        ] {
+            let (got, error) = call(&db, &shop, place, body, None);
+            assert_eq!(got, status, "{body}: {error}");
+            assert!(error["error"]["message"].is_string(), "{body}");
+        }
+        assert_eq!(call(&db, &shop, ("POST", "/orders", ""), "{}", None).0, 401);
+        assert_eq!(call(&db, &shop, ("DELETE", "/orders", "u-1"), "", None).0, 405);
+    }
 }

@@ -201,6 +201,18 @@ impl<'a, D: Sql> Orders<'a, D> {
         Ok(())
     }
 
+    /// The order a customer already placed with `idempotency_key`.
+    pub fn by_idempotency_key(&self, user_id: &str, idempotency_key: &str) -> Result<Option<Order>, StoreError> {
+        let rows = self.db.execute(
+            "SELECT order_id FROM idempotency_keys WHERE user_id = ? AND idempotency_key = ?",
+            &[user_id.into(), idempotency_key.into()],
+        )?;
+        match rows.first().and_then(|r| r.first()).and_then(SqlValue::text) {
+            Some(order_id) => self.load(order_id),
+            None => Ok(None),
+        }
+    }
+
     /// Records a new order (OrderPlaced and its first command). With an idempotency
     /// key the customer used before, nothing is written and that order is returned.
     pub fn place(&self, placed: ShopEvent, idempotency_key: Option<&str>) -> Result<Order, StoreError> {
@@ -223,18 +235,10 @@ impl<'a, D: Sql> Orders<'a, D> {
                     ],
                 )?;
                 if claimed.is_empty() {
-                    let rows = self.db.execute(
-                        "SELECT order_id FROM idempotency_keys WHERE user_id = ? AND idempotency_key = ?",
-                        &[details.user_id.clone().into(), key.into()],
-                    )?;
-                    let earlier = rows
-                        .first()
-                        .and_then(|r| r.first())
-                        .and_then(SqlValue::text)
-                        .unwrap_or_default();
+                    // Another request with this key won the race.
                     return self
-                        .load(earlier)?
-                        .ok_or_else(|| StoreError::Failed(format!("idempotency key names unknown order {earlier}")));
+                        .by_idempotency_key(&details.user_id, key)?
+                        .ok_or_else(|| StoreError::Failed(format!("idempotency key {key} names no order")));
                 }
             }
             self.append(&details.order_id, 0, vec![placed.clone(), reserve.clone()])

@@ -212,10 +212,22 @@ impl<'a, D: Sql> Ledger<'a, D> {
             return Ok(Change::announce(&payment));
         }
         match provider.capture(payment.provider_reference.as_deref().unwrap_or_default())? {
-            Answer::Approved { .. } => payment.status = "captured".into(),
-            Answer::Declined { reason } => return Err(format!("capture refused by the provider: {reason}")),
+            Answer::Approved { .. } => {
+                payment.status = "captured".into();
+                Ok(Change::write(payment))
+            }
+            // The authorization stands (a void can still release it); the saga
+            // hears the capture was refused and cancels.
+            Answer::Declined { reason } => Ok(Change {
+                write: None,
+                announce: ShopEvent::PaymentDeclined(PaymentResult {
+                    order_id: payment.order_id.clone(),
+                    payment_id: Some(payment.id.clone()),
+                    amount: payment.amount.clone(),
+                    reason: Some(format!("capture refused: {reason}")),
+                }),
+            }),
         }
-        Ok(Change::write(payment))
     }
 
     /// Gives the money back: voids an authorization, refunds a capture.
@@ -304,6 +316,7 @@ mod tests {
     struct FakeProvider {
         calls: RefCell<Vec<String>>,
         down: bool,
+        refuse_capture: bool,
     }
 
     impl FakeProvider {
@@ -328,7 +341,7 @@ mod tests {
             self.answer(format!("authorize {key}"), token != "tok_declined")
         }
         fn capture(&self, reference: &str) -> Result<Answer, String> {
-            self.answer(format!("capture {reference}"), true)
+            self.answer(format!("capture {reference}"), !self.refuse_capture)
         }
         fn void(&self, reference: &str) -> Result<Answer, String> {
             self.answer(format!("void {reference}"), true)
@@ -429,5 +442,38 @@ mod tests {
         assert_eq!(outcome(ledger.handle("e-9", &never, &provider)), "shop.payment.voided");
         let capture_nothing = ShopEvent::PaymentCaptureRequested(command("o-4", ""));
         assert!(ledger.handle("e-10", &capture_nothing, &provider).is_err());
+    }
+
+    #[test]
+    fn a_refused_capture_is_announced_and_the_authorization_can_still_be_voided() {
+        let db = MemoryDb::default();
+        let ids = std::cell::Cell::new(0);
+        let new_id = || {
+            ids.set(ids.get() + 1);
+            format!("id-{}", ids.get())
+        };
+        let context = Context {
+            now_text: "t".into(),
+            new_id: &new_id,
+        };
+        let ledger = Ledger::new(&db, &context);
+        ledger.migrate().unwrap();
+        let provider = FakeProvider {
+            refuse_capture: true,
+            ..FakeProvider::default()
+        };
+        let authorize = ShopEvent::PaymentAuthorizeRequested(command("o-1", "tok_ok"));
+        assert_eq!(
+            outcome(ledger.handle("e-1", &authorize, &provider)),
+            "shop.payment.authorized"
+        );
+        let capture = ShopEvent::PaymentCaptureRequested(command("o-1", ""));
+        assert_eq!(
+            outcome(ledger.handle("e-2", &capture, &provider)),
+            "shop.payment.declined"
+        );
+        assert_eq!(ledger.payment("o-1").unwrap().unwrap().status, "authorized");
+        let void = ShopEvent::PaymentVoidRequested(command("o-1", ""));
+        assert_eq!(outcome(ledger.handle("e-3", &void, &provider)), "shop.payment.voided");
     }
 }
