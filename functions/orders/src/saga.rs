@@ -58,6 +58,8 @@ pub struct Order {
     pub payment_id: Option<String>,
     reserved: bool,
     release_requested: bool,
+    /// Asked for, whatever came of it (the answer can be lost with a dead letter).
+    authorization_requested: bool,
     void_requested: bool,
     committed: bool,
     captured: bool,
@@ -95,6 +97,7 @@ impl Order {
             payment_id: None,
             reserved: false,
             release_requested: false,
+            authorization_requested: false,
             void_requested: false,
             committed: false,
             captured: false,
@@ -132,6 +135,7 @@ impl Order {
             ShopEvent::InventoryCommitted(_) => self.committed = true,
             ShopEvent::PaymentCaptured(_) => self.captured = true,
             ShopEvent::InventoryReleaseRequested(_) => self.release_requested = true,
+            ShopEvent::PaymentAuthorizeRequested(_) => self.authorization_requested = true,
             ShopEvent::PaymentVoidRequested(_) | ShopEvent::PaymentRefundRequested(_) => self.void_requested = true,
             ShopEvent::OrderTimedOut(_) if pending && self.step == Step::Completion => self.step_since = at,
             ShopEvent::OrderConfirmed(_) => {
@@ -196,7 +200,9 @@ impl Order {
         if self.reserved && !self.release_requested {
             events.push(ShopEvent::InventoryReleaseRequested(self.inventory_command()));
         }
-        if self.payment_id.is_some() && !self.void_requested {
+        // Any authorization asked for may have happened, even if its answer never
+        // came back: payments voids it, or records that there is none.
+        if (self.authorization_requested || self.payment_id.is_some()) && !self.void_requested {
             events.push(ShopEvent::PaymentVoidRequested(self.payment_command(false)));
         }
         events.push(ShopEvent::OrderCancelled(self.concluded(Some(reason))));
@@ -251,7 +257,10 @@ pub fn decide(order: &Order, incoming: &ShopEvent) -> Vec<ShopEvent> {
                 "payment declined: {}",
                 result.reason.as_deref().unwrap_or("no reason given")
             );
-            then(order.cancel(reason))
+            // A declined authorization holds nothing to void; a refused capture does.
+            let mut answered = order.clone();
+            answered.authorization_requested = false;
+            then(answered.cancel(reason))
         }
         ShopEvent::InventoryCommitted(_) | ShopEvent::PaymentCaptured(_) if pending && step == Step::Completion => {
             let committed = order.committed || matches!(incoming, ShopEvent::InventoryCommitted(_));
@@ -470,15 +479,17 @@ mod tests {
         h.deliver(ShopEvent::InventoryReserved(inventory(None, &[])), 101);
         assert_eq!(
             h.deliver(cancel_request(), 102),
-            ["shop.inventory.release_requested", "shop.order.cancelled"]
+            [
+                "shop.inventory.release_requested",
+                "shop.payment.void_requested",
+                "shop.order.cancelled"
+            ],
+            "the authorization asked for is voided, whether or not its answer ever comes"
         );
         assert_eq!(
             h.deliver(ShopEvent::PaymentAuthorized(payment(None)), 103),
-            ["shop.payment.void_requested"]
-        );
-        assert_eq!(
-            h.deliver(ShopEvent::PaymentAuthorized(payment(None)), 104),
-            Vec::<&str>::new()
+            Vec::<&str>::new(),
+            "the void follows the authorization on the order's partition"
         );
         assert_eq!(
             h.deliver(ShopEvent::PaymentVoided(payment(None)), 105),
@@ -511,7 +522,11 @@ mod tests {
         h.deliver(ShopEvent::InventoryReserved(inventory(None, &[])), 101);
         assert_eq!(
             h.deliver(timed_out("payment"), 121),
-            ["shop.inventory.release_requested", "shop.order.cancelled"]
+            [
+                "shop.inventory.release_requested",
+                "shop.payment.void_requested",
+                "shop.order.cancelled"
+            ]
         );
         assert_eq!(h.order().reason.as_deref(), Some("timed out waiting for payment"));
 

@@ -481,7 +481,11 @@ mod tests {
             .map(ShopEvent::event_type)
             .collect();
         assert!(
-            published.ends_with(&["shop.inventory.release_requested", "shop.order.cancelled"]),
+            published.ends_with(&[
+                "shop.inventory.release_requested",
+                "shop.payment.void_requested",
+                "shop.order.cancelled"
+            ]),
             "{published:?}"
         );
     }

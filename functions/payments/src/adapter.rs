@@ -73,16 +73,21 @@ impl HttpProvider {
         }
     }
 
-    fn post(&self, path: &str, body: Vec<u8>) -> Result<Answer, String> {
-        let url = format!("{}{path}", self.base);
+    fn request(&self, method: Method, url: &str) -> spin_sdk::http::RequestBuilder {
         let mut request = Request::builder();
         request
-            .method(Method::Post)
-            .uri(&url)
+            .method(method)
+            .uri(url)
             .header("content-type", "application/json");
         if let Some(key) = &self.api_key {
             request.header("authorization", format!("Bearer {key}"));
         }
+        request
+    }
+
+    fn post(&self, path: &str, body: Vec<u8>) -> Result<Answer, String> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.request(Method::Post, &url);
         let response: Response = spin_sdk::http::run(spin_sdk::http::send(request.body(body).build()))
             .map_err(|e| format!("payment provider {url}: {e}"))?;
         match *response.status() {
@@ -123,6 +128,24 @@ impl Provider for HttpProvider {
 
     fn refund(&self, reference: &str) -> Result<Answer, String> {
         self.post(&format!("/authorizations/{reference}/refund"), vec![])
+    }
+
+    fn find(&self, idempotency_key: &str) -> Result<Option<(String, String)>, String> {
+        let url = format!("{}/authorizations/by-key/{idempotency_key}", self.base);
+        let response: Response = spin_sdk::http::run(spin_sdk::http::send(self.request(Method::Get, &url).build()))
+            .map_err(|e| format!("payment provider {url}: {e}"))?;
+        match *response.status() {
+            200 => {
+                let charge: serde_json::Value = serde_json::from_slice(response.body())
+                    .map_err(|e| format!("payment provider {url} answered oddly: {e}"))?;
+                match (charge["id"].as_str(), charge["status"].as_str()) {
+                    (Some(id), Some(status)) => Ok(Some((id.to_string(), status.to_string()))),
+                    _ => Err(format!("payment provider {url}: no charge id or status")),
+                }
+            }
+            404 => Ok(None),
+            status => Err(format!("payment provider {url} answered {status}")),
+        }
     }
 }
 

@@ -32,6 +32,9 @@ pub trait Provider {
     fn capture(&self, reference: &str) -> Result<Answer, String>;
     fn void(&self, reference: &str) -> Result<Answer, String>;
     fn refund(&self, reference: &str) -> Result<Answer, String>;
+    /// The charge made under `idempotency_key`, as (reference, status), if any: for
+    /// giving back an authorization whose answer was lost.
+    fn find(&self, idempotency_key: &str) -> Result<Option<(String, String)>, String>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -237,17 +240,33 @@ impl<'a, D: Sql> Ledger<'a, D> {
         existing: Option<Payment>,
         provider: &impl Provider,
     ) -> Result<Change, String> {
-        let Some(mut payment) = existing else {
-            // Nothing was authorized: nothing to give back, which the saga may record.
-            return Ok(Change {
-                write: None,
-                announce: ShopEvent::PaymentVoided(PaymentResult {
+        let mut payment = match existing {
+            Some(payment) => payment,
+            None => {
+                // No answer was recorded: the authorization failed here before its
+                // commit, or never ran. Ask the provider what it holds under the
+                // order's key; with nothing there, a "voided" row makes a late
+                // (replayed) authorization answer "voided" instead of charging.
+                let mut payment = Payment {
+                    id: (self.context.new_id)(),
                     order_id: command.order_id.clone(),
-                    payment_id: None,
+                    user_id: command.user_id.clone(),
                     amount: command.amount.clone(),
+                    status: "voided".into(),
+                    provider_reference: None,
                     reason: Some("nothing was authorized".into()),
-                }),
-            });
+                    updated_at: self.context.now_text.clone(),
+                };
+                match provider.find(&command.order_id)? {
+                    Some((reference, status)) if status == "authorized" || status == "captured" => {
+                        payment.provider_reference = Some(reference);
+                        payment.status = status;
+                        payment.reason = None;
+                        payment
+                    }
+                    _ => return Ok(Change::write(payment)),
+                }
+            }
         };
         let reference = payment.provider_reference.clone().unwrap_or_default();
         let (answer, status) = match payment.status.as_str() {
@@ -317,6 +336,8 @@ mod tests {
         calls: RefCell<Vec<String>>,
         down: bool,
         refuse_capture: bool,
+        /// The status of a charge under any key, as `find` reports it.
+        holds: RefCell<Option<String>>,
     }
 
     impl FakeProvider {
@@ -348,6 +369,14 @@ mod tests {
         }
         fn refund(&self, reference: &str) -> Result<Answer, String> {
             self.answer(format!("refund {reference}"), true)
+        }
+        fn find(&self, key: &str) -> Result<Option<(String, String)>, String> {
+            self.calls.borrow_mut().push(format!("find {key}"));
+            Ok(self
+                .holds
+                .borrow()
+                .clone()
+                .map(|status| ("ch-lost".to_string(), status)))
         }
     }
 
@@ -440,6 +469,25 @@ mod tests {
         assert_eq!(outcome(ledger.handle("e-8", &void, &provider)), "shop.payment.declined");
         let never = ShopEvent::PaymentVoidRequested(command("o-3", ""));
         assert_eq!(outcome(ledger.handle("e-9", &never, &provider)), "shop.payment.voided");
+        let replayed = ShopEvent::PaymentAuthorizeRequested(command("o-3", "tok_ok"));
+        assert_eq!(
+            outcome(ledger.handle("e-9b", &replayed, &provider)),
+            "shop.payment.voided",
+            "an authorization arriving after its void is not charged"
+        );
+        assert!(!provider.calls.borrow().contains(&"authorize o-3".to_string()));
+
+        // The provider authorized, but the answer was lost before the ledger recorded
+        // it: the void finds the charge by the order's key and releases it.
+        *provider.holds.borrow_mut() = Some("authorized".into());
+        let lost = ShopEvent::PaymentVoidRequested(command("o-5", ""));
+        assert_eq!(outcome(ledger.handle("e-11", &lost, &provider)), "shop.payment.voided");
+        assert!(
+            provider
+                .calls
+                .borrow()
+                .ends_with(&["find o-5".to_string(), "void ch-lost".to_string()])
+        );
         let capture_nothing = ShopEvent::PaymentCaptureRequested(command("o-4", ""));
         assert!(ledger.handle("e-10", &capture_nothing, &provider).is_err());
     }

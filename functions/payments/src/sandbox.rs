@@ -64,6 +64,11 @@ fn decline_reason(token: &str) -> String {
 }
 
 impl<D: Sql> Sandbox<'_, D> {
+    /// The charge made under `idempotency_key`.
+    pub fn by_key(&self, idempotency_key: &str) -> Result<Option<Charge>, SqlError> {
+        self.by("idempotency_key", idempotency_key)
+    }
+
     fn by(&self, column: &str, value: &str) -> Result<Option<Charge>, SqlError> {
         let rows = self.db.execute(
             &format!("SELECT {COLUMNS} FROM sandbox_charges WHERE {column} = ?"),

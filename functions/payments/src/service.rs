@@ -72,6 +72,10 @@ fn route<D: Sql>(request: &Request<'_>, services: &Services<'_, D>) -> Result<Re
                 None => Ok(Response::json(201, &charge)),
             }
         }
+        (["sandbox", "authorizations", "by-key", key], "GET") => match services.sandbox.by_key(key)? {
+            Some(charge) => Ok(Response::json(200, &charge)),
+            None => Err(ApiError::not_found(format!("no charge under key {key}"))),
+        },
         (
             [
                 "sandbox",
@@ -98,4 +102,61 @@ pub fn error_message(body: &[u8]) -> String {
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| json!(String::from_utf8_lossy(body)).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use shop_domain::sql::testing::MemoryDb;
+
+    use super::*;
+    use crate::ledger::Context;
+
+    #[test]
+    fn the_sandbox_api_authorizes_declines_finds_and_captures() {
+        let db = MemoryDb::default();
+        let new_id = || uuid::Uuid::new_v4().to_string();
+        let context = Context {
+            now_text: "t".into(),
+            new_id: &new_id,
+        };
+        let slept = std::cell::Cell::new(0);
+        let sleep = || slept.set(slept.get() + 1);
+        let services = Services {
+            ledger: &Ledger::new(&db, &context),
+            sandbox: &Sandbox {
+                db: &db,
+                now_text: "t".into(),
+                new_id: &new_id,
+            },
+            sleep: &sleep,
+        };
+        let call = |method: &str, path: &str, body: &str| {
+            let request = Request {
+                method,
+                path,
+                body: body.as_bytes(),
+                user: "",
+                roles: "",
+            };
+            let response = handle(&request, &services);
+            (response.status, response.json_body())
+        };
+        let authorize = |key: &str, token: &str| {
+            let body =
+                json!({ "idempotency_key": key, "token": token, "amount": { "amount": 100, "currency": "EUR" } });
+            call("POST", "/sandbox/authorizations", &body.to_string())
+        };
+        let (status, charge) = authorize("o-1", "tok_slow");
+        assert_eq!((status, charge["status"].as_str()), (201, Some("authorized")));
+        assert_eq!(slept.get(), 1, "tok_slow takes its time");
+        assert_eq!(authorize("o-2", "tok_declined").0, 402);
+        let (status, found) = call("GET", "/sandbox/authorizations/by-key/o-1", "");
+        assert_eq!((status, &found["id"]), (200, &charge["id"]));
+        assert_eq!(call("GET", "/sandbox/authorizations/by-key/o-9", "").0, 404);
+        let capture = format!("/sandbox/authorizations/{}/capture", charge["id"].as_str().unwrap());
+        assert_eq!(call("POST", &capture, "").1["captures"], 1);
+        assert_eq!(call("POST", "/sandbox/authorizations/nope/void", "").0, 404);
+        assert_eq!(call("GET", "/payments/o-1", "").0, 404, "no ledger row, and no caller");
+        assert_eq!(call("POST", "/sandbox/authorizations", "{}").0, 400);
+    }
 }
