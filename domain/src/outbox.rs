@@ -113,24 +113,34 @@ pub fn headers(row: &OutboxRow, source: &str) -> Vec<(String, String)> {
     headers
 }
 
-/// Publishes up to [`BATCH`] pending rows in order, deleting each once the broker
-/// has it; stops at the first failure (the rest waits for the next tick). A crash
-/// between publish and delete publishes that event again: consumers dedupe by id.
-/// Returns how many were published.
+/// Publishes up to [`BATCH`] pending rows in order, then deletes the ones the broker
+/// took; stops at the first failure (the rest waits for the next tick). A crash
+/// between publishing and deleting publishes those events again: consumers dedupe
+/// by id. Returns how many were published.
 pub fn relay(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, String> {
     let rows = pending(db, BATCH)?;
-    for (published, row) in rows.iter().enumerate() {
-        if let Err(e) = publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
-            return if published == 0 {
-                Err(format!("publishing outbox seq {}: {e}", row.seq))
-            } else {
-                Ok(published)
-            };
+    let mut failure = None;
+    let mut published = Vec::new();
+    for row in &rows {
+        match publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
+            Ok(()) => published.push(row.seq),
+            Err(e) => {
+                failure = Some(format!("publishing outbox seq {}: {e}", row.seq));
+                break;
+            }
         }
-        db.execute("DELETE FROM outbox WHERE seq = ?", &[row.seq.into()])
+    }
+    // One statement for the batch: each DELETE on its own would be a commit.
+    if !published.is_empty() {
+        let placeholders = vec!["?"; published.len()].join(", ");
+        let seqs: Vec<SqlValue> = published.iter().map(|seq| (*seq).into()).collect();
+        db.execute(&format!("DELETE FROM outbox WHERE seq IN ({placeholders})"), &seqs)
             .map_err(|e| e.to_string())?;
     }
-    Ok(rows.len())
+    match failure {
+        Some(e) if published.is_empty() => Err(e),
+        _ => Ok(published.len()),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The outbox relay: on each cron tick, publishes the rows a service wrote to its
 //! `outbox` table (in the same transaction as its state change) as CloudEvents, in
-//! order, deleting each once the broker has it. A crash between the two republishes
-//! that event: delivery is at-least-once and consumers dedupe by `ce_id`.
+//! order, then deletes what the broker took. A crash in between republishes those
+//! events: delivery is at-least-once and consumers dedupe by `ce_id`.
 //!
 //! One relay component per service database (`database` variable), run by the host's
 //! cron trigger; Spin itself has neither cron nor wasi:messaging. The relaying itself
