@@ -48,3 +48,12 @@ impl Sql for MemoryDb {
         Ok(out)
     }
 }
+
+/// Ids `id-1`, `id-2`, … for tests that need predictable, distinct ids.
+pub fn sequential_ids() -> impl Fn() -> String {
+    let issued = std::cell::Cell::new(0);
+    move || {
+        issued.set(issued.get() + 1);
+        format!("id-{}", issued.get())
+    }
+}

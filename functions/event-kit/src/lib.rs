@@ -104,6 +104,11 @@ pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) {
     }
 }
 
+/// A new id for a record or an event (a random UUID).
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now()

@@ -14,16 +14,12 @@ use crate::stock::{Context, Handled, Inventory};
 const DATABASE: &str = "inventory";
 const SOURCE: &str = "/inventory";
 
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 fn context() -> Result<Context<'static>, String> {
     let now = event_kit::now_secs();
     Ok(Context {
         now,
         now_text: shop_domain::time::rfc3339(now),
-        new_id: &new_id,
+        new_id: &event_kit::new_id,
         reservation_ttl_secs: event_kit::number_variable("reservation_ttl_secs", 15 * 60)?,
     })
 }
@@ -49,6 +45,10 @@ struct Handlers;
 impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
     fn handle(message: Message) -> Result<(), event_kit::Error> {
         let (envelope, event) = event_kit::received(&message).map_err(event_kit::Error::Other)?;
+        // Results on the same topic are for the orders service: no database needed.
+        if crate::stock::command_of(&event).is_none() {
+            return Ok(());
+        }
         let db = SpinDatabase::open_configured(DATABASE).map_err(event_kit::Error::Other)?;
         let context = context().map_err(event_kit::Error::Other)?;
         let inventory = Inventory::new(&db, &context);

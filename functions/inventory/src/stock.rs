@@ -41,6 +41,17 @@ pub struct Context<'a> {
     pub reservation_ttl_secs: i64,
 }
 
+/// The saga command `event` carries for this service, if it is one (its topic also
+/// carries the results the orders service reads).
+pub fn command_of(event: &ShopEvent) -> Option<&InventoryCommand> {
+    match event {
+        ShopEvent::InventoryReserveRequested(c)
+        | ShopEvent::InventoryReleaseRequested(c)
+        | ShopEvent::InventoryCommitRequested(c) => Some(c),
+        _ => None,
+    }
+}
+
 pub struct Inventory<'a, D: Sql> {
     db: &'a D,
     context: &'a Context<'a>,
@@ -101,11 +112,8 @@ impl<'a, D: Sql> Inventory<'a, D> {
 
     /// Handles one delivered event exactly once.
     pub fn handle(&self, event_id: &str, event: &ShopEvent) -> Result<Handled, SqlError> {
-        let command = match event {
-            ShopEvent::InventoryReserveRequested(c)
-            | ShopEvent::InventoryReleaseRequested(c)
-            | ShopEvent::InventoryCommitRequested(c) => c,
-            _ => return Ok(Handled::Ignored),
+        let Some(command) = command_of(event) else {
+            return Ok(Handled::Ignored);
         };
         in_transaction(self.db, || {
             if !inbox::first_time(self.db, event_id, &self.context.now_text)? {

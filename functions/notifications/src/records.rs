@@ -173,7 +173,7 @@ mod tests {
     use std::cell::RefCell;
 
     use shop_domain::events::{OrderConcluded, UserRegistered};
-    use shop_domain::sql::testing::MemoryDb;
+    use shop_domain::sql::testing::{MemoryDb, sequential_ids};
     use shop_domain::types::Money;
 
     use super::*;
@@ -197,11 +197,7 @@ mod tests {
     #[test]
     fn sends_once_per_event_and_lists_a_users_notifications() {
         let db = MemoryDb::default();
-        let ids = std::cell::Cell::new(0);
-        let new_id = || {
-            ids.set(ids.get() + 1);
-            format!("n-{}", ids.get())
-        };
+        let new_id = sequential_ids();
         let records = Records {
             db: &db,
             now_text: "2026-11-22T00:00:00Z".into(),

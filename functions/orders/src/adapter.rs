@@ -19,16 +19,12 @@ const SOURCE: &str = "/orders";
 /// Most overdue orders handled per cron tick.
 const OVERDUE_BATCH: i64 = 100;
 
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 fn context() -> Result<Context<'static>, String> {
     let now = event_kit::now_secs();
     Ok(Context {
         now,
         now_text: shop_domain::time::rfc3339(now),
-        new_id: &new_id,
+        new_id: &event_kit::new_id,
         timeouts: Timeouts {
             inventory_secs: event_kit::number_variable("inventory_timeout_secs", 30)?,
             payment_secs: event_kit::number_variable("payment_timeout_secs", 30)?,
@@ -124,7 +120,7 @@ fn handle_http(req: Request) -> Response {
         roles: event_kit::header(&req, "x-shop-roles"),
         idempotency_key,
     };
-    let (response, effects) = service::handle(&request, &Orders::new(&db, &context), &Services, &new_id);
+    let (response, effects) = service::handle(&request, &Orders::new(&db, &context), &Services, &event_kit::new_id);
     if effects.wrote {
         event_kit::publish_outbox(&db, SOURCE);
     }

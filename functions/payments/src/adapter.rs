@@ -16,14 +16,10 @@ use crate::service;
 const DATABASE: &str = "payments";
 const SOURCE: &str = "/payments";
 
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 fn context() -> Context<'static> {
     Context {
         now_text: shop_domain::time::rfc3339(event_kit::now_secs()),
-        new_id: &new_id,
+        new_id: &event_kit::new_id,
     }
 }
 
@@ -49,7 +45,7 @@ fn handle_http(req: Request) -> Response {
         sandbox: &Sandbox {
             db: &db,
             now_text: context.now_text.clone(),
-            new_id: &new_id,
+            new_id: &event_kit::new_id,
         },
         sleep: &sleep,
     };
@@ -154,6 +150,10 @@ struct Handlers;
 impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
     fn handle(message: Message) -> Result<(), event_kit::Error> {
         let (envelope, event) = event_kit::received(&message).map_err(event_kit::Error::Other)?;
+        // Results on the same topic are for the orders service: no database needed.
+        if crate::ledger::command_of(&event).is_none() {
+            return Ok(());
+        }
         let db = SpinDatabase::open_configured(DATABASE).map_err(event_kit::Error::Other)?;
         let context = context();
         let ledger = Ledger::new(&db, &context);

@@ -64,6 +64,18 @@ pub enum Handled {
     Ignored,
 }
 
+/// The saga command `event` carries for this service, if it is one (its topic also
+/// carries the results the orders service reads).
+pub fn command_of(event: &ShopEvent) -> Option<&PaymentCommand> {
+    match event {
+        ShopEvent::PaymentAuthorizeRequested(c)
+        | ShopEvent::PaymentCaptureRequested(c)
+        | ShopEvent::PaymentVoidRequested(c)
+        | ShopEvent::PaymentRefundRequested(c) => Some(c),
+        _ => None,
+    }
+}
+
 pub struct Ledger<'a, D: Sql> {
     db: &'a D,
     context: &'a Context<'a>,
@@ -111,12 +123,8 @@ impl<'a, D: Sql> Ledger<'a, D> {
 
     /// Handles one delivered command exactly once. `Err` leaves nothing changed.
     pub fn handle(&self, event_id: &str, event: &ShopEvent, provider: &impl Provider) -> Result<Handled, String> {
-        let command = match event {
-            ShopEvent::PaymentAuthorizeRequested(c)
-            | ShopEvent::PaymentCaptureRequested(c)
-            | ShopEvent::PaymentVoidRequested(c)
-            | ShopEvent::PaymentRefundRequested(c) => c,
-            _ => return Ok(Handled::Ignored),
+        let Some(command) = command_of(event) else {
+            return Ok(Handled::Ignored);
         };
         let sql = |e: SqlError| e.to_string();
         if self.seen(event_id).map_err(sql)? {
@@ -325,7 +333,7 @@ fn announcement(payment: &Payment) -> ShopEvent {
 mod tests {
     use std::cell::RefCell;
 
-    use shop_domain::sql::testing::MemoryDb;
+    use shop_domain::sql::testing::{MemoryDb, sequential_ids};
 
     use super::*;
 
@@ -402,11 +410,7 @@ mod tests {
     #[test]
     fn each_command_is_idempotent_per_order() {
         let db = MemoryDb::default();
-        let ids = std::cell::Cell::new(0);
-        let new_id = || {
-            ids.set(ids.get() + 1);
-            format!("id-{}", ids.get())
-        };
+        let new_id = sequential_ids();
         let context = Context {
             now_text: "t".into(),
             new_id: &new_id,
@@ -495,11 +499,7 @@ mod tests {
     #[test]
     fn a_refused_capture_is_announced_and_the_authorization_can_still_be_voided() {
         let db = MemoryDb::default();
-        let ids = std::cell::Cell::new(0);
-        let new_id = || {
-            ids.set(ids.get() + 1);
-            format!("id-{}", ids.get())
-        };
+        let new_id = sequential_ids();
         let context = Context {
             now_text: "t".into(),
             new_id: &new_id,

@@ -131,7 +131,7 @@ impl<D: Sql> Sandbox<'_, D> {
 
 #[cfg(test)]
 mod tests {
-    use shop_domain::sql::testing::MemoryDb;
+    use shop_domain::sql::testing::{MemoryDb, sequential_ids};
 
     use super::*;
 
@@ -139,11 +139,7 @@ mod tests {
     fn tokens_decide_and_every_move_happens_once() {
         let db = MemoryDb::default();
         shop_domain::sql::migrate(&db, &[SCHEMA]).unwrap();
-        let ids = std::cell::Cell::new(0);
-        let new_id = || {
-            ids.set(ids.get() + 1);
-            format!("ch-{}", ids.get())
-        };
+        let new_id = sequential_ids();
         let sandbox = Sandbox {
             db: &db,
             now_text: "t".into(),
