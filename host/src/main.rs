@@ -30,15 +30,17 @@ use clap::{Parser, Subcommand};
     about = "Run Spin applications of WebAssembly components on wasmtime"
 )]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, env = "SHOP_LOG_FORMAT", default_value = "json", global = true)]
+    /// Log format on stderr: `auto` is short text on a terminal and JSON lines
+    /// otherwise (pipes, files, containers).
+    #[arg(long, env = "SHOP_LOG_FORMAT", default_value = "auto", global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
+    Auto,
     Json,
     Text,
 }
@@ -72,16 +74,30 @@ enum Command {
     },
 }
 
+/// Default filter for JSON logs: everything an operator's log pipeline may want.
+const JSON_LOG_FILTER: &str = "info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn";
+/// Default filter for a person at a terminal: what components print, the host's own
+/// lifecycle, and anything that went wrong; partition assignments and the like are
+/// for the JSON logs (or `SHOP_LOG=info`).
+const TEXT_LOG_FILTER: &str = "warn,guest=info,shop::commands=info,shop::trigger::http=info";
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOP_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn")
-    });
+    use std::io::IsTerminal as _;
+    let text = match format {
+        LogFormat::Auto => std::io::stderr().is_terminal(),
+        LogFormat::Json => false,
+        LogFormat::Text => true,
+    };
+    let default_filter = if text { TEXT_LOG_FILTER } else { JSON_LOG_FILTER };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    if text {
+        builder.compact().without_time().with_target(false).init();
+    } else {
+        builder.json().flatten_event(true).init();
     }
 }
 

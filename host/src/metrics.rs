@@ -14,6 +14,8 @@ pub struct Metrics {
     pub messages_failed: IntCounterVec,
     pub messages_retried: IntCounterVec,
     pub messages_dead_lettered: IntCounterVec,
+    /// Messages committed without a call: their type is not in `event_types`.
+    pub messages_filtered: IntCounterVec,
     pub message_handler_duration: HistogramVec,
     /// Cron trigger, by component and outcome (`ok`, `error`, `skipped`).
     pub cron_runs: IntCounterVec,
@@ -97,6 +99,11 @@ impl Metrics {
             "Messages sent to the dead-letter topic after their last retry",
             MESSAGE_LABELS,
         );
+        let messages_filtered = counter(
+            "kafka_messages_filtered_total",
+            "Messages committed without calling the component: their ce_type is not in the trigger's event_types",
+            &["component", "topic"],
+        );
         let message_handler_duration = HistogramVec::new(
             HistogramOpts::new(
                 "kafka_handler_duration_seconds",
@@ -121,6 +128,7 @@ impl Metrics {
             Box::new(messages_failed.clone()),
             Box::new(messages_retried.clone()),
             Box::new(messages_dead_lettered.clone()),
+            Box::new(messages_filtered.clone()),
             Box::new(message_handler_duration.clone()),
             Box::new(cron_runs.clone()),
         ] {
@@ -137,6 +145,7 @@ impl Metrics {
             messages_failed,
             messages_retried,
             messages_dead_lettered,
+            messages_filtered,
             message_handler_duration,
             cron_runs,
         }

@@ -93,6 +93,28 @@ impl RuntimeConfig {
                 )),
             }
         }
+        let synchronous_entries = [
+            ("key_value_store", stores),
+            ("sqlite_database", self.table("sqlite_database")),
+        ];
+        for (table, entries) in synchronous_entries {
+            for (label, entry) in entries.into_iter().flatten() {
+                let valid = entry.get("synchronous").is_none_or(|v| {
+                    v.as_str()
+                        .and_then(crate::capability::sqlite::Synchronous::parse)
+                        .is_some()
+                });
+                if !valid {
+                    out.push(problem(
+                        Severity::Error,
+                        &file,
+                        format!("{table}.{label}.synchronous"),
+                        "expected \"normal\" (survives a crash of the process) or \"full\" (also survives power loss)"
+                            .into(),
+                    ));
+                }
+            }
+        }
         let databases = self.table("sqlite_database");
         for (label, entry) in databases.into_iter().flatten() {
             if entry.get("type").and_then(|t| t.as_str()) != Some("spin") {
@@ -179,5 +201,15 @@ mod tests {
             "{problems:?}"
         );
         assert_eq!(problems.len(), 3, "`default` needs no definition: {problems:?}");
+    }
+
+    #[test]
+    fn synchronous_is_normal_or_full() {
+        let rc = runtime_config(
+            "[sqlite_database.default]\ntype = \"spin\"\nsynchronous = \"full\"\n[key_value_store.default]\ntype = \"spin\"\nsynchronous = \"off\"\n",
+        );
+        let problems = rc.problems(&manifest("[]"));
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["key_value_store.default.synchronous"], "{problems:?}");
     }
 }

@@ -80,6 +80,8 @@ pub struct HostState {
     pub output_tags: OutputTags,
     /// Wall-clock deadline of the current invocation, checked on every epoch tick.
     pub deadline: Instant,
+    /// Keeps the epoch ticking while this store lives.
+    _live: crate::engine::LiveStore,
 }
 
 impl HostState {
@@ -115,6 +117,7 @@ impl HostState {
                 open_count: 0,
             },
             sqlite: SqliteAccess {
+                component: component.id.clone(),
                 allowed: component.sqlite_databases.clone(),
                 backends: component.backends.clone(),
                 open_count: 0,
@@ -128,6 +131,7 @@ impl HostState {
                 backends: component.backends.clone(),
             },
             variables: component.variables.clone(),
+            _live: crate::engine::LiveStore::new(),
             messaging: MessagingAccess {
                 component: component.id.clone(),
                 allowed_topics: component.allowed_topics.clone(),

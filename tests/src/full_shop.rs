@@ -339,6 +339,8 @@ impl Api {
     /// The order once `done` holds for it, within `timeout`.
     pub fn order_when(&self, token: &str, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
+        // Quick looks first (a saga takes tens of milliseconds), then every 100 ms.
+        let mut pause = Duration::from_millis(10);
         loop {
             let (status, order) = self.call("GET", &format!("/orders/{id}"), Some(token), None);
             if status == 200 && done(&order) {
@@ -348,12 +350,27 @@ impl Api {
                 Instant::now() < deadline,
                 "order {id} did not get there in {timeout:?}: {order}"
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(pause);
+            pause = (pause * 3 / 2).min(Duration::from_millis(100));
         }
     }
 
-    /// The order once it is CONFIRMED or CANCELLED.
+    /// The order once it is CONFIRMED or CANCELLED, asking the service to hold each
+    /// request until then (`wait_ms`) rather than polling.
     pub fn concluded(&self, token: &str, id: &str, timeout: Duration) -> Value {
-        self.order_when(token, id, timeout, |o| o["status"] != "PENDING")
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, order) = self.call("GET", &format!("/orders/{id}?wait_ms=5000"), Some(token), None);
+            if status == 200 && order["status"] != "PENDING" {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} did not conclude in {timeout:?}: {order}"
+            );
+            if status != 200 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }

@@ -106,7 +106,7 @@ pub fn private_trigger(component: &str) -> String {
 pub struct Captured(Arc<Mutex<String>>);
 
 impl Captured {
-    fn follow(&self, stream: impl Read + Send + 'static) {
+    pub fn follow(&self, stream: impl Read + Send + 'static) {
         let sink = self.0.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -258,6 +258,21 @@ impl Drop for Shop {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A memory figure of process `pid` from /proc/PID/status, in KiB (`VmRSS` now,
+/// `VmHWM` the peak); 0 when unreadable.
+pub fn process_memory_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)
+                    .and_then(|v| v.strip_prefix(':'))
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// Sum of a Prometheus counter's samples whose label set contains every `labels` pair.

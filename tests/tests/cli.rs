@@ -184,3 +184,28 @@ fn up_refuses_a_required_variable_without_value() {
         "{stderr}"
     );
 }
+
+/// Two components sharing one `.wasm`, only the first with a build command (as the
+/// shop's relays do): `check` and `up` both accept the missing source, and `up` builds
+/// it before loading either.
+#[test]
+fn a_missing_source_that_another_component_builds_is_fine_for_check_and_up() {
+    let dir = TempDir::new("shared-source");
+    let built = wasm("p2-hello");
+    let manifest = dir.manifest(&format!(
+        "{}{}[component.a]\nsource = \"out.wasm\"\n[component.a.build]\ncommand = \"cp {} out.wasm\"\n[component.b]\nsource = \"out.wasm\"\n",
+        http_trigger("/a", "a"),
+        http_trigger("/b", "b"),
+        built.display()
+    ));
+    assert!(!dir.path().join("out.wasm").exists());
+    let (ok, out) = check(&manifest);
+    assert!(ok, "check: {out}");
+
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    assert!(dir.path().join("out.wasm").exists(), "up ran a's build");
+    for path in ["/a", "/b"] {
+        let r = client().get(format!("{}{path}", shop.base)).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}

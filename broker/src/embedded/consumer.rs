@@ -18,12 +18,16 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use super::Published;
 use super::store::{self, Membership, Store};
 use crate::{BrokerError, Consumer, ConsumerEvent, Message, TopicPartition};
 
 /// Records read ahead per partition and refill; bounds memory and keeps rounds short so
 /// partitions interleave.
 const FETCH_BATCH: usize = 64;
+
+/// Longest wait between looks for other processes' records while a consumer idles.
+const MAX_IDLE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Timing of one member, from [`super::EmbeddedOptions`].
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +50,7 @@ struct Shared {
     /// Ownership changed, a `Revoked` event was queued, or the consumer closed.
     changed: Notify,
     /// A producer of the same broker appended a record (other processes are polled).
-    published: Arc<Notify>,
+    published: Arc<Published>,
     /// Set once the member has left the group (or its task ended).
     closed: watch::Sender<bool>,
 }
@@ -114,10 +118,13 @@ impl State {
         message
     }
 
-    fn fetch_plan(&self) -> Vec<Fetch> {
+    /// Reads for every owned partition with an empty buffer; with `grown`, only for
+    /// those this process appended to past what was read.
+    fn fetch_plan(&self, grown: Option<&Published>) -> Vec<Fetch> {
         self.owned
             .iter()
             .filter(|(_, owned)| owned.buffer.is_empty())
+            .filter(|(tp, owned)| grown.is_none_or(|p| p.end(tp).is_some_and(|end| end > owned.next_fetch)))
             .map(|(tp, owned)| Fetch {
                 tp: tp.clone(),
                 epoch: owned.epoch,
@@ -177,7 +184,7 @@ impl EmbeddedConsumer {
         membership: Membership,
         default_partitions: i32,
         timing: Timing,
-        published: Arc<Notify>,
+        published: Arc<Published>,
     ) -> Result<Arc<Self>, BrokerError> {
         let membership = Arc::new(membership);
         let m = Arc::clone(&membership);
@@ -213,8 +220,9 @@ impl EmbeddedConsumer {
     }
 
     /// Reads the next batch of every owned partition whose buffer is empty.
-    async fn refill(&self) -> Result<bool, BrokerError> {
-        let plan = self.shared.state().fetch_plan();
+    async fn refill(&self, every_partition: bool) -> Result<bool, BrokerError> {
+        let grown = (!every_partition).then_some(&*self.shared.published);
+        let plan = self.shared.state().fetch_plan(grown);
         if plan.is_empty() {
             return Ok(false);
         }
@@ -247,6 +255,12 @@ impl Consumer for EmbeddedConsumer {
     /// Cancel-safe: state changes only in synchronous sections; a refill whose future is
     /// dropped leaves the positions untouched, so its records are read again next time.
     async fn next_event(&self) -> Result<ConsumerEvent, BrokerError> {
+        // This process's producers wake the consumer at once; the poll is only for
+        // records appended by other processes, so it backs off while nothing comes.
+        let mut poll = self.shared.timing.poll_interval;
+        // Read every partition first, after an ownership change and on each poll;
+        // after a local publish, only the partitions that grew.
+        let mut every_partition = true;
         loop {
             // Register for wake-ups before looking, so a change between the look and the
             // wait is not missed.
@@ -264,14 +278,17 @@ impl Consumer for EmbeddedConsumer {
                     return Err(BrokerError::Closed);
                 }
             }
-            if self.refill().await? {
+            if self.refill(every_partition).await? {
                 continue;
             }
-            tokio::select! {
-                () = changed => {}
-                () = published => {}
-                () = tokio::time::sleep(self.shared.timing.poll_interval) => {}
-            }
+            every_partition = tokio::select! {
+                () = changed => true,
+                () = published => false,
+                () = tokio::time::sleep(poll) => {
+                    poll = (poll * 2).min(MAX_IDLE_POLL_INTERVAL.max(self.shared.timing.poll_interval));
+                    true
+                }
+            };
         }
     }
 

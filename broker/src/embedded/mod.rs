@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 pub use consumer::EmbeddedConsumer;
 pub use partitioner::{murmur2, partition_for_key};
 
-use crate::{Broker, BrokerError, Consumer, Delivery, OutgoingMessage, Producer};
+use crate::{Broker, BrokerError, Consumer, Delivery, OutgoingMessage, Producer, TopicPartition};
 use store::{Membership, Store};
 
 /// Settings of an [`EmbeddedBroker`].
@@ -56,7 +56,7 @@ impl Default for EmbeddedOptions {
             default_partitions: 3,
             member_id: default_member_id(),
             session_timeout: Duration::from_secs(6),
-            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(20),
         }
     }
@@ -89,6 +89,44 @@ impl EmbeddedOptions {
     }
 }
 
+/// What this process's producers appended: a wake-up for its consumers and, per
+/// partition, the offset after the last local append, so that a consumer woken by a
+/// publish reads only the partitions that grew (records of other processes are found
+/// by the consumers' periodic look at every partition).
+#[derive(Default)]
+pub(super) struct Published {
+    wake: Notify,
+    ends: Mutex<HashMap<TopicPartition, i64>>,
+}
+
+impl Published {
+    fn record(&self, topic: &str, partition: i32, offset: i64) {
+        let tp = TopicPartition {
+            topic: topic.to_string(),
+            partition,
+        };
+        {
+            let mut ends = self.ends.lock().unwrap_or_else(PoisonError::into_inner);
+            let end = ends.entry(tp).or_insert(0);
+            *end = (*end).max(offset + 1);
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// The offset after the last record this process appended to `tp`, if any.
+    pub(super) fn end(&self, tp: &TopicPartition) -> Option<i64> {
+        self.ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tp)
+            .copied()
+    }
+
+    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+}
+
 /// The embedded log. Cheap to share: producers and consumers hold the same store.
 pub struct EmbeddedBroker {
     inner: Arc<Inner>,
@@ -98,7 +136,7 @@ struct Inner {
     store: Arc<Store>,
     options: EmbeddedOptions,
     /// Wakes this process's consumers right after a local publish.
-    published: Arc<Notify>,
+    published: Arc<Published>,
     /// Next partition per topic for records without a key.
     round_robin: Mutex<HashMap<String, i32>>,
     /// Numbers this process's consumers so each has its own member id.
@@ -115,7 +153,7 @@ impl EmbeddedBroker {
             inner: Arc::new(Inner {
                 store,
                 options,
-                published: Arc::new(Notify::new()),
+                published: Arc::default(),
                 round_robin: Mutex::new(HashMap::new()),
                 consumers: AtomicU64::new(0),
             }),
@@ -174,6 +212,7 @@ struct EmbeddedProducer {
 impl Producer for EmbeddedProducer {
     async fn publish(&self, message: OutgoingMessage) -> Result<Delivery, BrokerError> {
         crate::validate_topic(&message.topic)?;
+        let topic = message.topic.clone();
         let inner = Arc::clone(&self.inner);
         let default_partitions = inner.options.default_partitions;
         let delivery = self
@@ -185,7 +224,7 @@ impl Producer for EmbeddedProducer {
                 })
             })
             .await?;
-        self.inner.published.notify_waiters();
+        self.inner.published.record(&topic, delivery.partition, delivery.offset);
         Ok(delivery)
     }
 }

@@ -63,7 +63,7 @@ CREATE INDEX IF NOT EXISTS leases_by_member ON leases (group_id, member_id);
 /// How long a connection waits for another writer (this or another process).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept for reuse; more are opened on demand under load.
-const MAX_IDLE_CONNECTIONS: usize = 4;
+const MAX_IDLE_CONNECTIONS: usize = 16;
 
 /// Why a store operation failed, before it becomes a [`BrokerError`] with the file name.
 #[derive(Debug)]
@@ -135,6 +135,12 @@ impl Store {
         }
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Without the planner's stability guarantee SQLite re-prepares a cached
+        // statement whenever a `LIMIT ?` parameter is bound, i.e. on every read.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        // Reads through a memory map need no system call once a commit of another
+        // connection has reset this one's page cache.
+        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
         // In WAL mode NORMAL still survives a process crash; only power loss can drop the
         // last commits, which is the trade-off Kafka's default fsync policy makes too.
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -101,8 +101,22 @@ pub trait Sql {
 }
 
 /// Creates what `schema` describes (each statement idempotent, SQLite type names).
+///
+/// Every instance of a service calls this on each request or message, so the usual
+/// case is one indexed read: a schema already applied is recorded by its fingerprint
+/// in `shop_schema`, and only a new or changed schema runs its statements.
 pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
-    for statement in schema {
+    let fingerprint = schema_fingerprint(schema);
+    let applied = db.execute(
+        "SELECT 1 FROM shop_schema WHERE fingerprint = ?",
+        &[fingerprint.as_str().into()],
+    );
+    // An error here is a database without the table yet.
+    if applied.is_ok_and(|rows| !rows.is_empty()) {
+        return Ok(());
+    }
+    let record = ["CREATE TABLE IF NOT EXISTS shop_schema (fingerprint TEXT PRIMARY KEY)"];
+    for statement in schema.iter().chain(&record) {
         match db.execute(&db.dialect().ddl(statement), &[]) {
             // Two PostgreSQL sessions creating the same table race on its catalog
             // row even with IF NOT EXISTS; the loser finds the table there.
@@ -110,7 +124,23 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
             other => drop(other?),
         }
     }
+    db.execute(
+        "INSERT INTO shop_schema (fingerprint) VALUES (?) ON CONFLICT DO NOTHING",
+        &[fingerprint.as_str().into()],
+    )?;
     Ok(())
+}
+
+/// A stable digest of a schema's statements (64-bit FNV-1a, hex).
+fn schema_fingerprint(schema: &[&str]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for statement in schema {
+        for byte in statement.bytes().chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
 }
 
 /// Runs `work` in a write transaction, rolling back when it fails.
@@ -130,5 +160,39 @@ pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -
             let _ = db.execute("ROLLBACK", &[]);
             Err(e)
         }
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::testing::MemoryDb;
+    use super::*;
+
+    #[test]
+    fn a_schema_is_applied_once_and_again_when_it_changes() {
+        let db = MemoryDb::default();
+        let v1 = ["CREATE TABLE IF NOT EXISTS a (x INTEGER)"];
+        migrate(&db, &v1).unwrap();
+        // Applied schemas are not run again: a dropped table stays dropped.
+        db.execute("DROP TABLE a", &[]).unwrap();
+        migrate(&db, &v1).unwrap();
+        assert!(db.execute("SELECT x FROM a", &[]).is_err());
+        // A changed schema runs (all its statements are idempotent).
+        let v2 = [
+            "CREATE TABLE IF NOT EXISTS a (x INTEGER)",
+            "CREATE TABLE IF NOT EXISTS b (y TEXT)",
+        ];
+        migrate(&db, &v2).unwrap();
+        db.execute("SELECT x FROM a", &[]).unwrap();
+        db.execute("SELECT y FROM b", &[]).unwrap();
+        let recorded = db.execute("SELECT COUNT(*) FROM shop_schema", &[]).unwrap();
+        assert_eq!(recorded, vec![vec![SqlValue::Integer(2)]]);
+    }
+
+    #[test]
+    fn fingerprints_tell_schemas_apart() {
+        assert_eq!(schema_fingerprint(&["a", "b"]), schema_fingerprint(&["a", "b"]));
+        assert_ne!(schema_fingerprint(&["ab"]), schema_fingerprint(&["a", "b"]));
+        assert_ne!(schema_fingerprint(&["a"]), schema_fingerprint(&["b"]));
     }
 }

@@ -2,9 +2,36 @@
 //! `aud`, `exp`, `nbf`, and the algorithm pinned to RS256, so `alg: none` or an HMAC
 //! token signed with the public key is refused), and what each route requires.
 
+use jsonwebtoken::dangerous::insecure_decode_claims;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Clock skew allowed on `exp` and `nbf`, in seconds.
+const LEEWAY_SECS: u64 = 30;
+
+/// Tokens whose signature this gateway has already verified: the latest one per
+/// subject, by digest. An RS256 verification costs milliseconds in WebAssembly, and a
+/// client sends the same token with every request until it expires; a token seen
+/// before costs a hash instead. Its claims are still checked every time, and its key
+/// must still be in the issuer's current JWKS, so rotating a key out refuses its
+/// tokens at once.
+pub trait SignatureMemo {
+    /// The digest of the last verified token of `subject`.
+    fn recall(&self, subject: &str) -> Option<String>;
+    fn remember(&self, subject: &str, digest: &str);
+}
+
+/// No memory: every token is verified (tests, or without a key-value store).
+pub struct NoMemo;
+
+impl SignatureMemo for NoMemo {
+    fn recall(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn remember(&self, _: &str, _: &str) {}
+}
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +82,21 @@ struct RealmAccess {
     roles: Vec<String>,
 }
 
+/// `aud` is a string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iss: Option<String>,
+    aud: Option<Audience>,
     /// Our auth service's claim.
     #[serde(default)]
     roles: Vec<String>,
@@ -84,8 +123,9 @@ pub fn key_id(token: &str) -> Option<String> {
     decode_header(token).ok()?.kid
 }
 
-/// Verifies `token` against `keys`.
-pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules) -> Result<Principal, Refusal> {
+/// Verifies `token` against `keys`, skipping the signature check for the exact token
+/// `memo` remembers for its subject.
+pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn SignatureMemo) -> Result<Principal, Refusal> {
     let invalid = |why: String| Refusal::Unauthenticated(format!("invalid token: {why}"));
     let header = decode_header(token).map_err(|e| invalid(e.to_string()))?;
     if header.alg != Algorithm::RS256 {
@@ -97,20 +137,66 @@ pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules) -> Result<Principa
         None => None,
     }
     .ok_or_else(|| invalid("signed with an unknown key".into()))?;
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(e.to_string()))?;
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_issuer(&[&rules.issuer]);
-    validation.set_audience(&[&rules.audience]);
-    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    validation.validate_nbf = true;
-    validation.leeway = 30;
-    let data = decode::<Claims>(token, &key, &validation).map_err(|e| invalid(e.to_string()))?;
-    let mut roles = data.claims.roles;
-    roles.extend(data.claims.realm_access.map(|r| r.roles).unwrap_or_default());
+    let digest = hex(&Sha256::digest(token.as_bytes()));
+    let unverified: Claims = insecure_decode_claims(token).map_err(|e| invalid(e.to_string()))?;
+    let claims = if memo.recall(&unverified.sub).as_deref() == Some(digest.as_str()) {
+        check_claims(&unverified, rules, now_secs()).map_err(invalid)?;
+        unverified
+    } else {
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(e.to_string()))?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[&rules.issuer]);
+        validation.set_audience(&[&rules.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        let claims = decode::<Claims>(token, &key, &validation)
+            .map_err(|e| invalid(e.to_string()))?
+            .claims;
+        memo.remember(&claims.sub, &digest);
+        claims
+    };
+    let mut roles = claims.roles;
+    roles.extend(claims.realm_access.map(|r| r.roles).unwrap_or_default());
     Ok(Principal {
-        subject: data.claims.sub,
+        subject: claims.sub,
         roles,
     })
+}
+
+/// The claim checks `decode` makes, for a token whose signature was verified before.
+fn check_claims(claims: &Claims, rules: &TokenRules, now: u64) -> Result<(), String> {
+    match claims.exp {
+        None => return Err("missing `exp`".into()),
+        Some(exp) if exp + LEEWAY_SECS < now => return Err("ExpiredSignature".into()),
+        Some(_) => {}
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+        return Err("ImmatureSignature".into());
+    }
+    if claims.iss.as_deref() != Some(rules.issuer.as_str()) {
+        return Err("InvalidIssuer".into());
+    }
+    let audience_ok = match &claims.aud {
+        Some(Audience::One(aud)) => *aud == rules.audience,
+        Some(Audience::Many(auds)) => auds.contains(&rules.audience),
+        None => false,
+    };
+    if !audience_ok {
+        return Err("InvalidAudience".into());
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks a request needing `access`: `Ok(None)` for public routes.
@@ -119,13 +205,14 @@ pub fn authorize(
     authorization: Option<&str>,
     keys: impl FnOnce(Option<String>) -> Result<JwkSet, String>,
     rules: &TokenRules,
+    memo: &dyn SignatureMemo,
 ) -> Result<Option<Principal>, Refusal> {
     if access == Access::Public {
         return Ok(None);
     }
     let token = bearer(authorization)?;
     let keys = keys(key_id(token)).map_err(|e| Refusal::Unauthenticated(format!("cannot load signing keys: {e}")))?;
-    let principal = verify(token, &keys, rules)?;
+    let principal = verify(token, &keys, rules, memo)?;
     if !principal.may(access) {
         return Err(Refusal::Forbidden(
             format!("this route needs the {access:?} role").to_lowercase(),
@@ -163,7 +250,7 @@ pub mod tests {
     fn good_tokens_pass_and_every_kind_of_bad_one_is_refused() {
         let issuer = TestIssuer::new("k1");
         let other = TestIssuer::new("k1");
-        let verify_token = |t: &str| verify(t, &issuer.jwks, &rules());
+        let verify_token = |t: &str| verify(t, &issuer.jwks, &rules(), &NoMemo);
 
         let principal = verify_token(&issuer.token(claims(&["customer"]))).unwrap();
         assert_eq!(principal.subject, "u-1");
@@ -204,21 +291,21 @@ pub mod tests {
         let keys = |_: Option<String>| Ok(issuer.jwks.clone());
         let customer = format!("Bearer {}", issuer.token(claims(&["customer"])));
         let admin = format!("Bearer {}", issuer.token(claims(&["admin"])));
-        assert_eq!(authorize(Access::Public, None, keys, &rules()), Ok(None));
+        assert_eq!(authorize(Access::Public, None, keys, &rules(), &NoMemo), Ok(None));
         assert!(matches!(
-            authorize(Access::Admin, None, keys, &rules()),
+            authorize(Access::Admin, None, keys, &rules(), &NoMemo),
             Err(Refusal::Unauthenticated(_))
         ));
         assert!(matches!(
-            authorize(Access::Admin, Some("Basic abc"), keys, &rules()),
+            authorize(Access::Admin, Some("Basic abc"), keys, &rules(), &NoMemo),
             Err(Refusal::Unauthenticated(_))
         ));
         assert!(matches!(
-            authorize(Access::Admin, Some(&customer), keys, &rules()),
+            authorize(Access::Admin, Some(&customer), keys, &rules(), &NoMemo),
             Err(Refusal::Forbidden(_))
         ));
         assert!(
-            authorize(Access::Admin, Some(&admin), keys, &rules())
+            authorize(Access::Admin, Some(&admin), keys, &rules(), &NoMemo)
                 .unwrap()
                 .is_some()
         );
@@ -226,8 +313,61 @@ pub mod tests {
                                 "realm_access": { "roles": ["admin"] } });
         let token = format!("Bearer {}", issuer.token(keycloak));
         assert!(
-            authorize(Access::Admin, Some(&token), keys, &rules()).is_ok(),
+            authorize(Access::Admin, Some(&token), keys, &rules(), &NoMemo).is_ok(),
             "Keycloak realm roles count"
         );
+    }
+
+    /// Remembers in memory, counting how often a signature was really checked.
+    #[derive(Default)]
+    struct CountingMemo {
+        digests: std::cell::RefCell<std::collections::HashMap<String, String>>,
+        verified: std::cell::Cell<u32>,
+    }
+
+    impl SignatureMemo for CountingMemo {
+        fn recall(&self, subject: &str) -> Option<String> {
+            self.digests.borrow().get(subject).cloned()
+        }
+        fn remember(&self, subject: &str, digest: &str) {
+            self.verified.set(self.verified.get() + 1);
+            self.digests.borrow_mut().insert(subject.into(), digest.into());
+        }
+    }
+
+    #[test]
+    fn a_remembered_token_skips_only_the_signature_check() {
+        let issuer = TestIssuer::new("k1");
+        let memo = CountingMemo::default();
+        let token = issuer.token(claims(&["customer"]));
+        for _ in 0..3 {
+            assert_eq!(verify(&token, &issuer.jwks, &rules(), &memo).unwrap().subject, "u-1");
+        }
+        assert_eq!(memo.verified.get(), 1, "verified once, then recognised");
+
+        // A forged token for the same subject is a different digest: verified, refused.
+        let forger = TestIssuer::new("k1");
+        let forged = forger.token(claims(&["admin"]));
+        assert!(verify(&forged, &issuer.jwks, &rules(), &memo).is_err());
+
+        // Claims are still checked for a remembered token: expiry and audience...
+        let mut short = claims(&["customer"]);
+        short["exp"] = json!(now() + 1);
+        let short = issuer.token(short);
+        verify(&short, &issuer.jwks, &rules(), &memo).unwrap();
+        let later = now() + LEEWAY_SECS + 5;
+        let unverified: Claims = insecure_decode_claims(&short).unwrap();
+        assert_eq!(
+            check_claims(&unverified, &rules(), later),
+            Err("ExpiredSignature".into())
+        );
+        let other_audience = TokenRules {
+            issuer: "https://auth.shop".into(),
+            audience: "elsewhere".into(),
+        };
+        assert!(verify(&short, &issuer.jwks, &other_audience, &memo).is_err());
+        // ...and a key rotated out of the JWKS refuses its remembered tokens.
+        let rotated = TestIssuer::new("k2");
+        assert!(verify(&short, &rotated.jwks, &rules(), &memo).is_err());
     }
 }

@@ -23,7 +23,7 @@ mod adapter {
 
     use spin_sdk::wit::wasi::keyvalue::{atomics, store};
 
-    use crate::auth::{Principal, Refusal, TokenRules, authorize};
+    use crate::auth::{NoMemo, Principal, Refusal, SignatureMemo, TokenRules, authorize};
     use crate::cors;
     use crate::keys::{self, CACHE_KEY, Cached};
     use crate::limits::{self, Bucket, Rate, Take};
@@ -97,6 +97,20 @@ mod adapter {
             let _ = store.set(CACHE_KEY, &serde_json::to_vec(&cached).unwrap_or_default());
         }
         Ok(jwks)
+    }
+
+    /// Verified tokens remembered in the shared key-value store, one per subject, so
+    /// every gateway instance recognises them.
+    struct KeyValueMemo(Store);
+
+    impl SignatureMemo for KeyValueMemo {
+        fn recall(&self, subject: &str) -> Option<String> {
+            let bytes = self.0.get(&format!("verified-token:{subject}")).ok().flatten()?;
+            String::from_utf8(bytes).ok()
+        }
+        fn remember(&self, subject: &str, digest: &str) {
+            let _ = self.0.set(&format!("verified-token:{subject}"), digest.as_bytes());
+        }
     }
 
     async fn forward(service: &str, req: &Request, caller: Option<Principal>) -> Response {
@@ -249,7 +263,11 @@ mod adapter {
             (crate::auth::Access::Public, _) | (_, None) => Ok(JwkSet { keys: vec![] }),
             (_, Some(token)) => signing_keys(crate::auth::key_id(token)).await,
         };
-        match authorize(access, authorization, move |_| keys, &rules) {
+        let memo: Box<dyn SignatureMemo> = match Store::open_default() {
+            Ok(store) => Box::new(KeyValueMemo(store)),
+            Err(_) => Box::new(NoMemo),
+        };
+        match authorize(access, authorization, move |_| keys, &rules, memo.as_ref()) {
             Ok(caller) => {
                 if let Some(caller) = &caller
                     && let Some(wait) = rate_limited(&format!("ratelimit:user:{}", caller.subject))

@@ -103,6 +103,32 @@ impl Upstream for Services {
     }
 }
 
+/// `GET /orders/{id}?wait_ms=N`: holds the request while the caller's order is
+/// PENDING, up to N ms, looking at its status every few milliseconds, so a client
+/// following a saga needs one request instead of a stream of polls.
+fn wait_while_pending(request: &service::Request<'_>, orders: &Orders<'_, SpinDatabase>) -> Result<(), ApiError> {
+    let Some((order_id, wait_ms)) = service::long_poll(request)? else {
+        return Ok(());
+    };
+    if request.user.is_empty() {
+        return Ok(()); // refused by the handler
+    }
+    orders.migrate().map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let mut pause = std::time::Duration::from_millis(2);
+    while std::time::Instant::now() < deadline {
+        let status = orders
+            .status_of(order_id, request.user, service::is_admin(request))
+            .map_err(ApiError::from)?;
+        if status.as_deref() != Some("PENDING") {
+            return Ok(());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 #[http_component]
 fn handle_http(req: Request) -> Response {
     let (db, context) = match open() {
@@ -120,6 +146,9 @@ fn handle_http(req: Request) -> Response {
         roles: event_kit::header(&req, "x-shop-roles"),
         idempotency_key,
     };
+    if let Err(e) = wait_while_pending(&request, &Orders::new(&db, &context)) {
+        return event_kit::reply(shop_domain::api::Response::error(&e));
+    }
     let (response, effects) = service::handle(&request, &Orders::new(&db, &context), &Services, &event_kit::new_id);
     if effects.wrote {
         event_kit::publish_outbox(&db, SOURCE);

@@ -139,8 +139,42 @@ fn route<D: Sql>(
 
 /// The order if the caller may see it (its customer, or an admin); others get the
 /// same 404 as for an unknown id.
+/// Longest `GET /orders/{id}?wait_ms=` holds a request for a PENDING order.
+pub const MAX_WAIT_MS: u64 = 10_000;
+
+/// How long `GET /orders/{id}` may wait for a PENDING order to conclude (`wait_ms`,
+/// 0 to [`MAX_WAIT_MS`]; 0 when absent) and the order it waits for. `None` for other
+/// requests; a bad value is a 400.
+pub fn long_poll<'a>(request: &Request<'a>) -> Result<Option<(&'a str, u64)>, ApiError> {
+    let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').skip(1).collect();
+    let (["orders", id], "GET") = (segments.as_slice(), request.method) else {
+        return Ok(None);
+    };
+    let Some(value) = request
+        .query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(name, value)| (name == "wait_ms").then_some(value))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(ms) if ms <= MAX_WAIT_MS => Ok(Some((id, ms))),
+        _ => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`wait_ms` is a number of milliseconds from 0 to {MAX_WAIT_MS}"),
+        )),
+    }
+}
+
+/// Whether the caller may see every order.
+pub fn is_admin(request: &Request<'_>) -> bool {
+    request.roles.split(',').any(|r| r.trim() == "admin")
+}
+
 fn visible(order: Option<Order>, request: &Request<'_>) -> Result<Order, ApiError> {
-    let admin = request.roles.split(',').any(|r| r.trim() == "admin");
+    let admin = is_admin(request);
     order
         .filter(|o| admin || o.user_id == request.user)
         .ok_or_else(|| ApiError::not_found("no such order"))
@@ -338,6 +372,19 @@ mod tests {
         }
     }
 
+    fn context_at_100(new_id: &dyn Fn() -> String) -> Context<'_> {
+        Context {
+            now: 100,
+            now_text: "t100".into(),
+            new_id,
+            timeouts: Timeouts {
+                inventory_secs: 30,
+                payment_secs: 30,
+                completion_secs: 30,
+            },
+        }
+    }
+
     fn call(
         db: &MemoryDb,
         shop: &FakeShop,
@@ -346,16 +393,7 @@ mod tests {
         key: Option<&str>,
     ) -> (u16, serde_json::Value) {
         let new_id = || uuid::Uuid::new_v4().to_string();
-        let context = Context {
-            now: 100,
-            now_text: "t100".into(),
-            new_id: &new_id,
-            timeouts: Timeouts {
-                inventory_secs: 30,
-                payment_secs: 30,
-                completion_secs: 30,
-            },
-        };
+        let context = context_at_100(&new_id);
         let request = Request {
             method,
             path,
@@ -370,6 +408,51 @@ mod tests {
             shop.clear_cart("");
         }
         (response.status, response.json_body())
+    }
+
+    #[test]
+    fn wait_ms_asks_to_wait_only_on_one_order() {
+        let request = |method, path, query| Request {
+            method,
+            path,
+            query,
+            body: b"",
+            user: "u-1",
+            roles: "customer",
+            idempotency_key: None,
+        };
+        let waits = |method, path, query| long_poll(&request(method, path, query));
+        assert_eq!(waits("GET", "/orders/o-1", "wait_ms=250"), Ok(Some(("o-1", 250))));
+        assert_eq!(
+            waits("GET", "/orders/o-1", "x=1&wait_ms=10000"),
+            Ok(Some(("o-1", 10_000)))
+        );
+        assert_eq!(waits("GET", "/orders/o-1", ""), Ok(None));
+        assert_eq!(waits("GET", "/orders/o-1", "wait_ms=0"), Ok(None));
+        assert_eq!(waits("GET", "/orders", "wait_ms=250"), Ok(None), "lists do not wait");
+        assert_eq!(waits("POST", "/orders/o-1/cancel", "wait_ms=250"), Ok(None));
+        for bad in ["wait_ms=10001", "wait_ms=-1", "wait_ms=soon"] {
+            let refused = waits("GET", "/orders/o-1", bad).unwrap_err();
+            assert_eq!(refused.status, 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_of_answers_only_the_owner_or_an_admin() {
+        let db = MemoryDb::default();
+        let shop = FakeShop {
+            cart: RefCell::new(vec![]),
+        };
+        let body = r#"{"lines": [{"product_id": "p-eur", "quantity": 1}], "payment_token": "tok_ok"}"#;
+        let (status, placed) = call(&db, &shop, ("POST", "/orders", "u-1"), body, None);
+        assert_eq!(status, 202, "{placed}");
+        let id = placed["id"].as_str().unwrap();
+        let new_id = String::new;
+        let context = context_at_100(&new_id);
+        let orders = Orders::new(&db, &context);
+        assert_eq!(orders.status_of(id, "u-1", false).unwrap().as_deref(), Some("PENDING"));
+        assert_eq!(orders.status_of(id, "u-2", false).unwrap(), None);
+        assert_eq!(orders.status_of(id, "u-2", true).unwrap().as_deref(), Some("PENDING"));
     }
 
     #[test]

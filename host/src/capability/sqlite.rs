@@ -5,8 +5,9 @@
 //! component may open only the labels in its `sqlite_databases`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rusqlite::Connection;
@@ -19,16 +20,133 @@ use crate::state::HostState;
 
 /// Most connections one instance may hold open at once.
 const MAX_OPEN_CONNECTIONS: usize = 64;
+/// Idle connections kept per database file for the next guest `open`.
+const MAX_IDLE_CONNECTIONS: usize = 16;
+/// Prepared statements cached per connection (a service's queries, roughly).
+const STATEMENT_CACHE: usize = 128;
+/// How long a writer waits for another to finish (in this process: its turn at the
+/// database's writer queue; across processes: SQLite's busy handler).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A database file, and one connection to it. The label's registry entry is a
-/// template; each guest `open` gets its own [`Database::session`], so transactions of
-/// concurrent instances never interleave on a shared connection (SQLite's locking and
-/// the busy timeout order them instead).
+/// Bytes of each database file read through a memory map.
+const MMAP_SIZE: i64 = 256 << 20;
+
+/// How a commit reaches the disk (`synchronous` in `[sqlite_database.<label>]`). In WAL
+/// mode `Normal` survives a crash of this process (SIGKILL included) but not of the
+/// machine: a power loss can drop the last commits. `Full` syncs the log on every
+/// commit, surviving power loss at one fsync per commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+impl Synchronous {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "normal" => Some(Self::Normal),
+            "full" => Some(Self::Full),
+            _ => None,
+        }
+    }
+
+    /// The `synchronous` key of a runtime-config entry (`key` names it in errors).
+    pub fn from_entry(table: &toml::Table, key: &str) -> anyhow::Result<Self> {
+        match table.get("synchronous") {
+            None => Ok(Self::default()),
+            Some(value) => value
+                .as_str()
+                .and_then(Self::parse)
+                .with_context(|| format!("{key}.synchronous: expected \"normal\" or \"full\"")),
+        }
+    }
+
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Normal => "NORMAL",
+            Self::Full => "FULL",
+        }
+    }
+}
+
+/// One database file: its idle connections, and the queue its writers wait in.
+struct DatabaseFile {
+    path: PathBuf,
+    synchronous: Synchronous,
+    idle: Mutex<Vec<Connection>>,
+    /// Woken after a commit here: (listening component, its wake-up). A component is
+    /// not woken by its own commits, so a relay deleting what it sent does not rerun.
+    commit_listeners: Mutex<Vec<(Arc<str>, Arc<tokio::sync::Notify>)>>,
+    /// Held from a statement that starts writing until the connection is back in
+    /// autocommit. Writers of this process queue here instead of sleeping in SQLite's
+    /// busy handler, which backs off by milliseconds and collapses under contention.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl DatabaseFile {
+    fn committed(&self, by: &str) {
+        let listeners = self.commit_listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        for (component, wake) in listeners.iter() {
+            if **component != *by {
+                wake.notify_one();
+            }
+        }
+    }
+
+    fn checkout(&self) -> anyhow::Result<Connection> {
+        if let Some(conn) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Ok(conn);
+        }
+        let conn = open_file(&self.path)?;
+        conn.pragma_update(None, "synchronous", self.synchronous.pragma())?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+
+    /// Takes a connection back; one left inside a transaction (a guest that trapped or
+    /// never committed) is rolled back first so the next guest starts clean.
+    fn checkin(&self, conn: Connection) {
+        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+            return; // dropped: closing it ends the transaction
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(conn);
+        }
+    }
+}
+
+/// A database file as the registry holds it; each guest `open` gets its own
+/// [`Database::session`].
 #[derive(Clone)]
 pub struct Database {
-    path: Arc<Path>,
-    /// Opened on first use, so `open` itself does no I/O.
-    conn: Arc<Mutex<Option<Connection>>>,
+    file: Arc<DatabaseFile>,
+}
+
+/// One guest connection: a pooled SQLite connection taken on first use, so
+/// transactions of concurrent instances never interleave, and returned when the guest
+/// drops it (or its instance ends).
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+struct SessionInner {
+    component: Arc<str>,
+    file: Arc<DatabaseFile>,
+    conn: Mutex<Option<Connection>>,
+    writing: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
+}
+
+impl Drop for SessionInner {
+    fn drop(&mut self) {
+        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(conn) = conn {
+            self.file.checkin(conn);
+        }
+        // `writing` is released after the rollback above.
+    }
 }
 
 /// Opens (creating if needed) an embedded database file. WAL lets readers proceed
@@ -40,44 +158,122 @@ pub fn open_file(path: &Path) -> anyhow::Result<Connection> {
     }
     let conn = Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // With the query planner's stability guarantee a cached statement stays prepared:
+    // without it SQLite re-prepares one on every run that binds a `LIMIT ?` (or a
+    // `LIKE ?`) parameter.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    // Pages read through a memory map: after another connection's commit a
+    // connection's page cache starts over, and re-reading through the map costs no
+    // system call.
+    conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
     Ok(conn)
 }
 
+/// Whether `statement` may start writing: the cue to queue for the database's writer
+/// turn first. A wrong guess costs only waiting; SQLite's own locking stays in charge.
+fn may_write(statement: &str) -> bool {
+    let trimmed = statement.trim_start();
+    let keyword: String = trimmed
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    match keyword.as_str() {
+        "BEGIN" => {
+            let upper = trimmed.to_ascii_uppercase();
+            upper.contains("IMMEDIATE") || upper.contains("EXCLUSIVE")
+        }
+        // `WITH` may lead an INSERT or UPDATE: counted as a write.
+        "SELECT" | "VALUES" | "EXPLAIN" | "PRAGMA" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "" => {
+            false
+        }
+        _ => true,
+    }
+}
+
 impl Database {
-    /// Creates the file if needed (and checks it opens) at start-up.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
-        drop(open_file(path)?);
-        Ok(Self {
-            path: path.into(),
-            conn: Arc::default(),
-        })
+    /// Opens the file (creating it if needed) at start-up, keeping the connection for
+    /// the first guest.
+    pub fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<Self> {
+        let file = Arc::new(DatabaseFile {
+            path: path.to_path_buf(),
+            synchronous,
+            idle: Mutex::default(),
+            commit_listeners: Mutex::default(),
+            writer: Arc::default(),
+        });
+        let conn = file.checkout()?;
+        file.checkin(conn);
+        Ok(Self { file })
     }
 
-    /// A handle with a connection of its own to the same file.
-    pub fn session(&self) -> Self {
-        Self {
-            path: self.path.clone(),
-            conn: Arc::default(),
+    /// Notifies `wake` (coalesced) whenever a component other than `listener` commits
+    /// a write here.
+    pub fn on_commit(&self, listener: &str, wake: Arc<tokio::sync::Notify>) {
+        self.file
+            .commit_listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((listener.into(), wake));
+    }
+
+    /// A guest connection of its own to this file, for `component`.
+    pub fn session(&self, component: Arc<str>) -> Session {
+        Session {
+            inner: Arc::new(SessionInner {
+                component,
+                file: self.file.clone(),
+                conn: Mutex::default(),
+                writing: Mutex::default(),
+            }),
         }
     }
+}
 
-    /// Runs one statement on a blocking thread.
+impl Session {
+    /// Runs one statement, after waiting for the writer's turn if it may write.
     pub async fn execute(&self, statement: String, parameters: Vec<Value>) -> Result<Executed, Error> {
-        let conn = self.conn.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut slot = conn
-                .lock()
-                .map_err(|_| Error::Io("database connection poisoned".into()))?;
+        let inner = self.inner.clone();
+        let holding = inner.writing.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+        let turn = if !holding && may_write(&statement) {
+            let queue = inner.file.writer.clone().lock_owned();
+            Some(
+                tokio::time::timeout(BUSY_TIMEOUT, queue)
+                    .await
+                    .map_err(|_| Error::Io("database is locked (another writer held it too long)".into()))?,
+            )
+        } else {
+            None
+        };
+        // The statement runs on this thread: with WAL readers never wait, and a writer
+        // of this process holds its turn (above) so SQLite's lock is free; a statement
+        // takes microseconds, less than handing it to a blocking thread and back costs.
+        // Only a writer of another process sharing the file can make it wait (SQLite's
+        // busy timeout).
+        let (result, autocommit, changed) = {
+            let mut slot = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
             if slot.is_none() {
-                *slot = Some(open_file(&path).map_err(|e| Error::Io(format!("{e:#}")))?);
+                *slot = Some(inner.file.checkout().map_err(|e| Error::Io(format!("{e:#}")))?);
             }
-            let conn = slot.as_ref().expect("connection opened above");
-            run_statement(conn, &statement, parameters).map_err(to_error)
-        })
-        .await
-        .map_err(|e| Error::Io(e.to_string()))?
+            let conn = slot.as_ref().expect("connection checked out above");
+            let changes_before = conn.total_changes();
+            let result = run_statement(conn, &statement, parameters).map_err(to_error);
+            (result, conn.is_autocommit(), conn.total_changes() != changes_before)
+        };
+        let mut writing = inner.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if autocommit {
+            // A COMMIT, or a write outside a transaction, has just landed.
+            let wrote = writing.is_some() || turn.is_some() || changed;
+            *writing = None;
+            drop(writing);
+            if wrote && result.is_ok() {
+                inner.file.committed(&inner.component);
+            }
+        } else if turn.is_some() {
+            *writing = turn;
+        }
+        result
     }
 }
 
@@ -120,7 +316,7 @@ fn from_sql(value: ValueRef<'_>) -> Value {
 }
 
 fn run_statement(conn: &Connection, statement: &str, parameters: Vec<Value>) -> rusqlite::Result<Executed> {
-    let mut stmt = conn.prepare(statement)?;
+    let mut stmt = conn.prepare_cached(statement)?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
     let writes = !stmt.readonly();
     let rowid_before = conn.last_insert_rowid();
@@ -153,6 +349,10 @@ pub struct Databases {
 }
 
 impl Databases {
+    pub fn get(&self, label: &str) -> Option<&Database> {
+        self.databases.get(label)
+    }
+
     pub fn from_config(config: Option<&toml::Table>, base_dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
         let mut databases = BTreeMap::new();
         for (label, entry) in config.into_iter().flatten() {
@@ -166,12 +366,17 @@ impl Databases {
                 Some(p) => base_dir.join(p),
                 None => data_dir.join(format!("sqlite_db_{label}.db")),
             };
-            databases.insert(label.clone(), Database::open(&path).with_context(|| key.clone())?);
+            let synchronous = Synchronous::from_entry(table, &key)?;
+            databases.insert(
+                label.clone(),
+                Database::open(&path, synchronous).with_context(|| key.clone())?,
+            );
         }
         if !databases.contains_key("default") {
             databases.insert(
                 "default".into(),
-                Database::open(&data_dir.join("sqlite_db.db")).context("default SQLite database")?,
+                Database::open(&data_dir.join("sqlite_db.db"), Synchronous::default())
+                    .context("default SQLite database")?,
             );
         }
         Ok(Self { databases })
@@ -180,7 +385,7 @@ impl Databases {
 
 /// An open connection as the guest holds it.
 pub struct OpenDatabase {
-    database: Database,
+    database: Session,
     last_insert_rowid: i64,
     changes: u64,
 }
@@ -198,6 +403,7 @@ impl OpenDatabase {
 
 /// Per-instance SQLite state: which labels this component may open.
 pub struct SqliteAccess {
+    pub component: Arc<str>,
     pub allowed: Arc<BTreeSet<String>>,
     pub backends: Arc<Backends>,
     pub open_count: usize,
@@ -211,7 +417,14 @@ impl HostState {
         if !access.allowed.contains(&label) {
             return Err(Error::AccessDenied);
         }
-        let Some(database) = access.backends.sqlite.databases.get(&label).map(Database::session) else {
+        let component = access.component.clone();
+        let Some(database) = access
+            .backends
+            .sqlite
+            .databases
+            .get(&label)
+            .map(|d| d.session(component))
+        else {
             return Err(Error::NoSuchDatabase);
         };
         if access.open_count >= MAX_OPEN_CONNECTIONS {
@@ -231,7 +444,7 @@ impl HostState {
         Ok(resource)
     }
 
-    fn sqlite_database(&self, connection: &Resource<OpenDatabase>) -> Result<Database, Error> {
+    fn sqlite_database(&self, connection: &Resource<OpenDatabase>) -> Result<Session, Error> {
         Ok(self
             .table
             .get(connection)
@@ -284,7 +497,7 @@ impl sqlite::HostConnection for HostState {
 pub mod v3 {
     use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
-    use super::{Database, Error as E2, OpenDatabase, QueryResult as Q2, Value as V2};
+    use super::{Error as E2, OpenDatabase, QueryResult as Q2, Session, Value as V2};
     use crate::bindings::sqlite3::spin::sqlite::sqlite::{self as api, Error, QueryResult, RowResult, Value};
     use crate::state::HostState;
 
@@ -349,7 +562,7 @@ pub mod v3 {
         statement: String,
         parameters: Vec<Value>,
     ) -> Result<Q2, Error> {
-        let database: Database = store.with(|mut view| view.get().sqlite_database(c).map_err(convert_error))?;
+        let database: Session = store.with(|mut view| view.get().sqlite_database(c).map_err(convert_error))?;
         let parameters = parameters.into_iter().map(to_v2).collect();
         let executed = database.execute(statement, parameters).await.map_err(convert_error)?;
         store.with(|mut view| view.get().record_sqlite_write(c, executed.write));
@@ -433,7 +646,9 @@ mod tests {
     #[tokio::test]
     async fn every_value_type_round_trips() {
         let dir = std::env::temp_dir().join(format!("shop-sqlite-unit-{}", std::process::id()));
-        let db = Database::open(&dir.join("t.db")).unwrap();
+        let db = Database::open(&dir.join("t.db"), Synchronous::Full)
+            .unwrap()
+            .session("test".into());
         db.execute("CREATE TABLE t (i, r, s, b, n)".into(), vec![])
             .await
             .unwrap();
@@ -463,12 +678,12 @@ mod tests {
     #[tokio::test]
     async fn each_guest_connection_has_its_own_transactions() {
         let dir = std::env::temp_dir().join(format!("shop-sqlite-sessions-{}", std::process::id()));
-        let template = Database::open(&dir.join("t.db")).unwrap();
-        let (a, b) = (template.session(), template.session());
+        let template = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let (a, b) = (template.session("a".into()), template.session("b".into()));
         a.execute("CREATE TABLE t (v)".into(), vec![]).await.unwrap();
         a.execute("BEGIN".into(), vec![]).await.unwrap();
         a.execute("INSERT INTO t VALUES (1)".into(), vec![]).await.unwrap();
-        let count = |db: &Database| {
+        let count = |db: &Session| {
             let db = db.clone();
             async move {
                 let r = db.execute("SELECT COUNT(*) FROM t".into(), vec![]).await.unwrap();
@@ -482,6 +697,142 @@ mod tests {
         assert_eq!(count(&a).await, 1);
         a.execute("ROLLBACK".into(), vec![]).await.unwrap();
         assert_eq!(count(&a).await, 0, "the rollback undid a's work");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn count_of(result: &Executed) -> i64 {
+        match result.result.rows[0].values[0] {
+            Value::Integer(n) => n,
+            ref other => panic!("count is {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_left_in_a_transaction_is_rolled_back_before_reuse() {
+        let dir = std::env::temp_dir().join(format!("shop-sqlite-reuse-{}", std::process::id()));
+        let db = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let first = db.session("test".into());
+        first.execute("CREATE TABLE t (v)".into(), vec![]).await.unwrap();
+        first.execute("BEGIN IMMEDIATE".into(), vec![]).await.unwrap();
+        first.execute("INSERT INTO t VALUES (1)".into(), vec![]).await.unwrap();
+        drop(first); // a guest that trapped mid-transaction
+        let next = db.session("test".into());
+        // The same pooled connection: a BEGIN would fail if the old transaction lived on.
+        next.execute("BEGIN IMMEDIATE".into(), vec![]).await.unwrap();
+        let count = next.execute("SELECT COUNT(*) FROM t".into(), vec![]).await.unwrap();
+        assert_eq!(count_of(&count), 0, "the abandoned insert was rolled back");
+        next.execute("COMMIT".into(), vec![]).await.unwrap();
+        assert_eq!(
+            db.file.idle.lock().unwrap().len(),
+            0,
+            "`next` still holds the connection"
+        );
+        drop(next);
+        assert_eq!(db.file.idle.lock().unwrap().len(), 1, "one connection, reused");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_take_turns_and_lose_nothing() {
+        let dir = std::env::temp_dir().join(format!("shop-sqlite-writers-{}", std::process::id()));
+        let db = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let setup = db.session("test".into());
+        setup
+            .execute("CREATE TABLE counter (n INTEGER)".into(), vec![])
+            .await
+            .unwrap();
+        setup
+            .execute("INSERT INTO counter VALUES (0)".into(), vec![])
+            .await
+            .unwrap();
+        drop(setup);
+        // Read-modify-write transactions from 32 sessions at once: each waits its turn
+        // (none fails with SQLITE_BUSY, none loses an update) and gives the turn back.
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let session = db.session("test".into());
+                tokio::spawn(async move {
+                    session.execute("BEGIN IMMEDIATE".into(), vec![]).await.unwrap();
+                    let n = session.execute("SELECT n FROM counter".into(), vec![]).await.unwrap();
+                    let next = count_of(&n) + 1;
+                    tokio::task::yield_now().await;
+                    session
+                        .execute("UPDATE counter SET n = ?".into(), vec![Value::Integer(next)])
+                        .await
+                        .unwrap();
+                    session.execute("COMMIT".into(), vec![]).await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let check = db.session("test".into());
+        let n = check.execute("SELECT n FROM counter".into(), vec![]).await.unwrap();
+        assert_eq!(count_of(&n), 32);
+        assert!(
+            db.file.writer.try_lock().is_ok(),
+            "the writer's turn is free once everyone committed"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn statements_that_may_write() {
+        for write in [
+            "INSERT INTO t VALUES (1)",
+            "  update t set v = 1",
+            "BEGIN IMMEDIATE",
+            "begin exclusive transaction",
+            "CREATE TABLE IF NOT EXISTS t (v)",
+            "DELETE FROM t",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+        ] {
+            assert!(may_write(write), "{write}");
+        }
+        for read in [
+            "SELECT 1",
+            "BEGIN",
+            "BEGIN DEFERRED",
+            "COMMIT",
+            "ROLLBACK",
+            "PRAGMA user_version",
+            "",
+        ] {
+            assert!(!may_write(read), "{read}");
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_wake_other_components_only() {
+        let dir = std::env::temp_dir().join(format!("shop-sqlite-wake-{}", std::process::id()));
+        let db = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let relay = Arc::new(tokio::sync::Notify::new());
+        db.on_commit("relay", relay.clone());
+        let woken = || {
+            let relay = relay.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), relay.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        let service = db.session("service".into());
+        service.execute("CREATE TABLE t (v)".into(), vec![]).await.unwrap();
+        assert!(woken().await, "a write outside a transaction wakes the relay");
+        service.execute("BEGIN IMMEDIATE".into(), vec![]).await.unwrap();
+        service
+            .execute("INSERT INTO t VALUES (1)".into(), vec![])
+            .await
+            .unwrap();
+        assert!(!woken().await, "nothing is committed yet");
+        service.execute("COMMIT".into(), vec![]).await.unwrap();
+        assert!(woken().await, "the commit wakes the relay");
+        service.execute("SELECT * FROM t".into(), vec![]).await.unwrap();
+        assert!(!woken().await, "a read wakes no one");
+        let own = db.session("relay".into());
+        own.execute("DELETE FROM t".into(), vec![]).await.unwrap();
+        assert!(!woken().await, "the relay's own commits do not wake it");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -13,10 +13,11 @@ pub const KAFKA_KEYS: &[&str] = &[
     "retry_backoff_ms",
     "dead_letter_topic",
     "max_in_flight",
+    "event_types",
     "id",
 ];
 pub const KAFKA_APP_KEYS: &[&str] = &["brokers", "partitions", "options"];
-pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id"];
+pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id", "run_on_commit"];
 
 /// One `[[trigger.kafka]]`: a component handling messages of `topics` in `group`.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,11 @@ pub struct KafkaTrigger {
     pub dead_letter_topic: Option<String>,
     /// Partitions whose messages are handled concurrently.
     pub max_in_flight: usize,
+    /// This host's extension: the CloudEvents types (`ce_type` header) the component
+    /// acts on. Other typed messages are committed without instantiating it, so a
+    /// service sharing a topic with the commands meant for another pays nothing for
+    /// them. Messages without `ce_type` always reach the component. Empty: all.
+    pub event_types: Vec<String>,
 }
 
 impl KafkaTrigger {
@@ -47,6 +53,10 @@ pub struct CronTrigger {
     pub component: String,
     pub schedule: cron::Schedule,
     pub expression: String,
+    /// This host's extension: also run right after another component commits a write
+    /// to one of this component's `sqlite_databases` (e.g. an outbox relay), so the
+    /// schedule is only the safety net.
+    pub run_on_commit: bool,
 }
 
 fn component_of(table: &toml::Table) -> Result<String, String> {
@@ -116,9 +126,26 @@ pub fn parse_kafka_trigger(table: &toml::Table, app_name: &str) -> Result<KafkaT
             ));
         }
     };
+    let event_types = match table.get("event_types") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) => items
+            .iter()
+            .map(|t| match t.as_str() {
+                Some(t) if !t.trim().is_empty() => Ok(t.to_string()),
+                _ => Err("`event_types` must be a list of non-empty strings".to_string()),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(format!(
+                "`event_types` must be a list of strings, found {}",
+                other.type_str()
+            ));
+        }
+    };
     Ok(KafkaTrigger {
         component,
         topics,
+        event_types,
         group,
         max_retries: integer(table, "max_retries", 3, 0, 100)? as u32,
         retry_backoff: Duration::from_millis(integer(table, "retry_backoff_ms", 200, 0, 3_600_000)? as u64),
@@ -148,10 +175,21 @@ pub fn parse_cron_trigger(table: &toml::Table) -> Result<CronTrigger, String> {
     let schedule = expression
         .parse::<cron::Schedule>()
         .map_err(|e| format!("`cron_expression` `{expression}`: {e}"))?;
+    let run_on_commit = match table.get("run_on_commit") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "`run_on_commit` must be true or false, found {}",
+                other.type_str()
+            ));
+        }
+    };
     Ok(CronTrigger {
         component,
         schedule,
         expression,
+        run_on_commit,
     })
 }
 

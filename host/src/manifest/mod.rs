@@ -186,6 +186,19 @@ impl Manifest {
         }
     }
 
+    /// The component whose build command produces `component`'s source: itself when it
+    /// has a build, else another component with the same `source` and a build (two
+    /// components may share one `.wasm`, e.g. one relay configured per service).
+    pub fn builder_of<'a>(&'a self, component: &Component) -> Option<&'a str> {
+        let source = self.source_path(component)?;
+        self.raw
+            .component
+            .iter()
+            .filter(|(_, other)| other.build.is_some())
+            .find(|(_, other)| std::ptr::eq(*other, component) || self.source_path(other).as_ref() == Some(&source))
+            .map(|(id, _)| id.as_str())
+    }
+
     /// Every `[[trigger.http]]` entry that parses, in manifest order. Malformed entries
     /// are reported by [`validate`] and skipped here.
     pub fn http_triggers(&self) -> Vec<HttpTrigger> {

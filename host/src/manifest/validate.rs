@@ -266,11 +266,11 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
         ),
         Some(Source::Local(_)) => {
             let path = manifest.source_path(component).expect("local source");
-            if !path.exists() && component.build.is_none() {
+            if !path.exists() && manifest.builder_of(component).is_none() {
                 c.error(
                     format!("{key}.source"),
                     format!(
-                        "{} does not exist and the component has no [{key}.build] command to produce it",
+                        "{} does not exist and neither [{key}.build] nor another component with the same source has a build command to produce it",
                         path.display()
                     ),
                 );
@@ -385,6 +385,19 @@ mod tests {
         assert!(
             warnings.iter().any(|w| w.key == "component.web.surprise"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_source_built_by_another_component_is_fine() {
+        // Two components sharing one .wasm; only the second says how to build it.
+        let shared = "[component.a]\nsource = \"shared.wasm\"\n[component.b]\nsource = \"shared.wasm\"\n[component.b.build]\ncommand = \"true\"\n";
+        assert_eq!(errors(&format!("{HEADER}{shared}")), Vec::<String>::new());
+        let alone = "[component.a]\nsource = \"shared.wasm\"\n[component.b]\nsource = \"other.wasm\"\n[component.b.build]\ncommand = \"true\"\n";
+        let errs = errors(&format!("{HEADER}{alone}"));
+        assert!(
+            errs.len() == 1 && errs[0].contains("component.a.source: shared.wasm does not exist"),
+            "{errs:?}"
         );
     }
 

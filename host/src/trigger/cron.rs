@@ -1,6 +1,10 @@
 //! The cron trigger: runs a component's `handle-cron-event` (Spin's
 //! `fermyon:spin-cron@2.0.0` world) on a 6-field schedule (seconds first), in UTC.
 //!
+//! With `run_on_commit = true` (this host's extension) it also runs right after another
+//! component commits to one of its SQLite databases: an outbox relay publishes at
+//! once and its schedule is only the safety net.
+//!
 //! Firings of one trigger never overlap: the next one is computed after the current
 //! run ends, so a run longer than the interval skips the firings it covered (counted
 //! as `skipped`).
@@ -23,6 +27,8 @@ use crate::state::InvocationProbe;
 
 struct CronRunner {
     trigger: CronTrigger,
+    /// Set with `run_on_commit`: notified by commits to the component's databases.
+    commits: Option<Arc<tokio::sync::Notify>>,
     engine: Engine,
     component: Arc<LoadedComponent>,
     limits: RequestLimits,
@@ -45,16 +51,25 @@ impl CronRunner {
                 }
             }
             let wait = (next - Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
+            let commit = async {
+                match &self.commits {
+                    Some(commits) => commits.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let fired_at = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let outcome = self.fire(next.timestamp()).await;
+                _ = tokio::time::sleep(wait) => {
+                    previous = Some(next);
+                    next
+                }
+                () = commit => Utc::now(),
+            };
+            let outcome = self.fire(fired_at.timestamp()).await;
             self.count(if outcome.is_ok() { "ok" } else { "error" }, 1);
             if let Err(e) = outcome {
-                tracing::warn!(component = %self.trigger.component, scheduled = %next, error = %e, "cron run failed");
+                tracing::warn!(component = %self.trigger.component, scheduled = %fired_at, error = %e, "cron run failed");
             }
-            previous = Some(next);
         }
     }
 
@@ -118,9 +133,19 @@ pub fn start(
                 component.exports.describe()
             );
         }
-        tracing::info!(component = %trigger.component, schedule = %trigger.expression, "cron trigger scheduled");
+        tracing::info!(component = %trigger.component, schedule = %trigger.expression, run_on_commit = trigger.run_on_commit, "cron trigger scheduled");
+        let commits = trigger.run_on_commit.then(|| {
+            let wake = Arc::new(tokio::sync::Notify::new());
+            for label in component.sqlite_databases.iter() {
+                if let Some(database) = component.backends.sqlite.get(label) {
+                    database.on_commit(&component.id, wake.clone());
+                }
+            }
+            wake
+        });
         let runner = CronRunner {
             trigger,
+            commits,
             engine: engine.clone(),
             component,
             limits,

@@ -1,11 +1,15 @@
 //! HTTP benchmark: `wrk` against the P2 hello component on `shop`, side by side with
 //! baselines on the same machine in the same run: a native hyper server answering the
-//! same body, and `wasmtime serve` on the same component when it is on PATH.
+//! same body, and `wasmtime serve` 48 on the same component. `wasmtime` comes from
+//! `SHOP_WASMTIME` or the cache `~/.cache/shop/tools/wasmtime-48.0.8/bin/wasmtime`,
+//! which is filled with `cargo install --locked wasmtime-cli@48.0.8` when empty (12–30
+//! minutes on 2 cores, once).
 //!
 //! Usage: `cargo run --release -p shop-tests --bin bench-http [-- SECONDS]`
 //! (needs `wrk`; build the test components first, as `scripts/test` does).
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -26,15 +30,34 @@ fn wrk(url: &str, seconds: u64) -> f64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmHWM:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
-            })
-        })
-        .unwrap_or(0)
+    shop_tests::process_memory_kib(pid, "VmHWM")
+}
+
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// The `wasmtime` CLI the comparison runs, installed into the cache when missing.
+fn wasmtime_cli() -> PathBuf {
+    if let Ok(path) = std::env::var("SHOP_WASMTIME") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let root = PathBuf::from(home).join(format!(".cache/shop/tools/wasmtime-{WASMTIME_VERSION}"));
+    let bin = root.join("bin/wasmtime");
+    if !bin.exists() {
+        eprintln!(
+            "installing wasmtime-cli {WASMTIME_VERSION} into {} (once; 12-30 minutes on 2 cores)",
+            root.display()
+        );
+        let status = Command::new("cargo")
+            .args(["install", "--locked", "--root"])
+            .arg(&root)
+            .arg(format!("wasmtime-cli@{WASMTIME_VERSION}"))
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .expect("run cargo install");
+        assert!(status.success(), "cargo install wasmtime-cli@{WASMTIME_VERSION} failed");
+    }
+    bin
 }
 
 fn native_hello() -> String {
@@ -99,54 +122,48 @@ fn main() {
     );
     let native_rps = wrk(&native_url, seconds);
 
-    let wasmtime_rps = Command::new("wasmtime")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .ok()
-        .filter(|s| s.success())
-        .map(|_| {
-            let port = free_port();
-            let mut child = Command::new("wasmtime")
-                .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-                .arg(wasm("p2-hello"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start wasmtime serve");
-            std::thread::sleep(Duration::from_secs(3));
-            let url = format!("http://127.0.0.1:{port}/hello");
-            wrk(&url, 1);
-            let rps = wrk(&url, seconds);
-            let _ = child.kill();
-            let _ = child.wait();
-            rps
-        });
+    let wasmtime_rps = {
+        let port = free_port();
+        // `-Scli`: the component imports wasi:cli (std's stdout and environment).
+        let mut child = Command::new(wasmtime_cli())
+            .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
+            .arg(wasm("p2-hello"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wasmtime serve");
+        std::thread::sleep(Duration::from_secs(3));
+        let url = format!("http://127.0.0.1:{port}/hello");
+        wrk(&url, 1);
+        let rps = wrk(&url, seconds);
+        let _ = child.kill();
+        let _ = child.wait();
+        rps
+    };
 
     println!("HTTP hello, wrk -t2 -c32 -d{seconds}s, loopback, same machine, same run");
     println!("{:<28} {:>12} {:>10}", "server", "req/s", "vs shop");
     println!("{:<28} {:>12.0} {:>10.2}", "shop (P2 hello component)", shop_rps, 1.0);
-    if let Some(rps) = wasmtime_rps {
-        println!(
-            "{:<28} {:>12.0} {:>10.2}",
-            "wasmtime serve (same .wasm)",
-            rps,
-            rps / shop_rps
-        );
-    } else {
-        println!("{:<28} {:>12} {:>10}", "wasmtime serve", "not on PATH", "-");
-    }
+    println!(
+        "{:<28} {:>12.0} {:>10.2}",
+        format!("wasmtime serve {WASMTIME_VERSION}"),
+        wasmtime_rps,
+        wasmtime_rps / shop_rps
+    );
     println!(
         "{:<28} {:>12.0} {:>10.2}",
         "native hyper (same body)",
         native_rps,
         native_rps / shop_rps
     );
-    if inst_count > 0.0 {
-        println!(
-            "shop instantiation: {:.1} µs mean over {inst_count} requests",
-            inst_sum / inst_count * 1e6
-        );
-    }
+    let instantiation_us = if inst_count > 0.0 {
+        inst_sum / inst_count * 1e6
+    } else {
+        0.0
+    };
+    println!("shop instantiation: {instantiation_us:.1} µs mean over {inst_count} requests");
     println!("shop peak RSS: {:.1} MiB", shop_rss as f64 / 1024.0);
+    println!(
+        "RESULT shop_rps={shop_rps:.0} wasmtime_rps={wasmtime_rps:.0} native_rps={native_rps:.0} instantiation_us={instantiation_us:.1}"
+    );
 }

@@ -111,6 +111,18 @@ fn main() {
             percentile(&r.to_confirmed, 0.99).as_secs_f64() * 1000.0,
         );
     }
+    for r in &runs {
+        println!(
+            "RESULT backend={} clients={concurrency} orders_per_s={:.1} p50_ms={:.0} p99_ms={:.0}",
+            match r.backend {
+                Backend::Embedded => "embedded",
+                Backend::External => "external",
+            },
+            r.orders as f64 / r.elapsed.as_secs_f64(),
+            percentile(&r.to_confirmed, 0.5).as_secs_f64() * 1000.0,
+            percentile(&r.to_confirmed, 0.99).as_secs_f64() * 1000.0,
+        );
+    }
     if let [embedded, external] = runs.as_slice() {
         let rate = |r: &Run| r.orders as f64 / r.elapsed.as_secs_f64();
         println!(

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::Backends;
+use super::sqlite::Synchronous;
 use crate::bindings::fermyon::spin::key_value::{self, Error};
 use crate::state::HostState;
 use redis_store::RedisStore;
@@ -128,7 +129,8 @@ impl KeyValueStores {
                         Some(p) => base_dir.join(p),
                         None => data_dir.join("key_value.db"),
                     };
-                    Backend::Sqlite(SqliteStore::open(&path, label).with_context(|| key.clone())?)
+                    let synchronous = Synchronous::from_entry(table, &key)?;
+                    Backend::Sqlite(SqliteStore::open(&path, label, synchronous).with_context(|| key.clone())?)
                 }
                 Some("redis") => {
                     let url = table
@@ -148,7 +150,9 @@ impl KeyValueStores {
             let path = data_dir.join("key_value.db");
             stores.insert(
                 "default".into(),
-                Backend::Sqlite(SqliteStore::open(&path, "default").context("default key-value store")?),
+                Backend::Sqlite(
+                    SqliteStore::open(&path, "default", Synchronous::default()).context("default key-value store")?,
+                ),
             );
         }
         Ok(Self { stores })

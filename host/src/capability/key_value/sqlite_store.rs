@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::capability::sqlite::Synchronous;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -13,8 +15,9 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path, label: &str) -> anyhow::Result<Self> {
+    pub fn open(path: &Path, label: &str, synchronous: Synchronous) -> anyhow::Result<Self> {
         let conn = crate::capability::sqlite::open_file(path)?;
+        conn.pragma_update(None, "synchronous", synchronous.pragma())?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS spin_key_value (
                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
@@ -168,8 +171,8 @@ mod tests {
     async fn labels_sharing_a_file_are_separate() {
         let dir = std::env::temp_dir().join(format!("shop-kv-unit-{}", std::process::id()));
         let path = dir.join("kv.db");
-        let a = SqliteStore::open(&path, "a").unwrap();
-        let b = SqliteStore::open(&path, "b").unwrap();
+        let a = SqliteStore::open(&path, "a", Synchronous::Normal).unwrap();
+        let b = SqliteStore::open(&path, "b", Synchronous::Normal).unwrap();
         a.set("k".into(), b"1".to_vec()).await.unwrap();
         a.set("k".into(), b"2".to_vec()).await.unwrap();
         assert_eq!(a.get("k".into()).await.unwrap(), Some(b"2".to_vec()));

@@ -6,6 +6,7 @@
 //! - `GET /sqlite?db=<label>`: the SQLite script (`spin:sqlite@3.1.0`, async).
 //! - `GET /pg` with header `x-pg-address`: the Postgres script (`spin:postgres@4.2.0`).
 //! - `GET /redis` with header `x-redis-address`: the Redis script (`spin:redis@3.0.0`).
+#![cfg(target_arch = "wasm32")]
 
 use serde_json::{Value, json};
 use spin_sdk::http::{Request, Response, Result};

@@ -1,4 +1,5 @@
 //! Test component (WASI P3, spin-sdk 7): echoes the request as JSON; a path ending `/hello` answers `hello from p3`.
+#![cfg(target_arch = "wasm32")]
 
 use serde_json::{Map, Value, json};
 use spin_sdk::http::body::IncomingBodyExt;

@@ -60,6 +60,7 @@ fn trigger(topic: &str, max_retries: u32) -> KafkaTrigger {
         retry_backoff: Duration::from_millis(5),
         dead_letter_topic: None,
         max_in_flight: 3,
+        event_types: vec![],
     }
 }
 

@@ -1,0 +1,272 @@
+//! What a newcomer does first: the README's run command in a fresh checkout with no
+//! component built, and what `shop up` shows a person at a terminal.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shop_tests::*;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The command under the README's "The two commands" heading that runs the shop.
+fn readme_run_command() -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = readme
+        .split("## The two commands")
+        .nth(1)
+        .expect("README has a `## The two commands` section");
+    let block = section.split("```sh\n").nth(1).expect("a ```sh block in that section");
+    let command = block.split("```").next().unwrap().trim();
+    assert!(
+        command.lines().count() == 1 && command.contains(" up"),
+        "the README's run command should be one `… up` line, found:\n{command}"
+    );
+    command.to_string()
+}
+
+/// Copies the files a commit of the working tree would hold (tracked and new, not
+/// ignored) into `to`: a checkout with nothing built.
+fn checkout(to: &Path) {
+    let root = repo_root();
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .current_dir(&root)
+        .output()
+        .expect("git must be installed for this test");
+    assert!(
+        out.status.success(),
+        "git ls-files: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = std::str::from_utf8(name).unwrap();
+        let from = root.join(name);
+        let Ok(metadata) = std::fs::symlink_metadata(&from) else {
+            continue; // deleted in the working tree
+        };
+        let dest = to.join(name);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        if metadata.is_symlink() {
+            // Committed symlinks (WIT deps) stay links, as a checkout makes them.
+            std::os::unix::fs::symlink(std::fs::read_link(&from).unwrap(), &dest).unwrap();
+        } else {
+            std::fs::copy(&from, &dest).unwrap();
+        }
+    }
+}
+
+/// A build directory for the checkout that reuses compiled dependencies but holds no
+/// component: seeded once from the shared target directory, then every `.wasm` output
+/// removed. The workspace's own crates are rebuilt anyway (their sources are new).
+fn newcomer_target() -> PathBuf {
+    let shared = target_dir();
+    let dir = shared.join("newcomer");
+    if !dir.join("release").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for profile in ["release", "wasm32-wasip2"] {
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(shared.join(profile))
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "seeding {}", dir.display());
+        }
+    }
+    for wasm_dir in ["wasm32-wasip2/release", "wasm32-wasip2/release/deps"] {
+        for entry in std::fs::read_dir(dir.join(wasm_dir)).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "wasm") {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+/// Runs `command` with `sh -c` in its own process group, killed when dropped.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.0.id()))
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn readme_run_command_serves_a_fresh_checkout() {
+    let dir = TempDir::new("newcomer");
+    let clone = dir.path().join("shop");
+    checkout(&clone);
+    std::os::unix::fs::symlink(newcomer_target(), clone.join("target")).unwrap();
+    let gateway = clone.join("target/wasm32-wasip2/release/gateway.wasm");
+    assert!(!gateway.exists(), "the checkout must start with no component built");
+
+    let (port, admin_port) = (free_port(), free_port());
+    let command = format!(
+        "{} --listen 127.0.0.1:{port} --admin-listen 127.0.0.1:{admin_port}",
+        readme_run_command()
+    );
+    let mut process = Command::new("sh");
+    process
+        .arg("-c")
+        .arg(&command)
+        .current_dir(&clone)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUST_BACKTRACE")
+        .env("CARGO_TERM_COLOR", "never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOP_") || k.starts_with("SPIN_VARIABLE_")) {
+        process.env_remove(key);
+    }
+    let mut child = process.spawn().unwrap();
+    let (stdout, stderr) = (Captured::default(), Captured::default());
+    stdout.follow(child.stdout.take().unwrap());
+    stderr.follow(child.stderr.take().unwrap());
+    let mut group = Group(child);
+
+    // A cold machine compiles wasmtime and every component first.
+    let deadline = Instant::now() + Duration::from_secs(40 * 60);
+    let client = client();
+    loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{admin_port}/healthz")).send()
+            && r.status() == 200
+        {
+            break;
+        }
+        if let Some(status) = group.0.try_wait().unwrap() {
+            panic!(
+                "`{command}` exited ({status}) before serving\nstdout:\n{}\nstderr:\n{}",
+                stdout.text(),
+                stderr.text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{command}` did not serve in time\n{}",
+            stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(gateway.exists(), "`shop up` built the gateway");
+    assert!(stdout.text().contains("Serving shop"), "{}", stdout.text());
+    let banner = client.get(format!("http://127.0.0.1:{port}/")).send().unwrap();
+    assert_eq!(banner.status(), 200);
+    let products = client.get(format!("http://127.0.0.1:{port}/products")).send().unwrap();
+    assert_eq!(products.status(), 200, "{:?}", products.text());
+}
+
+/// The repository's manifest (with its runtime config) in `dir`, sources pointing at
+/// the components the test command built.
+fn repo_manifest_in(dir: &Path) -> PathBuf {
+    let wasm_dir = wasm("gateway").parent().unwrap().to_path_buf();
+    let text = std::fs::read_to_string(repo_root().join("spin.toml")).unwrap().replace(
+        "source = \"target/wasm32-wasip2/release/",
+        &format!("source = \"{}/", wasm_dir.display()),
+    );
+    let path = dir.join("spin.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::copy(repo_root().join("runtime-config.toml"), dir.join("runtime-config.toml")).unwrap();
+    path
+}
+
+/// `shop up` on the repo's manifest, output read until "Serving" and a moment after.
+fn up_output(dir: &TempDir, on_terminal: bool) -> String {
+    let manifest = repo_manifest_in(dir.path());
+    let data = dir.path().join("data");
+    // Compiled components are shared with the other full-shop tests.
+    let cache = wasm("gateway").parent().unwrap().join("shop-test-compile-cache");
+    let up = format!(
+        "exec {} up --no-build --file {} --data-dir {} --cache-dir {} --listen 127.0.0.1:{} --admin-listen 127.0.0.1:{}",
+        shop_bin().display(),
+        manifest.display(),
+        data.display(),
+        cache.display(),
+        free_port(),
+        free_port()
+    );
+    let mut command = if on_terminal {
+        // util-linux `script` gives the command a pseudo-terminal for stdout and stderr.
+        let mut c = Command::new("script");
+        c.args(["-q", "-e", "-c", &up, "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &up]);
+        c
+    };
+    command
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("SHOP_LOG")
+        .env_remove("SHOP_LOG_FORMAT")
+        .env_remove("SHOP_KAFKA_BROKERS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command
+        .spawn()
+        .expect("util-linux `script` must be installed for this test");
+    let (stdout, stderr) = (Captured::default(), Captured::default());
+    stdout.follow(child.stdout.take().unwrap());
+    stderr.follow(child.stderr.take().unwrap());
+    let group = Group(child);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !stdout.text().contains("Serving") {
+        assert!(
+            Instant::now() < deadline,
+            "no `Serving` line:\n{}\n{}",
+            stdout.text(),
+            stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Start-up logging that comes after the banner (consumers joining) counts too.
+    std::thread::sleep(Duration::from_secs(2));
+    drop(group);
+    format!("{}{}", stdout.text(), stderr.text()).replace('\r', "")
+}
+
+#[test]
+fn up_on_a_terminal_talks_text_and_piped_output_stays_json() {
+    let dir = TempDir::new("tty");
+    let terminal = up_output(&dir, true);
+    let json_lines: Vec<_> = terminal.lines().filter(|l| l.trim_start().starts_with('{')).collect();
+    assert!(json_lines.is_empty(), "JSON on a terminal:\n{terminal}");
+    assert!(terminal.contains("Available Routes:"), "{terminal}");
+    assert!(
+        terminal.lines().count() < 40,
+        "a terminal gets the routes and little else:\n{terminal}"
+    );
+
+    let dir = TempDir::new("piped");
+    let piped = up_output(&dir, false);
+    let logs: Vec<_> = piped
+        .lines()
+        .filter(|l| {
+            !l.starts_with("Serving")
+                && !l.starts_with("Available Routes")
+                && !l.starts_with("  ")
+                && !l.starts_with("Admin:")
+        })
+        .collect();
+    assert!(!logs.is_empty(), "piped output has log lines:\n{piped}");
+    for line in logs {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.is_ok_and(|v| v.is_object()),
+            "not a JSON log line: {line}\n{piped}"
+        );
+    }
+}
