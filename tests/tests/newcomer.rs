@@ -93,8 +93,9 @@ struct Group(std::process::Child);
 
 impl Drop for Group {
     fn drop(&mut self) {
+        // `--` so that kill reads `-PGID` as the process group, not as a signal.
         let _ = Command::new("kill")
-            .arg("-KILL")
+            .args(["-s", "KILL", "--"])
             .arg(format!("-{}", self.0.id()))
             .status();
         let _ = self.0.wait();
