@@ -145,10 +145,15 @@ impl<'a, D: Sql> Orders<'a, D> {
     /// The projected status of `order_id` (`PENDING`, …) if `user_id` owns it, or if
     /// `any_owner`: one indexed read, for waiting on a saga.
     pub fn status_of(&self, order_id: &str, user_id: &str, any_owner: bool) -> Result<Option<String>, StoreError> {
-        let rows = self.db.execute(
-            "SELECT status FROM orders WHERE id = ? AND (user_id = ? OR ? = 1)",
-            &[order_id.into(), user_id.into(), i64::from(any_owner).into()],
-        )?;
+        let rows = if any_owner {
+            self.db
+                .execute("SELECT status FROM orders WHERE id = ?", &[order_id.into()])?
+        } else {
+            self.db.execute(
+                "SELECT status FROM orders WHERE id = ? AND user_id = ?",
+                &[order_id.into(), user_id.into()],
+            )?
+        };
         Ok(rows
             .first()
             .and_then(|r| r.first())
