@@ -215,6 +215,14 @@ async fn commit(shared: &Shared, partition: &TopicPartition, next_offset: Option
 /// the worker is told to stop.
 async fn deliver(shared: &Shared, message: &Message, stop: &mut watch::Receiver<bool>) -> Outcome {
     let trigger = &shared.trigger;
+    if !wanted(&trigger.event_types, message) {
+        shared
+            .metrics
+            .messages_filtered
+            .with_label_values(&[trigger.component.as_str(), message.topic.as_str()])
+            .inc();
+        return Outcome::Done;
+    }
     let partition = message.partition.to_string();
     let labels = [trigger.component.as_str(), message.topic.as_str(), partition.as_str()];
     let mut attempt: u32 = 1;
@@ -252,6 +260,19 @@ async fn deliver(shared: &Shared, message: &Message, stop: &mut watch::Receiver<
             _ = tokio::time::sleep(backoff) => {}
         }
         attempt += 1;
+    }
+}
+
+/// Whether a trigger's `event_types` let `message` through to the component: all when
+/// empty, and always a message without a `ce_type` header (the component decides what
+/// to make of it, e.g. dead-letter it). The others are committed without a call.
+fn wanted(event_types: &[String], message: &Message) -> bool {
+    if event_types.is_empty() {
+        return true;
+    }
+    match message.headers.iter().find(|(name, _)| name == "ce_type") {
+        Some((_, value)) => std::str::from_utf8(value).is_ok_and(|t| event_types.iter().any(|e| e == t)),
+        None => true,
     }
 }
 

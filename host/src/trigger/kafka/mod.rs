@@ -25,8 +25,6 @@ use delivery::MessageHandler;
 
 /// Runs a component's `wasi:messaging/incoming-handler` for each message.
 pub struct ComponentHandler {
-    /// CloudEvents types the component acts on (empty: all).
-    event_types: Arc<std::collections::BTreeSet<String>>,
     engine: Engine,
     component: Arc<LoadedComponent>,
     limits: RequestLimits,
@@ -40,13 +38,6 @@ impl MessageHandler for ComponentHandler {
         let Some(pre) = &self.component.exports.messaging else {
             return Err(format!("component `{}` has no message handler", self.component.id));
         };
-        if !wanted(&self.event_types, message) {
-            self.metrics
-                .messages_filtered
-                .with_label_values(&[&*self.component.id, &message.topic])
-                .inc();
-            return Ok(());
-        }
         let request_id = format!("{}/{}/{}", message.topic, message.partition, message.offset);
         let probe = Arc::new(InvocationProbe::new(&request_id));
         let started = Instant::now();
@@ -91,19 +82,6 @@ impl MessageHandler for ComponentHandler {
     }
 }
 
-/// Whether a trigger's `event_types` let `message` through: all when empty, and
-/// always a message without a `ce_type` header (the component decides what to make of
-/// it, e.g. dead-letter it).
-fn wanted(event_types: &std::collections::BTreeSet<String>, message: &Message) -> bool {
-    if event_types.is_empty() {
-        return true;
-    }
-    match message.headers.iter().find(|(name, _)| name == "ce_type") {
-        Some((_, value)) => std::str::from_utf8(value).is_ok_and(|t| event_types.contains(t)),
-        None => true,
-    }
-}
-
 /// Everything the Kafka triggers of an app need.
 pub struct KafkaContext<'a> {
     pub engine: &'a Engine,
@@ -135,7 +113,6 @@ pub fn start(
             );
         }
         let handler = Arc::new(ComponentHandler {
-            event_types: Arc::new(trigger.event_types.iter().cloned().collect()),
             engine: context.engine.clone(),
             component,
             limits: context.limits,
@@ -163,34 +140,4 @@ pub fn start(
         });
     }
     Ok(tasks)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(ce_type: Option<&str>) -> Message {
-        Message {
-            topic: "t".into(),
-            partition: 0,
-            offset: 0,
-            key: None,
-            payload: vec![],
-            timestamp_ms: 0,
-            headers: ce_type
-                .map(|t| ("ce_type".to_string(), t.as_bytes().to_vec()))
-                .into_iter()
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn event_types_pick_messages_by_ce_type() {
-        let all = std::collections::BTreeSet::new();
-        assert!(wanted(&all, &message(Some("a"))), "no list: every message");
-        let some: std::collections::BTreeSet<String> = ["a".to_string()].into();
-        assert!(wanted(&some, &message(Some("a"))));
-        assert!(!wanted(&some, &message(Some("b"))));
-        assert!(wanted(&some, &message(None)), "untyped messages reach the component");
-    }
 }

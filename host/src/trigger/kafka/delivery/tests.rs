@@ -280,3 +280,28 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(backoff(base, 3), Duration::from_millis(400));
     assert_eq!(backoff(base, 40), MAX_BACKOFF);
 }
+
+fn typed(ce_type: Option<&str>) -> Message {
+    Message {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        key: None,
+        payload: vec![],
+        timestamp_ms: 0,
+        headers: ce_type
+            .map(|t| ("ce_type".to_string(), t.as_bytes().to_vec()))
+            .into_iter()
+            .collect(),
+    }
+}
+
+#[test]
+fn event_types_pick_messages_by_ce_type() {
+    let all: Vec<String> = vec![];
+    assert!(wanted(&all, &typed(Some("a"))), "no list: every message");
+    let some = vec!["a".to_string()];
+    assert!(wanted(&some, &typed(Some("a"))));
+    assert!(!wanted(&some, &typed(Some("b"))));
+    assert!(wanted(&some, &typed(None)), "untyped messages reach the component");
+}
