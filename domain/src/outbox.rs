@@ -12,6 +12,7 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
 
 /// Appends `event` (run it inside the caller's transaction).
 pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopEvent) -> Result<(), SqlError> {
+    db.outbox_written(&event_id);
     db.execute(
         "INSERT INTO outbox (event_id, topic, event_key, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         &[
@@ -119,9 +120,37 @@ pub fn headers(row: &OutboxRow, source: &str) -> Vec<(String, String)> {
 /// by id. Returns how many were published.
 pub fn relay(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, String> {
     let rows = pending(db, BATCH)?;
+    publish_rows(db, publisher, source, &rows)
+}
+
+/// Publishes the events written through `db` since the last call (its commit just
+/// ended), then deletes them, as [`relay`] does. Only its own: instances of a service
+/// run side by side, and each publishing every pending row would send each event
+/// once per instance that committed meanwhile. What a crash leaves is the relay's.
+pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, String> {
+    let ids = db.take_outbox_written();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let placeholders = vec!["?"; ids.len()].join(", ");
+    let ids: Vec<SqlValue> = ids.into_iter().map(SqlValue::from).collect();
+    let rows = db
+        .execute(
+            &format!(
+                "SELECT seq, event_id, topic, event_key, event_type, payload, created_at FROM outbox \
+                 WHERE event_id IN ({placeholders}) ORDER BY seq"
+            ),
+            &ids,
+        )
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<OutboxRow> = rows.iter().map(|r| row_from(r)).collect::<Result<_, _>>()?;
+    publish_rows(db, publisher, source, &rows)
+}
+
+fn publish_rows(db: &impl Sql, publisher: &impl Publisher, source: &str, rows: &[OutboxRow]) -> Result<usize, String> {
     let mut failure = None;
     let mut published = Vec::new();
-    for row in &rows {
+    for row in rows {
         match publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
             Ok(()) => published.push(row.seq),
             Err(e) => {
@@ -212,5 +241,38 @@ mod tests {
         assert_eq!((envelope.id.as_str(), envelope.source.as_str()), ("e4", "/products"));
         assert_eq!(envelope.subject.as_deref(), Some("p4"));
         assert!(headers.contains(&("content-type".into(), "application/json".into())));
+    }
+
+    #[test]
+    fn an_instance_publishes_only_the_events_it_wrote_and_leaves_the_rest_to_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let connect = || MemoryDb::new(rusqlite::Connection::open(&path).unwrap());
+        let (first, second) = (connect(), connect());
+        migrate(&first, &[SCHEMA]).unwrap();
+        let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
+        let at = || "2026-11-22T00:00:00Z".to_string();
+        record(&first, "e1".into(), at(), &deleted("p1")).unwrap();
+        record(&second, "e2".into(), at(), &deleted("p2")).unwrap();
+        record(&first, "e3".into(), at(), &deleted("p3")).unwrap();
+
+        let sent = Flaky {
+            accept: 10,
+            sent: RefCell::default(),
+        };
+        assert_eq!(publish_written(&first, &sent, "/products"), Ok(2));
+        let keys: Vec<String> = sent.sent.borrow().iter().map(|(_, k, _)| k.clone()).collect();
+        assert_eq!(keys, ["p1", "p3"], "its own, in order");
+        assert_eq!(publish_written(&first, &sent, "/products"), Ok(0), "nothing twice");
+
+        // The second instance's publish fails: its row stays for the relay.
+        let down = Flaky {
+            accept: 0,
+            sent: RefCell::default(),
+        };
+        assert!(publish_written(&second, &down, "/products").is_err());
+        let left: Vec<String> = pending(&first, 10).unwrap().into_iter().map(|r| r.key).collect();
+        assert_eq!(left, ["p2"]);
+        assert_eq!(relay(&first, &sent, "/products"), Ok(1));
     }
 }

@@ -138,9 +138,9 @@ impl Store {
         // Without the planner's stability guarantee SQLite re-prepares a cached
         // statement whenever a `LIMIT ?` parameter is bound, i.e. on every read.
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-        // Reads through a memory map need no system call once a commit of another
-        // connection has reset this one's page cache.
-        conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+        // No memory map: a commit that grows the file makes every other connection
+        // remap it, and each munmap is a TLB shootdown on every core.
+        conn.pragma_update(None, "mmap_size", 0)?;
         // In WAL mode NORMAL still survives a process crash; only power loss can drop the
         // last commits, which is the trade-off Kafka's default fsync policy makes too.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -162,7 +162,7 @@ impl Store {
 
 fn create_schema(conn: &mut Connection) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let version: i64 = query_row(&tx, "PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Rejected(format!(
             "the embedded event log was written by a newer version (schema {version}, this build knows {SCHEMA_VERSION})"
@@ -172,6 +172,21 @@ fn create_schema(conn: &mut Connection) -> StoreResult<()> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// `Connection::execute` through the statement cache (the plain one prepares anew).
+fn execute(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache.
+fn query_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -190,15 +205,17 @@ pub(super) fn millis(d: Duration) -> i64 {
 
 /// Creates `topic` with `partitions` unless it exists; returns its actual partition count.
 fn ensure_topic_in(tx: &Transaction<'_>, topic: &str, partitions: i32) -> StoreResult<i32> {
-    tx.execute(
+    execute(
+        &tx,
         "INSERT INTO topics (name, partitions) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
         params![topic, partitions],
     )?;
-    Ok(
-        tx.query_row("SELECT partitions FROM topics WHERE name = ?1", [topic], |row| {
-            row.get(0)
-        })?,
-    )
+    Ok(query_row(
+        &tx,
+        "SELECT partitions FROM topics WHERE name = ?1",
+        [topic],
+        |row| row.get(0),
+    )?)
 }
 
 /// Creates every topic in `topics` that is missing, with `partitions` partitions.
@@ -223,12 +240,14 @@ pub(super) fn append(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let partitions = ensure_topic_in(&tx, &message.topic, default_partitions)?;
     let partition = pick(partitions);
-    let offset: i64 = tx.query_row(
+    let offset: i64 = query_row(
+        &tx,
         "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM records WHERE topic = ?1 AND partition_id = ?2",
         params![message.topic, partition],
         |row| row.get(0),
     )?;
-    tx.execute(
+    execute(
+        &tx,
         "INSERT INTO records (topic, partition_id, record_offset, record_key, payload, timestamp_ms, headers)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -346,7 +365,7 @@ pub(super) struct Heartbeat {
 }
 
 fn upsert_member(tx: &Transaction<'_>, m: &Membership, now: i64) -> StoreResult<()> {
-    tx.execute(
+    execute(&tx,
         "INSERT INTO members (group_id, member_id, topics, heartbeat_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (group_id, member_id) DO UPDATE SET topics = excluded.topics, heartbeat_ms = excluded.heartbeat_ms",
         params![m.group, m.member_id, m.topics_column(), now],
@@ -382,13 +401,15 @@ pub(super) fn heartbeat(
 
     upsert_member(&tx, m, now)?;
     // A crashed member's row would otherwise stay forever; its leases expire on their own.
-    tx.execute(
+    execute(
+        &tx,
         "DELETE FROM members WHERE group_id = ?1 AND heartbeat_ms < ?2",
         params![m.group, live_since],
     )?;
     // Extends only leases still ours: one that expired and was claimed by another member
     // is gone for good and shows up below as missing from `held`.
-    tx.execute(
+    execute(
+        &tx,
         "UPDATE leases SET expires_ms = ?3 WHERE group_id = ?1 AND member_id = ?2",
         params![m.group, m.member_id, expires],
     )?;
@@ -453,11 +474,10 @@ fn partitions_of(tx: &Transaction<'_>, members: &[Member]) -> StoreResult<Vec<To
     let topics: BTreeSet<&String> = members.iter().flat_map(|m| &m.topics).collect();
     let mut partitions = Vec::new();
     for topic in topics {
-        let count: Option<i32> = tx
-            .query_row("SELECT partitions FROM topics WHERE name = ?1", [topic], |row| {
-                row.get(0)
-            })
-            .optional()?;
+        let count: Option<i32> = query_row(&tx, "SELECT partitions FROM topics WHERE name = ?1", [topic], |row| {
+            row.get(0)
+        })
+        .optional()?;
         partitions.extend((0..count.unwrap_or(0)).map(|p| TopicPartition::new(topic.as_str(), p)));
     }
     Ok(partitions)
@@ -465,7 +485,8 @@ fn partitions_of(tx: &Transaction<'_>, members: &[Member]) -> StoreResult<Vec<To
 
 /// Takes the lease on `tp` if nobody holds it or its holder let it expire.
 fn try_claim(tx: &Transaction<'_>, m: &Membership, tp: &TopicPartition, now: i64, expires: i64) -> StoreResult<bool> {
-    let changed = tx.execute(
+    let changed = execute(
+        &tx,
         "INSERT INTO leases (group_id, topic, partition_id, member_id, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (group_id, topic, partition_id) DO UPDATE
          SET member_id = excluded.member_id, expires_ms = excluded.expires_ms
@@ -476,20 +497,21 @@ fn try_claim(tx: &Transaction<'_>, m: &Membership, tp: &TopicPartition, now: i64
 }
 
 fn committed_offset(tx: &Transaction<'_>, group: &str, tp: &TopicPartition) -> StoreResult<Option<i64>> {
-    Ok(tx
-        .query_row(
-            "SELECT next_offset FROM committed_offsets WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
-            params![group, tp.topic, tp.partition],
-            |row| row.get(0),
-        )
-        .optional()?)
+    Ok(query_row(
+        &tx,
+        "SELECT next_offset FROM committed_offsets WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
+        params![group, tp.topic, tp.partition],
+        |row| row.get(0),
+    )
+    .optional()?)
 }
 
 /// Drops this member's leases on `partitions` (after the revoke handshake).
 pub(super) fn release(conn: &mut Connection, m: &Membership, partitions: &BTreeSet<TopicPartition>) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for tp in partitions {
-        tx.execute(
+        execute(
+            &tx,
             "DELETE FROM leases WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3 AND member_id = ?4",
             params![m.group, tp.topic, tp.partition, m.member_id],
         )?;
@@ -501,11 +523,13 @@ pub(super) fn release(conn: &mut Connection, m: &Membership, partitions: &BTreeS
 /// Leaves the group: drops every lease of this member and its member row.
 pub(super) fn leave(conn: &mut Connection, m: &Membership) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
+    execute(
+        &tx,
         "DELETE FROM leases WHERE group_id = ?1 AND member_id = ?2",
         params![m.group, m.member_id],
     )?;
-    tx.execute(
+    execute(
+        &tx,
         "DELETE FROM members WHERE group_id = ?1 AND member_id = ?2",
         params![m.group, m.member_id],
     )?;
@@ -518,20 +542,21 @@ pub(super) fn leave(conn: &mut Connection, m: &Membership) -> StoreResult<()> {
 /// overwrite the position its successor works from. Offsets only move forward.
 pub(super) fn commit(conn: &mut Connection, m: &Membership, tp: &TopicPartition, next_offset: i64) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let holder: Option<String> = tx
-        .query_row(
-            "SELECT member_id FROM leases WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
-            params![m.group, tp.topic, tp.partition],
-            |row| row.get(0),
-        )
-        .optional()?;
+    let holder: Option<String> = query_row(
+        &tx,
+        "SELECT member_id FROM leases WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
+        params![m.group, tp.topic, tp.partition],
+        |row| row.get(0),
+    )
+    .optional()?;
     if holder.as_deref() != Some(m.member_id.as_str()) {
         return Err(StoreError::Rejected(format!(
             "commit of {tp} for group {:?} refused: the partition is no longer assigned to this consumer",
             m.group
         )));
     }
-    tx.execute(
+    execute(
+        &tx,
         "INSERT INTO committed_offsets (group_id, topic, partition_id, next_offset) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (group_id, topic, partition_id) DO UPDATE
          SET next_offset = MAX(next_offset, excluded.next_offset)",

@@ -98,6 +98,14 @@ pub trait Sql {
 
     /// Runs one statement; the rows it returned.
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError>;
+
+    /// Notes that `event_id` was written to the outbox through this connection
+    /// ([`crate::outbox::record`] calls it), for [`crate::outbox::publish_written`].
+    fn outbox_written(&self, event_id: &str);
+
+    /// The outbox events noted since the last call (committed or not: one rolled back
+    /// is simply not found).
+    fn take_outbox_written(&self) -> Vec<String>;
 }
 
 /// Creates what `schema` describes (each statement idempotent, SQLite type names).

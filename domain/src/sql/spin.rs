@@ -14,8 +14,8 @@ impl SpinSqlite {
     }
 }
 
-impl Sql for SpinSqlite {
-    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+impl SpinSqlite {
+    pub fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
         let params: Vec<Value> = params
             .iter()
             .map(|p| match p {
@@ -71,12 +71,8 @@ fn redact(address: &str) -> String {
     }
 }
 
-impl Sql for SpinPostgres {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-
-    fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+impl SpinPostgres {
+    pub fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
         use spin_sdk::pg4::{DbValue, ParameterValue, PgError, QueryError};
         let params: Vec<ParameterValue> = params
             .iter()
@@ -120,35 +116,54 @@ impl Sql for SpinPostgres {
 
 /// A service's database as configured: PostgreSQL when the component's
 /// `database_url` variable is set, otherwise the Spin SQLite database `label`.
-pub enum SpinDatabase {
+pub enum Backend {
     Sqlite(SpinSqlite),
     Postgres(SpinPostgres),
+}
+
+/// The service's database as configured, and the outbox events written through it
+/// (so the instance publishes exactly its own after the commit).
+pub struct SpinDatabase {
+    backend: Backend,
+    outbox_events: std::cell::RefCell<Vec<String>>,
 }
 
 impl SpinDatabase {
     pub fn open_configured(label: &str) -> Result<Self, String> {
         // A component without the variable simply uses SQLite.
         let url = spin_sdk::variables::get("database_url").unwrap_or_default();
-        if url.trim().is_empty() {
-            SpinSqlite::open(label).map(Self::Sqlite)
+        let backend = if url.trim().is_empty() {
+            SpinSqlite::open(label).map(Backend::Sqlite)?
         } else {
-            SpinPostgres::open(url.trim()).map(Self::Postgres)
-        }
+            SpinPostgres::open(url.trim()).map(Backend::Postgres)?
+        };
+        Ok(Self {
+            backend,
+            outbox_events: Default::default(),
+        })
     }
 }
 
 impl Sql for SpinDatabase {
     fn dialect(&self) -> Dialect {
-        match self {
-            Self::Sqlite(db) => db.dialect(),
-            Self::Postgres(db) => db.dialect(),
+        match &self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
         }
     }
 
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
-        match self {
-            Self::Sqlite(db) => db.execute(statement, params),
-            Self::Postgres(db) => db.execute(statement, params),
+        match &self.backend {
+            Backend::Sqlite(db) => db.execute(statement, params),
+            Backend::Postgres(db) => db.execute(statement, params),
         }
+    }
+
+    fn outbox_written(&self, event_id: &str) {
+        self.outbox_events.borrow_mut().push(event_id.to_string());
+    }
+
+    fn take_outbox_written(&self) -> Vec<String> {
+        self.outbox_events.take()
     }
 }

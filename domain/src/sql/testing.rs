@@ -2,15 +2,29 @@
 
 use super::*;
 
-pub struct MemoryDb(pub rusqlite::Connection);
+pub struct MemoryDb(pub rusqlite::Connection, std::cell::RefCell<Vec<String>>);
+
+impl MemoryDb {
+    pub fn new(connection: rusqlite::Connection) -> Self {
+        Self(connection, Default::default())
+    }
+}
 
 impl Default for MemoryDb {
     fn default() -> Self {
-        Self(rusqlite::Connection::open_in_memory().unwrap())
+        Self::new(rusqlite::Connection::open_in_memory().unwrap())
     }
 }
 
 impl Sql for MemoryDb {
+    fn outbox_written(&self, event_id: &str) {
+        self.1.borrow_mut().push(event_id.to_string());
+    }
+
+    fn take_outbox_written(&self) -> Vec<String> {
+        self.1.take()
+    }
+
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
         use rusqlite::types::{Value, ValueRef};
         let mut stmt = self

@@ -96,10 +96,13 @@ pub fn relay_outbox(db: &impl shop_domain::sql::Sql, source: &str) -> Result<(),
     shop_domain::outbox::relay(db, &messaging, source).map(drop)
 }
 
-/// Publishes what is waiting in `db`'s outbox now, rather than at the relay's next
-/// tick. A failure is only logged: the rows stay and the relay sends them later.
+/// Publishes the events this instance wrote to `db`'s outbox now, rather than at the
+/// relay's next tick. A failure is only logged: the rows stay and the relay sends
+/// them later.
 pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) {
-    if let Err(e) = relay_outbox(db, source) {
+    let published =
+        Messaging::connect().and_then(|messaging| shop_domain::outbox::publish_written(db, &messaging, source));
+    if let Err(e) = published {
         eprintln!("{source}: outbox left for the relay: {e}");
     }
 }

@@ -28,9 +28,6 @@ const STATEMENT_CACHE: usize = 128;
 /// database's writer queue; across processes: SQLite's busy handler).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bytes of each database file read through a memory map.
-const MMAP_SIZE: i64 = 256 << 20;
-
 /// How a commit reaches the disk (`synchronous` in `[sqlite_database.<label>]`). In WAL
 /// mode `Normal` survives a crash of this process (SIGKILL included) but not of the
 /// machine: a power loss can drop the last commits. `Full` syncs the log on every
@@ -163,10 +160,9 @@ pub fn open_file(path: &Path) -> anyhow::Result<Connection> {
     // without it SQLite re-prepares one on every run that binds a `LIMIT ?` (or a
     // `LIKE ?`) parameter.
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    // Pages read through a memory map: after another connection's commit a
-    // connection's page cache starts over, and re-reading through the map costs no
-    // system call.
-    conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
+    // No memory map: SQLite unmaps it whenever another connection has committed, and
+    // each munmap is a TLB shootdown on every core, costlier than the reads it saves.
+    conn.pragma_update(None, "mmap_size", 0)?;
     Ok(conn)
 }
 
