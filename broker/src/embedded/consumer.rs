@@ -188,7 +188,9 @@ impl EmbeddedConsumer {
     ) -> Result<Arc<Self>, BrokerError> {
         let membership = Arc::new(membership);
         let m = Arc::clone(&membership);
-        store.run(move |conn| store::join(conn, &m, default_partitions)).await?;
+        store
+            .write(move |conn| store::join(conn, &m, default_partitions))
+            .await?;
 
         let shared = Arc::new(Shared {
             store,
@@ -226,18 +228,14 @@ impl EmbeddedConsumer {
         if plan.is_empty() {
             return Ok(false);
         }
-        let fetched = self
-            .shared
-            .store
-            .run(move |conn| {
-                plan.into_iter()
-                    .map(|fetch| {
-                        let messages = store::read(conn, &fetch.tp, fetch.from, FETCH_BATCH)?;
-                        Ok((fetch, messages))
-                    })
-                    .collect::<store::StoreResult<Vec<_>>>()
-            })
-            .await?;
+        let fetched = self.shared.store.read_now(move |conn| {
+            plan.into_iter()
+                .map(|fetch| {
+                    let messages = store::read(conn, &fetch.tp, fetch.from, FETCH_BATCH)?;
+                    Ok((fetch, messages))
+                })
+                .collect::<store::StoreResult<Vec<_>>>()
+        })?;
         Ok(self.shared.state().accept(fetched))
     }
 }
@@ -302,7 +300,7 @@ impl Consumer for EmbeddedConsumer {
         let tp = partition.clone();
         self.shared
             .store
-            .run(move |conn| store::commit(conn, &membership, &tp, next_offset))
+            .write(move |conn| store::commit(conn, &membership, &tp, next_offset))
             .await
     }
 
@@ -401,7 +399,7 @@ impl Member {
         let beat = self
             .shared
             .store
-            .run(move |conn| store::heartbeat(conn, &membership, balance, &known))
+            .write(move |conn| store::heartbeat(conn, &membership, balance, &known))
             .await;
         let beat = match beat {
             Ok(beat) => beat,
@@ -492,7 +490,7 @@ impl Member {
         match self
             .shared
             .store
-            .run(move |conn| store::release(conn, &membership, &partitions))
+            .write(move |conn| store::release(conn, &membership, &partitions))
             .await
         {
             Ok(()) => self.handed_back.clear(),
@@ -513,7 +511,12 @@ impl Member {
             return false;
         }
         let membership = Arc::clone(&self.shared.membership);
-        if let Err(e) = self.shared.store.run(move |conn| store::leave(conn, &membership)).await {
+        if let Err(e) = self
+            .shared
+            .store
+            .write(move |conn| store::leave(conn, &membership))
+            .await
+        {
             // The member row and any lease left behind expire after the session timeout.
             tracing::warn!(group = %self.shared.membership.group, error = %e, "embedded log could not leave the group");
         }

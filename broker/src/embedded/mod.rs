@@ -218,7 +218,7 @@ impl Producer for EmbeddedProducer {
         let delivery = self
             .inner
             .store
-            .run(move |conn| {
+            .write(move |conn| {
                 store::append(conn, &message, default_partitions, |partitions| {
                     inner.pick_partition(&message.topic, message.key.as_deref(), partitions)
                 })
@@ -255,7 +255,7 @@ impl Broker for EmbeddedBroker {
         let topics = vec![topic.to_string()];
         self.inner
             .store
-            .run(move |conn| store::ensure_topics(conn, &topics, partitions))
+            .write(move |conn| store::ensure_topics(conn, &topics, partitions))
             .await
     }
 }

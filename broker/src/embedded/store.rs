@@ -1,18 +1,20 @@
-//! The SQLite side of the embedded log: schema, a small connection pool, and one
-//! function per transaction. Everything here blocks; the async side runs it through
-//! [`Store::run`], which moves it onto tokio's blocking pool.
+//! The SQLite side of the embedded log: schema, one writer thread, a small pool of
+//! reader connections, and one function per operation.
 //!
-//! Several processes may open the same file. WAL mode lets readers run beside the one
-//! writer, and every read-modify-write runs inside `BEGIN IMMEDIATE`, so the write lock
-//! is taken up front and two writers never both read the same "next offset" or both
-//! claim the same partition.
+//! Writes go to the writer thread ([`Store::write`]), which runs whatever is queued in
+//! one `BEGIN IMMEDIATE` transaction, each operation in its own savepoint. Reads run on
+//! the caller's thread ([`Store::read_now`]). Several processes may open the same file:
+//! WAL mode lets readers run beside the one writer, and the immediate transaction takes
+//! the write lock up front, so two writers never both read the same "next offset" or
+//! both claim the same partition.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 use super::assign::{self, Member};
 use crate::{BrokerError, Delivery, Headers, Message, OutgoingMessage, TopicPartition};
@@ -84,15 +86,23 @@ pub(super) type StoreResult<T> = Result<T, StoreError>;
 
 pub(super) struct Store {
     path: PathBuf,
+    /// Idle reader connections.
     idle: Mutex<Vec<Connection>>,
+    /// The writer thread's queue: every write of this process goes through it.
+    writes: mpsc::Sender<Box<dyn WriteJob>>,
 }
 
+/// Most writes the writer thread runs in one transaction.
+const MAX_WRITE_BATCH: usize = 256;
+
 impl Store {
-    /// Opens (creating if needed) the log file and its schema.
+    /// Opens (creating if needed) the log file and its schema, and starts its writer.
     pub fn open(path: &Path) -> Result<Self, BrokerError> {
+        let (writes, queue) = mpsc::channel();
         let store = Store {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
+            writes,
         };
         // `connect` creates the parent directories.
         store.with_conn(|conn| {
@@ -100,19 +110,41 @@ impl Store {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             create_schema(conn)
         })?;
+        let writer = store.connect().map_err(|e| store.error(e))?;
+        let path = store.path.clone();
+        std::thread::Builder::new()
+            .name("event-log-writer".into())
+            .spawn(move || write_batches(writer, &path, &queue))
+            .map_err(|e| BrokerError::Unavailable(format!("cannot start the embedded event log writer: {e}")))?;
         Ok(store)
     }
 
-    /// Runs `f` on a pooled connection on tokio's blocking pool.
-    pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, BrokerError>
+    /// Runs `f` on the writer thread inside a savepoint of the transaction it shares
+    /// with the writes queued beside it (group commit): one commit, and one thread
+    /// wake-up, for however many producers and consumers wrote meanwhile, and no
+    /// writer of this process ever waits in SQLite's busy handler for another.
+    /// Resolves once that transaction committed; `f`'s error undoes only its own work.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.with_conn(f))
-            .await
-            .map_err(|e| BrokerError::Unavailable(format!("embedded event log task failed: {e}")))?
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Write {
+            work: f,
+            reply,
+            path: self.path.clone(),
+        });
+        let stopped =
+            || BrokerError::Unavailable(format!("embedded event log {}: writer stopped", self.path.display()));
+        self.writes.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Runs `f` on a pooled reader connection on the calling thread: reads in WAL mode
+    /// never wait for writers, so they take microseconds and need no thread hop.
+    pub fn read_now<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> Result<T, BrokerError> {
+        self.with_conn(f)
     }
 
     /// Runs `f` on a pooled connection on the calling thread.
@@ -148,14 +180,98 @@ impl Store {
     }
 
     fn error(&self, e: StoreError) -> BrokerError {
-        let path = self.path.display();
-        match e {
-            StoreError::Sql(e) => BrokerError::Unavailable(format!("embedded event log {path}: {e}")),
-            StoreError::Io(e) => BrokerError::Unavailable(format!("embedded event log {path}: {e}")),
-            StoreError::Corrupt(what) => {
-                BrokerError::Unavailable(format!("embedded event log {path} is corrupt: {what}"))
+        describe(&self.path, e)
+    }
+}
+
+fn describe(path: &Path, e: StoreError) -> BrokerError {
+    let path = path.display();
+    match e {
+        StoreError::Sql(e) => BrokerError::Unavailable(format!("embedded event log {path}: {e}")),
+        StoreError::Io(e) => BrokerError::Unavailable(format!("embedded event log {path}: {e}")),
+        StoreError::Corrupt(what) => BrokerError::Unavailable(format!("embedded event log {path} is corrupt: {what}")),
+        StoreError::Rejected(why) => BrokerError::Rejected(why),
+    }
+}
+
+/// One queued write: runs inside the batch's transaction, then hears how it ended.
+trait WriteJob: Send {
+    /// Runs the work in its own savepoint; the returned job answers the caller.
+    fn run(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn WriteDone>;
+    /// The batch's transaction could not even start.
+    fn fail(self: Box<Self>, error: BrokerError);
+}
+
+trait WriteDone: Send {
+    fn finish(self: Box<Self>, committed: Result<(), BrokerError>);
+}
+
+struct Write<F, T> {
+    work: F,
+    reply: oneshot::Sender<Result<T, BrokerError>>,
+    path: PathBuf,
+}
+
+struct Written<T> {
+    outcome: Result<T, BrokerError>,
+    reply: oneshot::Sender<Result<T, BrokerError>>,
+}
+
+impl<F, T> WriteJob for Write<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+{
+    fn run(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn WriteDone> {
+        let Write { work, reply, path } = *self;
+        let outcome = (|| {
+            let savepoint = tx.savepoint()?;
+            let value = work(&savepoint)?;
+            savepoint.commit()?;
+            Ok(value)
+        })()
+        .map_err(|e| describe(&path, e));
+        Box::new(Written { outcome, reply })
+    }
+
+    fn fail(self: Box<Self>, error: BrokerError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+impl<T: Send> WriteDone for Written<T> {
+    fn finish(self: Box<Self>, committed: Result<(), BrokerError>) {
+        let result = match (self.outcome, committed) {
+            (Ok(value), Ok(())) => Ok(value),
+            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The writer thread: takes what is queued (waiting for the first), runs it in one
+/// immediate transaction, commits, answers each; ends when the store is dropped.
+fn write_batches(mut conn: Connection, path: &Path, queue: &mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-            StoreError::Rejected(why) => BrokerError::Rejected(why),
+        }
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let error = describe(path, StoreError::Sql(e));
+                batch.into_iter().for_each(|job| job.fail(error.clone()));
+                continue;
+            }
+        };
+        let done: Vec<Box<dyn WriteDone>> = batch.into_iter().map(|job| job.run(&mut tx)).collect();
+        let committed = tx.commit().map_err(|e| describe(path, StoreError::Sql(e)));
+        for job in done {
+            job.finish(committed.clone());
         }
     }
 }
@@ -204,14 +320,14 @@ pub(super) fn millis(d: Duration) -> i64 {
 // ---------------------------------------------------------------------------------
 
 /// Creates `topic` with `partitions` unless it exists; returns its actual partition count.
-fn ensure_topic_in(tx: &Transaction<'_>, topic: &str, partitions: i32) -> StoreResult<i32> {
+fn ensure_topic_in(tx: &Connection, topic: &str, partitions: i32) -> StoreResult<i32> {
     execute(
-        &tx,
+        tx,
         "INSERT INTO topics (name, partitions) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
         params![topic, partitions],
     )?;
     Ok(query_row(
-        &tx,
+        tx,
         "SELECT partitions FROM topics WHERE name = ?1",
         [topic],
         |row| row.get(0),
@@ -219,12 +335,10 @@ fn ensure_topic_in(tx: &Transaction<'_>, topic: &str, partitions: i32) -> StoreR
 }
 
 /// Creates every topic in `topics` that is missing, with `partitions` partitions.
-pub(super) fn ensure_topics(conn: &mut Connection, topics: &[String], partitions: i32) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+pub(super) fn ensure_topics(tx: &Connection, topics: &[String], partitions: i32) -> StoreResult<()> {
     for topic in topics {
-        ensure_topic_in(&tx, topic, partitions)?;
+        ensure_topic_in(tx, topic, partitions)?;
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -232,22 +346,21 @@ pub(super) fn ensure_topics(conn: &mut Connection, topics: &[String], partitions
 /// (the topic is created with `default_partitions` if missing). The offset is the next
 /// one of that partition, read and written in the same immediate transaction.
 pub(super) fn append(
-    conn: &mut Connection,
+    tx: &Connection,
     message: &OutgoingMessage,
     default_partitions: i32,
     pick: impl FnOnce(i32) -> i32,
 ) -> StoreResult<Delivery> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let partitions = ensure_topic_in(&tx, &message.topic, default_partitions)?;
+    let partitions = ensure_topic_in(tx, &message.topic, default_partitions)?;
     let partition = pick(partitions);
     let offset: i64 = query_row(
-        &tx,
+        tx,
         "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM records WHERE topic = ?1 AND partition_id = ?2",
         params![message.topic, partition],
         |row| row.get(0),
     )?;
     execute(
-        &tx,
+        tx,
         "INSERT INTO records (topic, partition_id, record_offset, record_key, payload, timestamp_ms, headers)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -260,12 +373,11 @@ pub(super) fn append(
             encode_headers(&message.headers),
         ],
     )?;
-    tx.commit()?;
     Ok(Delivery { partition, offset })
 }
 
 /// Up to `limit` records of `tp` from offset `from` on, in offset order.
-pub(super) fn read(conn: &mut Connection, tp: &TopicPartition, from: i64, limit: usize) -> StoreResult<Vec<Message>> {
+pub(super) fn read(conn: &Connection, tp: &TopicPartition, from: i64, limit: usize) -> StoreResult<Vec<Message>> {
     let mut stmt = conn.prepare_cached(
         "SELECT record_offset, record_key, payload, timestamp_ms, headers FROM records
          WHERE topic = ?1 AND partition_id = ?2 AND record_offset >= ?3
@@ -364,8 +476,8 @@ pub(super) struct Heartbeat {
     pub surplus: BTreeSet<TopicPartition>,
 }
 
-fn upsert_member(tx: &Transaction<'_>, m: &Membership, now: i64) -> StoreResult<()> {
-    execute(&tx,
+fn upsert_member(tx: &Connection, m: &Membership, now: i64) -> StoreResult<()> {
+    execute(tx,
         "INSERT INTO members (group_id, member_id, topics, heartbeat_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (group_id, member_id) DO UPDATE SET topics = excluded.topics, heartbeat_ms = excluded.heartbeat_ms",
         params![m.group, m.member_id, m.topics_column(), now],
@@ -375,13 +487,11 @@ fn upsert_member(tx: &Transaction<'_>, m: &Membership, now: i64) -> StoreResult<
 
 /// Joins the group: creates missing topics and the member row, so other members count
 /// this one in their next balance even before its first heartbeat.
-pub(super) fn join(conn: &mut Connection, m: &Membership, default_partitions: i32) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+pub(super) fn join(tx: &Connection, m: &Membership, default_partitions: i32) -> StoreResult<()> {
     for topic in &m.topics {
-        ensure_topic_in(&tx, topic, default_partitions)?;
+        ensure_topic_in(tx, topic, default_partitions)?;
     }
-    upsert_member(&tx, m, now_ms())?;
-    tx.commit()?;
+    upsert_member(tx, m, now_ms())?;
     Ok(())
 }
 
@@ -389,40 +499,39 @@ pub(super) fn join(conn: &mut Connection, m: &Membership, default_partitions: i3
 /// the free partitions of its fair share and reports the ones it holds beyond it.
 /// `known` are the partitions the caller already tracks (owned or being handed back).
 pub(super) fn heartbeat(
-    conn: &mut Connection,
+    tx: &Connection,
     m: &Membership,
     balance: bool,
     known: &BTreeSet<TopicPartition>,
 ) -> StoreResult<Heartbeat> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = now_ms();
     let expires = now.saturating_add(m.session_ms);
     let live_since = now.saturating_sub(m.session_ms);
 
-    upsert_member(&tx, m, now)?;
+    upsert_member(tx, m, now)?;
     // A crashed member's row would otherwise stay forever; its leases expire on their own.
     execute(
-        &tx,
+        tx,
         "DELETE FROM members WHERE group_id = ?1 AND heartbeat_ms < ?2",
         params![m.group, live_since],
     )?;
     // Extends only leases still ours: one that expired and was claimed by another member
     // is gone for good and shows up below as missing from `held`.
     execute(
-        &tx,
+        tx,
         "UPDATE leases SET expires_ms = ?3 WHERE group_id = ?1 AND member_id = ?2",
         params![m.group, m.member_id, expires],
     )?;
-    let mut held = leases_of(&tx, m)?;
+    let mut held = leases_of(tx, m)?;
 
     let mut surplus = BTreeSet::new();
     if balance {
-        let members = live_members(&tx, &m.group, live_since)?;
-        let partitions = partitions_of(&tx, &members)?;
+        let members = live_members(tx, &m.group, live_since)?;
+        let partitions = partitions_of(tx, &members)?;
         let share = assign::share_of(&m.member_id, &members, &partitions);
         let unclaimed: Vec<TopicPartition> = share.difference(&held).cloned().collect();
         for tp in unclaimed {
-            if try_claim(&tx, m, &tp, now, expires)? {
+            if try_claim(tx, m, &tp, now, expires)? {
                 held.insert(tp);
             }
         }
@@ -431,9 +540,8 @@ pub(super) fn heartbeat(
 
     let mut acquired = Vec::new();
     for tp in held.difference(known) {
-        acquired.push((tp.clone(), committed_offset(&tx, &m.group, tp)?.unwrap_or(0)));
+        acquired.push((tp.clone(), committed_offset(tx, &m.group, tp)?.unwrap_or(0)));
     }
-    tx.commit()?;
     Ok(Heartbeat {
         held,
         acquired,
@@ -441,7 +549,7 @@ pub(super) fn heartbeat(
     })
 }
 
-fn leases_of(tx: &Transaction<'_>, m: &Membership) -> StoreResult<BTreeSet<TopicPartition>> {
+fn leases_of(tx: &Connection, m: &Membership) -> StoreResult<BTreeSet<TopicPartition>> {
     let mut stmt =
         tx.prepare_cached("SELECT topic, partition_id FROM leases WHERE group_id = ?1 AND member_id = ?2")?;
     let rows = stmt.query_map(params![m.group, m.member_id], |row| {
@@ -451,7 +559,7 @@ fn leases_of(tx: &Transaction<'_>, m: &Membership) -> StoreResult<BTreeSet<Topic
 }
 
 /// Members whose heartbeat is recent enough, sorted by id.
-fn live_members(tx: &Transaction<'_>, group: &str, live_since: i64) -> StoreResult<Vec<Member>> {
+fn live_members(tx: &Connection, group: &str, live_since: i64) -> StoreResult<Vec<Member>> {
     let mut stmt = tx.prepare_cached(
         "SELECT member_id, topics FROM members WHERE group_id = ?1 AND heartbeat_ms >= ?2 ORDER BY member_id",
     )?;
@@ -470,11 +578,11 @@ fn live_members(tx: &Transaction<'_>, group: &str, live_since: i64) -> StoreResu
 }
 
 /// Every partition of every topic some live member subscribed to, sorted.
-fn partitions_of(tx: &Transaction<'_>, members: &[Member]) -> StoreResult<Vec<TopicPartition>> {
+fn partitions_of(tx: &Connection, members: &[Member]) -> StoreResult<Vec<TopicPartition>> {
     let topics: BTreeSet<&String> = members.iter().flat_map(|m| &m.topics).collect();
     let mut partitions = Vec::new();
     for topic in topics {
-        let count: Option<i32> = query_row(&tx, "SELECT partitions FROM topics WHERE name = ?1", [topic], |row| {
+        let count: Option<i32> = query_row(tx, "SELECT partitions FROM topics WHERE name = ?1", [topic], |row| {
             row.get(0)
         })
         .optional()?;
@@ -484,9 +592,9 @@ fn partitions_of(tx: &Transaction<'_>, members: &[Member]) -> StoreResult<Vec<To
 }
 
 /// Takes the lease on `tp` if nobody holds it or its holder let it expire.
-fn try_claim(tx: &Transaction<'_>, m: &Membership, tp: &TopicPartition, now: i64, expires: i64) -> StoreResult<bool> {
+fn try_claim(tx: &Connection, m: &Membership, tp: &TopicPartition, now: i64, expires: i64) -> StoreResult<bool> {
     let changed = execute(
-        &tx,
+        tx,
         "INSERT INTO leases (group_id, topic, partition_id, member_id, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (group_id, topic, partition_id) DO UPDATE
          SET member_id = excluded.member_id, expires_ms = excluded.expires_ms
@@ -496,9 +604,9 @@ fn try_claim(tx: &Transaction<'_>, m: &Membership, tp: &TopicPartition, now: i64
     Ok(changed == 1)
 }
 
-fn committed_offset(tx: &Transaction<'_>, group: &str, tp: &TopicPartition) -> StoreResult<Option<i64>> {
+fn committed_offset(tx: &Connection, group: &str, tp: &TopicPartition) -> StoreResult<Option<i64>> {
     Ok(query_row(
-        &tx,
+        tx,
         "SELECT next_offset FROM committed_offsets WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
         params![group, tp.topic, tp.partition],
         |row| row.get(0),
@@ -507,43 +615,38 @@ fn committed_offset(tx: &Transaction<'_>, group: &str, tp: &TopicPartition) -> S
 }
 
 /// Drops this member's leases on `partitions` (after the revoke handshake).
-pub(super) fn release(conn: &mut Connection, m: &Membership, partitions: &BTreeSet<TopicPartition>) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+pub(super) fn release(tx: &Connection, m: &Membership, partitions: &BTreeSet<TopicPartition>) -> StoreResult<()> {
     for tp in partitions {
         execute(
-            &tx,
+            tx,
             "DELETE FROM leases WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3 AND member_id = ?4",
             params![m.group, tp.topic, tp.partition, m.member_id],
         )?;
     }
-    tx.commit()?;
     Ok(())
 }
 
 /// Leaves the group: drops every lease of this member and its member row.
-pub(super) fn leave(conn: &mut Connection, m: &Membership) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+pub(super) fn leave(tx: &Connection, m: &Membership) -> StoreResult<()> {
     execute(
-        &tx,
+        tx,
         "DELETE FROM leases WHERE group_id = ?1 AND member_id = ?2",
         params![m.group, m.member_id],
     )?;
     execute(
-        &tx,
+        tx,
         "DELETE FROM members WHERE group_id = ?1 AND member_id = ?2",
         params![m.group, m.member_id],
     )?;
-    tx.commit()?;
     Ok(())
 }
 
 /// Stores the group's position on `tp` if this member still holds its lease. Checked and
 /// written in one immediate transaction, so a member that lost the partition can never
 /// overwrite the position its successor works from. Offsets only move forward.
-pub(super) fn commit(conn: &mut Connection, m: &Membership, tp: &TopicPartition, next_offset: i64) -> StoreResult<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+pub(super) fn commit(tx: &Connection, m: &Membership, tp: &TopicPartition, next_offset: i64) -> StoreResult<()> {
     let holder: Option<String> = query_row(
-        &tx,
+        tx,
         "SELECT member_id FROM leases WHERE group_id = ?1 AND topic = ?2 AND partition_id = ?3",
         params![m.group, tp.topic, tp.partition],
         |row| row.get(0),
@@ -556,13 +659,12 @@ pub(super) fn commit(conn: &mut Connection, m: &Membership, tp: &TopicPartition,
         )));
     }
     execute(
-        &tx,
+        tx,
         "INSERT INTO committed_offsets (group_id, topic, partition_id, next_offset) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (group_id, topic, partition_id) DO UPDATE
          SET next_offset = MAX(next_offset, excluded.next_offset)",
         params![m.group, tp.topic, tp.partition, next_offset],
     )?;
-    tx.commit()?;
     Ok(())
 }
 

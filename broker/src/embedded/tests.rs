@@ -156,8 +156,7 @@ async fn committed(broker: &EmbeddedBroker, group: &str, tp: &TopicPartition) ->
     broker
         .inner
         .store
-        .run(move |conn| store::committed(conn, &group, &tp))
-        .await
+        .read_now(move |conn| store::committed(conn, &group, &tp))
         .unwrap()
 }
 
@@ -519,7 +518,7 @@ async fn a_member_whose_lease_was_taken_stops_delivering_the_partition() {
     broker
         .inner
         .store
-        .run(|conn| {
+        .write(|conn| {
             let until = store::now_ms() + 60_000;
             conn.execute("UPDATE leases SET member_id = 'other#0', expires_ms = ?1", [until])?;
             Ok(())

@@ -67,18 +67,25 @@ impl Synchronous {
     }
 }
 
-/// One database file: its idle connections, and the queue its writers wait in.
+/// One database file: the connection this process works through, spare connections
+/// for reads while that one is busy, and who wants to hear of commits.
+///
+/// Every write and every transaction of this process runs on `primary`, one session at
+/// a time: held from the statement that starts a transaction (or writes outside one)
+/// until the connection is back in autocommit. Writers queue for it instead of
+/// sleeping in SQLite's busy handler, which backs off by milliseconds and collapses
+/// under contention; and a connection's own commits leave its page cache valid, so
+/// the hot pages stay in memory instead of being read again after every commit, as
+/// they would be on a pool of connections committing by turns.
 struct DatabaseFile {
     path: PathBuf,
     synchronous: Synchronous,
-    idle: Mutex<Vec<Connection>>,
+    primary: Arc<tokio::sync::Mutex<Connection>>,
+    /// Idle connections for reads outside a transaction while `primary` is held.
+    readers: Mutex<Vec<Connection>>,
     /// Woken after a commit here: (listening component, its wake-up). A component is
     /// not woken by its own commits, so a relay deleting what it sent does not rerun.
     commit_listeners: Mutex<Vec<(Arc<str>, Arc<tokio::sync::Notify>)>>,
-    /// Held from a statement that starts writing until the connection is back in
-    /// autocommit. Writers of this process queue here instead of sleeping in SQLite's
-    /// busy handler, which backs off by milliseconds and collapses under contention.
-    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DatabaseFile {
@@ -91,26 +98,43 @@ impl DatabaseFile {
         }
     }
 
-    fn checkout(&self) -> anyhow::Result<Connection> {
-        if let Some(conn) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
-            return Ok(conn);
-        }
-        let conn = open_file(&self.path)?;
-        conn.pragma_update(None, "synchronous", self.synchronous.pragma())?;
+    fn connect(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
+        let conn = open_file(path)?;
+        conn.pragma_update(None, "synchronous", synchronous.pragma())?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
 
-    /// Takes a connection back; one left inside a transaction (a guest that trapped or
-    /// never committed) is rolled back first so the next guest starts clean.
-    fn checkin(&self, conn: Connection) {
-        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
-            return; // dropped: closing it ends the transaction
+    /// Runs a read outside any transaction on a spare connection.
+    fn read_aside(&self, statement: &str, parameters: Vec<Value>) -> Result<Executed, Error> {
+        let spare = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match spare {
+            Some(conn) => conn,
+            None => Self::connect(&self.path, self.synchronous).map_err(|e| Error::Io(format!("{e:#}")))?,
+        };
+        let result = run_statement(&conn, statement, parameters).map_err(to_error);
+        // A read that opened a transaction (e.g. a guessed-wrong statement) must not
+        // leave it to the next reader.
+        if conn.is_autocommit() || conn.execute_batch("ROLLBACK").is_ok() {
+            let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+            if readers.len() < MAX_IDLE_CONNECTIONS {
+                readers.push(conn);
+            }
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_CONNECTIONS {
-            idle.push(conn);
-        }
+        result
+    }
+}
+
+/// Ends what an abandoned session (a guest that trapped or never committed) left
+/// open on the primary connection, so the next session starts clean.
+fn release_primary(file: &DatabaseFile, mut primary: tokio::sync::OwnedMutexGuard<Connection>) {
+    if primary.is_autocommit() || primary.execute_batch("ROLLBACK").is_ok() {
+        return;
+    }
+    match DatabaseFile::connect(&file.path, file.synchronous) {
+        // Closing the stuck connection ends its transaction.
+        Ok(fresh) => *primary = fresh,
+        Err(e) => tracing::error!(path = %file.path.display(), error = %e, "cannot replace a stuck SQLite connection"),
     }
 }
 
@@ -121,28 +145,37 @@ pub struct Database {
     file: Arc<DatabaseFile>,
 }
 
-/// One guest connection: a pooled SQLite connection taken on first use, so
-/// transactions of concurrent instances never interleave, and returned when the guest
-/// drops it (or its instance ends).
+/// One guest connection. It holds the file's primary connection while its
+/// transaction is open, so transactions of concurrent instances never interleave, and
+/// gives it back (rolled back if need be) when the guest drops it or its instance ends.
 #[derive(Clone)]
 pub struct Session {
     inner: Arc<SessionInner>,
 }
 
+/// The primary connection while this session's transaction is open, and whether the
+/// transaction wrote.
+struct InTransaction {
+    primary: tokio::sync::OwnedMutexGuard<Connection>,
+    wrote: bool,
+}
+
 struct SessionInner {
     component: Arc<str>,
     file: Arc<DatabaseFile>,
-    conn: Mutex<Option<Connection>>,
-    writing: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
+    transaction: Mutex<Option<InTransaction>>,
 }
 
 impl Drop for SessionInner {
     fn drop(&mut self) {
-        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(conn) = conn {
-            self.file.checkin(conn);
+        if let Some(open) = self
+            .transaction
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            release_primary(&self.file, open.primary);
         }
-        // `writing` is released after the rollback above.
     }
 }
 
@@ -166,9 +199,10 @@ pub fn open_file(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// Whether `statement` may start writing: the cue to queue for the database's writer
-/// turn first. A wrong guess costs only waiting; SQLite's own locking stays in charge.
-fn may_write(statement: &str) -> bool {
+/// Whether `statement` may start writing or opens a transaction: the cue to run it on
+/// the primary connection, waiting for it if need be. A wrong guess costs only
+/// waiting; SQLite's own locking stays in charge.
+fn needs_primary(statement: &str) -> bool {
     let trimmed = statement.trim_start();
     let keyword: String = trimmed
         .chars()
@@ -176,31 +210,23 @@ fn may_write(statement: &str) -> bool {
         .map(|c| c.to_ascii_uppercase())
         .collect();
     match keyword.as_str() {
-        "BEGIN" => {
-            let upper = trimmed.to_ascii_uppercase();
-            upper.contains("IMMEDIATE") || upper.contains("EXCLUSIVE")
-        }
         // `WITH` may lead an INSERT or UPDATE: counted as a write.
-        "SELECT" | "VALUES" | "EXPLAIN" | "PRAGMA" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "" => {
-            false
-        }
+        "SELECT" | "VALUES" | "EXPLAIN" | "PRAGMA" | "COMMIT" | "END" | "ROLLBACK" | "RELEASE" | "" => false,
         _ => true,
     }
 }
 
 impl Database {
-    /// Opens the file (creating it if needed) at start-up, keeping the connection for
-    /// the first guest.
+    /// Opens the file (creating it if needed) at start-up with its primary connection.
     pub fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<Self> {
+        let primary = DatabaseFile::connect(path, synchronous)?;
         let file = Arc::new(DatabaseFile {
             path: path.to_path_buf(),
             synchronous,
-            idle: Mutex::default(),
+            primary: Arc::new(tokio::sync::Mutex::new(primary)),
+            readers: Mutex::default(),
             commit_listeners: Mutex::default(),
-            writer: Arc::default(),
         });
-        let conn = file.checkout()?;
-        file.checkin(conn);
         Ok(Self { file })
     }
 
@@ -220,54 +246,52 @@ impl Database {
             inner: Arc::new(SessionInner {
                 component,
                 file: self.file.clone(),
-                conn: Mutex::default(),
-                writing: Mutex::default(),
+                transaction: Mutex::default(),
             }),
         }
     }
 }
 
 impl Session {
-    /// Runs one statement, after waiting for the writer's turn if it may write.
+    /// Runs one statement: inside this session's open transaction on the primary
+    /// connection; otherwise on the primary when it is free or the statement needs it
+    /// (then waiting for it), and a read on a spare connection while another session
+    /// holds it.
+    ///
+    /// The statement runs on this thread: a statement takes microseconds, less than
+    /// handing it to a blocking thread and back costs, and the primary's lock (not
+    /// SQLite's) is what writers of this process wait for. Only a writer of another
+    /// process sharing the file can make it wait in SQLite's busy handler.
     pub async fn execute(&self, statement: String, parameters: Vec<Value>) -> Result<Executed, Error> {
-        let inner = self.inner.clone();
-        let holding = inner.writing.lock().unwrap_or_else(PoisonError::into_inner).is_some();
-        let turn = if !holding && may_write(&statement) {
-            let queue = inner.file.writer.clone().lock_owned();
-            Some(
-                tokio::time::timeout(BUSY_TIMEOUT, queue)
-                    .await
-                    .map_err(|_| Error::Io("database is locked (another writer held it too long)".into()))?,
-            )
-        } else {
-            None
+        let inner = &self.inner;
+        let open = inner.transaction.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let (primary, wrote_before) = match open {
+            Some(open) => (open.primary, open.wrote),
+            None => match inner.file.primary.clone().try_lock_owned() {
+                Ok(primary) => (primary, false),
+                Err(_) if !needs_primary(&statement) => return inner.file.read_aside(&statement, parameters),
+                Err(_) => {
+                    let queue = inner.file.primary.clone().lock_owned();
+                    let primary = tokio::time::timeout(BUSY_TIMEOUT, queue)
+                        .await
+                        .map_err(|_| Error::Io("database is locked (another writer held it too long)".into()))?;
+                    (primary, false)
+                }
+            },
         };
-        // The statement runs on this thread: with WAL readers never wait, and a writer
-        // of this process holds its turn (above) so SQLite's lock is free; a statement
-        // takes microseconds, less than handing it to a blocking thread and back costs.
-        // Only a writer of another process sharing the file can make it wait (SQLite's
-        // busy timeout).
-        let (result, autocommit, changed) = {
-            let mut slot = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.is_none() {
-                *slot = Some(inner.file.checkout().map_err(|e| Error::Io(format!("{e:#}")))?);
-            }
-            let conn = slot.as_ref().expect("connection checked out above");
-            let changes_before = conn.total_changes();
-            let result = run_statement(conn, &statement, parameters).map_err(to_error);
-            (result, conn.is_autocommit(), conn.total_changes() != changes_before)
-        };
-        let mut writing = inner.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        if autocommit {
-            // A COMMIT, or a write outside a transaction, has just landed.
-            let wrote = writing.is_some() || turn.is_some() || changed;
-            *writing = None;
-            drop(writing);
+        let changes_before = primary.total_changes();
+        let result = run_statement(&primary, &statement, parameters).map_err(to_error);
+        let wrote = wrote_before
+            || primary.total_changes() != changes_before
+            || result.as_ref().is_ok_and(|executed| executed.write.is_some());
+        if primary.is_autocommit() {
+            // A COMMIT, or a statement outside a transaction, has ended.
+            drop(primary);
             if wrote && result.is_ok() {
                 inner.file.committed(&inner.component);
             }
-        } else if turn.is_some() {
-            *writing = turn;
+        } else {
+            *inner.transaction.lock().unwrap_or_else(PoisonError::into_inner) = Some(InTransaction { primary, wrote });
         }
         result
     }
@@ -713,18 +737,16 @@ mod tests {
         first.execute("INSERT INTO t VALUES (1)".into(), vec![]).await.unwrap();
         drop(first); // a guest that trapped mid-transaction
         let next = db.session("test".into());
-        // The same pooled connection: a BEGIN would fail if the old transaction lived on.
+        // The same primary connection: a BEGIN would fail if the old transaction lived on.
         next.execute("BEGIN IMMEDIATE".into(), vec![]).await.unwrap();
         let count = next.execute("SELECT COUNT(*) FROM t".into(), vec![]).await.unwrap();
         assert_eq!(count_of(&count), 0, "the abandoned insert was rolled back");
-        next.execute("COMMIT".into(), vec![]).await.unwrap();
-        assert_eq!(
-            db.file.idle.lock().unwrap().len(),
-            0,
-            "`next` still holds the connection"
+        assert!(
+            db.file.primary.try_lock().is_err(),
+            "`next` holds the primary connection"
         );
-        drop(next);
-        assert_eq!(db.file.idle.lock().unwrap().len(), 1, "one connection, reused");
+        next.execute("COMMIT".into(), vec![]).await.unwrap();
+        assert!(db.file.primary.try_lock().is_ok(), "given back at the commit");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -767,35 +789,30 @@ mod tests {
         let n = check.execute("SELECT n FROM counter".into(), vec![]).await.unwrap();
         assert_eq!(count_of(&n), 32);
         assert!(
-            db.file.writer.try_lock().is_ok(),
-            "the writer's turn is free once everyone committed"
+            db.file.primary.try_lock().is_ok(),
+            "the primary connection is free once everyone committed"
         );
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
-    fn statements_that_may_write() {
+    fn statements_that_need_the_primary_connection() {
         for write in [
             "INSERT INTO t VALUES (1)",
             "  update t set v = 1",
             "BEGIN IMMEDIATE",
             "begin exclusive transaction",
+            "BEGIN",
+            "BEGIN DEFERRED",
+            "SAVEPOINT a",
             "CREATE TABLE IF NOT EXISTS t (v)",
             "DELETE FROM t",
             "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
         ] {
-            assert!(may_write(write), "{write}");
+            assert!(needs_primary(write), "{write}");
         }
-        for read in [
-            "SELECT 1",
-            "BEGIN",
-            "BEGIN DEFERRED",
-            "COMMIT",
-            "ROLLBACK",
-            "PRAGMA user_version",
-            "",
-        ] {
-            assert!(!may_write(read), "{read}");
+        for read in ["SELECT 1", "COMMIT", "ROLLBACK", "PRAGMA user_version", ""] {
+            assert!(!needs_primary(read), "{read}");
         }
     }
 
