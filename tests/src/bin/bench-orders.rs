@@ -4,13 +4,24 @@
 //! percentiles, for the embedded defaults and for Kafka + PostgreSQL + Redis side by
 //! side, with the ratio between them.
 //!
+//! The external run also measures the broker's own ceiling in the same run: as many
+//! closed-loop chains as customers, each of [`HOPS`] produce→consume hops (an order's
+//! critical path), through the same client settings, with no component at all.
+//!
 //! Usage: `cargo run --release -p shop-tests --bin bench-orders [-- ORDERS [CONCURRENCY [embedded|external|both]]]`
 //! (build the components first, as `scripts/test` does; the external run needs the
 //! services `scripts/test` starts).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shop_broker::{Broker, ConsumerEvent, OutgoingMessage};
 use shop_tests::full_shop::{Backend, FullShop};
+
+/// Hops on an order's critical path, placement to CONFIRMED: reserve requested →
+/// reserved → authorize requested → authorized → capture requested → captured (with
+/// commit requested → committed beside it) → the order confirmed as the last is read.
+const HOPS: u32 = 7;
 
 struct Run {
     backend: Backend,
@@ -19,6 +30,84 @@ struct Run {
     elapsed: Duration,
     placement: Vec<Duration>,
     to_confirmed: Vec<Duration>,
+    /// Chains per second the broker alone carries (external runs).
+    broker_ceiling: Option<f64>,
+}
+
+/// Closed-loop chains of [`HOPS`] hops on one fresh topic: `chains` run at once until
+/// `total` have finished; each hop is a record consumed by one group, its offset
+/// committed, and the next hop published. Returns chains per second.
+async fn broker_ceiling(broker: Arc<dyn Broker>, chains: usize, total: usize) -> f64 {
+    let topic = format!("bench-ceiling-{}-{}", std::process::id(), shop_tests::free_port());
+    broker.ensure_topic(&topic, 3).await.expect("create the ceiling topic");
+    let consumer = broker
+        .consumer(&format!("{topic}-hops"), std::slice::from_ref(&topic))
+        .await
+        .expect("join the ceiling group");
+    let producer = broker.producer();
+    let send = {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        move |chain: usize, hop: u32| {
+            let (producer, topic) = (producer.clone(), topic.clone());
+            async move {
+                producer
+                    .publish(OutgoingMessage {
+                        topic,
+                        key: Some(format!("chain-{chain}").into_bytes()),
+                        payload: format!("{chain} {hop}").into_bytes(),
+                        headers: vec![],
+                    })
+                    .await
+                    .expect("publish a hop");
+            }
+        }
+    };
+    let (finished, mut finishes) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let hops = tokio::spawn({
+        let (consumer, send) = (consumer.clone(), send.clone());
+        async move {
+            while let Ok(event) = consumer.next_event().await {
+                let message = match event {
+                    ConsumerEvent::Message(message) => message,
+                    ConsumerEvent::Revoked { done, .. } => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
+                let text = String::from_utf8(message.payload.clone()).unwrap();
+                let (chain, hop) = text.split_once(' ').unwrap();
+                let (chain, hop): (usize, u32) = (chain.parse().unwrap(), hop.parse().unwrap());
+                let (consumer, send, finished) = (consumer.clone(), send.clone(), finished.clone());
+                // Partitions progress side by side, as the shop's workers do.
+                tokio::spawn(async move {
+                    let _ = consumer.commit(&message.topic_partition(), message.offset + 1).await;
+                    if hop + 1 < HOPS {
+                        send(chain, hop + 1).await;
+                    } else {
+                        let _ = finished.send(chain);
+                    }
+                });
+            }
+        }
+    });
+    // One chain first, so the group's assignment is not timed.
+    send(usize::MAX, 0).await;
+    assert_eq!(finishes.recv().await, Some(usize::MAX));
+    let started = Instant::now();
+    let mut next = chains.min(total);
+    for chain in 0..next {
+        send(chain, 0).await;
+    }
+    for _ in 0..total {
+        let chain = finishes.recv().await.expect("the hop task ended");
+        if next < total {
+            next += 1;
+            send(chain, 0).await;
+        }
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    hops.abort();
+    rate
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -72,6 +161,10 @@ fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
     let mut to_confirmed: Vec<Duration> = results.iter().filter(|r| r.2).map(|r| r.1).collect();
     placement.sort();
     to_confirmed.sort();
+    let broker_ceiling = (backend == Backend::External).then(|| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async { broker_ceiling(shop.broker(), concurrency, orders).await })
+    });
     Run {
         backend,
         orders: results.len(),
@@ -79,6 +172,7 @@ fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
         elapsed,
         placement,
         to_confirmed,
+        broker_ceiling,
     }
 }
 
@@ -112,8 +206,20 @@ fn main() {
         );
     }
     for r in &runs {
+        if let Some(ceiling) = r.broker_ceiling {
+            println!(
+                "broker ceiling: {ceiling:.1} chains/s of {HOPS} hops with {concurrency} at once; the shop reached {:.0}% of it",
+                100.0 * r.orders as f64 / r.elapsed.as_secs_f64() / ceiling
+            );
+        }
+    }
+    for r in &runs {
+        let ceiling = r
+            .broker_ceiling
+            .map(|c| format!(" broker_ceiling_per_s={c:.1}"))
+            .unwrap_or_default();
         println!(
-            "RESULT backend={} clients={concurrency} orders_per_s={:.1} p50_ms={:.0} p99_ms={:.0}",
+            "RESULT backend={} clients={concurrency} orders_per_s={:.1} p50_ms={:.0} p99_ms={:.0}{ceiling}",
             match r.backend {
                 Backend::Embedded => "embedded",
                 Backend::External => "external",
