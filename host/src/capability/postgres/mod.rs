@@ -170,14 +170,23 @@ async fn checkout(pool: Pool) -> Result<Object, Error> {
     })
 }
 
+/// Prepared statements kept per pooled connection; past this the cache starts over, so
+/// a guest sending ever new SQL text cannot grow it (here or on the server) unbounded.
+const STATEMENT_CACHE: usize = 256;
+
+/// `statement` prepared on `client`, once per pooled connection: preparing is a round
+/// trip of its own, and a service runs the same few statements over and over.
+async fn prepare(client: &Object, statement: &str) -> Result<tokio_postgres::Statement, Error> {
+    if client.statement_cache.size() >= STATEMENT_CACHE {
+        client.statement_cache.clear();
+    }
+    client.prepare_cached(statement).await.map_err(query_error)
+}
+
 /// Runs a query on a pooled client.
-async fn run_query(
-    client: &tokio_postgres::Client,
-    statement: &str,
-    params: Vec<ParameterValue>,
-) -> Result<RowSet, Error> {
+async fn run_query(client: &Object, statement: &str, params: Vec<ParameterValue>) -> Result<RowSet, Error> {
     let params = bind(params)?;
-    let prepared = client.prepare(statement).await.map_err(query_error)?;
+    let prepared = prepare(client, statement).await?;
     let rows = client.query(&prepared, &refs(&params)).await.map_err(query_error)?;
     let columns: Vec<Column> = prepared
         .columns()
@@ -201,13 +210,10 @@ async fn run_query(
     Ok(RowSet { columns, rows })
 }
 
-async fn run_execute(
-    client: &tokio_postgres::Client,
-    statement: &str,
-    params: Vec<ParameterValue>,
-) -> Result<u64, Error> {
+async fn run_execute(client: &Object, statement: &str, params: Vec<ParameterValue>) -> Result<u64, Error> {
     let params = bind(params)?;
-    client.execute(statement, &refs(&params)).await.map_err(query_error)
+    let prepared = prepare(client, statement).await?;
+    client.execute(&prepared, &refs(&params)).await.map_err(query_error)
 }
 
 impl postgres::Host for HostState {}
