@@ -44,11 +44,19 @@ impl ApiError {
         Self::new(405, "method_not_allowed", format!("allowed: {allowed}"))
     }
 
-    /// Parses a JSON body strictly (the types deny unknown fields), as a 400 naming the
-    /// problem.
+    /// Parses a JSON object body strictly (the types deny unknown fields), as a 400
+    /// naming the problem. Anything but an object is refused: serde would also fill a
+    /// struct from an array of its fields.
     pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Self> {
-        serde_json::from_slice(body)
-            .map_err(|e| Self::bad_request("invalid_json", format!("invalid request body: {e}")))
+        let invalid = |e: serde_json::Error| Self::bad_request("invalid_json", format!("invalid request body: {e}"));
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(invalid)?;
+        if !value.is_object() {
+            return Err(Self::bad_request(
+                "invalid_json",
+                "invalid request body: expected a JSON object",
+            ));
+        }
+        serde_json::from_value(value).map_err(invalid)
     }
 
     pub fn body(&self) -> Vec<u8> {
@@ -97,5 +105,40 @@ impl Response {
     /// The body as JSON (for tests).
     pub fn json_body(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Pair {
+        a: Option<i64>,
+        b: Option<i64>,
+    }
+
+    #[test]
+    fn only_a_json_object_fills_a_struct() {
+        let pair = ApiError::parse::<Pair>(br#"{"a": 1}"#).unwrap();
+        assert_eq!((pair.a, pair.b), (Some(1), None));
+        for body in [
+            &b"[null, null]"[..],
+            b"[1, 2]",
+            b"null",
+            b"7",
+            b"\"a\"",
+            b"{",
+            b"{\"c\": 1}",
+        ] {
+            let refused = ApiError::parse::<Pair>(body).unwrap_err();
+            assert_eq!(
+                (refused.status, refused.code),
+                (400, "invalid_json"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 pub mod api;
 mod envelope;
 mod event;
+pub mod ids;
 pub mod inbox;
 pub mod outbox;
 pub mod sql;

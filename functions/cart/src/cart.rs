@@ -77,6 +77,19 @@ fn object(body: &[u8], fields: &[&str]) -> Result<serde_json::Map<String, Value>
     Ok(map)
 }
 
+/// `id` if it can name a product: it goes into the catalog's URL as a path segment.
+fn record_id(id: &str) -> Result<&str, Refusal> {
+    if shop_domain::ids::is_record_id(id) {
+        Ok(id)
+    } else {
+        Err(refuse(
+            400,
+            "validation_failed",
+            "`product_id` must be 1 to 64 letters, digits or dashes",
+        ))
+    }
+}
+
 /// Reads the change a request asks for from its method, path and body.
 pub fn change(method: &str, path: &str, body: &[u8]) -> Result<Option<Change>, Refusal> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -88,8 +101,8 @@ pub fn change(method: &str, path: &str, body: &[u8]) -> Result<Option<Change>, R
             let product_id = map
                 .get("product_id")
                 .and_then(Value::as_str)
-                .filter(|id| !id.is_empty() && id.len() <= 64)
                 .ok_or_else(|| refuse(400, "validation_failed", "`product_id` is required"))?;
+            let product_id = record_id(product_id)?;
             let quantity = quantity_of(map.get("quantity").unwrap_or(&json!(null)))?;
             Ok(Some(Change::Add {
                 product_id: product_id.to_string(),
@@ -97,15 +110,16 @@ pub fn change(method: &str, path: &str, body: &[u8]) -> Result<Option<Change>, R
             }))
         }
         ("PATCH", ["cart", "items", id]) => {
+            let product_id = record_id(id)?;
             let map = object(body, &["quantity"])?;
             let quantity = quantity_of(map.get("quantity").unwrap_or(&json!(null)))?;
             Ok(Some(Change::SetQuantity {
-                product_id: id.to_string(),
+                product_id: product_id.to_string(),
                 quantity,
             }))
         }
         ("DELETE", ["cart", "items", id]) => Ok(Some(Change::Remove {
-            product_id: id.to_string(),
+            product_id: record_id(id)?.to_string(),
         })),
         (_, ["cart"]) => Err(refuse(405, "method_not_allowed", "allowed: GET, DELETE")),
         (_, ["cart", "items"]) => Err(refuse(405, "method_not_allowed", "allowed: POST")),
@@ -244,6 +258,15 @@ mod tests {
                 400,
             ),
             ("POST", "/cart/items", b"{", 400),
+            // Ids that would change the catalog URL they are put into.
+            ("POST", "/cart/items", br#"{"product_id":"?q=mug","quantity":1}"#, 400),
+            ("POST", "/cart/items", br#"{"product_id":"p1?x=1","quantity":1}"#, 400),
+            ("POST", "/cart/items", br#"{"product_id":"p1#top","quantity":1}"#, 400),
+            ("POST", "/cart/items", br#"{"product_id":"a b","quantity":1}"#, 400),
+            ("POST", "/cart/items", br#"{"product_id":"<p>","quantity":1}"#, 400),
+            ("POST", "/cart/items", br#"{"product_id":"p\u0007","quantity":1}"#, 400),
+            ("PATCH", "/cart/items/p1%3Fx=1", br#"{"quantity":1}"#, 400),
+            ("DELETE", "/cart/items/%3Cp%3E", b"", 400),
             ("PUT", "/cart", b"", 405),
             ("GET", "/carts", b"", 404),
         ] {

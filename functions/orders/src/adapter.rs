@@ -52,7 +52,7 @@ fn call(method: Method, url: String, user: Option<&str>) -> Result<Response, Api
 
 impl Upstream for Services {
     fn product(&self, id: &str) -> Result<Option<Product>, ApiError> {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if !shop_domain::ids::is_record_id(id) {
             return Ok(None);
         }
         let response = call(

@@ -42,6 +42,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> 
     }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| refuse(400, "invalid_json", format!("invalid JSON: {e}")))?;
+    // serde would also fill a struct from an array of its fields (`[null, null]`).
+    if !value.is_object() {
+        return Err(refuse(400, "validation_failed", "expected a JSON object"));
+    }
     serde_json::from_value(value).map_err(|e| refuse(400, "validation_failed", e.to_string()))
 }
 

@@ -153,7 +153,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             if user.is_none()
                 && let Some((admin_email, admin_password)) = settings.admin
                 && admin_email.eq_ignore_ascii_case(&email)
-                && admin_password == input.password
+                && crate::secrets::same_secret(input.password.as_bytes(), admin_password.as_bytes())
             {
                 let admin = register_user(
                     db,
@@ -515,6 +515,14 @@ mod tests {
             call(&db, "PATCH", "/users/me", json!({ "role": "admin" }), Some(id)).0,
             400
         );
+        for not_an_object in [json!([null, null]), json!(["Eve", "+1"]), json!("x"), json!(7)] {
+            let (status, answer) = call(&db, "PATCH", "/users/me", not_an_object.clone(), Some(id));
+            assert_eq!(
+                (status, answer["error"]["code"].as_str()),
+                (400, Some("validation_failed")),
+                "{not_an_object}"
+            );
+        }
 
         let events = shop_domain::outbox::read_all(&db).unwrap();
         assert!(matches!(&events[..], [shop_domain::ShopEvent::UserRegistered(e)] if e.user_id == id));
