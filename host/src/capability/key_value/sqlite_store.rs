@@ -30,19 +30,16 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `f` on a blocking thread so a slow disk never stalls the async runtime.
+    /// Runs `f` on this thread: an operation is one indexed statement on a file in WAL
+    /// mode without an fsync per commit, microseconds, less than a hand-off to a
+    /// blocking thread and back costs. (Only another process writing the same file can
+    /// make it wait, in SQLite's busy handler.)
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, &str) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, String> {
-        let conn = self.conn.clone();
-        let label = self.label.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
-            f(&conn, &label).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        let conn = self.conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
+        f(&conn, &self.label).map_err(|e| e.to_string())
     }
 
     async fn with_conn_checked<T: Send + 'static>(
@@ -58,18 +55,12 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &str) -> Result<T, String> + Send + 'static,
     ) -> Result<T, String> {
-        let conn = self.conn.clone();
-        let label = self.label.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
-            let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)
-                .map_err(|e| e.to_string())?;
-            let value = f(&tx, &label)?;
-            tx.commit().map_err(|e| e.to_string())?;
-            Ok(value)
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        let conn = self.conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
+        let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
+        let value = f(&tx, &self.label)?;
+        tx.commit().map_err(|e| e.to_string())?;
+        Ok(value)
     }
 
     pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, String> {
@@ -83,22 +74,17 @@ impl SqliteStore {
 
     pub async fn delete(&self, key: String) -> Result<(), String> {
         self.with_conn(move |c, store| {
-            c.execute(
-                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                params![store, key],
-            )
-            .map(drop)
+            c.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+                .execute(params![store, key])
+                .map(drop)
         })
         .await
     }
 
     pub async fn exists(&self, key: String) -> Result<bool, String> {
         self.with_conn(move |c, store| {
-            c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
-                params![store, key],
-                |row| row.get(0),
-            )
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)")?
+                .query_row(params![store, key], |row| row.get(0))
         })
         .await
     }
@@ -144,21 +130,17 @@ impl SqliteStore {
 }
 
 fn read(c: &Connection, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-    c.query_row(
-        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-        params![store, key],
-        |row| row.get(0),
-    )
-    .optional()
-    .map_err(|e| e.to_string())
+    c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")
+        .and_then(|mut statement| statement.query_row(params![store, key], |row| row.get(0)).optional())
+        .map_err(|e| e.to_string())
 }
 
 fn write(c: &Connection, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-        params![store, key, value],
     )
+    .and_then(|mut statement| statement.execute(params![store, key, value]))
     .map(drop)
     .map_err(|e| e.to_string())
 }
