@@ -88,7 +88,14 @@ impl SpinPostgres {
             .0
             .query(&Dialect::Postgres.placeholders(statement), &params)
             .map_err(|e| match e {
-                PgError::QueryFailed(QueryError::DbError(db)) if db.code == "23505" => SqlError::Conflict(db.message),
+                // A unique violation; and, from two sessions running the same
+                // `CREATE … IF NOT EXISTS` at once, the loser's duplicate table (42P07)
+                // or object (42710): someone else got there first.
+                PgError::QueryFailed(QueryError::DbError(db))
+                    if matches!(db.code.as_str(), "23505" | "42P07" | "42710") =>
+                {
+                    SqlError::Conflict(db.message)
+                }
                 other => SqlError::Other(format!("{other:?}")),
             })?
             .rows;

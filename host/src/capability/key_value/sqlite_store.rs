@@ -38,7 +38,10 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &str) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, String> {
-        let conn = self.conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| "key-value connection poisoned".to_string())?;
         f(&conn, &self.label).map_err(|e| e.to_string())
     }
 
@@ -55,7 +58,10 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, &str) -> Result<T, String> + Send + 'static,
     ) -> Result<T, String> {
-        let conn = self.conn.lock().map_err(|_| "key-value connection poisoned".to_string())?;
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| "key-value connection poisoned".to_string())?;
         let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| e.to_string())?;
         let value = f(&tx, &self.label)?;
