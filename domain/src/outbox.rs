@@ -55,6 +55,9 @@ pub struct OutboxRow {
     pub created_at: String,
 }
 
+/// The columns [`row_from`] reads, in its order.
+const SELECT_ROWS: &str = "SELECT seq, event_id, topic, event_key, event_type, payload, created_at FROM outbox";
+
 fn row_from(values: &[SqlValue]) -> Result<OutboxRow, String> {
     let text = |i: usize, column: &str| {
         values
@@ -87,11 +90,7 @@ pub fn pending(db: &impl Sql, limit: i64) -> Result<Vec<OutboxRow>, String> {
     // The service creates its outbox with its own tables on first use.
     migrate(db, &[SCHEMA]).map_err(|e| e.to_string())?;
     let rows = db
-        .execute(
-            "SELECT seq, event_id, topic, event_key, event_type, payload, created_at FROM outbox \
-             ORDER BY seq LIMIT ?",
-            &[limit.into()],
-        )
+        .execute(&format!("{SELECT_ROWS} ORDER BY seq LIMIT ?"), &[limit.into()])
         .map_err(|e| e.to_string())?;
     rows.iter().map(|r| row_from(r)).collect()
 }
@@ -136,10 +135,7 @@ pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) 
     let ids: Vec<SqlValue> = ids.into_iter().map(SqlValue::from).collect();
     let rows = db
         .execute(
-            &format!(
-                "SELECT seq, event_id, topic, event_key, event_type, payload, created_at FROM outbox \
-                 WHERE event_id IN ({placeholders}) ORDER BY seq"
-            ),
+            &format!("{SELECT_ROWS} WHERE event_id IN ({placeholders}) ORDER BY seq"),
             &ids,
         )
         .map_err(|e| e.to_string())?;
@@ -189,6 +185,19 @@ mod tests {
         sent: RefCell<Vec<(String, String, Headers)>>,
     }
 
+    impl Flaky {
+        fn accepting(accept: usize) -> Self {
+            Flaky {
+                accept,
+                sent: RefCell::default(),
+            }
+        }
+
+        fn keys(&self) -> Vec<String> {
+            self.sent.borrow().iter().map(|(_, k, _)| k.clone()).collect()
+        }
+    }
+
     impl Publisher for Flaky {
         fn publish(&self, topic: &str, key: &str, _: &[u8], headers: Vec<(String, String)>) -> Result<(), String> {
             if self.sent.borrow().len() >= self.accept {
@@ -215,10 +224,7 @@ mod tests {
     #[test]
     fn rows_are_published_in_order_and_a_failure_resumes_where_it_stopped() {
         let outbox = outbox(5);
-        let flaky = Flaky {
-            accept: 3,
-            sent: RefCell::default(),
-        };
+        let flaky = Flaky::accepting(3);
         assert_eq!(relay(&outbox, &flaky, "/products"), Ok(3));
         assert_eq!(
             pending(&outbox, 10).unwrap().len(),
@@ -227,13 +233,9 @@ mod tests {
         );
         let err = relay(&outbox, &flaky, "/products").unwrap_err();
         assert!(err.contains("seq 4") && err.contains("unavailable"), "{err}");
-        let healthy = Flaky {
-            accept: 10,
-            sent: RefCell::default(),
-        };
+        let healthy = Flaky::accepting(10);
         assert_eq!(relay(&outbox, &healthy, "/products"), Ok(2));
-        let keys: Vec<String> = healthy.sent.borrow().iter().map(|(_, k, _)| k.clone()).collect();
-        assert_eq!(keys, ["p4", "p5"], "exactly the rest, in order");
+        assert_eq!(healthy.keys(), ["p4", "p5"], "exactly the rest, in order");
         assert_eq!(relay(&outbox, &healthy, "/products"), Ok(0));
 
         let headers = &healthy.sent.borrow()[0].2;
@@ -256,20 +258,13 @@ mod tests {
         record(&second, "e2".into(), at(), &deleted("p2")).unwrap();
         record(&first, "e3".into(), at(), &deleted("p3")).unwrap();
 
-        let sent = Flaky {
-            accept: 10,
-            sent: RefCell::default(),
-        };
+        let sent = Flaky::accepting(10);
         assert_eq!(publish_written(&first, &sent, "/products"), Ok(2));
-        let keys: Vec<String> = sent.sent.borrow().iter().map(|(_, k, _)| k.clone()).collect();
-        assert_eq!(keys, ["p1", "p3"], "its own, in order");
+        assert_eq!(sent.keys(), ["p1", "p3"], "its own, in order");
         assert_eq!(publish_written(&first, &sent, "/products"), Ok(0), "nothing twice");
 
         // The second instance's publish fails: its row stays for the relay.
-        let down = Flaky {
-            accept: 0,
-            sent: RefCell::default(),
-        };
+        let down = Flaky::accepting(0);
         assert!(publish_written(&second, &down, "/products").is_err());
         let left: Vec<String> = pending(&first, 10).unwrap().into_iter().map(|r| r.key).collect();
         assert_eq!(left, ["p2"]);

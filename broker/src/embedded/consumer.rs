@@ -228,7 +228,7 @@ impl EmbeddedConsumer {
         if plan.is_empty() {
             return Ok(false);
         }
-        let fetched = self.shared.store.read_now(move |conn| {
+        let fetched = self.shared.store.with_conn(move |conn| {
             plan.into_iter()
                 .map(|fetch| {
                     let messages = store::read(conn, &fetch.tp, fetch.from, FETCH_BATCH)?;

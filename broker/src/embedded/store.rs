@@ -3,7 +3,7 @@
 //!
 //! Writes go to the writer thread ([`Store::write`]), which runs whatever is queued in
 //! one `BEGIN IMMEDIATE` transaction, each operation in its own savepoint. Reads run on
-//! the caller's thread ([`Store::read_now`]). Several processes may open the same file:
+//! the caller's thread ([`Store::with_conn`]). Several processes may open the same file:
 //! WAL mode lets readers run beside the one writer, and the immediate transaction takes
 //! the write lock up front, so two writers never both read the same "next offset" or
 //! both claim the same partition.
@@ -130,25 +130,16 @@ impl Store {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job = Box::new(Write {
-            work: f,
-            reply,
-            path: self.path.clone(),
-        });
+        let job = Box::new(Write { work: f, reply });
         let stopped =
             || BrokerError::Unavailable(format!("embedded event log {}: writer stopped", self.path.display()));
         self.writes.send(job).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Runs `f` on a pooled reader connection on the calling thread: reads in WAL mode
-    /// never wait for writers, so they take microseconds and need no thread hop.
-    pub fn read_now<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> Result<T, BrokerError> {
-        self.with_conn(f)
-    }
-
-    /// Runs `f` on a pooled connection on the calling thread.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> Result<T, BrokerError> {
+    /// Runs `f` on a pooled connection on the calling thread (reads: in WAL mode they
+    /// never wait for writers, so they take microseconds and need no thread hop).
+    pub fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> StoreResult<T>) -> Result<T, BrokerError> {
         let mut conn = match self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
             Some(conn) => conn,
             None => self.connect().map_err(|e| self.error(e))?,
@@ -197,7 +188,7 @@ fn describe(path: &Path, e: StoreError) -> BrokerError {
 /// One queued write: runs inside the batch's transaction, then hears how it ended.
 trait WriteJob: Send {
     /// Runs the work in its own savepoint; the returned job answers the caller.
-    fn run(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn WriteDone>;
+    fn run(self: Box<Self>, tx: &mut Transaction<'_>, path: &Path) -> Box<dyn WriteDone>;
     /// The batch's transaction could not even start.
     fn fail(self: Box<Self>, error: BrokerError);
 }
@@ -209,7 +200,6 @@ trait WriteDone: Send {
 struct Write<F, T> {
     work: F,
     reply: oneshot::Sender<Result<T, BrokerError>>,
-    path: PathBuf,
 }
 
 struct Written<T> {
@@ -222,15 +212,15 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
 {
-    fn run(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn WriteDone> {
-        let Write { work, reply, path } = *self;
+    fn run(self: Box<Self>, tx: &mut Transaction<'_>, path: &Path) -> Box<dyn WriteDone> {
+        let Write { work, reply } = *self;
         let outcome = (|| {
             let savepoint = tx.savepoint()?;
             let value = work(&savepoint)?;
             savepoint.commit()?;
             Ok(value)
         })()
-        .map_err(|e| describe(&path, e));
+        .map_err(|e| describe(path, e));
         Box::new(Written { outcome, reply })
     }
 
@@ -268,7 +258,7 @@ fn write_batches(mut conn: Connection, path: &Path, queue: &mpsc::Receiver<Box<d
                 continue;
             }
         };
-        let done: Vec<Box<dyn WriteDone>> = batch.into_iter().map(|job| job.run(&mut tx)).collect();
+        let done: Vec<Box<dyn WriteDone>> = batch.into_iter().map(|job| job.run(&mut tx, path)).collect();
         let committed = tx.commit().map_err(|e| describe(path, StoreError::Sql(e)));
         for job in done {
             job.finish(committed.clone());

@@ -156,7 +156,7 @@ async fn committed(broker: &EmbeddedBroker, group: &str, tp: &TopicPartition) ->
     broker
         .inner
         .store
-        .read_now(move |conn| store::committed(conn, &group, &tp))
+        .with_conn(move |conn| store::committed(conn, &group, &tp))
         .unwrap()
 }
 

@@ -12,9 +12,7 @@ impl SpinSqlite {
             .map(Self)
             .map_err(|e| format!("database `{label}`: {e:?}"))
     }
-}
 
-impl SpinSqlite {
     pub fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
         let params: Vec<Value> = params
             .iter()
