@@ -148,7 +148,6 @@ mod tests {
         let payment_command = PaymentCommand {
             order_id: "o-1".into(),
             amount: money.clone(),
-            payment_token: Some("tok_ok".into()),
             user_id: Some("u-1".into()),
         };
         let payment = PaymentResult {
@@ -174,7 +173,6 @@ mod tests {
                 user_id: None,
                 channel: "email".into(),
                 destination: "a@example.com".into(),
-                code: "123456".into(),
                 expires_at: "2026-11-22T00:05:00Z".into(),
             }),
             ShopEvent::ProductCreated(ProductChanged {
@@ -189,7 +187,6 @@ mod tests {
                 user_id: "u-1".into(),
                 lines,
                 total: money,
-                payment_token: "tok_ok".into(),
             }),
             ShopEvent::OrderCancelRequested(OrderCancelRequested {
                 order_id: "o-1".into(),

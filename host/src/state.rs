@@ -123,6 +123,7 @@ impl HostState {
                 open_count: 0,
             },
             postgres: PostgresAccess {
+                component: component.id.clone(),
                 allowed: component.allowed_hosts.clone(),
                 backends: component.backends.clone(),
             },

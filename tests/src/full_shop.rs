@@ -2,7 +2,7 @@
 //! on Kafka + PostgreSQL + Redis, and a small client for its API: for the end-to-end
 //! order tests and the load script.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -196,6 +196,11 @@ impl FullShop {
                 std::sync::Arc::new(Namespaced::new(kafka, &self.topic_prefix).unwrap())
             }
         }
+    }
+
+    /// The host's data directory (embedded databases and the event log).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// What the host wrote to stderr (for failure messages).

@@ -396,3 +396,18 @@ pub fn recording_api() -> (String, Arc<Mutex<Vec<String>>>) {
     });
     (url, received)
 }
+
+/// The login code in the last mail a [`recording_api`] received (its `text`, as the
+/// notifications service sends it), and to whom it went.
+pub fn last_login_code(mails: &Mutex<Vec<String>>) -> (String, String) {
+    let last = mails.lock().unwrap().last().cloned().expect("a mail with a login code");
+    let mail: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let code = mail["text"]
+        .as_str()
+        .unwrap_or_default()
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|word| word.len() == 6)
+        .unwrap_or_else(|| panic!("no 6-digit code in {last}"))
+        .to_string();
+    (code, mail["to"].as_str().unwrap_or_default().to_string())
+}

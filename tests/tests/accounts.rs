@@ -18,34 +18,55 @@ enum Storage {
 }
 
 impl Storage {
-    /// Manifest lines giving a component its database.
-    fn component_config(&self, label: &str) -> String {
+    /// Manifest lines giving a component its database, and the `hosts` it reaches.
+    fn component_config(&self, label: &str, hosts: &[&str]) -> String {
+        let hosts = |extra: Option<&str>| {
+            let all: Vec<String> = extra
+                .into_iter()
+                .chain(hosts.iter().copied())
+                .map(|h| format!("{h:?}"))
+                .collect();
+            format!("allowed_outbound_hosts = [{}]\n", all.join(", "))
+        };
         match self {
-            Storage::Sqlite => format!("sqlite_databases = [\"{label}\"]\n"),
+            Storage::Sqlite => format!("sqlite_databases = [\"{label}\"]\n{}", hosts(None)),
             Storage::Postgres { products, users } => {
                 let url = if label == "products" { products } else { users };
                 format!(
-                    "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n\
-                     [component.{label}.variables]\ndatabase_url = \"{url}\"\n"
+                    "{}[component.{label}.variables]\ndatabase_url = \"{url}\"\n",
+                    hosts(Some("postgres://127.0.0.1:5432"))
                 )
             }
         }
     }
 }
 
-/// The app; `key_value` is extra runtime config (e.g. Redis for the `default` store).
-fn app(dir: &TempDir, key_value: &str, storage: &Storage) -> std::path::PathBuf {
+/// The app; `key_value` is extra runtime config (e.g. Redis for the `default` store);
+/// login codes are mailed to `mail_api`.
+fn app(dir: &TempDir, key_value: &str, storage: &Storage, mail_api: &str) -> std::path::PathBuf {
     std::fs::write(
         dir.path().join("runtime-config.toml"),
-        format!("[sqlite_database.products]\ntype = \"spin\"\n[sqlite_database.users]\ntype = \"spin\"\n{key_value}"),
+        format!(
+            "[sqlite_database.products]\ntype = \"spin\"\n[sqlite_database.users]\ntype = \"spin\"\n\
+             [sqlite_database.notifications]\ntype = \"spin\"\n{key_value}"
+        ),
     )
     .unwrap();
     dir.manifest(&format!(
-        "[variables]\nadmin_email = {{ default = \"\" }}\nadmin_password = {{ default = \"\", secret = true }}\n{}{}{}{}{}{}{}{}",
+        "[variables]\nadmin_email = {{ default = \"\" }}\nadmin_password = {{ default = \"\", secret = true }}\n{}{}{}{}{}{}{}{}{}{}",
         http_trigger("/...", "gateway"),
         private_trigger("products"),
         private_trigger("users"),
         private_trigger("cart"),
+        private_trigger("notifications"),
+        component(
+            "notifications",
+            "notifications-http",
+            &format!(
+                "sqlite_databases = [\"notifications\"]\nallowed_outbound_hosts = [\"{mail_api}\"]\n\
+                 [component.notifications.variables]\nmail_api_url = \"{mail_api}\""
+            ),
+        ),
         component(
             "cart",
             "cart",
@@ -61,7 +82,7 @@ fn app(dir: &TempDir, key_value: &str, storage: &Storage) -> std::path::PathBuf 
         component(
             "products",
             "products",
-            &format!("key_value_stores = [\"default\"]\n{}", storage.component_config("products"))
+            &format!("key_value_stores = [\"default\"]\n{}", storage.component_config("products", &[]))
         ),
         component(
             "users",
@@ -70,7 +91,7 @@ fn app(dir: &TempDir, key_value: &str, storage: &Storage) -> std::path::PathBuf 
                 "key_value_stores = [\"default\"]\n{}{}jwt_issuer = \"https://shop.test\"\n\
                  admin_email = \"{{{{ admin_email }}}}\"\nadmin_password = \"{{{{ admin_password }}}}\"\n\
                  service_clients = \"notifications={SERVICE_SECRET}\"",
-                storage.component_config("users"),
+                storage.component_config("users", &["http://notifications.spin.internal"]),
                 if matches!(storage, Storage::Sqlite) { "[component.users.variables]\n" } else { "" },
             )
         ),
@@ -157,8 +178,9 @@ fn the_shop_flow_on_postgres_and_redis() {
 
 fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     let dir = TempDir::new(label);
+    let (mail_api, mails) = recording_api();
     let shop = Shop::start_with(
-        &app(&dir, key_value, storage),
+        &app(&dir, key_value, storage, &mail_api),
         ShopOptions {
             data_dir: &dir.path().join("data"),
             args: vec![],
@@ -297,8 +319,8 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     );
     assert_eq!(c.call("POST", "/auth/refresh", None, Some(rotated_refresh)).0, 401);
 
-    // OTP login: the code travels in the user.otp_requested event (read here from the
-    // users service's outbox, as the notifications service would receive it).
+    // OTP login: the code reaches the customer's mailbox (the notifications service
+    // mails it), and is nowhere in the users service's outbox.
     let (status, _) = c.call(
         "POST",
         "/auth/otp/request",
@@ -316,6 +338,8 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
         .0,
         429
     );
+    let (code, to) = last_login_code(&mails);
+    assert_eq!(to, "ada@example.com");
     let query = "SELECT payload FROM outbox WHERE event_type = 'shop.user.otp_requested' ORDER BY seq DESC LIMIT 1";
     let payload: Vec<u8> = match storage {
         Storage::Sqlite => rusqlite::Connection::open(dir.path().join("data/sqlite_db_users.db"))
@@ -328,12 +352,17 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
         )
         .into_bytes(),
     };
-    let shop_domain::ShopEvent::OtpRequested(otp) =
+    let shop_domain::ShopEvent::OtpRequested(event) =
         shop_domain::ShopEvent::decode("shop.user.otp_requested", &payload).unwrap()
     else {
         panic!("not an otp event")
     };
-    let wrong = if otp.code == "000000" { "000001" } else { "000000" };
+    assert_eq!(event.destination, "ada@example.com");
+    assert!(
+        !String::from_utf8_lossy(&payload).contains(&code),
+        "the event carries the code"
+    );
+    let wrong = if code == "000000" { "000001" } else { "000000" };
     let (status, error) = c.call(
         "POST",
         "/auth/otp/verify",
@@ -345,7 +374,7 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
         "POST",
         "/auth/otp/verify",
         None,
-        Some(json!({ "email": "ada@example.com", "code": otp.code })),
+        Some(json!({ "email": "ada@example.com", "code": code })),
     );
     assert_eq!(status, 200, "{tokens}");
     let otp_token = tokens["access_token"].as_str().unwrap();

@@ -8,6 +8,34 @@ impl MemoryDb {
     pub fn new(connection: rusqlite::Connection) -> Self {
         Self(connection, Default::default())
     }
+
+    /// Every row of every table as text, for tests that look for what must not be
+    /// stored (a token, a code).
+    pub fn dump(&self) -> String {
+        let tables: Vec<String> = self
+            .0
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap();
+        let mut out = String::new();
+        for table in tables {
+            let mut stmt = self.0.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+            let columns = stmt.column_count();
+            let mut rows = stmt.query([]).unwrap();
+            while let Some(row) = rows.next().unwrap() {
+                out.push_str(&table);
+                for i in 0..columns {
+                    match row.get::<_, rusqlite::types::Value>(i).unwrap() {
+                        // Payloads are JSON in blobs: shown as the text they hold.
+                        rusqlite::types::Value::Blob(b) => out.push_str(&format!(" {}", String::from_utf8_lossy(&b))),
+                        value => out.push_str(&format!(" {value:?}")),
+                    }
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
 
 impl Default for MemoryDb {

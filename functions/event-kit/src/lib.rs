@@ -6,6 +6,9 @@
 //!   both, next to spin-sdk's `#[http_component]`.
 //! - [`received`]: a delivered message as its CloudEvents envelope and domain event.
 //! - [`Messaging`]: the outbox publisher over `wasi:messaging`.
+//!
+//! Only components run by the `shop` host use it: Spin has neither `wasi:messaging`
+//! nor these triggers. What HTTP components share is `guest-kit`.
 
 #![cfg(target_arch = "wasm32")]
 
@@ -105,49 +108,4 @@ pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) {
     if let Err(e) = published {
         eprintln!("{source}: outbox left for the relay: {e}");
     }
-}
-
-/// A new id for a record or an event (a random UUID).
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// A component variable, if set and not empty.
-pub fn variable(name: &str) -> Option<String> {
-    spin_sdk::variables::get(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// A numeric component variable, or `default` when unset; a value that is not a
-/// number is an error naming the variable.
-pub fn number_variable(name: &str, default: i64) -> Result<i64, String> {
-    match variable(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("variable `{name}` must be a whole number, not `{v}`")),
-    }
-}
-
-/// A header's value as text (empty when absent or not UTF-8).
-pub fn header<'a>(request: &'a spin_sdk::http::Request, name: &str) -> &'a str {
-    request.header(name).and_then(|v| v.as_str()).unwrap_or("")
-}
-
-/// A service's response as spin-sdk's.
-pub fn reply(response: shop_domain::api::Response) -> spin_sdk::http::Response {
-    let mut builder = spin_sdk::http::Response::builder();
-    builder.status(response.status);
-    for (name, value) in response.headers {
-        builder.header(name, value);
-    }
-    builder.body(response.body).build()
 }

@@ -4,10 +4,8 @@
 //! conditional UPDATE, and CHECK constraints hold the line in the database too.
 //!
 //! `stock` is the domain logic over the `Sql` trait (tested natively); `service` the
-//! HTTP API; `adapter` wires both to Spin, the Kafka trigger and the cron trigger.
+//! HTTP API. Its components: `inventory-http` (the admin API; Spin or the `shop`
+//! host runs it) and `inventory-events` (saga commands and expiry; the `shop` host).
 
 pub mod service;
 pub mod stock;
-
-#[cfg(target_arch = "wasm32")]
-mod adapter;

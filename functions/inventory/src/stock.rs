@@ -41,6 +41,23 @@ pub struct Context<'a> {
     pub reservation_ttl_secs: i64,
 }
 
+impl<'a> Context<'a> {
+    /// The context at `now`, the reservation TTL read with `number` (a component
+    /// variable by name, or the default given).
+    pub fn configured(
+        now: i64,
+        new_id: &'a dyn Fn() -> String,
+        number: impl Fn(&str, i64) -> Result<i64, String>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            now,
+            now_text: shop_domain::time::rfc3339(now),
+            new_id,
+            reservation_ttl_secs: number("reservation_ttl_secs", 15 * 60)?,
+        })
+    }
+}
+
 /// The saga command `event` carries for this service, if it is one (its topic also
 /// carries the results the orders service reads).
 pub fn command_of(event: &ShopEvent) -> Option<&InventoryCommand> {

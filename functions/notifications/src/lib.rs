@@ -5,10 +5,12 @@
 //!
 //! - `messages`: rendering (pure).
 //! - `records`: contacts and sent notifications in SQL, dedupe by event id.
-//! - `adapter`: Spin wiring and the channel adapters.
-
-pub mod messages;
-pub mod records;
+//! - `channels`: mail, SMS and the log, over spin-sdk (in the components only).
+//!
+//! Its components: `notifications-http` (`GET /notifications`; Spin or the `shop` host
+//! runs it) and `notifications-events` (the Kafka handler and channels; the `shop` host).
 
 #[cfg(target_arch = "wasm32")]
-mod adapter;
+pub mod channels;
+pub mod messages;
+pub mod records;

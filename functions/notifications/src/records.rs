@@ -8,7 +8,7 @@ use shop_domain::ShopEvent;
 use shop_domain::inbox;
 use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
 
-use crate::messages::{Address, Contact, Draft, render};
+use crate::messages::{Address, Contact, Draft, otp_message, render};
 
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS contacts (
@@ -50,7 +50,16 @@ pub enum Handled {
     Ignored,
 }
 
-impl<D: Sql> Records<'_, D> {
+impl<'a, D: Sql> Records<'a, D> {
+    /// The records in `db`, at `now` (seconds).
+    pub fn at(db: &'a D, now: i64, new_id: &'a dyn Fn() -> String) -> Self {
+        Self {
+            db,
+            now_text: shop_domain::time::rfc3339(now),
+            new_id,
+        }
+    }
+
     pub fn migrate(&self) -> Result<(), SqlError> {
         migrate(self.db, SCHEMA)
     }
@@ -120,27 +129,51 @@ impl<D: Sql> Records<'_, D> {
             if !inbox::first_time(self.db, event_id, &self.now_text)? {
                 return Ok(Handled::Duplicate);
             }
-            let destination = draft.to.as_ref().map(|a| match a {
-                Address::Email(e) | Address::Phone(e) => e.clone(),
-            });
-            self.db.execute(
-                "INSERT INTO notifications (id, event_id, user_id, template, channel, destination, subject, body, \
-                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                &[
-                    (self.new_id)().into(),
-                    event_id.into(),
-                    draft.user_id.clone().into(),
-                    draft.template.into(),
-                    channel.into(),
-                    destination.into(),
-                    draft.subject.clone().into(),
-                    draft.body.clone().into(),
-                    self.now_text.clone().into(),
-                ],
-            )?;
+            self.insert(&(self.new_id)(), event_id, &draft, channel)?;
             Ok(Handled::Sent(channel))
         })
         .map_err(sql)
+    }
+
+    /// Sends a login code handed over by the users service, and records the message
+    /// with the code masked.
+    pub fn deliver_otp(
+        &self,
+        delivery: &shop_domain::types::OtpDelivery,
+        channels: &impl Channels,
+    ) -> Result<&'static str, String> {
+        let (draft, recorded_body) = otp_message(delivery);
+        let channel = channels.send(&draft)?;
+        let recorded = Draft {
+            body: recorded_body,
+            ..draft
+        };
+        let id = (self.new_id)();
+        self.insert(&id, &format!("otp:{id}"), &recorded, channel)
+            .map_err(|e| e.to_string())?;
+        Ok(channel)
+    }
+
+    fn insert(&self, id: &str, event_id: &str, draft: &Draft, channel: &str) -> Result<(), SqlError> {
+        let destination = draft.to.as_ref().map(|a| match a {
+            Address::Email(e) | Address::Phone(e) => e.clone(),
+        });
+        self.db.execute(
+            "INSERT INTO notifications (id, event_id, user_id, template, channel, destination, subject, body, \
+             created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &[
+                id.into(),
+                event_id.into(),
+                draft.user_id.clone().into(),
+                draft.template.into(),
+                channel.into(),
+                destination.into(),
+                draft.subject.clone().into(),
+                draft.body.clone().into(),
+                self.now_text.clone().into(),
+            ],
+        )?;
+        Ok(())
     }
 
     /// A customer's notifications, newest first.
@@ -254,5 +287,40 @@ mod tests {
         let templates: Vec<&str> = listed.iter().map(|n| n.template.as_str()).collect();
         assert_eq!(templates, ["order_confirmed", "welcome"]);
         assert!(records.of_user("u-2", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_login_code_is_sent_and_recorded_masked() {
+        let db = MemoryDb::default();
+        let new_id = sequential_ids();
+        let records = Records::at(&db, 1_795_000_000, &new_id);
+        records.migrate().unwrap();
+        let channels = Outbox::default();
+        let delivery = shop_domain::types::OtpDelivery {
+            user_id: Some("u-1".into()),
+            channel: "email".into(),
+            destination: "ada@example.com".into(),
+            code: "482913".into(),
+            expires_at: "2026-11-22T00:05:00Z".into(),
+        };
+        assert_eq!(records.deliver_otp(&delivery, &channels), Ok("log"));
+        assert!(
+            channels.sent.borrow()[0].body.contains("482913"),
+            "the mail carries the code"
+        );
+        assert!(!db.dump().contains("482913"), "the record does not: {}", db.dump());
+        let mine = records.of_user("u-1", 10).unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].template, "otp");
+        let down = Outbox {
+            fail: true,
+            ..Outbox::default()
+        };
+        assert!(records.deliver_otp(&delivery, &down).is_err());
+        assert_eq!(
+            records.of_user("u-1", 10).unwrap().len(),
+            1,
+            "nothing recorded when not sent"
+        );
     }
 }

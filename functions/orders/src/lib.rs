@@ -4,12 +4,10 @@
 //! - `saga`: the order as a fold of its events and the saga's decisions (pure).
 //! - `store`: the event store, projection, idempotency keys, inbox and outbox in SQL.
 //! - `service`: the HTTP API.
-//! - `adapter`: Spin wiring: HTTP, the Kafka handler for inventory and payment results,
-//!   and the cron handler that times out stuck steps and publishes the outbox.
+//!
+//! Its components: `orders-http` (the API; Spin or the `shop` host runs it) and
+//! `orders-events` (the saga's Kafka handler and step timeouts; the `shop` host runs it).
 
 pub mod saga;
 pub mod service;
 pub mod store;
-
-#[cfg(target_arch = "wasm32")]
-mod adapter;

@@ -49,7 +49,6 @@ pub struct Order {
     pub user_id: String,
     pub lines: Vec<OrderLine>,
     pub total: Money,
-    pub payment_token: String,
     pub status: OrderStatus,
     pub step: Step,
     /// When the current step began (seconds), for its timeout.
@@ -89,7 +88,6 @@ impl Order {
             user_id: placed.user_id.clone(),
             lines: placed.lines.clone(),
             total: placed.total.clone(),
-            payment_token: placed.payment_token.clone(),
             status: OrderStatus::Pending,
             step: Step::Inventory,
             step_since: first.at,
@@ -176,11 +174,10 @@ impl Order {
         }
     }
 
-    fn payment_command(&self, with_token: bool) -> PaymentCommand {
+    fn payment_command(&self) -> PaymentCommand {
         PaymentCommand {
             order_id: self.id.clone(),
             amount: self.total.clone(),
-            payment_token: with_token.then(|| self.payment_token.clone()),
             user_id: Some(self.user_id.clone()),
         }
     }
@@ -203,7 +200,7 @@ impl Order {
         // Any authorization asked for may have happened, even if its answer never
         // came back: payments voids it, or records that there is none.
         if (self.authorization_requested || self.payment_id.is_some()) && !self.void_requested {
-            events.push(ShopEvent::PaymentVoidRequested(self.payment_command(false)));
+            events.push(ShopEvent::PaymentVoidRequested(self.payment_command()));
         }
         events.push(ShopEvent::OrderCancelled(self.concluded(Some(reason))));
         events
@@ -219,7 +216,7 @@ pub fn decide(order: &Order, incoming: &ShopEvent) -> Vec<ShopEvent> {
     let then = |more: Vec<ShopEvent>| [vec![incoming.clone()], more].concat();
     match incoming {
         ShopEvent::InventoryReserved(_) if pending && step == Step::Inventory => {
-            then(vec![ShopEvent::PaymentAuthorizeRequested(order.payment_command(true))])
+            then(vec![ShopEvent::PaymentAuthorizeRequested(order.payment_command())])
         }
         // Reserved after the order was cancelled: give it back.
         ShopEvent::InventoryReserved(_) if cancelled && !order.release_requested => {
@@ -244,11 +241,11 @@ pub fn decide(order: &Order, incoming: &ShopEvent) -> Vec<ShopEvent> {
         }
         ShopEvent::PaymentAuthorized(_) if pending && step == Step::Payment => then(vec![
             ShopEvent::InventoryCommitRequested(order.inventory_command()),
-            ShopEvent::PaymentCaptureRequested(order.payment_command(false)),
+            ShopEvent::PaymentCaptureRequested(order.payment_command()),
         ]),
         // Authorized after the order was cancelled: void it.
         ShopEvent::PaymentAuthorized(_) if cancelled && !order.void_requested => {
-            then(vec![ShopEvent::PaymentVoidRequested(order.payment_command(false))])
+            then(vec![ShopEvent::PaymentVoidRequested(order.payment_command())])
         }
         // Declined: at authorization, or (the provider refusing the capture) while
         // completing, when the stock may already be committed: give it all back.
@@ -283,7 +280,7 @@ pub fn decide(order: &Order, incoming: &ShopEvent) -> Vec<ShopEvent> {
                     again.push(ShopEvent::InventoryCommitRequested(order.inventory_command()));
                 }
                 if !order.captured {
-                    again.push(ShopEvent::PaymentCaptureRequested(order.payment_command(false)));
+                    again.push(ShopEvent::PaymentCaptureRequested(order.payment_command()));
                 }
                 then(again)
             }
@@ -344,7 +341,6 @@ mod tests {
                     amount: 1000,
                     currency: "EUR".into(),
                 },
-                payment_token: "tok_ok".into(),
             });
             let mut history = History(vec![]);
             history.record(vec![placed], 100);
@@ -580,7 +576,7 @@ mod tests {
     #[test]
     fn only_commands_and_milestones_are_published() {
         assert!(publishes(&ShopEvent::PaymentCaptureRequested(
-            History::placed().order().payment_command(false)
+            History::placed().order().payment_command()
         )));
         assert!(!publishes(&cancel_request()));
         assert!(!publishes(&ShopEvent::PaymentAuthorized(payment(None))));

@@ -31,6 +31,9 @@ pub trait Upstream {
     fn cart(&self, user_id: &str) -> Result<Vec<OrderLine>, ApiError>;
     /// Empties the cart once its order is placed (best effort).
     fn clear_cart(&self, user_id: &str);
+    /// Hands the order's payment token to the payments service, which keeps it for
+    /// the authorization: the token is in no event, no topic and no answer.
+    fn keep_payment_method(&self, order_id: &str, user_id: &str, token: &str) -> Result<(), ApiError>;
 }
 
 pub const MAX_LINES: usize = 50;
@@ -56,11 +59,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// What `POST /orders` and `/cancel` changed, for the adapter (which publishes the
-/// outbox and clears the cart).
+/// What the adapter does after the answer: clear the cart an order was placed from.
 #[derive(Debug, Default, PartialEq)]
 pub struct Effects {
-    pub wrote: bool,
     pub from_cart: bool,
 }
 
@@ -124,10 +125,7 @@ fn route<D: Sql>(
                 user_id: request.user.to_string(),
             });
             match orders.apply(None, id, &cancel)? {
-                Outcome::Changed(order) => {
-                    effects.wrote = true;
-                    Ok(Response::json(202, &view(&order)))
-                }
+                Outcome::Changed(order) => Ok(Response::json(202, &view(&order))),
                 // Concluded between the read and the write.
                 _ => Err(ApiError::conflict("the order can no longer be cancelled")),
             }
@@ -280,15 +278,15 @@ fn place<D: Sql>(
             sum.checked_add(l.unit_price.amount.checked_mul(i64::from(l.quantity))?)
         })
         .ok_or_else(|| ApiError::bad_request("validation_failed", "the total is too large"))?;
+    let order_id = new_id();
+    upstream.keep_payment_method(&order_id, request.user, token)?;
     let placed = ShopEvent::OrderPlaced(OrderPlaced {
-        order_id: new_id(),
+        order_id,
         user_id: request.user.to_string(),
         lines,
         total: Money { amount, currency },
-        payment_token: token.to_string(),
     });
     let order = orders.place(placed, request.idempotency_key)?;
-    effects.wrote = true;
     Ok(Response::json(
         202,
         &json!({ "id": order.id, "status": status_text(order.status) }),
@@ -335,9 +333,14 @@ mod tests {
     use crate::saga::Timeouts;
     use crate::store::Context;
 
-    /// A catalog of two products and a cart that empties when cleared.
+    /// A catalog of two products, a cart that empties when cleared, and payments that
+    /// keep the tokens handed over (or are down).
+    #[derive(Default)]
     struct FakeShop {
         cart: RefCell<Vec<OrderLine>>,
+        /// (order id, user id, token) as handed to payments.
+        payment_methods: RefCell<Vec<(String, String, String)>>,
+        payments_down: bool,
     }
 
     fn product(id: &str, currency: &str) -> Product {
@@ -369,6 +372,15 @@ mod tests {
         }
         fn clear_cart(&self, _: &str) {
             self.cart.borrow_mut().clear();
+        }
+        fn keep_payment_method(&self, order_id: &str, user_id: &str, token: &str) -> Result<(), ApiError> {
+            if self.payments_down {
+                return Err(ApiError::unavailable("payments did not answer"));
+            }
+            self.payment_methods
+                .borrow_mut()
+                .push((order_id.into(), user_id.into(), token.into()));
+            Ok(())
         }
     }
 
@@ -438,10 +450,41 @@ mod tests {
     }
 
     #[test]
+    fn the_payment_token_goes_to_payments_and_nowhere_else() {
+        let db = MemoryDb::default();
+        let shop = FakeShop::default();
+        let body = r#"{"lines": [{"product_id": "p-eur", "quantity": 1}], "payment_token": "tok_secret_42"}"#;
+        let (status, placed) = call(&db, &shop, ("POST", "/orders", "u-1"), body, None);
+        assert_eq!(status, 202, "{placed}");
+        let id = placed["id"].as_str().unwrap();
+        assert_eq!(
+            *shop.payment_methods.borrow(),
+            [(id.to_string(), "u-1".to_string(), "tok_secret_42".to_string())]
+        );
+        let (_, order) = call(&db, &shop, ("GET", &format!("/orders/{id}"), "u-1"), "", None);
+        assert!(!order.to_string().contains("tok_secret_42"), "{order}");
+        let stored = db.dump();
+        assert!(
+            !stored.contains("tok_secret_42"),
+            "the orders database keeps the token: {stored}"
+        );
+
+        let down = FakeShop {
+            payments_down: true,
+            ..FakeShop::default()
+        };
+        let (status, _) = call(&db, &down, ("POST", "/orders", "u-2"), body, None);
+        assert_eq!(status, 503, "no order without its payment method");
+        let (_, mine) = call(&db, &down, ("GET", "/orders", "u-2"), "", None);
+        assert_eq!(mine["total"], 0);
+    }
+
+    #[test]
     fn status_of_answers_only_the_owner_or_an_admin() {
         let db = MemoryDb::default();
         let shop = FakeShop {
             cart: RefCell::new(vec![]),
+            ..FakeShop::default()
         };
         let body = r#"{"lines": [{"product_id": "p-eur", "quantity": 1}], "payment_token": "tok_ok"}"#;
         let (status, placed) = call(&db, &shop, ("POST", "/orders", "u-1"), body, None);
@@ -465,6 +508,7 @@ mod tests {
                 quantity: 2,
                 unit_price: product("p-eur", "EUR").price,
             }]),
+            ..FakeShop::default()
         };
         let place = ("POST", "/orders", "u-1");
         let body = r#"{"payment_token": "tok_ok"}"#;
@@ -500,6 +544,7 @@ mod tests {
         let db = MemoryDb::default();
         let shop = FakeShop {
             cart: RefCell::default(),
+            ..FakeShop::default()
         };
         let place = ("POST", "/orders", "u-1");
         for (body, status) in [

@@ -39,6 +39,27 @@ pub struct Context<'a> {
     pub timeouts: Timeouts,
 }
 
+impl<'a> Context<'a> {
+    /// The context at `now`, the saga's timeouts read with `number` (a component
+    /// variable by name, or the default given).
+    pub fn configured(
+        now: i64,
+        new_id: &'a dyn Fn() -> String,
+        number: impl Fn(&str, i64) -> Result<i64, String>,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            now,
+            now_text: shop_domain::time::rfc3339(now),
+            new_id,
+            timeouts: Timeouts {
+                inventory_secs: number("inventory_timeout_secs", 30)?,
+                payment_secs: number("payment_timeout_secs", 30)?,
+                completion_secs: number("completion_timeout_secs", 30)?,
+            },
+        })
+    }
+}
+
 #[derive(Debug, PartialEq)]
 pub enum StoreError {
     /// Another writer appended to the same order first.
@@ -397,7 +418,6 @@ mod tests {
                 unit_price: price.clone(),
             }],
             total: price,
-            payment_token: "tok_ok".into(),
         })
     }
 

@@ -15,9 +15,29 @@ pub const SCHEMA: &[&str] = &[
         order_id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, user_id TEXT,
         amount INTEGER NOT NULL, currency TEXT NOT NULL, status TEXT NOT NULL,
         provider_reference TEXT, reason TEXT, updated_at TEXT NOT NULL)",
+    // The payment token for an order's authorization, handed over by the orders
+    // service at placement: it stays here and never travels on a topic. It is deleted
+    // once the authorization is answered.
+    "CREATE TABLE IF NOT EXISTS payment_methods (
+        order_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, token TEXT NOT NULL,
+        created_at TEXT NOT NULL)",
     inbox::SCHEMA,
     outbox::SCHEMA,
 ];
+
+/// Why a payment method cannot be kept.
+#[derive(Debug, PartialEq)]
+pub enum KeepRefused {
+    /// Another user's order, or another token for the same order.
+    Conflict,
+    Sql(SqlError),
+}
+
+impl From<SqlError> for KeepRefused {
+    fn from(e: SqlError) -> Self {
+        Self::Sql(e)
+    }
+}
 
 /// What the provider said.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +134,45 @@ impl<'a, D: Sql> Ledger<'a, D> {
         }))
     }
 
+    /// Keeps `token` for the authorization of `order_id`, placed by `user_id`. Handing
+    /// over the same token again is a no-op.
+    pub fn keep_payment_method(&self, order_id: &str, user_id: &str, token: &str) -> Result<(), KeepRefused> {
+        self.db.execute(
+            "INSERT INTO payment_methods (order_id, user_id, token, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (order_id) DO NOTHING",
+            &[
+                order_id.into(),
+                user_id.into(),
+                token.into(),
+                self.context.now_text.clone().into(),
+            ],
+        )?;
+        let rows = self.db.execute(
+            "SELECT user_id, token FROM payment_methods WHERE order_id = ?",
+            &[order_id.into()],
+        )?;
+        let kept = rows.first().map(|r| {
+            let text = |i: usize| r.get(i).and_then(SqlValue::text).unwrap_or_default();
+            (text(0) == user_id, text(1) == token)
+        });
+        match kept {
+            Some((true, true)) => Ok(()),
+            _ => Err(KeepRefused::Conflict),
+        }
+    }
+
+    fn payment_token(&self, order_id: &str) -> Result<Option<String>, SqlError> {
+        let rows = self.db.execute(
+            "SELECT token FROM payment_methods WHERE order_id = ?",
+            &[order_id.into()],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(SqlValue::text)
+            .map(str::to_string))
+    }
+
     fn seen(&self, event_id: &str) -> Result<bool, SqlError> {
         let rows = self
             .db
@@ -143,6 +202,11 @@ impl<'a, D: Sql> Ledger<'a, D> {
             }
             if let Some(payment) = &change.write {
                 self.save(payment)?;
+                // Answered: the token has served its one purpose.
+                self.db.execute(
+                    "DELETE FROM payment_methods WHERE order_id = ?",
+                    &[payment.order_id.clone().into()],
+                )?;
             }
             outbox::record(
                 self.db,
@@ -186,7 +250,7 @@ impl<'a, D: Sql> Ledger<'a, D> {
             // Asked again: the first answer stands.
             return Ok(Change::announce(&payment));
         }
-        let token = command.payment_token.as_deref().unwrap_or_default();
+        let token = self.payment_token(&command.order_id).map_err(|e| e.to_string())?;
         let mut payment = Payment {
             id: (self.context.new_id)(),
             order_id: command.order_id.clone(),
@@ -197,7 +261,12 @@ impl<'a, D: Sql> Ledger<'a, D> {
             reason: None,
             updated_at: self.context.now_text.clone(),
         };
-        match provider.authorize(&command.order_id, token, &command.amount)? {
+        let Some(token) = token else {
+            payment.status = "declined".into();
+            payment.reason = Some("no payment method was handed over for this order".into());
+            return Ok(Change::write(payment));
+        };
+        match provider.authorize(&command.order_id, &token, &command.amount)? {
             Answer::Approved { reference } => {
                 payment.status = "authorized".into();
                 payment.provider_reference = Some(reference);
@@ -388,16 +457,34 @@ mod tests {
         }
     }
 
-    fn command(order: &str, token: &str) -> PaymentCommand {
+    fn command(order: &str) -> PaymentCommand {
         PaymentCommand {
             order_id: order.into(),
             amount: Money {
                 amount: 900,
                 currency: "EUR".into(),
             },
-            payment_token: Some(token.into()),
             user_id: Some("u-1".into()),
         }
+    }
+
+    /// A fresh ledger for one test.
+    fn with_ledger(test: impl FnOnce(&Ledger<'_, MemoryDb>)) {
+        let db = MemoryDb::default();
+        let new_id = sequential_ids();
+        let context = Context {
+            now_text: "t".into(),
+            new_id: &new_id,
+        };
+        let ledger = Ledger::new(&db, &context);
+        ledger.migrate().unwrap();
+        test(&ledger);
+    }
+
+    /// The orders service hands `token` over, then the saga asks for the authorization.
+    fn authorize_request(ledger: &Ledger<'_, MemoryDb>, order: &str, token: &str) -> ShopEvent {
+        ledger.keep_payment_method(order, "u-1", token).unwrap();
+        ShopEvent::PaymentAuthorizeRequested(command(order))
     }
 
     fn outcome(handled: Result<Handled, String>) -> &'static str {
@@ -409,119 +496,153 @@ mod tests {
 
     #[test]
     fn each_command_is_idempotent_per_order() {
-        let db = MemoryDb::default();
-        let new_id = sequential_ids();
-        let context = Context {
-            now_text: "t".into(),
-            new_id: &new_id,
-        };
-        let ledger = Ledger::new(&db, &context);
-        ledger.migrate().unwrap();
-        let provider = FakeProvider::default();
-        let authorize = ShopEvent::PaymentAuthorizeRequested(command("o-1", "tok_ok"));
+        with_ledger(|ledger| {
+            let provider = FakeProvider::default();
+            let authorize = authorize_request(ledger, "o-1", "tok_ok");
 
-        let down = FakeProvider {
-            down: true,
-            ..FakeProvider::default()
-        };
-        assert!(ledger.handle("e-1", &authorize, &down).is_err());
-        assert_eq!(
-            ledger.payment("o-1").unwrap(),
-            None,
-            "nothing recorded: the retry starts afresh"
-        );
+            let down = FakeProvider {
+                down: true,
+                ..FakeProvider::default()
+            };
+            assert!(ledger.handle("e-1", &authorize, &down).is_err());
+            assert_eq!(
+                ledger.payment("o-1").unwrap(),
+                None,
+                "nothing recorded: the retry starts afresh"
+            );
 
-        assert_eq!(
-            outcome(ledger.handle("e-1", &authorize, &provider)),
-            "shop.payment.authorized"
-        );
-        assert_eq!(ledger.handle("e-1", &authorize, &provider), Ok(Handled::Duplicate));
-        assert_eq!(
-            outcome(ledger.handle("e-2", &authorize, &provider)),
-            "shop.payment.authorized",
-            "asked again: the answer is repeated"
-        );
-        let capture = ShopEvent::PaymentCaptureRequested(command("o-1", ""));
-        assert_eq!(
-            outcome(ledger.handle("e-3", &capture, &provider)),
-            "shop.payment.captured"
-        );
-        assert_eq!(
-            outcome(ledger.handle("e-4", &capture, &provider)),
-            "shop.payment.captured"
-        );
-        let void = ShopEvent::PaymentVoidRequested(command("o-1", ""));
-        assert_eq!(
-            outcome(ledger.handle("e-5", &void, &provider)),
-            "shop.payment.refunded",
-            "giving back a capture is a refund"
-        );
-        assert_eq!(outcome(ledger.handle("e-6", &void, &provider)), "shop.payment.refunded");
-        assert_eq!(
-            *provider.calls.borrow(),
-            ["authorize o-1", "capture ch-1", "refund ch-1"],
-            "the provider saw each move once"
-        );
-        assert_eq!(ledger.payment("o-1").unwrap().unwrap().status, "refunded");
+            assert_eq!(
+                outcome(ledger.handle("e-1", &authorize, &provider)),
+                "shop.payment.authorized"
+            );
+            assert_eq!(ledger.handle("e-1", &authorize, &provider), Ok(Handled::Duplicate));
+            assert_eq!(
+                outcome(ledger.handle("e-2", &authorize, &provider)),
+                "shop.payment.authorized",
+                "asked again: the answer is repeated"
+            );
+            let capture = ShopEvent::PaymentCaptureRequested(command("o-1"));
+            assert_eq!(
+                outcome(ledger.handle("e-3", &capture, &provider)),
+                "shop.payment.captured"
+            );
+            assert_eq!(
+                outcome(ledger.handle("e-4", &capture, &provider)),
+                "shop.payment.captured"
+            );
+            let void = ShopEvent::PaymentVoidRequested(command("o-1"));
+            assert_eq!(
+                outcome(ledger.handle("e-5", &void, &provider)),
+                "shop.payment.refunded",
+                "giving back a capture is a refund"
+            );
+            assert_eq!(outcome(ledger.handle("e-6", &void, &provider)), "shop.payment.refunded");
+            assert_eq!(
+                *provider.calls.borrow(),
+                ["authorize o-1", "capture ch-1", "refund ch-1"],
+                "the provider saw each move once"
+            );
+            assert_eq!(ledger.payment("o-1").unwrap().unwrap().status, "refunded");
 
-        let declined = ShopEvent::PaymentAuthorizeRequested(command("o-2", "tok_declined"));
-        assert_eq!(
-            outcome(ledger.handle("e-7", &declined, &provider)),
-            "shop.payment.declined"
-        );
-        let void = ShopEvent::PaymentVoidRequested(command("o-2", ""));
-        assert_eq!(outcome(ledger.handle("e-8", &void, &provider)), "shop.payment.declined");
-        let never = ShopEvent::PaymentVoidRequested(command("o-3", ""));
-        assert_eq!(outcome(ledger.handle("e-9", &never, &provider)), "shop.payment.voided");
-        let replayed = ShopEvent::PaymentAuthorizeRequested(command("o-3", "tok_ok"));
-        assert_eq!(
-            outcome(ledger.handle("e-9b", &replayed, &provider)),
-            "shop.payment.voided",
-            "an authorization arriving after its void is not charged"
-        );
-        assert!(!provider.calls.borrow().contains(&"authorize o-3".to_string()));
+            let declined = authorize_request(ledger, "o-2", "tok_declined");
+            assert_eq!(
+                outcome(ledger.handle("e-7", &declined, &provider)),
+                "shop.payment.declined"
+            );
+            let void = ShopEvent::PaymentVoidRequested(command("o-2"));
+            assert_eq!(outcome(ledger.handle("e-8", &void, &provider)), "shop.payment.declined");
+            let never = ShopEvent::PaymentVoidRequested(command("o-3"));
+            assert_eq!(outcome(ledger.handle("e-9", &never, &provider)), "shop.payment.voided");
+            let replayed = authorize_request(ledger, "o-3", "tok_ok");
+            assert_eq!(
+                outcome(ledger.handle("e-9b", &replayed, &provider)),
+                "shop.payment.voided",
+                "an authorization arriving after its void is not charged"
+            );
+            assert!(!provider.calls.borrow().contains(&"authorize o-3".to_string()));
 
-        // The provider authorized, but the answer was lost before the ledger recorded
-        // it: the void finds the charge by the order's key and releases it.
-        *provider.holds.borrow_mut() = Some("authorized".into());
-        let lost = ShopEvent::PaymentVoidRequested(command("o-5", ""));
-        assert_eq!(outcome(ledger.handle("e-11", &lost, &provider)), "shop.payment.voided");
-        assert!(
-            provider
-                .calls
-                .borrow()
-                .ends_with(&["find o-5".to_string(), "void ch-lost".to_string()])
-        );
-        let capture_nothing = ShopEvent::PaymentCaptureRequested(command("o-4", ""));
-        assert!(ledger.handle("e-10", &capture_nothing, &provider).is_err());
+            // The provider authorized, but the answer was lost before the ledger recorded
+            // it: the void finds the charge by the order's key and releases it.
+            *provider.holds.borrow_mut() = Some("authorized".into());
+            let lost = ShopEvent::PaymentVoidRequested(command("o-5"));
+            assert_eq!(outcome(ledger.handle("e-11", &lost, &provider)), "shop.payment.voided");
+            assert!(
+                provider
+                    .calls
+                    .borrow()
+                    .ends_with(&["find o-5".to_string(), "void ch-lost".to_string()])
+            );
+            let capture_nothing = ShopEvent::PaymentCaptureRequested(command("o-4"));
+            assert!(ledger.handle("e-10", &capture_nothing, &provider).is_err());
+        });
     }
 
     #[test]
     fn a_refused_capture_is_announced_and_the_authorization_can_still_be_voided() {
-        let db = MemoryDb::default();
-        let new_id = sequential_ids();
-        let context = Context {
-            now_text: "t".into(),
-            new_id: &new_id,
-        };
-        let ledger = Ledger::new(&db, &context);
-        ledger.migrate().unwrap();
-        let provider = FakeProvider {
-            refuse_capture: true,
-            ..FakeProvider::default()
-        };
-        let authorize = ShopEvent::PaymentAuthorizeRequested(command("o-1", "tok_ok"));
-        assert_eq!(
-            outcome(ledger.handle("e-1", &authorize, &provider)),
-            "shop.payment.authorized"
-        );
-        let capture = ShopEvent::PaymentCaptureRequested(command("o-1", ""));
-        assert_eq!(
-            outcome(ledger.handle("e-2", &capture, &provider)),
-            "shop.payment.declined"
-        );
-        assert_eq!(ledger.payment("o-1").unwrap().unwrap().status, "authorized");
-        let void = ShopEvent::PaymentVoidRequested(command("o-1", ""));
-        assert_eq!(outcome(ledger.handle("e-3", &void, &provider)), "shop.payment.voided");
+        with_ledger(|ledger| {
+            let provider = FakeProvider {
+                refuse_capture: true,
+                ..FakeProvider::default()
+            };
+            let authorize = authorize_request(ledger, "o-1", "tok_ok");
+            assert_eq!(
+                outcome(ledger.handle("e-1", &authorize, &provider)),
+                "shop.payment.authorized"
+            );
+            let capture = ShopEvent::PaymentCaptureRequested(command("o-1"));
+            assert_eq!(
+                outcome(ledger.handle("e-2", &capture, &provider)),
+                "shop.payment.declined"
+            );
+            assert_eq!(ledger.payment("o-1").unwrap().unwrap().status, "authorized");
+            let void = ShopEvent::PaymentVoidRequested(command("o-1"));
+            assert_eq!(outcome(ledger.handle("e-3", &void, &provider)), "shop.payment.voided");
+        });
+    }
+
+    #[test]
+    fn the_token_stays_here_until_its_authorization_is_answered() {
+        with_ledger(|ledger| {
+            ledger.keep_payment_method("o-1", "u-1", "tok_ok").unwrap();
+            assert_eq!(
+                ledger.keep_payment_method("o-1", "u-1", "tok_ok"),
+                Ok(()),
+                "handing the same token over again is a no-op"
+            );
+            assert_eq!(
+                ledger.keep_payment_method("o-1", "u-1", "tok_other"),
+                Err(KeepRefused::Conflict)
+            );
+            assert_eq!(
+                ledger.keep_payment_method("o-1", "u-2", "tok_ok"),
+                Err(KeepRefused::Conflict),
+                "another user cannot attach a method to this order"
+            );
+            let authorize = ShopEvent::PaymentAuthorizeRequested(command("o-1"));
+            let down = FakeProvider {
+                down: true,
+                ..FakeProvider::default()
+            };
+            assert!(ledger.handle("e-1", &authorize, &down).is_err());
+            assert_eq!(
+                ledger.payment_token("o-1").unwrap().as_deref(),
+                Some("tok_ok"),
+                "kept for the retry"
+            );
+            let provider = FakeProvider::default();
+            assert_eq!(
+                outcome(ledger.handle("e-1", &authorize, &provider)),
+                "shop.payment.authorized"
+            );
+            assert_eq!(ledger.payment_token("o-1").unwrap(), None, "deleted once answered");
+
+            let unknown = ShopEvent::PaymentAuthorizeRequested(command("o-2"));
+            assert_eq!(
+                outcome(ledger.handle("e-2", &unknown, &provider)),
+                "shop.payment.declined",
+                "no token handed over: declined, not retried forever"
+            );
+            assert!(!provider.calls.borrow().contains(&"authorize o-2".to_string()));
+        });
     }
 }

@@ -5,11 +5,10 @@
 //! - `ledger`: one payment per order in SQL, handling commands through `Provider`.
 //! - `sandbox`: the sandbox provider's state and rules.
 //! - `service`: HTTP: `GET /payments/{order_id}` and the sandbox's API.
-//! - `adapter`: Spin wiring, and the HTTP client for the provider.
+//!
+//! Its components: `payments-http` (the API and the sandbox; Spin or the `shop` host
+//! runs it) and `payments-events` (saga commands against the provider; the `shop` host).
 
 pub mod ledger;
 pub mod sandbox;
 pub mod service;
-
-#[cfg(target_arch = "wasm32")]
-mod adapter;

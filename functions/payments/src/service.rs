@@ -1,6 +1,8 @@
 //! The payments HTTP API: `GET /payments/{order_id}` (the customer's own, or any for
-//! an admin), and the sandbox provider's API under `/sandbox/` (reached only over
-//! local service chaining; the gateway does not route it).
+//! an admin); `PUT /payment-methods/{order_id}`, where the orders service hands over
+//! an order's payment token so it never travels on a topic; and the sandbox
+//! provider's API under `/sandbox/`. The last two are reached only over local
+//! service chaining: the gateway routes neither.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -8,7 +10,7 @@ use shop_domain::api::{ApiError, Response};
 use shop_domain::sql::Sql;
 use shop_domain::types::Money;
 
-use crate::ledger::Ledger;
+use crate::ledger::{KeepRefused, Ledger};
 use crate::sandbox::{Reply, SLOW_TOKEN, Sandbox};
 
 pub struct Request<'a> {
@@ -17,6 +19,12 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     pub user: &'a str,
     pub roles: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentMethod {
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +61,27 @@ fn route<D: Sql>(request: &Request<'_>, services: &Services<'_, D>) -> Result<Re
             Ok(Response::json(200, &payment))
         }
         (["payments", _], _) => Err(ApiError::method_not_allowed("GET")),
+        (["payment-methods", order_id], "PUT") => {
+            if request.user.is_empty() {
+                return Err(ApiError::new(401, "unauthorized", "no user placing this order"));
+            }
+            let input: PaymentMethod = ApiError::parse(request.body)?;
+            if input.token.is_empty() || input.token.len() > 200 {
+                return Err(ApiError::bad_request(
+                    "validation_failed",
+                    "`token` is 1 to 200 characters",
+                ));
+            }
+            match services
+                .ledger
+                .keep_payment_method(order_id, request.user, &input.token)
+            {
+                Ok(()) => Ok(Response::json(200, &json!({ "order_id": order_id }))),
+                Err(KeepRefused::Conflict) => Err(ApiError::conflict("this order already has another payment method")),
+                Err(KeepRefused::Sql(e)) => Err(e.into()),
+            }
+        }
+        (["payment-methods", _], _) => Err(ApiError::method_not_allowed("PUT")),
         (["sandbox", "authorizations"], "POST") => {
             let input: Authorization = ApiError::parse(request.body)?;
             if input.amount.amount <= 0 || input.idempotency_key.is_empty() {
@@ -158,5 +187,48 @@ mod tests {
         assert_eq!(call("POST", "/sandbox/authorizations/nope/void", "").0, 404);
         assert_eq!(call("GET", "/payments/o-1", "").0, 404, "no ledger row, and no caller");
         assert_eq!(call("POST", "/sandbox/authorizations", "{}").0, 400);
+    }
+
+    #[test]
+    fn a_payment_method_is_kept_for_its_user_and_order() {
+        let db = MemoryDb::default();
+        let new_id = || uuid::Uuid::new_v4().to_string();
+        let context = Context {
+            now_text: "t".into(),
+            new_id: &new_id,
+        };
+        let sleep = || {};
+        let services = Services {
+            ledger: &Ledger::new(&db, &context),
+            sandbox: &Sandbox {
+                db: &db,
+                now_text: "t".into(),
+                new_id: &new_id,
+            },
+            sleep: &sleep,
+        };
+        let put = |user: &str, body: &str| {
+            let request = Request {
+                method: "PUT",
+                path: "/payment-methods/o-1",
+                body: body.as_bytes(),
+                user,
+                roles: "customer",
+            };
+            let response = handle(&request, &services);
+            (response.status, response.json_body())
+        };
+        let (status, body) = put("u-1", r#"{"token": "tok_ok"}"#);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            !body.to_string().contains("tok_ok"),
+            "the answer does not echo the token"
+        );
+        assert_eq!(put("u-1", r#"{"token": "tok_ok"}"#).0, 200, "again: a no-op");
+        assert_eq!(put("u-2", r#"{"token": "tok_ok"}"#).0, 409);
+        assert_eq!(put("u-1", r#"{"token": "tok_declined"}"#).0, 409);
+        assert_eq!(put("", r#"{"token": "tok_ok"}"#).0, 401);
+        assert_eq!(put("u-1", r#"{"token": ""}"#).0, 400);
+        assert_eq!(put("u-1", r#"["tok_ok"]"#).0, 400);
     }
 }

@@ -70,6 +70,29 @@ fn reply(status: u16, body: Option<serde_json::Value>) -> Response {
     }
 }
 
+/// The notifications service, over local service chaining: the code goes there and
+/// nowhere else.
+struct NotificationsService;
+
+impl service::OtpSender for NotificationsService {
+    fn send(&self, delivery: &shop_domain::types::OtpDelivery) -> Result<(), String> {
+        let url = "http://notifications.spin.internal/deliveries/otp";
+        let body = serde_json::to_vec(delivery).map_err(|e| e.to_string())?;
+        let request = Request::builder()
+            .method(spin_sdk::http::Method::Post)
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .build();
+        let response: Response =
+            spin_sdk::http::run(spin_sdk::http::send(request)).map_err(|e| format!("{url}: {e}"))?;
+        match *response.status() {
+            200..=299 => Ok(()),
+            status => Err(format!("notifications answered {status}")),
+        }
+    }
+}
+
 #[http_component]
 fn handle(req: Request) -> Response {
     let unavailable = |message: String| {
@@ -107,6 +130,7 @@ fn handle(req: Request) -> Response {
         now_text: shop_domain::time::rfc3339(now),
         new_id: &new_id,
         otp: &KeyValueOtp(KeyValue::open_default().ok()),
+        otp_sender: &NotificationsService,
         service_clients: &service_clients,
     };
     let method = req.method().to_string();

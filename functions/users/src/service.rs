@@ -40,6 +40,12 @@ pub trait OtpStore {
     fn remove(&self, destination: &str);
 }
 
+/// Hands a login code to the one service that sends it (notifications), directly:
+/// never through a topic or the outbox.
+pub trait OtpSender {
+    fn send(&self, delivery: &shop_domain::types::OtpDelivery) -> Result<(), String>;
+}
+
 /// What the service needs from its surroundings.
 pub struct Settings<'a> {
     pub issuer: &'a str,
@@ -50,6 +56,7 @@ pub struct Settings<'a> {
     pub now_text: String,
     pub new_id: &'a dyn Fn() -> String,
     pub otp: &'a dyn OtpStore,
+    pub otp_sender: &'a dyn OtpSender,
     pub service_clients: &'a ServiceClients,
 }
 
@@ -329,16 +336,29 @@ fn otp_request(body: &[u8], db: &impl Sql, settings: &Settings<'_>) -> Result<Re
         let code = otp::new_code();
         match otp::issue(settings.otp.get(&destination).as_ref(), &destination, &code, now_ms) {
             Ok(pending) => {
+                let expires_at = shop_domain::time::rfc3339((pending.expires_ms) / 1000);
+                settings.otp.put(&destination, &pending);
+                let delivery = shop_domain::types::OtpDelivery {
+                    user_id: Some(user.id.clone()),
+                    channel: channel.into(),
+                    destination: destination.clone(),
+                    code,
+                    expires_at: expires_at.clone(),
+                };
+                if let Err(e) = settings.otp_sender.send(&delivery) {
+                    // Not sent: no code is pending, so asking again is not throttled.
+                    settings.otp.remove(&destination);
+                    return Err(refuse(503, "unavailable", format!("the code could not be sent: {e}")));
+                }
+                // What happened, for other services; the code stays out of it.
                 let event = shop_domain::ShopEvent::OtpRequested(shop_domain::events::OtpRequested {
                     user_id: Some(user.id),
                     channel: channel.into(),
                     destination: destination.clone(),
-                    code,
-                    expires_at: shop_domain::time::rfc3339((pending.expires_ms) / 1000),
+                    expires_at,
                 });
                 shop_domain::outbox::record(db, (settings.new_id)(), settings.now_text.clone(), &event)
                     .map_err(|e| failed(StoreError::Failed(e.to_string())))?;
-                settings.otp.put(&destination, &pending);
             }
             Err(wait) => {
                 return Ok(Response {
@@ -416,15 +436,33 @@ mod tests {
     }
 
     thread_local!(static OTP: MemOtp = MemOtp::default());
+
+    /// The codes handed to notifications, per test thread; `SENDER_DOWN` refuses them.
+    #[derive(Default)]
+    struct MemSender(std::cell::RefCell<Vec<shop_domain::types::OtpDelivery>>);
+
+    impl OtpSender for MemSender {
+        fn send(&self, delivery: &shop_domain::types::OtpDelivery) -> Result<(), String> {
+            if SENDER_DOWN.with(Cell::get) {
+                return Err("notifications did not answer".into());
+            }
+            self.0.borrow_mut().push(delivery.clone());
+            Ok(())
+        }
+    }
+
+    thread_local!(static SENT: MemSender = MemSender::default());
+    thread_local!(static SENDER_DOWN: Cell<bool> = const { Cell::new(false) });
     thread_local!(static NOW: Cell<i64> = const { Cell::new(1_800_000_000) });
 
     fn call(db: &MemoryDb, method: &str, path: &str, body: Value, user: Option<&str>) -> (u16, Value) {
-        OTP.with(|otp| call_with(db, otp, method, path, body, user))
+        OTP.with(|otp| SENT.with(|sender| call_with(db, otp, sender, method, path, body, user)))
     }
 
     fn call_with(
         db: &MemoryDb,
         otp: &MemOtp,
+        otp_sender: &MemSender,
         method: &str,
         path: &str,
         body: Value,
@@ -443,6 +481,7 @@ mod tests {
             now_text: "2027-01-15T08:00:00Z".into(),
             new_id: &new_id,
             otp,
+            otp_sender,
             service_clients: &ServiceClients::parse("notifications=notifications-secret-1").unwrap(),
         };
         let body = body.to_string();
@@ -528,17 +567,51 @@ mod tests {
         assert!(matches!(&events[..], [shop_domain::ShopEvent::UserRegistered(e)] if e.user_id == id));
     }
 
-    /// The code as the notifications service would get it: from the outbox event.
+    /// The last code as notifications got it, checking it went nowhere else: not into
+    /// the outbox (the `otp_requested` event there carries no code) nor the database.
     fn last_code(db: &MemoryDb) -> String {
+        let delivery = SENT
+            .with(|sent| sent.0.borrow().last().cloned())
+            .expect("a code handed to notifications");
         let events = shop_domain::outbox::read_all(db).unwrap();
-        events
-            .iter()
-            .rev()
-            .find_map(|e| match e {
-                shop_domain::ShopEvent::OtpRequested(o) => Some(o.code.clone()),
-                _ => None,
-            })
-            .expect("an otp_requested event")
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, shop_domain::ShopEvent::OtpRequested(o)
+                if o.destination == delivery.destination && o.expires_at == delivery.expires_at)),
+            "the otp_requested event is published"
+        );
+        let stored = db.dump();
+        assert!(
+            !stored.contains(&format!("\"{}\"", delivery.code)) && !stored.contains(&format!("'{}'", delivery.code)),
+            "the code {} is stored: {stored}",
+            delivery.code
+        );
+        delivery.code
+    }
+
+    #[test]
+    fn a_code_that_cannot_be_sent_is_a_503_and_not_throttled() {
+        let db = MemoryDb::default();
+        let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+        assert_eq!(call(&db, "POST", "/auth/register", ada, None).0, 201);
+        let request = json!({ "email": "ada@example.com" });
+        SENDER_DOWN.with(|down| down.set(true));
+        let (status, error) = call(&db, "POST", "/auth/otp/request", request.clone(), None);
+        SENDER_DOWN.with(|down| down.set(false));
+        assert_eq!((status, error["error"]["code"].as_str()), (503, Some("unavailable")));
+        let events = shop_domain::outbox::read_all(&db).unwrap();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, shop_domain::ShopEvent::OtpRequested(_)))
+        );
+        assert_eq!(
+            call(&db, "POST", "/auth/otp/request", request, None).0,
+            202,
+            "asking again right away works"
+        );
+        last_code(&db);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! by the manifest.
 
 pub mod allowed_hosts;
+pub mod commits;
 pub mod key_value;
 pub mod messaging;
 pub mod outbound_http;
@@ -21,6 +22,7 @@ pub struct Backends {
     pub sqlite: sqlite::Databases,
     pub postgres: postgres::PostgresPools,
     pub redis: redis::RedisServers,
+    pub commits: std::sync::Arc<commits::CommitSignals>,
 }
 
 impl Backends {
@@ -30,11 +32,13 @@ impl Backends {
         for (label, backend) in key_value.labels() {
             tracing::info!(store = label, backend = backend.kind(), "key-value store");
         }
+        let commits = std::sync::Arc::new(commits::CommitSignals::default());
         Ok(Self {
             key_value,
-            sqlite: sqlite::Databases::from_config(config.table("sqlite_database"), config.dir(), data_dir)?,
+            sqlite: sqlite::Databases::from_config(config.table("sqlite_database"), config.dir(), data_dir, &commits)?,
             postgres: postgres::PostgresPools::default(),
             redis: redis::RedisServers::default(),
+            commits,
         })
     }
 }

@@ -15,6 +15,7 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use wasmtime::component::Resource;
 
 use super::Backends;
+use super::commits::CommitSignals;
 use crate::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::state::HostState;
 
@@ -83,21 +84,11 @@ struct DatabaseFile {
     primary: Arc<tokio::sync::Mutex<Connection>>,
     /// Idle connections for reads outside a transaction while `primary` is held.
     readers: Mutex<Vec<Connection>>,
-    /// Woken after a commit here: (listening component, its wake-up). A component is
-    /// not woken by its own commits, so a relay deleting what it sent does not rerun.
-    commit_listeners: Mutex<Vec<(Arc<str>, Arc<tokio::sync::Notify>)>>,
+    /// Told which component committed a write here.
+    commits: Arc<CommitSignals>,
 }
 
 impl DatabaseFile {
-    fn committed(&self, by: &str) {
-        let listeners = self.commit_listeners.lock().unwrap_or_else(PoisonError::into_inner);
-        for (component, wake) in listeners.iter() {
-            if **component != *by {
-                wake.notify_one();
-            }
-        }
-    }
-
     fn connect(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
         let conn = open_file(path)?;
         conn.pragma_update(None, "synchronous", synchronous.pragma())?;
@@ -218,26 +209,16 @@ fn needs_primary(statement: &str) -> bool {
 
 impl Database {
     /// Opens the file (creating it if needed) at start-up with its primary connection.
-    pub fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<Self> {
+    pub fn open(path: &Path, synchronous: Synchronous, commits: Arc<CommitSignals>) -> anyhow::Result<Self> {
         let primary = DatabaseFile::connect(path, synchronous)?;
         let file = Arc::new(DatabaseFile {
             path: path.to_path_buf(),
             synchronous,
             primary: Arc::new(tokio::sync::Mutex::new(primary)),
             readers: Mutex::default(),
-            commit_listeners: Mutex::default(),
+            commits,
         });
         Ok(Self { file })
-    }
-
-    /// Notifies `wake` (coalesced) whenever a component other than `listener` commits
-    /// a write here.
-    pub fn on_commit(&self, listener: &str, wake: Arc<tokio::sync::Notify>) {
-        self.file
-            .commit_listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((listener.into(), wake));
     }
 
     /// A guest connection of its own to this file, for `component`.
@@ -288,7 +269,7 @@ impl Session {
             // A COMMIT, or a statement outside a transaction, has ended.
             drop(primary);
             if wrote && result.is_ok() {
-                inner.file.committed(&inner.component);
+                inner.file.commits.committed(&inner.component);
             }
         } else {
             *inner.transaction.lock().unwrap_or_else(PoisonError::into_inner) = Some(InTransaction { primary, wrote });
@@ -369,11 +350,12 @@ pub struct Databases {
 }
 
 impl Databases {
-    pub fn get(&self, label: &str) -> Option<&Database> {
-        self.databases.get(label)
-    }
-
-    pub fn from_config(config: Option<&toml::Table>, base_dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+    pub fn from_config(
+        config: Option<&toml::Table>,
+        base_dir: &Path,
+        data_dir: &Path,
+        commits: &Arc<CommitSignals>,
+    ) -> anyhow::Result<Self> {
         let mut databases = BTreeMap::new();
         for (label, entry) in config.into_iter().flatten() {
             let key = format!("sqlite_database.{label}");
@@ -389,13 +371,13 @@ impl Databases {
             let synchronous = Synchronous::from_entry(table, &key)?;
             databases.insert(
                 label.clone(),
-                Database::open(&path, synchronous).with_context(|| key.clone())?,
+                Database::open(&path, synchronous, commits.clone()).with_context(|| key.clone())?,
             );
         }
         if !databases.contains_key("default") {
             databases.insert(
                 "default".into(),
-                Database::open(&data_dir.join("sqlite_db.db"), Synchronous::default())
+                Database::open(&data_dir.join("sqlite_db.db"), Synchronous::default(), commits.clone())
                     .context("default SQLite database")?,
             );
         }
@@ -666,7 +648,7 @@ mod tests {
     #[tokio::test]
     async fn every_value_type_round_trips() {
         let dir = std::env::temp_dir().join(format!("shop-sqlite-unit-{}", std::process::id()));
-        let db = Database::open(&dir.join("t.db"), Synchronous::Full)
+        let db = Database::open(&dir.join("t.db"), Synchronous::Full, Arc::default())
             .unwrap()
             .session("test".into());
         db.execute("CREATE TABLE t (i, r, s, b, n)".into(), vec![])
@@ -698,7 +680,7 @@ mod tests {
     #[tokio::test]
     async fn each_guest_connection_has_its_own_transactions() {
         let dir = std::env::temp_dir().join(format!("shop-sqlite-sessions-{}", std::process::id()));
-        let template = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let template = Database::open(&dir.join("t.db"), Synchronous::Normal, Arc::default()).unwrap();
         let (a, b) = (template.session("a".into()), template.session("b".into()));
         a.execute("CREATE TABLE t (v)".into(), vec![]).await.unwrap();
         a.execute("BEGIN".into(), vec![]).await.unwrap();
@@ -730,7 +712,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_left_in_a_transaction_is_rolled_back_before_reuse() {
         let dir = std::env::temp_dir().join(format!("shop-sqlite-reuse-{}", std::process::id()));
-        let db = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let db = Database::open(&dir.join("t.db"), Synchronous::Normal, Arc::default()).unwrap();
         let first = db.session("test".into());
         first.execute("CREATE TABLE t (v)".into(), vec![]).await.unwrap();
         first.execute("BEGIN IMMEDIATE".into(), vec![]).await.unwrap();
@@ -753,7 +735,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_take_turns_and_lose_nothing() {
         let dir = std::env::temp_dir().join(format!("shop-sqlite-writers-{}", std::process::id()));
-        let db = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let db = Database::open(&dir.join("t.db"), Synchronous::Normal, Arc::default()).unwrap();
         let setup = db.session("test".into());
         setup
             .execute("CREATE TABLE counter (n INTEGER)".into(), vec![])
@@ -817,11 +799,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn commits_wake_other_components_only() {
+    async fn commits_signal_the_committing_component() {
         let dir = std::env::temp_dir().join(format!("shop-sqlite-wake-{}", std::process::id()));
-        let db = Database::open(&dir.join("t.db"), Synchronous::Normal).unwrap();
+        let commits = Arc::new(CommitSignals::default());
+        let db = Database::open(&dir.join("t.db"), Synchronous::Normal, commits.clone()).unwrap();
         let relay = Arc::new(tokio::sync::Notify::new());
-        db.on_commit("relay", relay.clone());
+        commits.watch("service", relay.clone());
         let woken = || {
             let relay = relay.clone();
             async move {
@@ -845,7 +828,7 @@ mod tests {
         assert!(!woken().await, "a read wakes no one");
         let own = db.session("relay".into());
         own.execute("DELETE FROM t".into(), vec![]).await.unwrap();
-        assert!(!woken().await, "the relay's own commits do not wake it");
+        assert!(!woken().await, "commits of components it does not watch do not wake it");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -53,10 +53,10 @@ pub struct CronTrigger {
     pub component: String,
     pub schedule: cron::Schedule,
     pub expression: String,
-    /// This host's extension: also run right after another component commits a write
-    /// to one of this component's `sqlite_databases` (e.g. an outbox relay), so the
-    /// schedule is only the safety net.
-    pub run_on_commit: bool,
+    /// This host's extension: the components whose commits (to SQLite or PostgreSQL,
+    /// through this host) also run this one right away, e.g. the service an outbox
+    /// relay publishes for; the schedule is then only the safety net.
+    pub run_on_commit: Vec<String>,
 }
 
 fn component_of(table: &toml::Table) -> Result<String, String> {
@@ -176,11 +176,15 @@ pub fn parse_cron_trigger(table: &toml::Table) -> Result<CronTrigger, String> {
         .parse::<cron::Schedule>()
         .map_err(|e| format!("`cron_expression` `{expression}`: {e}"))?;
     let run_on_commit = match table.get("run_on_commit") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => *b,
+        None => Vec::new(),
+        Some(toml::Value::Array(ids)) => ids
+            .iter()
+            .map(|id| id.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("`run_on_commit` must list component ids as strings")?,
         Some(other) => {
             return Err(format!(
-                "`run_on_commit` must be true or false, found {}",
+                "`run_on_commit` lists the components whose commits run this trigger (e.g. [\"products\"]), found {}",
                 other.type_str()
             ));
         }

@@ -157,10 +157,15 @@ pub fn validate(manifest: &Manifest) -> Vec<Problem> {
         match trigger_type.as_str() {
             "http" => validate_http_triggers(&mut c, manifest, entries),
             "kafka" => validate_event_triggers(&mut c, manifest, "kafka", KAFKA_KEYS, entries, |t| {
-                parse_kafka_trigger(t, &raw.application.name).map(|t| t.component)
+                parse_kafka_trigger(t, &raw.application.name).map(|t| vec![("component".into(), t.component)])
             }),
             _ => validate_event_triggers(&mut c, manifest, "cron", CRON_KEYS, entries, |t| {
-                parse_cron_trigger(t).map(|t| t.component)
+                parse_cron_trigger(t).map(|t| {
+                    let committers = t.run_on_commit.into_iter().map(|id| ("run_on_commit".into(), id));
+                    std::iter::once(("component".into(), t.component))
+                        .chain(committers)
+                        .collect()
+                })
             }),
         }
     }
@@ -227,14 +232,15 @@ fn validate_http_triggers(c: &mut Collector, manifest: &Manifest, entries: &[tom
     }
 }
 
-/// Kafka and cron entries: known keys, a parse, and a component that exists.
+/// Kafka and cron entries: known keys, a parse, and components that exist (`parse`
+/// gives each component the entry names, with the key naming it).
 fn validate_event_triggers(
     c: &mut Collector,
     manifest: &Manifest,
     kind: &str,
     known_keys: &[&str],
     entries: &[toml::Table],
-    parse: impl Fn(&toml::Table) -> Result<String, String>,
+    parse: impl Fn(&toml::Table) -> Result<Vec<(String, String)>, String>,
 ) {
     for (index, table) in entries.iter().enumerate() {
         let key = format!("trigger.{kind}[{index}]");
@@ -242,11 +248,16 @@ fn validate_event_triggers(
             c.warning(format!("{key}.{k}"), "unknown key (ignored)");
         }
         match parse(table) {
-            Ok(component) if !manifest.raw.component.contains_key(&component) => c.error(
-                format!("{key}.component"),
-                format!("unknown component `{component}`: no [component.{component}] table"),
-            ),
-            Ok(_) => {}
+            Ok(named) => {
+                for (field, component) in named {
+                    if !manifest.raw.component.contains_key(&component) {
+                        c.error(
+                            format!("{key}.{field}"),
+                            format!("unknown component `{component}`: no [component.{component}] table"),
+                        );
+                    }
+                }
+            }
             Err(e) => c.error(&key, e),
         }
     }

@@ -1,8 +1,8 @@
 //! The cron trigger: runs a component's `handle-cron-event` (Spin's
 //! `fermyon:spin-cron@2.0.0` world) on a 6-field schedule (seconds first), in UTC.
 //!
-//! With `run_on_commit = true` (this host's extension) it also runs right after another
-//! component commits to one of its SQLite databases: an outbox relay publishes at
+//! With `run_on_commit = ["service"]` (this host's extension) it also runs right after
+//! `service` commits a write, to SQLite or PostgreSQL: an outbox relay publishes at
 //! once and its schedule is only the safety net.
 //!
 //! Firings of one trigger never overlap: the next one is computed after the current
@@ -27,7 +27,7 @@ use crate::state::InvocationProbe;
 
 struct CronRunner {
     trigger: CronTrigger,
-    /// Set with `run_on_commit`: notified by commits to the component's databases.
+    /// Set with `run_on_commit`: notified by the listed components' commits.
     commits: Option<Arc<tokio::sync::Notify>>,
     engine: Engine,
     component: Arc<LoadedComponent>,
@@ -133,13 +133,11 @@ pub fn start(
                 component.exports.describe()
             );
         }
-        tracing::info!(component = %trigger.component, schedule = %trigger.expression, run_on_commit = trigger.run_on_commit, "cron trigger scheduled");
-        let commits = trigger.run_on_commit.then(|| {
+        tracing::info!(component = %trigger.component, schedule = %trigger.expression, run_on_commit = ?trigger.run_on_commit, "cron trigger scheduled");
+        let commits = (!trigger.run_on_commit.is_empty()).then(|| {
             let wake = Arc::new(tokio::sync::Notify::new());
-            for label in component.sqlite_databases.iter() {
-                if let Some(database) = component.backends.sqlite.get(label) {
-                    database.on_commit(&component.id, wake.clone());
-                }
+            for committer in &trigger.run_on_commit {
+                component.backends.commits.watch(committer, wake.clone());
             }
             wake
         });

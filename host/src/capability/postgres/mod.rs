@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
 use super::Backends;
 use super::allowed_hosts::AllowedHosts;
+use super::commits::StatementKind;
 use crate::bindings::postgres4::spin::postgres::postgres::{
     self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
 };
@@ -73,6 +75,7 @@ impl PostgresPools {
 
 /// Per-instance Postgres state.
 pub struct PostgresAccess {
+    pub component: Arc<str>,
     pub allowed: Arc<AllowedHosts>,
     pub backends: Arc<Backends>,
 }
@@ -80,7 +83,33 @@ pub struct PostgresAccess {
 /// An open connection as the guest holds it (returned to the pool when dropped).
 pub struct PgConnection {
     // Shared so an `async func` call can use it without borrowing the instance table.
-    client: Arc<Object>,
+    session: Arc<PgSession>,
+}
+
+struct PgSession {
+    client: Object,
+    /// Between the guest's BEGIN and its COMMIT or ROLLBACK: its writes are not
+    /// visible to others yet.
+    in_transaction: AtomicBool,
+}
+
+impl PgSession {
+    /// Follows the guest's transaction through `statement`, which has just succeeded,
+    /// and reports to the commit signals when a write of `component` became visible.
+    fn after(&self, statement: &str, component: &str, backends: &Backends) {
+        match StatementKind::of(statement) {
+            StatementKind::Begin => self.in_transaction.store(true, Ordering::Relaxed),
+            StatementKind::Rollback => self.in_transaction.store(false, Ordering::Relaxed),
+            StatementKind::Commit => {
+                self.in_transaction.store(false, Ordering::Relaxed);
+                backends.commits.committed(component);
+            }
+            StatementKind::Write if !self.in_transaction.load(Ordering::Relaxed) => {
+                backends.commits.committed(component)
+            }
+            StatementKind::Write | StatementKind::Other => {}
+        }
+    }
 }
 
 /// spin-sdk 7's connection builder: an address waiting for `build`.
@@ -139,13 +168,17 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl HostState {
-    fn pg_client(&self, connection: &Resource<PgConnection>) -> Result<Arc<Object>, Error> {
+    fn pg_session(&self, connection: &Resource<PgConnection>) -> Result<Arc<PgSession>, Error> {
         Ok(self
             .table
             .get(connection)
             .map_err(|e| Error::Other(e.to_string()))?
-            .client
+            .session
             .clone())
+    }
+
+    fn pg_after(&self, session: &PgSession, statement: &str) {
+        session.after(statement, &self.postgres.component, &self.postgres.backends);
     }
 
     /// The pool for `address` if this component may reach it.
@@ -157,7 +190,10 @@ impl HostState {
     fn pg_push(&mut self, client: Object) -> Result<Resource<PgConnection>, Error> {
         self.table
             .push(PgConnection {
-                client: Arc::new(client),
+                session: Arc::new(PgSession {
+                    client,
+                    in_transaction: AtomicBool::new(false),
+                }),
             })
             .map_err(|e| Error::Other(e.to_string()))
     }
@@ -230,8 +266,10 @@ impl postgres::HostConnection for HostState {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Result<RowSet, Error> {
-        let client = self.pg_client(&connection)?;
-        run_query(&client, &statement, params).await
+        let session = self.pg_session(&connection)?;
+        let rows = run_query(&session.client, &statement, params).await?;
+        self.pg_after(&session, &statement);
+        Ok(rows)
     }
 
     async fn execute(
@@ -240,8 +278,10 @@ impl postgres::HostConnection for HostState {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
-        let client = self.pg_client(&connection)?;
-        run_execute(&client, &statement, params).await
+        let session = self.pg_session(&connection)?;
+        let changed = run_execute(&session.client, &statement, params).await?;
+        self.pg_after(&session, &statement);
+        Ok(changed)
     }
 
     async fn drop(&mut self, connection: Resource<PgConnection>) -> wasmtime::Result<()> {
@@ -287,8 +327,12 @@ impl wasmtime::component::HasData for SpinPostgres4 {
     type Data<'a> = &'a mut HostState;
 }
 
-fn client_of<U>(store: &Accessor<U, SpinPostgres4>, c: &Resource<PgConnection>) -> Result<Arc<Object>, Error> {
-    store.with(|mut view| view.get().pg_client(c))
+fn session_of<U>(store: &Accessor<U, SpinPostgres4>, c: &Resource<PgConnection>) -> Result<Arc<PgSession>, Error> {
+    store.with(|mut view| view.get().pg_session(c))
+}
+
+fn after<U>(store: &Accessor<U, SpinPostgres4>, session: &PgSession, statement: &str) {
+    store.with(|mut view| view.get().pg_after(session, statement))
 }
 
 async fn open_with<U>(store: &Accessor<U, SpinPostgres4>, address: String) -> Result<Resource<PgConnection>, Error> {
@@ -310,14 +354,15 @@ impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
         params: Vec<ParameterValue>,
     ) -> wasmtime::Result<Result<(Vec<Column>, StreamReader<Vec<DbValue>>, FutureReader<Result<(), Error>>), Error>>
     {
-        let client = match client_of(store, &c) {
-            Ok(client) => client,
+        let session = match session_of(store, &c) {
+            Ok(session) => session,
             Err(e) => return Ok(Err(e)),
         };
-        let RowSet { columns, rows } = match run_query(&client, &statement, params).await {
+        let RowSet { columns, rows } = match run_query(&session.client, &statement, params).await {
             Ok(set) => set,
             Err(e) => return Ok(Err(e)),
         };
+        after(store, &session, &statement);
         store.with(|mut access| {
             let rows = StreamReader::new(&mut access, rows)?;
             let done = FutureReader::new(&mut access, async { wasmtime::Result::<_>::Ok(Ok(())) })?;
@@ -331,8 +376,10 @@ impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
-        let client = client_of(store, &c)?;
-        run_execute(&client, &statement, params).await
+        let session = session_of(store, &c)?;
+        let changed = run_execute(&session.client, &statement, params).await?;
+        after(store, &session, &statement);
+        Ok(changed)
     }
 }
 

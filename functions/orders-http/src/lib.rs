@@ -1,36 +1,22 @@
-//! The Spin side: the HTTP API (pricing through the catalog and the cart over local
-//! service chaining), the Kafka handler for inventory and payment results, and the
-//! cron handler that times out stuck steps and publishes the outbox.
+//! The orders API as a Spin HTTP component: pricing through the catalog and the cart
+//! over local service chaining. It imports only what Spin provides; the events it
+//! writes to its outbox are published by the `orders-relay` component, woken by the
+//! commit on the `shop` host.
 
-use event_kit::{Message, cron, kafka};
-use shop_domain::ShopEvent;
+#![cfg(target_arch = "wasm32")]
+
+use orders::service::{self, Upstream};
+use orders::store::{Context, Orders};
 use shop_domain::api::ApiError;
 use shop_domain::sql::spin::SpinDatabase;
 use shop_domain::types::{Cart, OrderLine, Product};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
-use crate::saga::Timeouts;
-use crate::service::{self, Upstream};
-use crate::store::{Context, Orders, Outcome};
-
 const DATABASE: &str = "orders";
-const SOURCE: &str = "/orders";
-/// Most overdue orders handled per cron tick.
-const OVERDUE_BATCH: i64 = 100;
 
 fn context() -> Result<Context<'static>, String> {
-    let now = event_kit::now_secs();
-    Ok(Context {
-        now,
-        now_text: shop_domain::time::rfc3339(now),
-        new_id: &event_kit::new_id,
-        timeouts: Timeouts {
-            inventory_secs: event_kit::number_variable("inventory_timeout_secs", 30)?,
-            payment_secs: event_kit::number_variable("payment_timeout_secs", 30)?,
-            completion_secs: event_kit::number_variable("completion_timeout_secs", 30)?,
-        },
-    })
+    Context::configured(guest_kit::now_secs(), &guest_kit::new_id, guest_kit::number_variable)
 }
 
 fn open() -> Result<(SpinDatabase, Context<'static>), String> {
@@ -41,12 +27,19 @@ fn open() -> Result<(SpinDatabase, Context<'static>), String> {
 struct Services;
 
 fn call(method: Method, url: String, user: Option<&str>) -> Result<Response, ApiError> {
+    call_with(method, url, user, Vec::new())
+}
+
+fn call_with(method: Method, url: String, user: Option<&str>, body: Vec<u8>) -> Result<Response, ApiError> {
     let mut request = Request::builder();
     request.method(method).uri(&url);
     if let Some(user) = user {
         request.header("x-shop-user", user);
     }
-    spin_sdk::http::run(spin_sdk::http::send::<_, Response>(request.build()))
+    if !body.is_empty() {
+        request.header("content-type", "application/json");
+    }
+    spin_sdk::http::run(spin_sdk::http::send::<_, Response>(request.body(body).build()))
         .map_err(|e| ApiError::new(503, "unavailable", format!("{url} did not answer: {e}")))
 }
 
@@ -96,6 +89,20 @@ impl Upstream for Services {
             .collect())
     }
 
+    fn keep_payment_method(&self, order_id: &str, user_id: &str, token: &str) -> Result<(), ApiError> {
+        let body = serde_json::json!({ "token": token }).to_string().into_bytes();
+        let url = format!("http://payments.spin.internal/payment-methods/{order_id}");
+        let response = call_with(Method::Put, url, Some(user_id), body)?;
+        match *response.status() {
+            200 => Ok(()),
+            status => Err(ApiError::new(
+                503,
+                "unavailable",
+                format!("payments did not keep the payment method (it answered {status})"),
+            )),
+        }
+    }
+
     fn clear_cart(&self, user_id: &str) {
         if let Err(e) = call(Method::Delete, "http://cart.spin.internal/cart".into(), Some(user_id)) {
             eprintln!("orders: the cart of {user_id} stays: {}", e.message);
@@ -133,7 +140,7 @@ fn wait_while_pending(request: &service::Request<'_>, orders: &Orders<'_, SpinDa
 fn handle_http(req: Request) -> Response {
     let (db, context) = match open() {
         Ok(opened) => opened,
-        Err(e) => return event_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
+        Err(e) => return guest_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
     };
     let method = req.method().to_string();
     let idempotency_key = req.header("idempotency-key").and_then(|v| v.as_str());
@@ -142,88 +149,16 @@ fn handle_http(req: Request) -> Response {
         path: req.path(),
         query: req.query(),
         body: req.body(),
-        user: event_kit::header(&req, "x-shop-user"),
-        roles: event_kit::header(&req, "x-shop-roles"),
+        user: guest_kit::header(&req, "x-shop-user"),
+        roles: guest_kit::header(&req, "x-shop-roles"),
         idempotency_key,
     };
     if let Err(e) = wait_while_pending(&request, &Orders::new(&db, &context)) {
-        return event_kit::reply(shop_domain::api::Response::error(&e));
+        return guest_kit::reply(shop_domain::api::Response::error(&e));
     }
-    let (response, effects) = service::handle(&request, &Orders::new(&db, &context), &Services, &event_kit::new_id);
-    if effects.wrote {
-        event_kit::publish_outbox(&db, SOURCE);
-    }
+    let (response, effects) = service::handle(&request, &Orders::new(&db, &context), &Services, &guest_kit::new_id);
     if effects.from_cart && response.status == 202 {
         Services.clear_cart(request.user);
     }
-    event_kit::reply(response)
+    guest_kit::reply(response)
 }
-
-/// Whether the saga acts on `event` (results; the commands on the same topics are
-/// for the other services).
-fn is_result(event: &ShopEvent) -> bool {
-    matches!(
-        event,
-        ShopEvent::InventoryReserved(_)
-            | ShopEvent::InventoryRejected(_)
-            | ShopEvent::InventoryReleased(_)
-            | ShopEvent::InventoryCommitted(_)
-            | ShopEvent::PaymentAuthorized(_)
-            | ShopEvent::PaymentDeclined(_)
-            | ShopEvent::PaymentCaptured(_)
-            | ShopEvent::PaymentVoided(_)
-            | ShopEvent::PaymentRefunded(_)
-    )
-}
-
-struct Handlers;
-
-impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
-    fn handle(message: Message) -> Result<(), event_kit::Error> {
-        let (envelope, event) = event_kit::received(&message).map_err(event_kit::Error::Other)?;
-        if !is_result(&event) {
-            return Ok(());
-        }
-        let (db, context) = open().map_err(event_kit::Error::Other)?;
-        let orders = Orders::new(&db, &context);
-        orders.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;
-        let outcome = orders
-            .apply(Some(&envelope.id), &event.key(), &event)
-            .map_err(|e| event_kit::Error::Other(e.to_string()))?;
-        if matches!(outcome, Outcome::Changed(_)) {
-            event_kit::publish_outbox(&db, SOURCE);
-        }
-        Ok(())
-    }
-}
-
-impl cron::Guest for Handlers {
-    fn handle_cron_event(_: cron::Metadata) -> Result<(), cron::Error> {
-        let failed = |e: String| cron::Error::Other(e);
-        let (db, context) = open().map_err(failed)?;
-        let orders = Orders::new(&db, &context);
-        orders.migrate().map_err(|e| failed(e.to_string()))?;
-        // One order that cannot be timed out must not hold up the others or the relay.
-        let mut problems = Vec::new();
-        match orders.overdue(OVERDUE_BATCH) {
-            Ok(due) => {
-                for (order_id, timeout) in due {
-                    if let Err(e) = orders.apply(None, &order_id, &timeout) {
-                        problems.push(format!("timing out {order_id}: {e}"));
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("finding overdue orders: {e}")),
-        }
-        if let Err(e) = event_kit::relay_outbox(&db, SOURCE) {
-            problems.push(e);
-        }
-        match problems.is_empty() {
-            true => Ok(()),
-            false => Err(failed(problems.join("; "))),
-        }
-    }
-}
-
-kafka::export_kafka_handler!(Handlers);
-cron::export_cron_handler!(Handlers);

@@ -1,55 +1,25 @@
-//! The Spin side: the HTTP API (with the sandbox), the Kafka handler for payment
-//! commands on `shop.payments`, the cron handler that publishes the outbox, and the
-//! provider client over outbound HTTP (`provider_url`, `provider_api_key`).
+//! Payments' saga side as a component for the `shop` host: the Kafka handler for the
+//! saga's payment commands on `shop.payments`, against the provider's HTTP API
+//! (`provider_url`, `provider_api_key`; the sandbox by default). Each handler publishes
+//! the events it wrote right after its commit.
 
-use event_kit::{Message, cron, kafka};
-use shop_domain::api::ApiError;
+#![cfg(target_arch = "wasm32")]
+
+use event_kit::{Message, kafka};
+use payments::ledger::{Answer, Context, Handled, Ledger, Provider};
+use payments::service;
 use shop_domain::sql::spin::SpinDatabase;
 use shop_domain::types::Money;
 use spin_sdk::http::{Method, Request, Response};
-use spin_sdk::http_component;
-
-use crate::ledger::{Answer, Context, Handled, Ledger, Provider};
-use crate::sandbox::Sandbox;
-use crate::service;
 
 const DATABASE: &str = "payments";
 const SOURCE: &str = "/payments";
 
 fn context() -> Context<'static> {
     Context {
-        now_text: shop_domain::time::rfc3339(event_kit::now_secs()),
-        new_id: &event_kit::new_id,
+        now_text: shop_domain::time::rfc3339(guest_kit::now_secs()),
+        new_id: &guest_kit::new_id,
     }
-}
-
-#[http_component]
-fn handle_http(req: Request) -> Response {
-    let db = match SpinDatabase::open_configured(DATABASE) {
-        Ok(db) => db,
-        Err(e) => return event_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
-    };
-    let context = context();
-    let slow_ms = event_kit::number_variable("sandbox_slow_ms", 3000).unwrap_or(3000);
-    let sleep = move || std::thread::sleep(std::time::Duration::from_millis(slow_ms.max(0) as u64));
-    let method = req.method().to_string();
-    let request = service::Request {
-        method: &method,
-        path: req.path(),
-        body: req.body(),
-        user: event_kit::header(&req, "x-shop-user"),
-        roles: event_kit::header(&req, "x-shop-roles"),
-    };
-    let services = service::Services {
-        ledger: &Ledger::new(&db, &context),
-        sandbox: &Sandbox {
-            db: &db,
-            now_text: context.now_text.clone(),
-            new_id: &event_kit::new_id,
-        },
-        sleep: &sleep,
-    };
-    event_kit::reply(service::handle(&request, &services))
 }
 
 /// The provider's HTTP API (the sandbox's shape).
@@ -61,11 +31,11 @@ struct HttpProvider {
 impl HttpProvider {
     fn configured() -> Self {
         Self {
-            base: event_kit::variable("provider_url")
+            base: guest_kit::variable("provider_url")
                 .unwrap_or_else(|| "http://payments.spin.internal/sandbox".into())
                 .trim_end_matches('/')
                 .to_string(),
-            api_key: event_kit::variable("provider_api_key"),
+            api_key: guest_kit::variable("provider_api_key"),
         }
     }
 
@@ -151,7 +121,7 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
     fn handle(message: Message) -> Result<(), event_kit::Error> {
         let (envelope, event) = event_kit::received(&message).map_err(event_kit::Error::Other)?;
         // Results on the same topic are for the orders service: no database needed.
-        if crate::ledger::command_of(&event).is_none() {
+        if payments::ledger::command_of(&event).is_none() {
             return Ok(());
         }
         let db = SpinDatabase::open_configured(DATABASE).map_err(event_kit::Error::Other)?;
@@ -168,15 +138,4 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
     }
 }
 
-impl cron::Guest for Handlers {
-    fn handle_cron_event(_: cron::Metadata) -> Result<(), cron::Error> {
-        let db = SpinDatabase::open_configured(DATABASE).map_err(cron::Error::Other)?;
-        Ledger::new(&db, &context())
-            .migrate()
-            .map_err(|e| cron::Error::Other(e.to_string()))?;
-        event_kit::relay_outbox(&db, SOURCE).map_err(cron::Error::Other)
-    }
-}
-
 kafka::export_kafka_handler!(Handlers);
-cron::export_cron_handler!(Handlers);

@@ -1,43 +1,18 @@
-//! The Spin side: the HTTP API, the Kafka handler for saga commands on
-//! `shop.inventory`, and the cron handler that expires stale reservations and
-//! publishes the outbox.
+//! Inventory's saga side as a component for the `shop` host: the Kafka handler for the
+//! saga's commands on `shop.inventory`, and the cron handler that expires stale
+//! reservations. Each publishes the events it wrote right after its commit.
+
+#![cfg(target_arch = "wasm32")]
 
 use event_kit::{Message, cron, kafka};
-use shop_domain::api::ApiError;
+use inventory::stock::{Context, Handled, Inventory};
 use shop_domain::sql::spin::SpinDatabase;
-use spin_sdk::http::{Request, Response};
-use spin_sdk::http_component;
-
-use crate::service;
-use crate::stock::{Context, Handled, Inventory};
 
 const DATABASE: &str = "inventory";
 const SOURCE: &str = "/inventory";
 
 fn context() -> Result<Context<'static>, String> {
-    let now = event_kit::now_secs();
-    Ok(Context {
-        now,
-        now_text: shop_domain::time::rfc3339(now),
-        new_id: &event_kit::new_id,
-        reservation_ttl_secs: event_kit::number_variable("reservation_ttl_secs", 15 * 60)?,
-    })
-}
-
-#[http_component]
-fn handle_http(req: Request) -> Response {
-    let (db, context) = match SpinDatabase::open_configured(DATABASE).and_then(|db| Ok((db, context()?))) {
-        Ok(opened) => opened,
-        Err(e) => return event_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
-    };
-    let method = req.method().to_string();
-    let request = service::Request {
-        method: &method,
-        path: req.path(),
-        body: req.body(),
-        roles: event_kit::header(&req, "x-shop-roles"),
-    };
-    event_kit::reply(service::handle(&request, &Inventory::new(&db, &context)))
+    Context::configured(guest_kit::now_secs(), &guest_kit::new_id, guest_kit::number_variable)
 }
 
 struct Handlers;
@@ -46,7 +21,7 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
     fn handle(message: Message) -> Result<(), event_kit::Error> {
         let (envelope, event) = event_kit::received(&message).map_err(event_kit::Error::Other)?;
         // Results on the same topic are for the orders service: no database needed.
-        if crate::stock::command_of(&event).is_none() {
+        if inventory::stock::command_of(&event).is_none() {
             return Ok(());
         }
         let db = SpinDatabase::open_configured(DATABASE).map_err(event_kit::Error::Other)?;
@@ -72,9 +47,11 @@ impl cron::Guest for Handlers {
         let inventory = Inventory::new(&db, &context);
         inventory.migrate().map_err(|e| cron::Error::Other(e.to_string()))?;
         inventory.expire().map_err(|e| cron::Error::Other(e.to_string()))?;
-        event_kit::relay_outbox(&db, SOURCE).map_err(cron::Error::Other)
+        // What a crash left in the outbox is `inventory-relay`'s to send.
+        event_kit::publish_outbox(&db, SOURCE);
+        Ok(())
     }
 }
 
-event_kit::kafka::export_kafka_handler!(Handlers);
-event_kit::cron::export_cron_handler!(Handlers);
+kafka::export_kafka_handler!(Handlers);
+cron::export_cron_handler!(Handlers);

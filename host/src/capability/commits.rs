@@ -1,0 +1,97 @@
+//! Commit signals: which component just committed a write, for the triggers that run
+//! right after one (`run_on_commit`, e.g. an outbox relay). SQLite and PostgreSQL both
+//! report here, so a relay is woken the same way whichever database its service uses,
+//! as long as the committing component runs in this host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct CommitSignals {
+    /// Committing component → the wake-ups of those listening to it.
+    listeners: Mutex<HashMap<Arc<str>, Vec<Arc<Notify>>>>,
+}
+
+impl CommitSignals {
+    /// Notifies `wake` (coalesced: one pending wake-up at most) after each commit of a
+    /// write by `committer`.
+    pub fn watch(&self, committer: &str, wake: Arc<Notify>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(committer.into())
+            .or_default()
+            .push(wake);
+    }
+
+    /// `committer` has committed a write.
+    pub fn committed(&self, committer: &str) {
+        let listeners = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        for wake in listeners.get(committer).into_iter().flatten() {
+            wake.notify_one();
+        }
+    }
+}
+
+/// What a PostgreSQL statement does to the session's transaction, read from its first
+/// keyword: enough to tell when a guest's write has become visible to others.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum StatementKind {
+    Begin,
+    Commit,
+    Rollback,
+    Write,
+    Other,
+}
+
+impl StatementKind {
+    pub fn of(statement: &str) -> Self {
+        let keyword: String = statement
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        match keyword.as_str() {
+            "BEGIN" | "START" => Self::Begin,
+            "COMMIT" | "END" => Self::Commit,
+            "ROLLBACK" | "ABORT" => Self::Rollback,
+            "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "WITH" => Self::Write,
+            _ => Self::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_watched_committer_wakes_a_listener() {
+        let signals = CommitSignals::default();
+        let relay = Arc::new(Notify::new());
+        signals.watch("orders", relay.clone());
+        signals.committed("orders-events");
+        let woken = relay.notified();
+        tokio::pin!(woken);
+        assert!(!woken.as_mut().enable(), "a commit by another component woke the relay");
+        signals.committed("orders");
+        assert!(woken.enable(), "the watched component's commit did not wake the relay");
+    }
+
+    #[test]
+    fn statements_are_classified_by_their_first_keyword() {
+        assert_eq!(StatementKind::of("  begin"), StatementKind::Begin);
+        assert_eq!(StatementKind::of("START TRANSACTION"), StatementKind::Begin);
+        assert_eq!(StatementKind::of("commit;"), StatementKind::Commit);
+        assert_eq!(StatementKind::of("ROLLBACK TO SAVEPOINT a"), StatementKind::Rollback);
+        assert_eq!(
+            StatementKind::of("insert into outbox values ($1)"),
+            StatementKind::Write
+        );
+        assert_eq!(StatementKind::of("SELECT 1"), StatementKind::Other);
+        assert_eq!(StatementKind::of("CREATE TABLE t (x int)"), StatementKind::Other);
+    }
+}
