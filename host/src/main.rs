@@ -72,6 +72,15 @@ enum Command {
         #[command(flatten)]
         manifest: ManifestArgs,
     },
+    /// Write the build contexts of the Kubernetes images: `OUT/app` (the HTTP half
+    /// for containerd-shim-spin) and `OUT/host` (everything, for this host).
+    Package {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Where the two contexts go.
+        #[arg(long, default_value = "target/package")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// Default filter for JSON logs: everything an operator's log pipeline may want.
@@ -108,6 +117,7 @@ fn main() -> ExitCode {
         Command::Up(args) => commands::up::run(args),
         Command::Build { manifest, components } => commands::build::run(&manifest, &components),
         Command::Check { manifest } => commands::check::run(&manifest),
+        Command::Package { manifest, out } => commands::package::run(&manifest, &out),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod check;
+pub mod package;
 pub mod up;
 
 use crate::ManifestArgs;
