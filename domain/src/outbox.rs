@@ -10,7 +10,13 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL, event_key TEXT NOT NULL, event_type TEXT NOT NULL,
     payload BLOB NOT NULL, created_at TEXT NOT NULL)";
 
-/// Appends `event` (run it inside the caller's transaction).
+/// The PostgreSQL channel told of every commit that adds outbox rows, so a relay can
+/// publish at once wherever the service runs (`run_on_notify` in the shop host).
+pub const NOTIFY_CHANNEL: &str = "shop_outbox";
+
+/// Appends `event` (run it inside the caller's transaction). On PostgreSQL it also
+/// notifies [`NOTIFY_CHANNEL`] (delivered at the commit, and only then) when the
+/// relay is the one to publish it.
 pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopEvent) -> Result<(), SqlError> {
     db.outbox_written(&event_id);
     db.execute(
@@ -24,6 +30,9 @@ pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopE
             created_at.into(),
         ],
     )?;
+    if db.dialect() == crate::sql::Dialect::Postgres && db.relay_publishes() {
+        db.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])?;
+    }
     Ok(())
 }
 

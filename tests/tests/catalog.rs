@@ -259,6 +259,20 @@ fn the_outbox_relay_publishes_from_postgres() {
     );
 }
 
+/// A runtime and the host's embedded event log under `data`, to read what it published.
+fn event_log(data: &std::path::Path) -> (tokio::runtime::Runtime, shop_broker::embedded::EmbeddedBroker) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = shop_broker::embedded::EmbeddedBroker::open(
+        &data.join("events/log.db"),
+        shop_broker::embedded::EmbeddedOptions::default(),
+    )
+    .unwrap();
+    (runtime, broker)
+}
+
 /// Creates and deletes a product and reads the relay's events off the embedded log;
 /// `postgres` is the catalog's database URL (else SQLite).
 fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
@@ -301,15 +315,7 @@ fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
     let id = created["id"].as_str().unwrap().to_string();
     send(reqwest::Method::DELETE, format!("{}/products/{id}", shop.base), None);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let broker = shop_broker::embedded::EmbeddedBroker::open(
-        &data.join("events/log.db"),
-        shop_broker::embedded::EmbeddedOptions::default(),
-    )
-    .unwrap();
+    let (runtime, broker) = event_log(&data);
     let received = runtime.block_on(async {
         let consumer = broker
             .consumer("catalog-test", &["shop.products".to_string()])
@@ -347,4 +353,84 @@ fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
         })
         .collect();
     assert_eq!(types, ["shop.product.created", "shop.product.deleted"]);
+}
+
+/// With the catalog in PostgreSQL, the relay publishes on the commit's `NOTIFY`
+/// (`run_on_notify`) rather than its schedule: here the schedule is once a year and
+/// nothing else wakes it, as when the HTTP half commits from other pods. Prints the
+/// latency from each committed write to its event on the broker.
+#[test]
+fn the_relay_publishes_on_postgres_notify() {
+    use shop_broker::{Broker, ConsumerEvent};
+    const WRITES: usize = 50;
+    let database = "shop_test_catalog_notify";
+    let url = fresh_postgres_database(database);
+    let dir = TempDir::new("catalog-notify");
+    with_runtime_config(&dir);
+    let data = dir.path().join("data");
+    let storage = |id: &str| {
+        format!(
+            "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n[component.{id}.variables]\ndatabase_url = \"{url}\"\n"
+        )
+    };
+    let manifest = dir.manifest(&format!(
+        "{}[[trigger.cron]]\ncomponent = \"relay\"\ncron_expression = \"0 0 0 1 1 *\"\n\
+         run_on_notify = {{ channel = \"shop_outbox\", url_variable = \"database_url\" }}\n{}{}{}",
+        http_trigger("/products/...", "products"),
+        products_component("products"),
+        storage("products"),
+        component(
+            "relay",
+            "outbox-relay",
+            &format!(
+                "allowed_topics = [\"shop.products\"]\n{}database = \"products\"\nsource = \"/products\"",
+                storage("relay")
+            ),
+        ),
+    ));
+    let shop = Shop::start(&manifest, &data);
+    let (runtime, broker) = event_log(&data);
+    let consumer = runtime
+        .block_on(broker.consumer("notify-test", &["shop.products".to_string()]))
+        .unwrap();
+    let mut latencies = Vec::new();
+    for i in 0..WRITES {
+        let (status, _, created) = send(
+            reqwest::Method::POST,
+            format!("{}/products", shop.base),
+            Some(mug(&format!("NOTIFY-{i}"), 100)),
+        );
+        assert_eq!(status, 201, "{created}");
+        let committed = std::time::Instant::now();
+        let id = created["id"].as_str().unwrap().as_bytes().to_vec();
+        let arrived = runtime.block_on(async {
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), consumer.next_event()).await {
+                    Ok(Ok(ConsumerEvent::Message(m))) if m.key.as_deref() == Some(&id[..]) => break true,
+                    Ok(Ok(_)) => continue,
+                    _ => break false,
+                }
+            }
+        });
+        assert!(
+            arrived,
+            "write {i} was not published: the NOTIFY did not wake the relay\n{}",
+            shop.stderr.text()
+        );
+        latencies.push(committed.elapsed());
+    }
+    runtime.block_on(shop_broker::leave_group(consumer.as_ref()));
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    eprintln!(
+        "commit→published over {WRITES} writes: p50 {:?}, p99 {:?}, max {:?}",
+        at(0.5),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+    assert_eq!(
+        psql(database, "SELECT count(*) FROM outbox"),
+        "0",
+        "the relay emptied the outbox"
+    );
 }

@@ -106,6 +106,13 @@ pub trait Sql {
     /// The outbox events noted since the last call (committed or not: one rolled back
     /// is simply not found).
     fn take_outbox_written(&self) -> Vec<String>;
+
+    /// Whether the outbox relay publishes what this connection writes to the outbox,
+    /// so its commits should wake the relay; not when the writer publishes its own
+    /// events right after the commit (the relay then only sweeps up after a crash).
+    fn relay_publishes(&self) -> bool {
+        true
+    }
 }
 
 /// Creates what `schema` describes (each statement idempotent, SQLite type names).

@@ -131,6 +131,7 @@ pub enum Backend {
 pub struct SpinDatabase {
     backend: Backend,
     outbox_events: std::cell::RefCell<Vec<String>>,
+    relay_publishes: bool,
 }
 
 impl SpinDatabase {
@@ -145,7 +146,15 @@ impl SpinDatabase {
         Ok(Self {
             backend,
             outbox_events: Default::default(),
+            relay_publishes: true,
         })
+    }
+
+    /// For a component that publishes the events it writes right after its commit
+    /// (`outbox::publish_written`): its commits do not wake the relay.
+    pub fn publishing_its_own_outbox(mut self) -> Self {
+        self.relay_publishes = false;
+        self
     }
 }
 
@@ -170,5 +179,9 @@ impl Sql for SpinDatabase {
 
     fn take_outbox_written(&self) -> Vec<String> {
         self.outbox_events.take()
+    }
+
+    fn relay_publishes(&self) -> bool {
+        self.relay_publishes
     }
 }

@@ -24,7 +24,9 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         if inventory::stock::command_of(&event).is_none() {
             return Ok(());
         }
-        let db = SpinDatabase::open_configured(DATABASE).map_err(event_kit::Error::Other)?;
+        let db = SpinDatabase::open_configured(DATABASE)
+            .map_err(event_kit::Error::Other)?
+            .publishing_its_own_outbox();
         let context = context().map_err(event_kit::Error::Other)?;
         let inventory = Inventory::new(&db, &context);
         inventory
@@ -42,7 +44,9 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
 
 impl cron::Guest for Handlers {
     fn handle_cron_event(_: cron::Metadata) -> Result<(), cron::Error> {
-        let db = SpinDatabase::open_configured(DATABASE).map_err(cron::Error::Other)?;
+        let db = SpinDatabase::open_configured(DATABASE)
+            .map_err(cron::Error::Other)?
+            .publishing_its_own_outbox();
         let context = context().map_err(cron::Error::Other)?;
         let inventory = Inventory::new(&db, &context);
         inventory.migrate().map_err(|e| cron::Error::Other(e.to_string()))?;

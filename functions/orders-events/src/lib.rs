@@ -19,7 +19,10 @@ fn context() -> Result<Context<'static>, String> {
 }
 
 fn open() -> Result<(SpinDatabase, Context<'static>), String> {
-    Ok((SpinDatabase::open_configured(DATABASE)?, context()?))
+    Ok((
+        SpinDatabase::open_configured(DATABASE)?.publishing_its_own_outbox(),
+        context()?,
+    ))
 }
 
 /// Whether the saga acts on `event` (results; the commands on the same topics are

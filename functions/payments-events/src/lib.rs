@@ -124,7 +124,9 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         if payments::ledger::command_of(&event).is_none() {
             return Ok(());
         }
-        let db = SpinDatabase::open_configured(DATABASE).map_err(event_kit::Error::Other)?;
+        let db = SpinDatabase::open_configured(DATABASE)
+            .map_err(event_kit::Error::Other)?
+            .publishing_its_own_outbox();
         let context = context();
         let ledger = Ledger::new(&db, &context);
         ledger.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;

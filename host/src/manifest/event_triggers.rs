@@ -17,7 +17,7 @@ pub const KAFKA_KEYS: &[&str] = &[
     "id",
 ];
 pub const KAFKA_APP_KEYS: &[&str] = &["brokers", "partitions", "options"];
-pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id", "run_on_commit"];
+pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id", "run_on_commit", "run_on_notify"];
 
 /// One `[[trigger.kafka]]`: a component handling messages of `topics` in `group`.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +57,46 @@ pub struct CronTrigger {
     /// through this host) also run this one right away, e.g. the service an outbox
     /// relay publishes for; the schedule is then only the safety net.
     pub run_on_commit: Vec<String>,
+    /// This host's extension: also run right after a PostgreSQL `NOTIFY` on a channel
+    /// of the component's database, for commits made outside this host (the HTTP half
+    /// on Spin).
+    pub run_on_notify: Option<NotifySource>,
+}
+
+/// `run_on_notify = { channel = "…", url_variable = "…" }`: LISTEN on `channel` of the
+/// PostgreSQL server in the component's variable `url_variable`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifySource {
+    pub channel: String,
+    pub url_variable: String,
+}
+
+fn parse_notify_source(value: &toml::Value) -> Result<NotifySource, String> {
+    let usage = "`run_on_notify` is { channel = \"shop_outbox\", url_variable = \"database_url\" }";
+    let table = value.as_table().ok_or(usage)?;
+    let text = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_string).ok_or(usage);
+    let source = NotifySource {
+        channel: text("channel")?,
+        url_variable: text("url_variable")?,
+    };
+    if let Some(key) = table
+        .keys()
+        .find(|k| !["channel", "url_variable"].contains(&k.as_str()))
+    {
+        return Err(format!("unknown key `{key}` in `run_on_notify`"));
+    }
+    let identifier = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    if !identifier(&source.channel) {
+        return Err(format!(
+            "`run_on_notify.channel` `{}` must be lower-case letters, digits and `_`",
+            source.channel
+        ));
+    }
+    Ok(source)
 }
 
 fn component_of(table: &toml::Table) -> Result<String, String> {
@@ -189,11 +229,13 @@ pub fn parse_cron_trigger(table: &toml::Table) -> Result<CronTrigger, String> {
             ));
         }
     };
+    let run_on_notify = table.get("run_on_notify").map(parse_notify_source).transpose()?;
     Ok(CronTrigger {
         component,
         schedule,
         expression,
         run_on_commit,
+        run_on_notify,
     })
 }
 
@@ -269,5 +311,38 @@ mod tests {
         let err = parse_cron_trigger(&table("component = \"c\"\ncron_expression = \"* * * * *\"")).unwrap_err();
         assert!(err.contains("has 5 fields"), "{err}");
         assert!(parse_cron_trigger(&table("component = \"c\"\ncron_expression = \"x * * * * *\"")).is_err());
+    }
+
+    #[test]
+    fn cron_wake_ups_are_parsed_and_checked() {
+        let base = "component = \"relay\"\ncron_expression = \"*/5 * * * * *\"\n";
+        let t = parse_cron_trigger(&table(&format!(
+            "{base}run_on_commit = [\"orders\"]\nrun_on_notify = {{ channel = \"shop_outbox\", url_variable = \"database_url\" }}"
+        )))
+        .unwrap();
+        assert_eq!(t.run_on_commit, ["orders"]);
+        assert_eq!(
+            t.run_on_notify,
+            Some(NotifySource {
+                channel: "shop_outbox".into(),
+                url_variable: "database_url".into(),
+            })
+        );
+        for (wrong, expected) in [
+            ("run_on_commit = true", "lists the components"),
+            ("run_on_commit = [1]", "component ids as strings"),
+            ("run_on_notify = \"shop_outbox\"", "url_variable"),
+            (
+                "run_on_notify = { channel = \"Bad-Name\", url_variable = \"u\" }",
+                "lower-case",
+            ),
+            (
+                "run_on_notify = { channel = \"c\", url_variable = \"u\", x = 1 }",
+                "unknown key `x`",
+            ),
+        ] {
+            let err = parse_cron_trigger(&table(&format!("{base}{wrong}"))).unwrap_err();
+            assert!(err.contains(expected), "{wrong}: {err}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! With `run_on_commit = ["service"]` (this host's extension) it also runs right after
 //! `service` commits a write, to SQLite or PostgreSQL: an outbox relay publishes at
-//! once and its schedule is only the safety net.
+//! once and its schedule is only the safety net. With `run_on_notify` it also runs on
+//! each PostgreSQL `NOTIFY` on a channel, for commits made outside this host.
 //!
 //! Firings of one trigger never overlap: the next one is computed after the current
 //! run ends, so a run longer than the interval skips the firings it covered (counted
@@ -21,13 +22,14 @@ use crate::app::LoadedComponent;
 use crate::bindings::cron::fermyon::spin_cron::cron_types::Metadata;
 use crate::capability::outbound_http::LocalServices;
 use crate::instance::{HARD_KILL_GRACE, InvocationFailure, RequestLimits, new_store};
-use crate::manifest::{CronTrigger, Manifest};
+use crate::manifest::{CronTrigger, Manifest, NotifySource};
 use crate::metrics::Metrics;
 use crate::state::InvocationProbe;
 
 struct CronRunner {
     trigger: CronTrigger,
-    /// Set with `run_on_commit`: notified by the listed components' commits.
+    /// Set with `run_on_commit` or `run_on_notify`: notified by the listed components'
+    /// commits, or by PostgreSQL notifications.
     commits: Option<Arc<tokio::sync::Notify>>,
     engine: Engine,
     component: Arc<LoadedComponent>,
@@ -109,6 +111,40 @@ impl CronRunner {
     }
 }
 
+/// With `run_on_notify`: LISTENs on the channel of the PostgreSQL server in the
+/// component's `url_variable`, when that is a PostgreSQL URL (on SQLite there is
+/// nothing to listen to: commits in this host wake the trigger through
+/// `run_on_commit`).
+fn listen_for_notifications(
+    trigger: &CronTrigger,
+    source: &NotifySource,
+    component: &LoadedComponent,
+    wake: Arc<tokio::sync::Notify>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let url = component.variables.get(&source.url_variable).map_err(|e| {
+        anyhow::anyhow!(
+            "cron trigger of `{}`: run_on_notify.url_variable: {e:?}",
+            trigger.component
+        )
+    })?;
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        return Ok(());
+    }
+    let config = crate::capability::postgres::authorize(&url, &component.allowed_hosts)
+        .map_err(|e| anyhow::anyhow!("cron trigger of `{}`: run_on_notify: {e:?}", trigger.component))?;
+    tracing::info!(component = %trigger.component, channel = %source.channel, "cron trigger listens for notifications");
+    tasks.spawn(crate::capability::postgres::listen::listen(
+        config,
+        source.channel.clone(),
+        trigger.component.clone(),
+        wake,
+        stop.clone(),
+    ));
+    Ok(())
+}
+
 /// Starts every `[[trigger.cron]]`; they run until `stop` is true.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
@@ -134,13 +170,16 @@ pub fn start(
             );
         }
         tracing::info!(component = %trigger.component, schedule = %trigger.expression, run_on_commit = ?trigger.run_on_commit, "cron trigger scheduled");
-        let commits = (!trigger.run_on_commit.is_empty()).then(|| {
-            let wake = Arc::new(tokio::sync::Notify::new());
+        let woken = !trigger.run_on_commit.is_empty() || trigger.run_on_notify.is_some();
+        let commits = woken.then(|| Arc::new(tokio::sync::Notify::new()));
+        if let Some(wake) = &commits {
             for committer in &trigger.run_on_commit {
                 component.backends.commits.watch(committer, wake.clone());
             }
-            wake
-        });
+            if let Some(source) = &trigger.run_on_notify {
+                listen_for_notifications(&trigger, source, &component, wake.clone(), stop, tasks)?;
+            }
+        }
         let runner = CronRunner {
             trigger,
             commits,

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod listen;
 mod values;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -118,7 +119,7 @@ pub struct PgConnectionBuilder {
 }
 
 /// Parses `address` and checks every host it names against the allow list.
-fn authorize(address: &str, allowed: &AllowedHosts) -> Result<tokio_postgres::Config, Error> {
+pub(crate) fn authorize(address: &str, allowed: &AllowedHosts) -> Result<tokio_postgres::Config, Error> {
     let config = tokio_postgres::Config::from_str(address)
         .map_err(|e| Error::ConnectionFailed(format!("invalid address: {e}")))?;
     let ports = config.get_ports();
