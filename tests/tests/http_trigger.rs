@@ -450,3 +450,147 @@ fn outbound_http_follows_allowed_outbound_hosts() {
     allowed("template", port);
     denied("template", other_port);
 }
+
+/// Sends `request` raw on a new connection (then half-closes when `close` is set) and
+/// returns the status and body of the answer.
+fn raw_exchange(base: &str, request: &[u8], close: bool, pause: Option<std::time::Duration>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    if let Some(pause) = pause {
+        std::thread::sleep(pause);
+    }
+    if close {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let (head, mut body) = answer
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_ascii_lowercase(), b.to_string()))
+        .unwrap_or_default();
+    if head.contains("transfer-encoding: chunked") {
+        // Size line, data, CRLF; a zero size ends it.
+        let mut decoded = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 || after.len() < size {
+                break;
+            }
+            decoded.push_str(&after[..size]);
+            rest = after[size..].trim_start_matches("\r\n");
+        }
+        body = decoded;
+    }
+    (status, body)
+}
+
+/// What a client gets wrong about its body is a 4xx JSON answer, decided before any
+/// component runs, and never tells of the host's internals, even with backtraces on.
+#[test]
+fn bad_request_bodies_get_json_4xx_before_any_component_runs() {
+    let dir = TempDir::new("bad-bodies");
+    let manifest = dir.manifest(&format!(
+        "{}{}",
+        http_trigger("/echo", "echo"),
+        component("echo", "p2-echo", "")
+    ));
+    let shop = Shop::start_with(
+        &manifest,
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec![
+                "--max-request-body-bytes".into(),
+                "1024".into(),
+                "--request-timeout-ms".into(),
+                "1000".into(),
+            ],
+            env: vec![("RUST_BACKTRACE".into(), "full".into())],
+        },
+    );
+    let head = |extra: &str| format!("POST /echo HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n{extra}\r\n");
+    /// (case, bytes sent, half-close after, pause before, status, error code)
+    type Case<'a> = (&'a str, Vec<u8>, bool, Option<std::time::Duration>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "a declared length past the cap",
+            head("content-length: 100000000\r\n").into_bytes(),
+            false,
+            None,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "a streamed body past the cap",
+            format!(
+                "{}{}",
+                head("transfer-encoding: chunked\r\n"),
+                "400\r\n".to_string() + &"x".repeat(1024) + "\r\n400\r\n" + &"x".repeat(1024) + "\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            false,
+            None,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "a bad chunk",
+            format!("{}zz\r\nhello\r\n0\r\n\r\n", head("transfer-encoding: chunked\r\n")).into_bytes(),
+            false,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "a body cut off by the client",
+            format!("{}0123456789", head("content-length: 100\r\n")).into_bytes(),
+            true,
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "a body too slow to arrive",
+            format!("{}0", head("content-length: 10\r\n")).into_bytes(),
+            false,
+            Some(std::time::Duration::from_millis(1500)),
+            408,
+            "request_timeout",
+        ),
+    ];
+    for (case, request, close, pause, status, code) in cases {
+        let (got, body) = raw_exchange(&shop.base, &request, close, pause);
+        assert_eq!(got, status, "{case}: {body}");
+        let error: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{case}: not JSON ({e}): {body:?}"));
+        assert_eq!(error["error"]["code"], code, "{case}: {body}");
+        for internal in ["hyper", "backtrace", "panicked", ".rs:"] {
+            assert!(
+                !body.contains(internal),
+                "{case}: the answer tells `{internal}`: {body}"
+            );
+        }
+    }
+    // Both framings at once: read by its chunks (RFC 9112 §6.3), the length ignored,
+    // whatever it claims.
+    let both = head("content-length: 2\r\ntransfer-encoding: chunked\r\n") + "5\r\nhello\r\n0\r\n\r\n";
+    let (status, body) = raw_exchange(&shop.base, both.as_bytes(), false, None);
+    assert_eq!(status, 200, "chunked with a length: {body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["body_len"], 5, "{body}");
+    // And a well-formed body still reaches the component.
+    let ok = head("content-length: 5\r\n") + "hello";
+    let (status, body) = raw_exchange(&shop.base, ok.as_bytes(), false, None);
+    assert_eq!(status, 200, "{body}");
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["body_len"], 5, "{body}");
+}

@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// Wall-clock limit for one request in a component.
     #[arg(long, env = "SHOP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// Largest request body a client may send (413 past it, before any component
+    /// runs); the body must also arrive within the request timeout (else 408).
+    #[arg(long, env = "SHOP_MAX_REQUEST_BODY_BYTES", default_value_t = 8 << 20)]
+    pub max_request_body_bytes: usize,
     /// Linear-memory cap per component instance, in MiB.
     #[arg(long, env = "SHOP_MAX_MEMORY_MB", default_value_t = 128)]
     pub max_memory_mb: usize,
@@ -178,7 +182,11 @@ async fn serve(
         }
     };
     let drain = Duration::from_millis(args.drain_timeout_ms);
-    http::serve(app, listener, shutdown, drain).await?;
+    let body_limits = http::request_body::BodyLimits {
+        max_bytes: args.max_request_body_bytes,
+        timeout: Duration::from_millis(args.request_timeout_ms),
+    };
+    http::serve(app, listener, body_limits, shutdown, drain).await?;
     // Kafka workers finish the message in hand and commit; cron runs finish.
     if tokio::time::timeout(drain, async { while event_tasks.join_next().await.is_some() {} })
         .await

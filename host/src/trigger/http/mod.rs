@@ -3,6 +3,7 @@
 //! It also provides local service chaining to guests ([`LocalServices`]).
 
 pub mod invoke;
+pub mod request_body;
 pub mod router;
 pub mod spin_headers;
 
@@ -16,7 +17,6 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use http::{HeaderValue, StatusCode};
-use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -28,10 +28,13 @@ use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalService
 use crate::manifest::{HttpRoute, Manifest};
 use crate::metrics::Metrics;
 use invoke::{ComponentInvoker, RequestLimits, error_response, full_body};
+use request_body::BodyLimits;
 use router::{Route, RoutePattern, Router};
 use spin_headers::SpinHeaders;
 
 pub const REQUEST_ID: &str = "x-request-id";
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const RESERVED_PREFIX: &str = "/.well-known/spin/";
 
 pub struct HttpApp {
@@ -217,6 +220,7 @@ fn reserved_response(rest: &str) -> GuestResponse {
 pub async fn serve(
     app: Arc<HttpApp>,
     listener: TcpListener,
+    body_limits: BodyLimits,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> anyhow::Result<()> {
@@ -240,11 +244,20 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
             async move {
-                let request = request.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
-                Ok::<_, Infallible>(app.handle(request, client, "http").await)
+                let response = match request_body::read(request, body_limits).await {
+                    Ok(request) => app.handle(request, client, "http").await,
+                    Err(refused) => refused,
+                };
+                Ok::<_, Infallible>(response)
             }
         });
-        let connection = auto::Builder::new(TokioExecutor::new())
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A client that never finishes its request head holds a connection: not for long.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
