@@ -380,6 +380,34 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     let otp_token = tokens["access_token"].as_str().unwrap();
     assert_eq!(c.call("GET", "/users/me", Some(otp_token), None).0, 200);
 
+    // 40 wrong guesses at once: at most 5 are ever evaluated, the rest find it locked.
+    let bob = json!({ "email": "bob@example.com", "password": "correct horse", "name": "Bob" });
+    assert_eq!(c.call("POST", "/auth/register", None, Some(bob)).0, 201);
+    let request = json!({ "email": "bob@example.com" });
+    assert_eq!(c.call("POST", "/auth/otp/request", None, Some(request)).0, 202);
+    let (code, _) = last_login_code(&mails);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let guesses: Vec<_> = (0..40)
+            .map(|_| {
+                scope.spawn(|| {
+                    let guess = json!({ "email": "bob@example.com", "code": wrong });
+                    let (status, body) = c.call("POST", "/auth/otp/verify", None, Some(guess));
+                    (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
+                })
+            })
+            .collect();
+        guesses.into_iter().map(|g| g.join().unwrap()).collect()
+    });
+    let evaluated = answers.iter().filter(|(_, code)| code == "invalid_code").count();
+    let locked = answers.iter().filter(|(_, code)| code == "too_many_attempts").count();
+    assert!(
+        evaluated <= 4 && evaluated + locked == answers.len() && locked > 0,
+        "{evaluated} wrong guesses answered `attempts left`: {answers:?}"
+    );
+    let right = json!({ "email": "bob@example.com", "code": code });
+    assert_eq!(c.call("POST", "/auth/otp/verify", None, Some(right)).0, 429, "locked");
+
     // Malformed input: 4xx with a JSON error, never a 500.
     for (body, expected) in [
         (

@@ -35,6 +35,25 @@ impl OtpStore for KeyValueOtp {
             let _ = store.delete(&format!("otp:{destination}"));
         }
     }
+    fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
+        use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+        // The same `default` store, through wasi:keyvalue for its compare-and-swap.
+        let Ok(bucket) = store::open("default") else {
+            return false;
+        };
+        let Ok(cas) = atomics::Cas::new(&bucket, &format!("otp:{destination}")) else {
+            return false;
+        };
+        let read = cas
+            .current()
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<Pending>(&bytes).ok());
+        if read.as_ref() != Some(current) {
+            return false;
+        }
+        atomics::swap(cas, &serde_json::to_vec(next).unwrap_or_default()).is_ok()
+    }
 }
 
 fn variable(name: &str) -> Option<String> {

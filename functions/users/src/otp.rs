@@ -1,6 +1,8 @@
 //! One-time-password login: a 6-digit code, stored only as a hash with a 5-minute
 //! expiry, at most 5 wrong attempts, and a resend pause. The code itself leaves the
-//! service only in the `user.otp_requested` event the notifications service sends.
+//! service only to the notifications service, which sends it. Each verification
+//! replaces the stored state with a compare-and-swap, so parallel guesses are each
+//! counted and a code works once.
 
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,9 @@ pub struct Pending {
     pub expires_ms: i64,
     pub sent_ms: i64,
     pub attempts: u32,
+    /// Logged in with: it works no more.
+    #[serde(default)]
+    pub used: bool,
 }
 
 /// Why a verification failed.
@@ -52,25 +57,27 @@ pub fn issue(previous: Option<&Pending>, destination: &str, code: &str, now_ms: 
         expires_ms: now_ms + TTL_MS,
         sent_ms: now_ms,
         attempts: 0,
+        used: false,
     })
 }
 
-/// Checks `code`; on a wrong code the returned state (with the attempt counted) must be
-/// stored back.
+/// Checks `code` against `pending`: the state to store in its place, on success (the
+/// code used) or on a wrong code (the attempt counted); `None` when nothing changes.
 pub fn verify(
     pending: Option<Pending>,
     destination: &str,
     code: &str,
     now_ms: i64,
-) -> Result<(), (Rejection, Option<Pending>)> {
-    let Some(mut pending) = pending.filter(|p| p.expires_ms > now_ms) else {
+) -> Result<Pending, (Rejection, Option<Pending>)> {
+    let Some(mut pending) = pending.filter(|p| p.expires_ms > now_ms && !p.used) else {
         return Err((Rejection::Expired, None));
     };
     if pending.attempts >= MAX_ATTEMPTS {
-        return Err((Rejection::Locked, Some(pending)));
+        return Err((Rejection::Locked, None));
     }
     if crate::secrets::same_secret(hash(destination, code).as_bytes(), pending.code_hash.as_bytes()) {
-        return Ok(());
+        pending.used = true;
+        return Ok(pending);
     }
     pending.attempts += 1;
     let attempts_left = MAX_ATTEMPTS - pending.attempts;
@@ -98,7 +105,13 @@ mod tests {
         );
         assert!(issue(Some(&pending), "a@b.c", "123456", RESEND_AFTER_MS).is_ok());
 
-        assert_eq!(verify(Some(pending.clone()), "a@b.c", &code, 1_000), Ok(()));
+        let used = verify(Some(pending.clone()), "a@b.c", &code, 1_000).unwrap();
+        assert!(used.used);
+        assert_eq!(
+            verify(Some(used), "a@b.c", &code, 1_000).unwrap_err().0,
+            Rejection::Expired,
+            "a code works once"
+        );
         assert_eq!(
             verify(Some(pending.clone()), "a@b.c", &code, TTL_MS).unwrap_err().0,
             Rejection::Expired

@@ -7,7 +7,7 @@ use crate::accounts::{self, Login, ProfileUpdate, Refusal, Registration, refuse}
 use crate::clients::ServiceClients;
 use crate::keys::{SigningKey, sha256_hex};
 use crate::otp::{self, Pending, Rejection};
-use crate::store::{Store, StoreError, User};
+use crate::store::{Refreshed, Store, StoreError, User};
 use crate::tokens::{ACCESS_TTL_SECS, Issuer, REFRESH_TTL_SECS, SERVICE_TTL_SECS, new_refresh_token};
 
 pub struct Request<'a> {
@@ -38,7 +38,14 @@ pub trait OtpStore {
     fn get(&self, destination: &str) -> Option<Pending>;
     fn put(&self, destination: &str, pending: &Pending);
     fn remove(&self, destination: &str);
+    /// Stores `next` if the state is still `current` (compare-and-swap); false when
+    /// another request changed it first.
+    fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool;
 }
+
+/// Verifications that lost a compare-and-swap race try again on what they lost to, at
+/// most this often.
+const OTP_RACE_RETRIES: usize = 32;
 
 /// Hands a login code to the one service that sends it (notifications), directly:
 /// never through a topic or the outbox.
@@ -86,7 +93,14 @@ pub fn handle(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: 
     }
 }
 
-fn tokens(db: &impl Sql, key: &SigningKey, settings: &Settings<'_>, user: &User) -> Result<Response, Refusal> {
+/// An access token and a refresh token in `family` (a new one for a fresh login).
+fn tokens(
+    db: &impl Sql,
+    key: &SigningKey,
+    settings: &Settings<'_>,
+    user: &User,
+    family: Option<&str>,
+) -> Result<Response, Refusal> {
     let issuer = Issuer {
         key,
         issuer: settings.issuer,
@@ -94,8 +108,9 @@ fn tokens(db: &impl Sql, key: &SigningKey, settings: &Settings<'_>, user: &User)
     };
     let access = issuer.access_token(&user.id, &user.roles, settings.now);
     let (refresh, hash) = new_refresh_token();
+    let family = family.map_or_else(|| (settings.new_id)(), str::to_string);
     Store(db)
-        .save_refresh(&hash, &user.id, settings.now + REFRESH_TTL_SECS)
+        .save_refresh(&hash, &family, &user.id, settings.now + REFRESH_TTL_SECS)
         .map_err(failed)?;
     ok(
         200,
@@ -174,7 +189,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             }
             match user {
                 Some(user) if accounts::password_matches(&input.password, &user.password_hash) => {
-                    tokens(db, key, settings, &user)
+                    tokens(db, key, settings, &user, None)
                 }
                 // The same answer for an unknown email and a wrong password.
                 _ => Err(refuse(401, "invalid_credentials", "email or password is wrong")),
@@ -183,16 +198,24 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
         ("/auth/refresh", "POST") => {
             let token = refresh_token_of(request.body)?;
             let invalid = || refuse(401, "invalid_token", "refresh token is unknown, used or expired");
-            let user_id = store
-                .take_refresh(&sha256_hex(&token), settings.now)
-                .map_err(failed)?
-                .ok_or_else(invalid)?;
+            let (user_id, family) = match store.use_refresh(&sha256_hex(&token), settings.now).map_err(failed)? {
+                Refreshed::Valid { user_id, family } => (user_id, family),
+                Refreshed::Reused => {
+                    return Err(refuse(
+                        401,
+                        "token_reused",
+                        "this refresh token was used before: every token of its login is revoked, log in again",
+                    ));
+                }
+                Refreshed::Unknown => return Err(invalid()),
+            };
             let user = store.by_id(&user_id).map_err(failed)?.ok_or_else(invalid)?;
-            tokens(db, key, settings, &user)
+            tokens(db, key, settings, &user, Some(&family))
         }
         ("/auth/logout", "POST") => {
             let token = refresh_token_of(request.body)?;
-            store.take_refresh(&sha256_hex(&token), settings.now).map_err(failed)?;
+            // Ends the login: this token and every one refreshed from the same login.
+            store.end_family_of(&sha256_hex(&token)).map_err(failed)?;
             Ok(Response {
                 status: 204,
                 body: None,
@@ -382,17 +405,25 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
         .filter(|c| c.len() == 6 && c.chars().all(|d| d.is_ascii_digit()))
         .ok_or_else(|| refuse(400, "validation_failed", "`code` must be 6 digits"))?;
     let (_, destination, user) = otp_destination(&input, db)?;
-    match otp::verify(settings.otp.get(&destination), &destination, &code, settings.now * 1000) {
-        Ok(()) => {
-            settings.otp.remove(&destination);
-            let user = user.ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
-            tokens(db, key, settings, &user)
+    for _ in 0..OTP_RACE_RETRIES {
+        let current = settings.otp.get(&destination);
+        let (outcome, next) = match otp::verify(current.clone(), &destination, &code, settings.now * 1000) {
+            Ok(used) => (Ok(()), Some(used)),
+            Err((rejection, next)) => (Err(rejection), next),
+        };
+        // Each change is one compare-and-swap on the state this verification read.
+        if let (Some(current), Some(next)) = (&current, &next)
+            && !settings.otp.replace(&destination, current, next)
+        {
+            continue;
         }
-        Err((rejection, state)) => {
-            if let Some(state) = state {
-                settings.otp.put(&destination, &state);
+        return match outcome {
+            Ok(()) => {
+                settings.otp.remove(&destination);
+                let user = user.ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
+                tokens(db, key, settings, &user, None)
             }
-            Err(match rejection {
+            Err(rejection) => Err(match rejection {
                 Rejection::Expired => refuse(401, "code_expired", "no valid code: request a new one"),
                 Rejection::Locked => refuse(429, "too_many_attempts", "too many wrong codes: request a new one"),
                 Rejection::Wrong { attempts_left } => refuse(
@@ -400,9 +431,10 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
                     "invalid_code",
                     format!("the code is wrong ({attempts_left} attempts left)"),
                 ),
-            })
-        }
+            }),
+        };
     }
+    Err(refuse(503, "unavailable", "too many verifications at once: try again"))
 }
 
 #[cfg(test)]
@@ -433,6 +465,14 @@ mod tests {
         fn remove(&self, destination: &str) {
             self.0.borrow_mut().remove(destination);
         }
+        fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
+            let mut codes = self.0.borrow_mut();
+            if codes.get(destination) != Some(current) {
+                return false;
+            }
+            codes.insert(destination.into(), next.clone());
+            true
+        }
     }
 
     thread_local!(static OTP: MemOtp = MemOtp::default());
@@ -461,7 +501,7 @@ mod tests {
 
     fn call_with(
         db: &MemoryDb,
-        otp: &MemOtp,
+        otp: &dyn OtpStore,
         otp_sender: &MemSender,
         method: &str,
         path: &str,
@@ -501,6 +541,29 @@ mod tests {
 
     fn uuid_like(n: u32) -> String {
         format!("{:08x}{}", n, std::process::id())
+    }
+
+    #[test]
+    fn a_reused_refresh_token_revokes_its_whole_family_and_only_it() {
+        let db = MemoryDb::default();
+        let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+        assert_eq!(call(&db, "POST", "/auth/register", ada, None).0, 201);
+        let login = json!({ "email": "ada@example.com", "password": "correct horse" });
+        let (_, phone) = call(&db, "POST", "/auth/login", login.clone(), None);
+        let (_, laptop) = call(&db, "POST", "/auth/login", login, None);
+        let refresh = |token: &Value| call(&db, "POST", "/auth/refresh", json!({ "refresh_token": token }), None);
+
+        let (status, rotated) = refresh(&phone["refresh_token"]);
+        assert_eq!(status, 200);
+        let (status, stolen) = refresh(&phone["refresh_token"]);
+        assert_eq!((status, stolen["error"]["code"].as_str()), (401, Some("token_reused")));
+        assert_eq!(
+            refresh(&rotated["refresh_token"]).0,
+            401,
+            "the successor of a reused token is revoked too"
+        );
+        assert_eq!(refresh(&laptop["refresh_token"]).0, 200, "another login is untouched");
+        assert_eq!(refresh(&json!("never-issued")).0, 401);
     }
 
     #[test]
@@ -612,6 +675,80 @@ mod tests {
             "asking again right away works"
         );
         last_code(&db);
+    }
+
+    /// A store in which another request's wrong guess lands between this request's
+    /// read and its write, once.
+    struct Interleaved<'a> {
+        inner: &'a MemOtp,
+        other_guess: Cell<bool>,
+    }
+
+    impl OtpStore for Interleaved<'_> {
+        fn get(&self, destination: &str) -> Option<Pending> {
+            self.inner.get(destination)
+        }
+        fn put(&self, destination: &str, pending: &Pending) {
+            self.inner.put(destination, pending)
+        }
+        fn remove(&self, destination: &str) {
+            self.inner.remove(destination)
+        }
+        fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
+            if self.other_guess.take() {
+                let mut raced = self.inner.get(destination).unwrap();
+                raced.attempts += 1;
+                self.inner.put(destination, &raced);
+            }
+            self.inner.replace(destination, current, next)
+        }
+    }
+
+    #[test]
+    fn parallel_guesses_are_each_counted_and_a_code_works_once() {
+        let db = MemoryDb::default();
+        let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+        assert_eq!(call(&db, "POST", "/auth/register", ada, None).0, 201);
+        let request = json!({ "email": "ada@example.com" });
+        assert_eq!(call(&db, "POST", "/auth/otp/request", request, None).0, 202);
+        let code = last_code(&db);
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        let guess = |code: &str, raced: bool| {
+            OTP.with(|otp| {
+                SENT.with(|sender| {
+                    let store = Interleaved {
+                        inner: otp,
+                        other_guess: Cell::new(raced),
+                    };
+                    let body = json!({ "email": "ada@example.com", "code": code });
+                    call_with(&db, &store, sender, "POST", "/auth/otp/verify", body, None)
+                })
+            })
+        };
+        let (status, answer) = guess(wrong, true);
+        assert_eq!(status, 401);
+        assert_eq!(
+            answer["error"]["message"], "the code is wrong (3 attempts left)",
+            "the guess that landed first is counted too"
+        );
+        for _ in 0..2 {
+            guess(wrong, false);
+        }
+        // One attempt left; two guesses at once: only one is evaluated.
+        let (status, answer) = guess(wrong, true);
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (429, Some("too_many_attempts"))
+        );
+        assert_eq!(guess(&code, false).0, 429, "locked");
+
+        // A new code logs in, once.
+        NOW.with(|n| n.set(n.get() + 31));
+        let request = json!({ "email": "ada@example.com" });
+        assert_eq!(call(&db, "POST", "/auth/otp/request", request, None).0, 202);
+        let code = last_code(&db);
+        assert_eq!(guess(&code, false).0, 200);
+        assert_eq!(guess(&code, false).0, 401, "used");
     }
 
     #[test]

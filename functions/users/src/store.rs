@@ -9,11 +9,29 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS users (
         id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, phone TEXT, name TEXT NOT NULL,
         password_hash TEXT NOT NULL, roles TEXT NOT NULL, created_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS refresh_tokens (
-        hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, expires_at INTEGER NOT NULL)",
+    // Refresh tokens by hash, each in the family of the login it descends from. A used
+    // token stays (marked) until its family ends: presenting it again is how a stolen
+    // token shows, and ends the whole family.
+    "CREATE TABLE IF NOT EXISTS refresh_grants (
+        hash TEXT PRIMARY KEY, family TEXT NOT NULL, user_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX IF NOT EXISTS refresh_grants_by_family ON refresh_grants (family)",
     "CREATE TABLE IF NOT EXISTS signing_keys (id INTEGER PRIMARY KEY CHECK (id = 0), der BLOB NOT NULL)",
     shop_domain::outbox::SCHEMA,
 ];
+
+/// What presenting a refresh token found.
+#[derive(Debug, PartialEq)]
+pub enum Refreshed {
+    Valid {
+        user_id: String,
+        family: String,
+    },
+    /// Used before: its family is revoked now.
+    Reused,
+    /// Never issued, expired, or its family ended.
+    Unknown,
+}
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct User {
@@ -128,24 +146,59 @@ impl<D: Sql> Store<'_, D> {
         Ok(())
     }
 
-    pub fn save_refresh(&self, hash: &str, user_id: &str, expires_at: i64) -> Result<(), StoreError> {
+    pub fn save_refresh(&self, hash: &str, family: &str, user_id: &str, expires_at: i64) -> Result<(), StoreError> {
         self.0.execute(
-            "INSERT INTO refresh_tokens (hash, user_id, expires_at) VALUES (?, ?, ?)",
-            &[hash.into(), user_id.into(), expires_at.into()],
+            "INSERT INTO refresh_grants (hash, family, user_id, expires_at) VALUES (?, ?, ?, ?)",
+            &[hash.into(), family.into(), user_id.into(), expires_at.into()],
         )?;
         Ok(())
     }
 
-    /// Removes a refresh token and returns its user if it was valid at `now` (single use).
-    pub fn take_refresh(&self, hash: &str, now: i64) -> Result<Option<String>, StoreError> {
+    /// Uses a refresh token (once): its user and family if it was valid at `now`. A
+    /// token used before revokes its whole family.
+    pub fn use_refresh(&self, hash: &str, now: i64) -> Result<Refreshed, StoreError> {
         let rows = self.0.execute(
-            "DELETE FROM refresh_tokens WHERE hash = ? RETURNING user_id, expires_at",
+            "UPDATE refresh_grants SET used = 1 WHERE hash = ? AND used = 0 RETURNING user_id, family, expires_at",
             &[hash.into()],
         )?;
-        Ok(rows.first().and_then(|r| {
-            let expires_at = r.get(1).and_then(SqlValue::integer)?;
-            (expires_at > now).then(|| r.first().and_then(SqlValue::text).map(str::to_string))?
-        }))
+        if let Some(row) = rows.first() {
+            let text = |i: usize| row.get(i).and_then(SqlValue::text).unwrap_or_default().to_string();
+            let expires_at = row.get(2).and_then(SqlValue::integer).unwrap_or(0);
+            return Ok(match expires_at > now {
+                true => Refreshed::Valid {
+                    user_id: text(0),
+                    family: text(1),
+                },
+                false => Refreshed::Unknown,
+            });
+        }
+        let reused = self
+            .0
+            .execute("SELECT family FROM refresh_grants WHERE hash = ?", &[hash.into()])?;
+        match reused.first().and_then(|r| r.first()).and_then(SqlValue::text) {
+            Some(family) => {
+                self.end_family(family)?;
+                Ok(Refreshed::Reused)
+            }
+            None => Ok(Refreshed::Unknown),
+        }
+    }
+
+    /// Ends the family of the refresh token `hash` (logout), if it is known.
+    pub fn end_family_of(&self, hash: &str) -> Result<(), StoreError> {
+        let rows = self
+            .0
+            .execute("SELECT family FROM refresh_grants WHERE hash = ?", &[hash.into()])?;
+        if let Some(family) = rows.first().and_then(|r| r.first()).and_then(SqlValue::text) {
+            self.end_family(family)?;
+        }
+        Ok(())
+    }
+
+    fn end_family(&self, family: &str) -> Result<(), StoreError> {
+        self.0
+            .execute("DELETE FROM refresh_grants WHERE family = ?", &[family.into()])?;
+        Ok(())
     }
 
     pub fn signing_key_der(&self) -> Result<Option<Vec<u8>>, StoreError> {
