@@ -380,7 +380,8 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     let otp_token = tokens["access_token"].as_str().unwrap();
     assert_eq!(c.call("GET", "/users/me", Some(otp_token), None).0, 200);
 
-    // 40 wrong guesses at once: at most 5 are ever evaluated, the rest find it locked.
+    // 20 wrong guesses at once: at most 5 are ever evaluated, the rest find it locked.
+    // (Counts stay small: the gateway's rate limit holds for this whole test.)
     let bob = json!({ "email": "bob@example.com", "password": "correct horse", "name": "Bob" });
     assert_eq!(c.call("POST", "/auth/register", None, Some(bob)).0, 201);
     let request = json!({ "email": "bob@example.com" });
@@ -388,7 +389,7 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     let (code, _) = last_login_code(&mails);
     let wrong = if code == "000000" { "000001" } else { "000000" };
     let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
-        let guesses: Vec<_> = (0..40)
+        let guesses: Vec<_> = (0..20)
             .map(|_| {
                 scope.spawn(|| {
                     let guess = json!({ "email": "bob@example.com", "code": wrong });
@@ -407,6 +408,27 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     );
     let right = json!({ "email": "bob@example.com", "code": code });
     assert_eq!(c.call("POST", "/auth/otp/verify", None, Some(right)).0, 429, "locked");
+
+    // 12 wrong passwords, then the right one: paused, with Retry-After.
+    let carol = json!({ "email": "carol@example.com", "password": "correct horse", "name": "Carol" });
+    assert_eq!(c.call("POST", "/auth/register", None, Some(carol)).0, 201);
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| {
+            let guess = json!({ "email": "carol@example.com", "password": "wrong horse!" });
+            c.call("POST", "/auth/login", None, Some(guess)).0
+        })
+        .collect();
+    // 5 free failures, then a pause that doubles with each failure let through (the
+    // unit tests follow the exact schedule on a fake clock).
+    assert!(statuses[..5].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 429).count() >= 5, "{statuses:?}");
+    let response = client()
+        .post(format!("{}/auth/login", shop.base))
+        .json(&json!({ "email": "carol@example.com", "password": "correct horse" }))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
 
     // Malformed input: 4xx with a JSON error, never a 500.
     for (body, expected) in [

@@ -113,7 +113,7 @@ mod adapter {
         }
     }
 
-    async fn forward(service: &str, req: &Request, caller: Option<Principal>) -> Response {
+    async fn forward(service: &str, req: &Request, caller: Option<Principal>, client: &str) -> Response {
         let query = match req.query() {
             "" => String::new(),
             q => format!("?{q}"),
@@ -129,6 +129,8 @@ mod adapter {
         }
         // Services trust these because only the gateway can reach them, and it never
         // passes on a client's own x-shop-* headers.
+        // For the services' own per-client limits (e.g. login throttling).
+        outbound.header("x-shop-client", client);
         if let Some(caller) = caller {
             outbound.header("x-shop-user", caller.subject);
             outbound.header("x-shop-roles", caller.roles.join(","));
@@ -274,7 +276,7 @@ mod adapter {
                 {
                     return too_many(wait);
                 }
-                forward(service, req, caller).await
+                forward(service, req, caller, &client).await
             }
             Err(Refusal::Unauthenticated(why)) => {
                 let mut response = error(401, "unauthorized", &why);

@@ -11,6 +11,7 @@ use crate::keys::SigningKey;
 use crate::otp::Pending;
 use crate::service::{self, OtpStore, Settings};
 use crate::store::Store;
+use crate::throttle::Failures;
 
 const DATABASE: &str = "users";
 
@@ -36,23 +37,51 @@ impl OtpStore for KeyValueOtp {
         }
     }
     fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
-        use spin_sdk::wit::wasi::keyvalue::{atomics, store};
-        // The same `default` store, through wasi:keyvalue for its compare-and-swap.
-        let Ok(bucket) = store::open("default") else {
-            return false;
-        };
-        let Ok(cas) = atomics::Cas::new(&bucket, &format!("otp:{destination}")) else {
-            return false;
-        };
-        let read = cas
-            .current()
-            .ok()
-            .flatten()
-            .and_then(|bytes| serde_json::from_slice::<Pending>(&bytes).ok());
-        if read.as_ref() != Some(current) {
-            return false;
+        swap_json(&format!("otp:{destination}"), Some(current), next)
+    }
+}
+
+/// Stores `next` as JSON under `key` of the `default` store if the value there is
+/// still `current` (`None`: absent): a compare-and-swap through wasi:keyvalue.
+fn swap_json<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq>(
+    key: &str,
+    current: Option<&T>,
+    next: &T,
+) -> bool {
+    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+    let Ok(bucket) = store::open("default") else {
+        return false;
+    };
+    let Ok(cas) = atomics::Cas::new(&bucket, key) else {
+        return false;
+    };
+    let read = cas
+        .current()
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice::<T>(&bytes).ok());
+    if read.as_ref() != current {
+        return false;
+    }
+    atomics::swap(cas, &serde_json::to_vec(next).unwrap_or_default()).is_ok()
+}
+
+/// Login-failure counters in key-value.
+struct KeyValueCounters(Option<KeyValue>);
+
+impl service::FailureCounters for KeyValueCounters {
+    fn get(&self, key: &str) -> Option<Failures> {
+        let bytes = self.0.as_ref()?.get(key).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool {
+        // Without a store nothing is counted, rather than every login refused.
+        self.0.is_none() || swap_json(key, current, next)
+    }
+    fn remove(&self, key: &str) {
+        if let Some(store) = &self.0 {
+            let _ = store.delete(key);
         }
-        atomics::swap(cas, &serde_json::to_vec(next).unwrap_or_default()).is_ok()
     }
 }
 
@@ -150,6 +179,7 @@ fn handle(req: Request) -> Response {
         new_id: &new_id,
         otp: &KeyValueOtp(KeyValue::open_default().ok()),
         otp_sender: &NotificationsService,
+        login_failures: &KeyValueCounters(KeyValue::open_default().ok()),
         service_clients: &service_clients,
     };
     let method = req.method().to_string();
@@ -159,6 +189,7 @@ fn handle(req: Request) -> Response {
         body: req.body(),
         user: req.header("x-shop-user").and_then(|v| v.as_str()),
         roles: req.header("x-shop-roles").and_then(|v| v.as_str()).unwrap_or(""),
+        client: req.header("x-shop-client").and_then(|v| v.as_str()),
     };
     let response = service::handle(&request, &db, &key, &settings);
     let mut reply = reply(response.status, response.body);

@@ -16,6 +16,7 @@ pub mod otp;
 pub mod secrets;
 pub mod service;
 pub mod store;
+pub mod throttle;
 pub mod tokens;
 
 #[cfg(target_arch = "wasm32")]

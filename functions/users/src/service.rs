@@ -8,6 +8,7 @@ use crate::clients::ServiceClients;
 use crate::keys::{SigningKey, sha256_hex};
 use crate::otp::{self, Pending, Rejection};
 use crate::store::{Refreshed, Store, StoreError, User};
+use crate::throttle::{self, Failures};
 use crate::tokens::{ACCESS_TTL_SECS, Issuer, REFRESH_TTL_SECS, SERVICE_TTL_SECS, new_refresh_token};
 
 pub struct Request<'a> {
@@ -18,6 +19,8 @@ pub struct Request<'a> {
     pub user: Option<&'a str>,
     /// That caller's roles (`x-shop-roles`, comma-separated).
     pub roles: &'a str,
+    /// The client's address as the gateway saw it (`x-shop-client`), if any.
+    pub client: Option<&'a str>,
 }
 
 impl Request<'_> {
@@ -43,6 +46,27 @@ pub trait OtpStore {
     fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool;
 }
 
+/// Login-failure counters (key-value in the component).
+pub trait FailureCounters {
+    fn get(&self, key: &str) -> Option<Failures>;
+    /// Stores `next` if the counter is still `current` (`None`: absent); false when
+    /// another request changed it first.
+    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool;
+    fn remove(&self, key: &str);
+}
+
+/// Counts one login attempt on the counter `key`, or how long to wait first.
+fn count_attempt(counters: &dyn FailureCounters, key: &str, free: u32, now_ms: i64) -> Result<(), u64> {
+    for _ in 0..OTP_RACE_RETRIES {
+        let current = counters.get(key);
+        let next = throttle::attempt(current.as_ref(), free, now_ms)?;
+        if counters.replace(key, current.as_ref(), &next) {
+            return Ok(());
+        }
+    }
+    Err(1)
+}
+
 /// Verifications that lost a compare-and-swap race try again on what they lost to, at
 /// most this often.
 const OTP_RACE_RETRIES: usize = 32;
@@ -64,6 +88,7 @@ pub struct Settings<'a> {
     pub new_id: &'a dyn Fn() -> String,
     pub otp: &'a dyn OtpStore,
     pub otp_sender: &'a dyn OtpSender,
+    pub login_failures: &'a dyn FailureCounters,
     pub service_clients: &'a ServiceClients,
 }
 
@@ -171,6 +196,30 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
         ("/auth/login", "POST") => {
             let input: Login = accounts::parse(request.body)?;
             let email = accounts::normalize_email(&input.email)?;
+            // The account's counter is counted before the password is checked, so
+            // parallel guesses each take a turn; the client's only counts failures.
+            let client = request.client.unwrap_or("unknown");
+            let account_counter = throttle::account_key(&email, client);
+            let client_counter = throttle::client_key(client);
+            let now_ms = settings.now * 1000;
+            let counted = count_attempt(
+                settings.login_failures,
+                &account_counter,
+                throttle::FREE_PER_ACCOUNT,
+                now_ms,
+            )
+            .and_then(|()| {
+                let failures = settings.login_failures.get(&client_counter);
+                throttle::attempt(failures.as_ref(), throttle::FREE_PER_CLIENT, now_ms).map(drop)
+            });
+            if let Err(wait) = counted {
+                return Ok(Response {
+                    status: 429,
+                    body: Some(json!({ "error": { "code": "too_many_attempts",
+                        "message": format!("too many failed logins: retry in {wait} s") } })),
+                    retry_after: Some(wait),
+                });
+            }
             let mut user = store.by_email(&email).map_err(failed)?;
             if user.is_none()
                 && let Some((admin_email, admin_password)) = settings.admin
@@ -189,10 +238,15 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             }
             match user {
                 Some(user) if accounts::password_matches(&input.password, &user.password_hash) => {
+                    settings.login_failures.remove(&account_counter);
                     tokens(db, key, settings, &user, None)
                 }
                 // The same answer for an unknown email and a wrong password.
-                _ => Err(refuse(401, "invalid_credentials", "email or password is wrong")),
+                _ => {
+                    // Counts toward the client's pause; a lost race only undercounts.
+                    let _ = count_attempt(settings.login_failures, &client_counter, u32::MAX, now_ms);
+                    Err(refuse(401, "invalid_credentials", "email or password is wrong"))
+                }
             }
         }
         ("/auth/refresh", "POST") => {
@@ -495,6 +549,32 @@ mod tests {
     thread_local!(static SENDER_DOWN: Cell<bool> = const { Cell::new(false) });
     thread_local!(static NOW: Cell<i64> = const { Cell::new(1_800_000_000) });
 
+    /// Login-failure counters, per test thread.
+    #[derive(Default)]
+    struct MemCounters(std::cell::RefCell<std::collections::HashMap<String, Failures>>);
+
+    impl FailureCounters for MemCounters {
+        fn get(&self, key: &str) -> Option<Failures> {
+            self.0.borrow().get(key).cloned()
+        }
+        fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool {
+            let mut counters = self.0.borrow_mut();
+            if counters.get(key) != current {
+                return false;
+            }
+            counters.insert(key.into(), next.clone());
+            true
+        }
+        fn remove(&self, key: &str) {
+            self.0.borrow_mut().remove(key);
+        }
+    }
+
+    // Leaked once per test thread, so settings can borrow it for as long as they like.
+    thread_local!(static FAILURES: &'static MemCounters = Box::leak(Box::default()));
+    // The client address requests come from.
+    thread_local!(static CLIENT: Cell<&'static str> = const { Cell::new("10.0.0.1") });
+
     fn call(db: &MemoryDb, method: &str, path: &str, body: Value, user: Option<&str>) -> (u16, Value) {
         OTP.with(|otp| SENT.with(|sender| call_with(db, otp, sender, method, path, body, user)))
     }
@@ -522,6 +602,7 @@ mod tests {
             new_id: &new_id,
             otp,
             otp_sender,
+            login_failures: FAILURES.with(|f| *f),
             service_clients: &ServiceClients::parse("notifications=notifications-secret-1").unwrap(),
         };
         let body = body.to_string();
@@ -534,6 +615,7 @@ mod tests {
             roles: user
                 .and_then(|u| u.rsplit_once(':'))
                 .map_or("customer", |(_, roles)| roles),
+            client: Some(CLIENT.with(Cell::get)),
         };
         let response = handle(&request, db, key(), &settings);
         (response.status, response.body.unwrap_or(Value::Null))
@@ -541,6 +623,47 @@ mod tests {
 
     fn uuid_like(n: u32) -> String {
         format!("{:08x}{}", n, std::process::id())
+    }
+
+    #[test]
+    fn failed_logins_slow_their_client_down_but_never_the_owner_elsewhere() {
+        let db = MemoryDb::default();
+        let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+        assert_eq!(call(&db, "POST", "/auth/register", ada, None).0, 201);
+        let login = |password: &str| {
+            call(
+                &db,
+                "POST",
+                "/auth/login",
+                json!({ "email": "ada@example.com", "password": password }),
+                None,
+            )
+        };
+        CLIENT.with(|c| c.set("203.0.113.9"));
+        for _ in 0..throttle::FREE_PER_ACCOUNT {
+            assert_eq!(login("wrong horse!").0, 401);
+        }
+        let (status, refused) = login("correct horse");
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (429, Some("too_many_attempts")),
+            "even the right password waits after 5 failures: {refused}"
+        );
+        CLIENT.with(|c| c.set("198.51.100.7"));
+        assert_eq!(login("correct horse").0, 200, "the owner elsewhere is not held up");
+        CLIENT.with(|c| c.set("203.0.113.9"));
+        NOW.with(|n| n.set(n.get() + 2));
+        assert_eq!(login("correct horse").0, 200, "the pause ends");
+        assert_eq!(login("wrong horse!").0, 401, "and the success cleared the count");
+
+        // One address trying many accounts is paused too.
+        CLIENT.with(|c| c.set("192.0.2.50"));
+        for i in 0..throttle::FREE_PER_CLIENT {
+            let guess = json!({ "email": format!("user{i}@example.com"), "password": "guess-guess" });
+            assert_eq!(call(&db, "POST", "/auth/login", guess, None).0, 401);
+        }
+        assert_eq!(login("correct horse").0, 429, "the address is paused across accounts");
+        CLIENT.with(|c| c.set("10.0.0.1"));
     }
 
     #[test]
