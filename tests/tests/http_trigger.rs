@@ -265,18 +265,22 @@ fn local_service_chaining_reaches_private_components_in_process() {
     );
 }
 
-#[test]
-fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
-    let dir = TempDir::new("misbehave");
-    let manifest = dir.manifest(&format!(
+/// `misbehave` under `/bad/...` and `p2-hello` at `/hello`.
+fn misbehave_and_hello(dir: &TempDir) -> std::path::PathBuf {
+    dir.manifest(&format!(
         "{}{}{}{}",
         http_trigger("/bad/...", "misbehave"),
         http_trigger("/hello", "hello"),
         component("misbehave", "misbehave", ""),
         component("hello", "p2-hello", "")
-    ));
+    ))
+}
+
+#[test]
+fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
+    let dir = TempDir::new("misbehave");
     let shop = Shop::start_with(
-        &manifest,
+        &misbehave_and_hello(&dir),
         ShopOptions {
             data_dir: &dir.path().join("data"),
             args: vec![
@@ -593,4 +597,42 @@ fn bad_request_bodies_get_json_4xx_before_any_component_runs() {
     assert_eq!(status, 200, "{body}");
     let echo: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["body_len"], 5, "{body}");
+}
+
+/// Past `--max-concurrent-requests` a request is answered 503 + Retry-After at once
+/// (JSON), instead of failing to instantiate; the shop serves again when load drops.
+#[test]
+fn requests_past_the_concurrency_cap_get_503_with_retry_after() {
+    let dir = TempDir::new("busy");
+    let shop = Shop::start_with(
+        &misbehave_and_hello(&dir),
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec!["--max-concurrent-requests".into(), "2".into()],
+            env: vec![],
+        },
+    );
+    let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|scope| {
+        let slow: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    let r = client().get(format!("{}/bad/sleep?ms=1500", shop.base)).send().unwrap();
+                    let status = r.status().as_u16();
+                    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                    (status, retry, r.json().unwrap_or(Value::Null))
+                })
+            })
+            .collect();
+        slow.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let served = answers.iter().filter(|(s, _, _)| *s == 200).count();
+    let busy: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
+    assert!(served <= 2 && served + busy.len() == answers.len(), "{answers:?}");
+    assert!(!busy.is_empty(), "six at once under a cap of two: {answers:?}");
+    for (_, retry, body) in busy {
+        assert_eq!(retry.as_deref(), Some("1"), "{body}");
+        assert_eq!(body["error"]["code"], "busy", "{body}");
+    }
+    let status = client().get(format!("{}/hello", shop.base)).send().unwrap().status();
+    assert_eq!(status.as_u16(), 200, "served again once the load is gone");
 }

@@ -48,6 +48,11 @@ pub struct UpArgs {
     /// runs); the body must also arrive within the request timeout (else 408).
     #[arg(long, env = "SHOP_MAX_REQUEST_BODY_BYTES", default_value_t = 8 << 20)]
     pub max_request_body_bytes: usize,
+    /// HTTP requests (chained calls included) running in components at once; past it a
+    /// request gets 503 + Retry-After. Kept under the instance pool (1000), which the
+    /// Kafka and cron triggers share.
+    #[arg(long, env = "SHOP_MAX_CONCURRENT_REQUESTS", default_value_t = 750)]
+    pub max_concurrent_requests: usize,
     /// Linear-memory cap per component instance, in MiB.
     #[arg(long, env = "SHOP_MAX_MEMORY_MB", default_value_t = 128)]
     pub max_memory_mb: usize,
@@ -136,7 +141,15 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
     let listen_addr = listener.local_addr()?;
-    let app = HttpApp::new(&manifest, &components, &engine, limits, metrics.clone(), listen_addr)?;
+    let app = HttpApp::new(
+        &manifest,
+        &components,
+        &engine,
+        limits,
+        metrics.clone(),
+        listen_addr,
+        args.max_concurrent_requests,
+    )?;
     let local: std::sync::Weak<dyn LocalServices> = Arc::downgrade(&app) as _;
 
     // Event triggers run until `stop` turns true.

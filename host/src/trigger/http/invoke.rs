@@ -139,6 +139,9 @@ pub struct ComponentInvoker {
     id: Arc<str>,
     limits: RequestLimits,
     metrics: Arc<Metrics>,
+    /// HTTP requests in components at once, shared by every component of the app: past
+    /// it a request is answered 503 at once instead of failing to instantiate.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl ComponentInvoker {
@@ -148,6 +151,7 @@ impl ComponentInvoker {
         limits: RequestLimits,
         metrics: Arc<Metrics>,
         local: Weak<dyn LocalServices>,
+        slots: Arc<tokio::sync::Semaphore>,
     ) -> Self {
         let id = component.id.clone();
         Self {
@@ -161,12 +165,27 @@ impl ComponentInvoker {
             id,
             limits,
             metrics,
+            slots,
         }
     }
 
     /// Runs the component on `request`. Guest failures become error responses here,
     /// so callers (the listener, local chaining) always get a response.
     pub async fn invoke(&self, request: GuestRequest, request_id: &str) -> GuestResponse {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            self.metrics
+                .component_errors
+                .with_label_values(&[&*self.id, "busy"])
+                .inc();
+            let mut busy = error_response(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the shop is at its limit of concurrent requests: retry shortly",
+            );
+            busy.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return busy;
+        };
         let started = Instant::now();
         let probe = Arc::new(InvocationProbe::new(request_id));
         let result = self.handler.handle(probe.clone(), request).await;

@@ -54,6 +54,7 @@ impl HttpApp {
         limits: RequestLimits,
         metrics: Arc<Metrics>,
         listen_addr: SocketAddr,
+        max_concurrent_requests: usize,
     ) -> anyhow::Result<Arc<Self>> {
         let mut routes = Vec::new();
         for trigger in manifest.http_triggers() {
@@ -77,14 +78,21 @@ impl HttpApp {
             }
         }
         let router = Router::new(routes);
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests));
         Ok(Arc::new_cyclic(|weak: &Weak<HttpApp>| {
             let local: Weak<dyn LocalServices> = weak.clone();
             let invokers = components
                 .iter()
                 .filter(|(_, c)| c.exports.http.is_some())
                 .map(|(id, c)| {
-                    let invoker =
-                        ComponentInvoker::new(engine.clone(), c.clone(), limits, metrics.clone(), local.clone());
+                    let invoker = ComponentInvoker::new(
+                        engine.clone(),
+                        c.clone(),
+                        limits,
+                        metrics.clone(),
+                        local.clone(),
+                        slots.clone(),
+                    );
                     (id.clone(), invoker)
                 })
                 .collect();
