@@ -165,3 +165,40 @@ fn the_validator_refuses_what_a_cluster_or_the_shop_would() {
         );
     }
 }
+
+/// The images the manifests run are the ones scripts/images builds: `shop-app` and
+/// `shop-host` at the crate version in the base; overlays only move them to a
+/// registry.
+#[test]
+fn the_manifests_name_the_images_scripts_images_builds() {
+    let tools = tools();
+    let version = env!("CARGO_PKG_VERSION");
+    let script = std::fs::read_to_string(repo().join("scripts/images")).unwrap();
+    for image in ["shop-app", "shop-host"] {
+        assert!(
+            script.contains(&format!("\"{image}:$version\"")),
+            "scripts/images tags {image}:<version>"
+        );
+    }
+    let base = std::fs::read_to_string(repo().join("k8s/base/spinapp.yaml")).unwrap()
+        + &std::fs::read_to_string(repo().join("k8s/base/host.yaml")).unwrap();
+    for image in ["shop-app", "shop-host"] {
+        assert!(
+            base.contains(&format!("image: {image}:{version}")),
+            "k8s/base runs {image}:{version}"
+        );
+    }
+    for overlay in ["dev", "prod"] {
+        let rendered = render(&tools, overlay);
+        let images: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+            .filter(|i| i.contains("shop-"))
+            .collect();
+        assert_eq!(images.len(), 2, "{overlay}: {images:?}");
+        assert!(
+            images.iter().any(|i| i.contains("/shop-app:")) && images.iter().any(|i| i.contains("/shop-host:")),
+            "{overlay} moves both images to its registry: {images:?}"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! - The `wasi:messaging` imports, generated once here, and two export macros that
 //!   reuse them: `kafka::export_kafka_handler!` (a `[[trigger.kafka]]` handler) and
 //!   `cron::export_cron_handler!` (a `[[trigger.cron]]` handler). A component may use
-//!   both, next to spin-sdk's `#[http_component]`.
+//!   both; its HTTP API is a component of its own (see `guest-kit`).
 //! - [`received`]: a delivered message as its CloudEvents envelope and domain event.
 //! - [`Messaging`]: the outbox publisher over `wasi:messaging`.
 //!
