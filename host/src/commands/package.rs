@@ -7,9 +7,10 @@
 //!   `wasi/wasm` image of those files (the shim's image format for apps that are not
 //!   Spin OCI artifacts). We chose that format because any OCI builder and registry
 //!   handles it; a Spin OCI artifact needs Spin's own tooling to push.
-//! - `host/`: what the `shop` host runs: the whole manifest (it serves the Kafka and
-//!   cron triggers, and the HTTP components for its own service chaining), the
-//!   `.wasm` files and this `shop` binary.
+//! - `host/`: what the `shop` host runs, with a Containerfile: `app/` holds the whole
+//!   manifest (it serves the Kafka and cron triggers, and the HTTP components for its
+//!   own service chaining) and the `.wasm` files; `rootfs/` this `shop` binary, to
+//!   which scripts/images adds the shared libraries it links (`FROM scratch`).
 //!
 //! `scripts/images` turns both into images with buildah.
 
@@ -21,6 +22,20 @@ use anyhow::{Context as _, bail};
 
 use crate::ManifestArgs;
 use crate::manifest::Manifest;
+
+/// The host image. `rootfs/` must also hold the libraries the binary links (scripts/images
+/// copies what `ldd` lists): there is no base image.
+const HOST_CONTAINERFILE: &str = "\
+# The shop host: the binary and the libraries it links, the manifest and every component.
+FROM scratch
+COPY rootfs/ /
+COPY app/ /app/
+WORKDIR /app
+ENV SHOP_LISTEN=0.0.0.0:3000 SHOP_ADMIN_LISTEN=0.0.0.0:9090 SHOP_DATA_DIR=/data SHOP_LOG_FORMAT=json
+EXPOSE 9090
+ENTRYPOINT [\"/usr/local/bin/shop\"]
+CMD [\"up\", \"--no-build\", \"--file=/app/spin.toml\"]
+";
 
 /// What a component image needs no file beside the manifest for.
 const BUILD_ONLY_KEYS: &[&str] = &["build"];
@@ -36,9 +51,12 @@ pub fn run(manifest_args: &ManifestArgs, out: &Path) -> anyhow::Result<ExitCode>
         "# containerd-shim-spin's wasi/wasm image: spin.toml and its components at /.\n\
          FROM scratch\nCOPY . /\n",
     )?;
-    write_context(&manifest, &table, &out.join("host"))?;
+    write_context(&manifest, &table, &out.join("host/app"))?;
     let shop = std::env::current_exe().context("where is this shop binary")?;
-    std::fs::copy(&shop, out.join("host/shop")).with_context(|| format!("copying {}", shop.display()))?;
+    let bin = out.join("host/rootfs/usr/local/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(&shop, bin.join("shop")).with_context(|| format!("copying {}", shop.display()))?;
+    std::fs::write(out.join("host/Containerfile"), HOST_CONTAINERFILE)?;
     println!("Packaged {} into {}", manifest_args.file.display(), out.display());
     println!("  app:  {} HTTP components (spin.toml + .wasm)", component_count(&app));
     println!("  host: {} components and the shop binary", component_count(&table));
