@@ -273,13 +273,11 @@ fn event_log(data: &std::path::Path) -> (tokio::runtime::Runtime, shop_broker::e
     (runtime, broker)
 }
 
-/// Creates and deletes a product and reads the relay's events off the embedded log;
-/// `postgres` is the catalog's database URL (else SQLite).
-fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
-    use shop_broker::{Broker, ConsumerEvent};
-    let dir = TempDir::new(label);
-    with_runtime_config(&dir);
-    let data = dir.path().join("data");
+/// The catalog at `/products` and its outbox relay on a cron whose schedule and
+/// wake-ups are `cron`; `postgres` is the catalog's database URL (else SQLite).
+fn catalog_with_relay(dir: &TempDir, postgres: Option<&str>, cron: &str) -> std::path::PathBuf {
+    // On PostgreSQL each component names the database (its variables table opens
+    // here); on SQLite only the relay has variables.
     let storage = |id: &str| match postgres {
         None => String::new(),
         Some(url) => format!(
@@ -291,8 +289,8 @@ fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
     } else {
         "[component.relay.variables]\n"
     };
-    let manifest = dir.manifest(&format!(
-        "{}[[trigger.cron]]\ncomponent = \"relay\"\ncron_expression = \"* * * * * *\"\n{}{}{}",
+    dir.manifest(&format!(
+        "{}[[trigger.cron]]\ncomponent = \"relay\"\n{cron}{}{}{}",
         http_trigger("/products/...", "products"),
         products_component("products"),
         storage("products"),
@@ -305,7 +303,17 @@ fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
                 storage("relay")
             ),
         ),
-    ));
+    ))
+}
+
+/// Creates and deletes a product and reads the relay's events off the embedded log;
+/// `postgres` is the catalog's database URL (else SQLite).
+fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
+    use shop_broker::{Broker, ConsumerEvent};
+    let dir = TempDir::new(label);
+    with_runtime_config(&dir);
+    let data = dir.path().join("data");
+    let manifest = catalog_with_relay(&dir, postgres, "cron_expression = \"* * * * * *\"\n");
     let shop = Shop::start(&manifest, &data);
     let (_, _, created) = send(
         reqwest::Method::POST,
@@ -368,26 +376,12 @@ fn the_relay_publishes_on_postgres_notify() {
     let dir = TempDir::new("catalog-notify");
     with_runtime_config(&dir);
     let data = dir.path().join("data");
-    let storage = |id: &str| {
-        format!(
-            "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n[component.{id}.variables]\ndatabase_url = \"{url}\"\n"
-        )
-    };
-    let manifest = dir.manifest(&format!(
-        "{}[[trigger.cron]]\ncomponent = \"relay\"\ncron_expression = \"0 0 0 1 1 *\"\n\
-         run_on_notify = {{ channel = \"shop_outbox\", url_variable = \"database_url\" }}\n{}{}{}",
-        http_trigger("/products/...", "products"),
-        products_component("products"),
-        storage("products"),
-        component(
-            "relay",
-            "outbox-relay",
-            &format!(
-                "allowed_topics = [\"shop.products\"]\n{}database = \"products\"\nsource = \"/products\"",
-                storage("relay")
-            ),
-        ),
-    ));
+    let manifest = catalog_with_relay(
+        &dir,
+        Some(&url),
+        "cron_expression = \"0 0 0 1 1 *\"\n\
+         run_on_notify = { channel = \"shop_outbox\", url_variable = \"database_url\" }\n",
+    );
     let shop = Shop::start(&manifest, &data);
     let (runtime, broker) = event_log(&data);
     let consumer = runtime

@@ -140,95 +140,87 @@ mod tests {
     use super::*;
     use crate::ledger::Context;
 
-    #[test]
-    fn the_sandbox_api_authorizes_declines_finds_and_captures() {
+    /// The service over an in-memory database, `sleep` standing in for `tok_slow`.
+    fn with_services(sleep: &dyn Fn(), test: impl FnOnce(&Services<'_, MemoryDb>)) {
         let db = MemoryDb::default();
         let new_id = || uuid::Uuid::new_v4().to_string();
         let context = Context {
             now_text: "t".into(),
             new_id: &new_id,
         };
-        let slept = std::cell::Cell::new(0);
-        let sleep = || slept.set(slept.get() + 1);
-        let services = Services {
+        test(&Services {
             ledger: &Ledger::new(&db, &context),
             sandbox: &Sandbox {
                 db: &db,
                 now_text: "t".into(),
                 new_id: &new_id,
             },
-            sleep: &sleep,
-        };
-        let call = |method: &str, path: &str, body: &str| {
-            let request = Request {
-                method,
-                path,
-                body: body.as_bytes(),
-                user: "",
-                roles: "",
+            sleep,
+        });
+    }
+
+    #[test]
+    fn the_sandbox_api_authorizes_declines_finds_and_captures() {
+        let slept = std::cell::Cell::new(0);
+        let sleep = || slept.set(slept.get() + 1);
+        with_services(&sleep, |services| {
+            let call = |method: &str, path: &str, body: &str| {
+                let request = Request {
+                    method,
+                    path,
+                    body: body.as_bytes(),
+                    user: "",
+                    roles: "",
+                };
+                let response = handle(&request, services);
+                (response.status, response.json_body())
             };
-            let response = handle(&request, &services);
-            (response.status, response.json_body())
-        };
-        let authorize = |key: &str, token: &str| {
-            let body =
-                json!({ "idempotency_key": key, "token": token, "amount": { "amount": 100, "currency": "EUR" } });
-            call("POST", "/sandbox/authorizations", &body.to_string())
-        };
-        let (status, charge) = authorize("o-1", "tok_slow");
-        assert_eq!((status, charge["status"].as_str()), (201, Some("authorized")));
-        assert_eq!(slept.get(), 1, "tok_slow takes its time");
-        assert_eq!(authorize("o-2", "tok_declined").0, 402);
-        let (status, found) = call("GET", "/sandbox/authorizations/by-key/o-1", "");
-        assert_eq!((status, &found["id"]), (200, &charge["id"]));
-        assert_eq!(call("GET", "/sandbox/authorizations/by-key/o-9", "").0, 404);
-        let capture = format!("/sandbox/authorizations/{}/capture", charge["id"].as_str().unwrap());
-        assert_eq!(call("POST", &capture, "").1["captures"], 1);
-        assert_eq!(call("POST", "/sandbox/authorizations/nope/void", "").0, 404);
-        assert_eq!(call("GET", "/payments/o-1", "").0, 404, "no ledger row, and no caller");
-        assert_eq!(call("POST", "/sandbox/authorizations", "{}").0, 400);
+            let authorize = |key: &str, token: &str| {
+                let body =
+                    json!({ "idempotency_key": key, "token": token, "amount": { "amount": 100, "currency": "EUR" } });
+                call("POST", "/sandbox/authorizations", &body.to_string())
+            };
+            let (status, charge) = authorize("o-1", "tok_slow");
+            assert_eq!((status, charge["status"].as_str()), (201, Some("authorized")));
+            assert_eq!(slept.get(), 1, "tok_slow takes its time");
+            assert_eq!(authorize("o-2", "tok_declined").0, 402);
+            let (status, found) = call("GET", "/sandbox/authorizations/by-key/o-1", "");
+            assert_eq!((status, &found["id"]), (200, &charge["id"]));
+            assert_eq!(call("GET", "/sandbox/authorizations/by-key/o-9", "").0, 404);
+            let capture = format!("/sandbox/authorizations/{}/capture", charge["id"].as_str().unwrap());
+            assert_eq!(call("POST", &capture, "").1["captures"], 1);
+            assert_eq!(call("POST", "/sandbox/authorizations/nope/void", "").0, 404);
+            assert_eq!(call("GET", "/payments/o-1", "").0, 404, "no ledger row, and no caller");
+            assert_eq!(call("POST", "/sandbox/authorizations", "{}").0, 400);
+        });
     }
 
     #[test]
     fn a_payment_method_is_kept_for_its_user_and_order() {
-        let db = MemoryDb::default();
-        let new_id = || uuid::Uuid::new_v4().to_string();
-        let context = Context {
-            now_text: "t".into(),
-            new_id: &new_id,
-        };
-        let sleep = || {};
-        let services = Services {
-            ledger: &Ledger::new(&db, &context),
-            sandbox: &Sandbox {
-                db: &db,
-                now_text: "t".into(),
-                new_id: &new_id,
-            },
-            sleep: &sleep,
-        };
-        let put = |user: &str, body: &str| {
-            let request = Request {
-                method: "PUT",
-                path: "/payment-methods/o-1",
-                body: body.as_bytes(),
-                user,
-                roles: "customer",
+        with_services(&|| {}, |services| {
+            let put = |user: &str, body: &str| {
+                let request = Request {
+                    method: "PUT",
+                    path: "/payment-methods/o-1",
+                    body: body.as_bytes(),
+                    user,
+                    roles: "customer",
+                };
+                let response = handle(&request, services);
+                (response.status, response.json_body())
             };
-            let response = handle(&request, &services);
-            (response.status, response.json_body())
-        };
-        let (status, body) = put("u-1", r#"{"token": "tok_ok"}"#);
-        assert_eq!(status, 200, "{body}");
-        assert!(
-            !body.to_string().contains("tok_ok"),
-            "the answer does not echo the token"
-        );
-        assert_eq!(put("u-1", r#"{"token": "tok_ok"}"#).0, 200, "again: a no-op");
-        assert_eq!(put("u-2", r#"{"token": "tok_ok"}"#).0, 409);
-        assert_eq!(put("u-1", r#"{"token": "tok_declined"}"#).0, 409);
-        assert_eq!(put("", r#"{"token": "tok_ok"}"#).0, 401);
-        assert_eq!(put("u-1", r#"{"token": ""}"#).0, 400);
-        assert_eq!(put("u-1", r#"["tok_ok"]"#).0, 400);
+            let (status, body) = put("u-1", r#"{"token": "tok_ok"}"#);
+            assert_eq!(status, 200, "{body}");
+            assert!(
+                !body.to_string().contains("tok_ok"),
+                "the answer does not echo the token"
+            );
+            assert_eq!(put("u-1", r#"{"token": "tok_ok"}"#).0, 200, "again: a no-op");
+            assert_eq!(put("u-2", r#"{"token": "tok_ok"}"#).0, 409);
+            assert_eq!(put("u-1", r#"{"token": "tok_declined"}"#).0, 409);
+            assert_eq!(put("", r#"{"token": "tok_ok"}"#).0, 401);
+            assert_eq!(put("u-1", r#"{"token": ""}"#).0, 400);
+            assert_eq!(put("u-1", r#"["tok_ok"]"#).0, 400);
+        });
     }
 }

@@ -15,29 +15,53 @@ use crate::throttle::Failures;
 
 const DATABASE: &str = "users";
 
-/// Pending codes in key-value under `otp:<destination>`.
-struct KeyValueOtp(Option<KeyValue>);
+/// The service's state in the `default` key-value store, opened once per request:
+/// pending codes under `otp:<destination>` and the login-failure counters.
+struct KeyValueState(Option<KeyValue>);
 
-impl OtpStore for KeyValueOtp {
-    fn get(&self, destination: &str) -> Option<Pending> {
-        let bytes = self.0.as_ref()?.get(&format!("otp:{destination}")).ok()??;
+impl KeyValueState {
+    fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let bytes = self.0.as_ref()?.get(key).ok()??;
         serde_json::from_slice(&bytes).ok()
+    }
+    fn delete(&self, key: &str) {
+        if let Some(store) = &self.0 {
+            let _ = store.delete(key);
+        }
+    }
+}
+
+fn otp_key(destination: &str) -> String {
+    format!("otp:{destination}")
+}
+
+impl OtpStore for KeyValueState {
+    fn get(&self, destination: &str) -> Option<Pending> {
+        self.read(&otp_key(destination))
     }
     fn put(&self, destination: &str, pending: &Pending) {
         if let Some(store) = &self.0 {
-            let _ = store.set(
-                &format!("otp:{destination}"),
-                &serde_json::to_vec(pending).unwrap_or_default(),
-            );
+            let _ = store.set(&otp_key(destination), &serde_json::to_vec(pending).unwrap_or_default());
         }
     }
     fn remove(&self, destination: &str) {
-        if let Some(store) = &self.0 {
-            let _ = store.delete(&format!("otp:{destination}"));
-        }
+        self.delete(&otp_key(destination));
     }
     fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
-        swap_json(&format!("otp:{destination}"), Some(current), next)
+        swap_json(&otp_key(destination), Some(current), next)
+    }
+}
+
+impl service::FailureCounters for KeyValueState {
+    fn get(&self, key: &str) -> Option<Failures> {
+        self.read(key)
+    }
+    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool {
+        // Without a store nothing is counted, rather than every login refused.
+        self.0.is_none() || swap_json(key, current, next)
+    }
+    fn remove(&self, key: &str) {
+        self.delete(key);
     }
 }
 
@@ -64,25 +88,6 @@ fn swap_json<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq>(
         return false;
     }
     atomics::swap(cas, &serde_json::to_vec(next).unwrap_or_default()).is_ok()
-}
-
-/// Login-failure counters in key-value.
-struct KeyValueCounters(Option<KeyValue>);
-
-impl service::FailureCounters for KeyValueCounters {
-    fn get(&self, key: &str) -> Option<Failures> {
-        let bytes = self.0.as_ref()?.get(key).ok()??;
-        serde_json::from_slice(&bytes).ok()
-    }
-    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool {
-        // Without a store nothing is counted, rather than every login refused.
-        self.0.is_none() || swap_json(key, current, next)
-    }
-    fn remove(&self, key: &str) {
-        if let Some(store) = &self.0 {
-            let _ = store.delete(key);
-        }
-    }
 }
 
 fn variable(name: &str) -> Option<String> {
@@ -170,6 +175,7 @@ fn handle(req: Request) -> Response {
         Ok(clients) => clients,
         Err(e) => return unavailable(format!("variable `service_clients`: {e}")),
     };
+    let state = KeyValueState(KeyValue::open_default().ok());
     let settings = Settings {
         issuer: &issuer,
         audience: &audience,
@@ -177,9 +183,9 @@ fn handle(req: Request) -> Response {
         now,
         now_text: shop_domain::time::rfc3339(now),
         new_id: &new_id,
-        otp: &KeyValueOtp(KeyValue::open_default().ok()),
+        otp: &state,
         otp_sender: &NotificationsService,
-        login_failures: &KeyValueCounters(KeyValue::open_default().ok()),
+        login_failures: &state,
         service_clients: &service_clients,
     };
     let method = req.method().to_string();

@@ -57,7 +57,7 @@ pub trait FailureCounters {
 
 /// Counts one login attempt on the counter `key`, or how long to wait first.
 fn count_attempt(counters: &dyn FailureCounters, key: &str, free: u32, now_ms: i64) -> Result<(), u64> {
-    for _ in 0..OTP_RACE_RETRIES {
+    for _ in 0..CAS_RETRIES {
         let current = counters.get(key);
         let next = throttle::attempt(current.as_ref(), free, now_ms)?;
         if counters.replace(key, current.as_ref(), &next) {
@@ -67,9 +67,9 @@ fn count_attempt(counters: &dyn FailureCounters, key: &str, free: u32, now_ms: i
     Err(1)
 }
 
-/// Verifications that lost a compare-and-swap race try again on what they lost to, at
-/// most this often.
-const OTP_RACE_RETRIES: usize = 32;
+/// A verification or login count that lost a compare-and-swap race tries again on
+/// what it lost to, at most this often.
+const CAS_RETRIES: usize = 32;
 
 /// Hands a login code to the one service that sends it (notifications), directly:
 /// never through a topic or the outbox.
@@ -459,7 +459,7 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
         .filter(|c| c.len() == 6 && c.chars().all(|d| d.is_ascii_digit()))
         .ok_or_else(|| refuse(400, "validation_failed", "`code` must be 6 digits"))?;
     let (_, destination, user) = otp_destination(&input, db)?;
-    for _ in 0..OTP_RACE_RETRIES {
+    for _ in 0..CAS_RETRIES {
         let current = settings.otp.get(&destination);
         let (outcome, next) = match otp::verify(current.clone(), &destination, &code, settings.now * 1000) {
             Ok(used) => (Ok(()), Some(used)),

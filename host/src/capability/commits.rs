@@ -48,13 +48,7 @@ pub enum StatementKind {
 
 impl StatementKind {
     pub fn of(statement: &str) -> Self {
-        let keyword: String = statement
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .collect::<String>()
-            .to_ascii_uppercase();
-        match keyword.as_str() {
+        match super::leading_keyword(statement).as_str() {
             "BEGIN" | "START" => Self::Begin,
             "COMMIT" | "END" => Self::Commit,
             "ROLLBACK" | "ABORT" => Self::Rollback,

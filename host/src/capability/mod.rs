@@ -13,6 +13,17 @@ pub mod variables;
 
 use std::path::Path;
 
+/// The first word of an SQL statement, upper-cased: what the SQLite and PostgreSQL
+/// capabilities read a statement's intent from (write, transaction start or end).
+pub fn leading_keyword(statement: &str) -> String {
+    statement
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
 use crate::runtime_config::RuntimeConfig;
 
 /// The application-wide backends behind the capabilities, built once from the

@@ -194,13 +194,7 @@ pub fn open_file(path: &Path) -> anyhow::Result<Connection> {
 /// the primary connection, waiting for it if need be. A wrong guess costs only
 /// waiting; SQLite's own locking stays in charge.
 fn needs_primary(statement: &str) -> bool {
-    let trimmed = statement.trim_start();
-    let keyword: String = trimmed
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    match keyword.as_str() {
+    match super::leading_keyword(statement).as_str() {
         // `WITH` may lead an INSERT or UPDATE: counted as a write.
         "SELECT" | "VALUES" | "EXPLAIN" | "PRAGMA" | "COMMIT" | "END" | "ROLLBACK" | "RELEASE" | "" => false,
         _ => true,
