@@ -10,6 +10,27 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL, event_key TEXT NOT NULL, event_type TEXT NOT NULL,
     payload BLOB NOT NULL, created_at TEXT NOT NULL)";
 
+/// The same rows, written by instances that publish their own events right after
+/// their commit (`publish_written`). They are apart so that a relay woken by
+/// another writer's commit does not send them too while their writer is still
+/// publishing; the relay takes them only once they are [`OWN_ROWS_GRACE_SECS`] old
+/// (their writer crashed before deleting them).
+pub const OWN_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox_own (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL, event_key TEXT NOT NULL, event_type TEXT NOT NULL,
+    payload BLOB NOT NULL, created_at TEXT NOT NULL)";
+
+/// How old a self-published row must be before the relay takes it as left behind.
+pub const OWN_ROWS_GRACE_SECS: i64 = 10;
+
+/// The table `db`'s writes go to.
+fn table_of(db: &impl Sql) -> &'static str {
+    match db.relay_publishes() {
+        true => "outbox",
+        false => "outbox_own",
+    }
+}
+
 /// The PostgreSQL channel told of every commit that adds outbox rows, so a relay can
 /// publish at once wherever the service runs (`run_on_notify` in the shop host).
 pub const NOTIFY_CHANNEL: &str = "shop_outbox";
@@ -19,8 +40,11 @@ pub const NOTIFY_CHANNEL: &str = "shop_outbox";
 /// relay is the one to publish it.
 pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopEvent) -> Result<(), SqlError> {
     db.outbox_written(&event_id);
+    let table = table_of(db);
     db.execute(
-        "INSERT INTO outbox (event_id, topic, event_key, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        &format!(
+            "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+        ),
         &[
             event_id.into(),
             event.topic().into(),
@@ -39,7 +63,11 @@ pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopE
 /// Every event in the outbox, decoded (for tests and tools).
 pub fn read_all(db: &impl Sql) -> Result<Vec<ShopEvent>, String> {
     let rows = db
-        .execute("SELECT event_type, payload FROM outbox ORDER BY seq", &[])
+        .execute(
+            "SELECT event_type, payload FROM (SELECT event_type, payload, created_at, seq, 0 AS t FROM outbox \
+             UNION ALL SELECT event_type, payload, created_at, seq, 1 FROM outbox_own) ORDER BY created_at, t, seq",
+            &[],
+        )
         .map_err(|e| e.to_string())?;
     rows.iter()
         .map(|r| match (&r[0], &r[1]) {
@@ -64,8 +92,8 @@ pub struct OutboxRow {
     pub created_at: String,
 }
 
-/// The columns [`row_from`] reads, in its order.
-const SELECT_ROWS: &str = "SELECT seq, event_id, topic, event_key, event_type, payload, created_at FROM outbox";
+/// The columns [`row_from`] reads, in its order (then `FROM <table>`).
+const SELECT_ROWS: &str = "SELECT seq, event_id, topic, event_key, event_type, payload, created_at";
 
 fn row_from(values: &[SqlValue]) -> Result<OutboxRow, String> {
     let text = |i: usize, column: &str| {
@@ -92,16 +120,36 @@ fn row_from(values: &[SqlValue]) -> Result<OutboxRow, String> {
     })
 }
 
-/// The oldest unpublished rows. Published rows are deleted rather than passed by a
-/// bookmark: on PostgreSQL a row with a smaller `seq` can commit after a larger one,
-/// and a bookmark would skip it.
-pub fn pending(db: &impl Sql, limit: i64) -> Result<Vec<OutboxRow>, String> {
+/// The oldest unpublished rows the relay should send: every row of `outbox`, then
+/// rows of `outbox_own` created at or before `left_before` (RFC 3339). Published
+/// rows are deleted rather than passed by a bookmark: on PostgreSQL a row with a
+/// smaller `seq` can commit after a larger one, and a bookmark would skip it.
+pub fn pending(db: &impl Sql, limit: i64, left_before: &str) -> Result<Vec<(&'static str, OutboxRow)>, String> {
     // The service creates its outbox with its own tables on first use.
-    migrate(db, &[SCHEMA]).map_err(|e| e.to_string())?;
-    let rows = db
-        .execute(&format!("{SELECT_ROWS} ORDER BY seq LIMIT ?"), &[limit.into()])
+    migrate(db, &[SCHEMA, OWN_SCHEMA]).map_err(|e| e.to_string())?;
+    let mut pending = Vec::new();
+    let relayed = db
+        .execute(
+            &format!("{SELECT_ROWS} FROM outbox ORDER BY seq LIMIT ?"),
+            &[limit.into()],
+        )
         .map_err(|e| e.to_string())?;
-    rows.iter().map(|r| row_from(r)).collect()
+    for row in &relayed {
+        pending.push(("outbox", row_from(row)?));
+    }
+    let room = limit - pending.len() as i64;
+    if room > 0 {
+        let left = db
+            .execute(
+                &format!("{SELECT_ROWS} FROM outbox_own WHERE created_at <= ? ORDER BY seq LIMIT ?"),
+                &[left_before.into(), room.into()],
+            )
+            .map_err(|e| e.to_string())?;
+        for row in &left {
+            pending.push(("outbox_own", row_from(row)?));
+        }
+    }
+    Ok(pending)
 }
 
 pub trait Publisher {
@@ -122,13 +170,17 @@ pub fn headers(row: &OutboxRow, source: &str) -> Vec<(String, String)> {
     headers
 }
 
-/// Publishes up to [`BATCH`] pending rows in order, then deletes the ones the broker
-/// took; stops at the first failure (the rest waits for the next tick). A crash
-/// between publishing and deleting publishes those events again: consumers dedupe
-/// by id. Returns how many were published.
-pub fn relay(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, String> {
-    let rows = pending(db, BATCH)?;
-    publish_rows(db, publisher, source, &rows)
+/// Publishes up to [`BATCH`] pending rows in order (see [`pending`]; `now` in Unix
+/// seconds), then deletes the ones the broker took; stops at the first failure (the
+/// rest waits for the next tick). A crash between publishing and deleting publishes
+/// those events again: consumers dedupe by id. Returns how many were published.
+pub fn relay(db: &impl Sql, publisher: &impl Publisher, source: &str, now: i64) -> Result<usize, String> {
+    let left_before = crate::time::rfc3339(now - OWN_ROWS_GRACE_SECS);
+    let rows = pending(db, BATCH, &left_before)?;
+    let (relayed, left): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(table, _)| *table == "outbox");
+    let strip = |rows: Vec<(&str, OutboxRow)>| rows.into_iter().map(|(_, row)| row).collect::<Vec<_>>();
+    let published = publish_rows(db, publisher, source, "outbox", &strip(relayed))?;
+    Ok(published + publish_rows(db, publisher, source, "outbox_own", &strip(left))?)
 }
 
 /// Publishes the events written through `db` since the last call (its commit just
@@ -140,26 +192,33 @@ pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) 
     if ids.is_empty() {
         return Ok(0);
     }
+    let table = table_of(db);
     let placeholders = vec!["?"; ids.len()].join(", ");
     let ids: Vec<SqlValue> = ids.into_iter().map(SqlValue::from).collect();
     let rows = db
         .execute(
-            &format!("{SELECT_ROWS} WHERE event_id IN ({placeholders}) ORDER BY seq"),
+            &format!("{SELECT_ROWS} FROM {table} WHERE event_id IN ({placeholders}) ORDER BY seq"),
             &ids,
         )
         .map_err(|e| e.to_string())?;
     let rows: Vec<OutboxRow> = rows.iter().map(|r| row_from(r)).collect::<Result<_, _>>()?;
-    publish_rows(db, publisher, source, &rows)
+    publish_rows(db, publisher, source, table, &rows)
 }
 
-fn publish_rows(db: &impl Sql, publisher: &impl Publisher, source: &str, rows: &[OutboxRow]) -> Result<usize, String> {
+fn publish_rows(
+    db: &impl Sql,
+    publisher: &impl Publisher,
+    source: &str,
+    table: &str,
+    rows: &[OutboxRow],
+) -> Result<usize, String> {
     let mut failure = None;
     let mut published = Vec::new();
     for row in rows {
         match publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
             Ok(()) => published.push(row.seq),
             Err(e) => {
-                failure = Some(format!("publishing outbox seq {}: {e}", row.seq));
+                failure = Some(format!("publishing {table} seq {}: {e}", row.seq));
                 break;
             }
         }
@@ -168,7 +227,7 @@ fn publish_rows(db: &impl Sql, publisher: &impl Publisher, source: &str, rows: &
     if !published.is_empty() {
         let placeholders = vec!["?"; published.len()].join(", ");
         let seqs: Vec<SqlValue> = published.iter().map(|seq| (*seq).into()).collect();
-        db.execute(&format!("DELETE FROM outbox WHERE seq IN ({placeholders})"), &seqs)
+        db.execute(&format!("DELETE FROM {table} WHERE seq IN ({placeholders})"), &seqs)
             .map_err(|e| e.to_string())?;
     }
     match failure {
@@ -187,6 +246,9 @@ mod tests {
     use super::*;
 
     type Headers = Vec<(String, String)>;
+
+    /// 2026-11-22T00:00:00Z, when the test rows are written.
+    const WRITTEN: i64 = 1_795_305_600;
 
     /// Accepts `accept` publishes, then fails.
     struct Flaky {
@@ -220,7 +282,7 @@ mod tests {
     /// An outbox holding products p1..=p`n`'s creation events.
     fn outbox(n: usize) -> MemoryDb {
         let db = MemoryDb::default();
-        migrate(&db, &[SCHEMA]).unwrap();
+        migrate(&db, &[SCHEMA, OWN_SCHEMA]).unwrap();
         for i in 1..=n {
             let event = ShopEvent::ProductDeleted(ProductDeleted {
                 product_id: format!("p{i}"),
@@ -234,18 +296,18 @@ mod tests {
     fn rows_are_published_in_order_and_a_failure_resumes_where_it_stopped() {
         let outbox = outbox(5);
         let flaky = Flaky::accepting(3);
-        assert_eq!(relay(&outbox, &flaky, "/products"), Ok(3));
+        assert_eq!(relay(&outbox, &flaky, "/products", WRITTEN), Ok(3));
         assert_eq!(
-            pending(&outbox, 10).unwrap().len(),
+            pending(&outbox, 10, "").unwrap().len(),
             2,
             "published rows leave the outbox"
         );
-        let err = relay(&outbox, &flaky, "/products").unwrap_err();
+        let err = relay(&outbox, &flaky, "/products", WRITTEN).unwrap_err();
         assert!(err.contains("seq 4") && err.contains("unavailable"), "{err}");
         let healthy = Flaky::accepting(10);
-        assert_eq!(relay(&outbox, &healthy, "/products"), Ok(2));
+        assert_eq!(relay(&outbox, &healthy, "/products", WRITTEN), Ok(2));
         assert_eq!(healthy.keys(), ["p4", "p5"], "exactly the rest, in order");
-        assert_eq!(relay(&outbox, &healthy, "/products"), Ok(0));
+        assert_eq!(relay(&outbox, &healthy, "/products", WRITTEN), Ok(0));
 
         let headers = &healthy.sent.borrow()[0].2;
         let envelope = Envelope::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
@@ -260,7 +322,7 @@ mod tests {
         let path = dir.path().join("outbox.db");
         let connect = || MemoryDb::new(rusqlite::Connection::open(&path).unwrap());
         let (first, second) = (connect(), connect());
-        migrate(&first, &[SCHEMA]).unwrap();
+        migrate(&first, &[SCHEMA, OWN_SCHEMA]).unwrap();
         let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
         let at = || "2026-11-22T00:00:00Z".to_string();
         record(&first, "e1".into(), at(), &deleted("p1")).unwrap();
@@ -275,8 +337,51 @@ mod tests {
         // The second instance's publish fails: its row stays for the relay.
         let down = Flaky::accepting(0);
         assert!(publish_written(&second, &down, "/products").is_err());
-        let left: Vec<String> = pending(&first, 10).unwrap().into_iter().map(|r| r.key).collect();
+        let left: Vec<String> = pending(&first, 10, "")
+            .unwrap()
+            .into_iter()
+            .map(|(_, r)| r.key)
+            .collect();
         assert_eq!(left, ["p2"]);
-        assert_eq!(relay(&first, &sent, "/products"), Ok(1));
+        assert_eq!(relay(&first, &sent, "/products", WRITTEN), Ok(1));
+    }
+
+    #[test]
+    fn the_relay_leaves_self_published_rows_to_their_writer_until_they_are_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let http = MemoryDb::new(rusqlite::Connection::open(&path).unwrap());
+        let events = MemoryDb::new(rusqlite::Connection::open(&path).unwrap()).publishing_its_own_outbox();
+        migrate(&http, &[SCHEMA, OWN_SCHEMA]).unwrap();
+        let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
+        let at = || crate::time::rfc3339(WRITTEN);
+        record(&http, "e1".into(), at(), &deleted("p1")).unwrap();
+        record(&events, "e2".into(), at(), &deleted("p2")).unwrap();
+
+        // Woken by the HTTP writer's commit while the events writer is publishing.
+        let relayed = Flaky::accepting(10);
+        assert_eq!(relay(&http, &relayed, "/products", WRITTEN + 1), Ok(1));
+        assert_eq!(relayed.keys(), ["p1"], "not the row its writer is publishing");
+        let own = Flaky::accepting(10);
+        assert_eq!(publish_written(&events, &own, "/products"), Ok(1));
+        assert_eq!(own.keys(), ["p2"]);
+        assert_eq!(
+            read_all(&http).unwrap(),
+            Vec::<ShopEvent>::new(),
+            "both published rows deleted"
+        );
+
+        // A writer that crashed before deleting: the relay sends its row once it is old.
+        record(&events, "e3".into(), at(), &deleted("p3")).unwrap();
+        assert_eq!(read_all(&http).unwrap(), vec![deleted("p3")]);
+        assert_eq!(
+            relay(&http, &relayed, "/products", WRITTEN + OWN_ROWS_GRACE_SECS - 1),
+            Ok(0)
+        );
+        assert_eq!(
+            relay(&http, &relayed, "/products", WRITTEN + OWN_ROWS_GRACE_SECS),
+            Ok(1)
+        );
+        assert_eq!(relayed.keys(), ["p1", "p3"]);
     }
 }

@@ -42,6 +42,10 @@ fn base_config() -> Config {
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.epoch_interruption(true);
+    // `SHOP_PROFILE=perfmap` names guest functions for `perf` (/tmp/perf-<pid>.map).
+    if std::env::var("SHOP_PROFILE").as_deref() == Ok("perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 

@@ -2,11 +2,22 @@
 
 use super::*;
 
-pub struct MemoryDb(pub rusqlite::Connection, std::cell::RefCell<Vec<String>>);
+pub struct MemoryDb(
+    pub rusqlite::Connection,
+    std::cell::RefCell<Vec<String>>,
+    /// Whether the relay publishes what it writes (see [`Sql::relay_publishes`]).
+    bool,
+);
 
 impl MemoryDb {
     pub fn new(connection: rusqlite::Connection) -> Self {
-        Self(connection, Default::default())
+        Self(connection, Default::default(), true)
+    }
+
+    /// As a writer that publishes its own outbox events.
+    pub fn publishing_its_own_outbox(mut self) -> Self {
+        self.2 = false;
+        self
     }
 
     /// Every row of every table as text, for tests that look for what must not be
@@ -51,6 +62,10 @@ impl Sql for MemoryDb {
 
     fn take_outbox_written(&self) -> Vec<String> {
         self.1.take()
+    }
+
+    fn relay_publishes(&self) -> bool {
+        self.2
     }
 
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {

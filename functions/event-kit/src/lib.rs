@@ -96,7 +96,10 @@ impl shop_domain::outbox::Publisher for Messaging {
 /// Publishes what is waiting in `db`'s outbox (the cron handlers' relay step).
 pub fn relay_outbox(db: &impl shop_domain::sql::Sql, source: &str) -> Result<(), String> {
     let messaging = Messaging::connect()?;
-    shop_domain::outbox::relay(db, &messaging, source).map(drop)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    shop_domain::outbox::relay(db, &messaging, source, now).map(drop)
 }
 
 /// Publishes the events this instance wrote to `db`'s outbox now, rather than at the

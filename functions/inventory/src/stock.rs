@@ -23,6 +23,7 @@ pub const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS reservations_due ON reservations (state, expires_at)",
     inbox::SCHEMA,
     outbox::SCHEMA,
+    outbox::OWN_SCHEMA,
 ];
 
 const RESERVED: &str = "reserved";

@@ -109,6 +109,14 @@ impl Order {
         Some(order)
     }
 
+    /// The order once `recorded` (appended after its history) is applied.
+    pub fn then(mut self, recorded: &[Recorded]) -> Order {
+        for r in recorded {
+            self.apply(r);
+        }
+        self
+    }
+
     fn enter(&mut self, step: Step, at: i64) {
         self.step = step;
         self.step_since = at;

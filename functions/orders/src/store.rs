@@ -27,6 +27,7 @@ pub const SCHEMA: &[&str] = &[
         PRIMARY KEY (user_id, idempotency_key))",
     inbox::SCHEMA,
     outbox::SCHEMA,
+    outbox::OWN_SCHEMA,
 ];
 
 /// How many times a conflicting append is retried on a fresh read.
@@ -186,19 +187,23 @@ impl<'a, D: Sql> Orders<'a, D> {
         Ok(Order::fold(&self.history(order_id)?))
     }
 
-    /// Appends `events` after `version` (0 for a new order), puts the published ones
+    /// Appends `events` after `prior` (none for a new order), puts the published ones
     /// in the outbox under the same ids, and updates the projection. Fails with
-    /// `Conflict` when someone else appended first.
-    fn append(&self, order_id: &str, version: i64, events: Vec<ShopEvent>) -> Result<Order, StoreError> {
+    /// `Conflict` when someone else appended first. The order it returns is `prior`
+    /// with the new events applied, not re-read.
+    fn append(&self, order_id: &str, prior: Option<Order>, events: Vec<ShopEvent>) -> Result<Order, StoreError> {
         let ctx = self.context;
-        for (i, event) in events.iter().enumerate() {
+        let version = prior.as_ref().map_or(0, |o| o.version);
+        let mut appended = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
             let event_id = (ctx.new_id)();
+            let seq = version + 1 + i as i64;
             self.db.execute(
                 "INSERT INTO order_events (order_id, seq, event_id, event_type, payload, at, time) \
                  VALUES (?, ?, ?, ?, ?, ?, ?)",
                 &[
                     order_id.into(),
-                    (version + 1 + i as i64).into(),
+                    seq.into(),
                     event_id.clone().into(),
                     event.event_type().into(),
                     SqlValue::Blob(event.to_json()),
@@ -206,13 +211,22 @@ impl<'a, D: Sql> Orders<'a, D> {
                     ctx.now_text.clone().into(),
                 ],
             )?;
-            if publishes(event) {
-                outbox::record(self.db, event_id, ctx.now_text.clone(), event)?;
+            if publishes(&event) {
+                outbox::record(self.db, event_id.clone(), ctx.now_text.clone(), &event)?;
             }
+            appended.push(Recorded {
+                seq,
+                event_id,
+                at: ctx.now,
+                time: ctx.now_text.clone(),
+                event,
+            });
         }
-        let order = self
-            .load(order_id)?
-            .ok_or_else(|| StoreError::Failed(format!("order {order_id} has no OrderPlaced")))?;
+        let order = match prior {
+            Some(prior) => Some(prior.then(&appended)),
+            None => Order::fold(&appended),
+        }
+        .ok_or_else(|| StoreError::Failed(format!("order {order_id} has no OrderPlaced")))?;
         self.project(&order)?;
         Ok(order)
     }
@@ -281,7 +295,7 @@ impl<'a, D: Sql> Orders<'a, D> {
                         .ok_or_else(|| StoreError::Failed(format!("idempotency key {key} names no order")));
                 }
             }
-            self.append(&details.order_id, 0, vec![placed.clone(), reserve.clone()])
+            self.append(&details.order_id, None, vec![placed.clone(), reserve.clone()])
         })
     }
 
@@ -303,7 +317,7 @@ impl<'a, D: Sql> Orders<'a, D> {
                 if events.is_empty() {
                     return Ok(Outcome::Unchanged(order));
                 }
-                self.append(order_id, order.version, events).map(Outcome::Changed)
+                self.append(order_id, Some(order), events).map(Outcome::Changed)
             });
             attempts += 1;
             match result {
@@ -473,6 +487,11 @@ mod tests {
         };
         assert_eq!(order.version, 4, "reserved + authorize_requested");
         assert_eq!(
+            orders.load("o-1").unwrap().as_ref(),
+            Some(&order),
+            "the order applied in memory is the order its history folds to"
+        );
+        assert_eq!(
             orders.apply(Some("e-1"), "o-1", &reserved("o-1")).unwrap(),
             Outcome::Duplicate
         );
@@ -486,7 +505,10 @@ mod tests {
         );
 
         // A writer that read version 2 loses against the one that appended 3 and 4.
-        let stale = orders.append("o-1", 2, vec![reserved("o-1")]);
+        let history = orders.history("o-1").unwrap();
+        let read_at_2 = Order::fold(&history[..2]).unwrap();
+        assert_eq!(read_at_2.version, 2);
+        let stale = orders.append("o-1", Some(read_at_2), vec![reserved("o-1")]);
         assert_eq!(stale, Err(StoreError::Conflict));
     }
 

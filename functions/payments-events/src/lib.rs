@@ -1,12 +1,13 @@
 //! Payments' saga side as a component for the `shop` host: the Kafka handler for the
 //! saga's payment commands on `shop.payments`, against the provider's HTTP API
-//! (`provider_url`, `provider_api_key`; the sandbox by default). Each handler publishes
-//! the events it wrote right after its commit.
+//! (`provider_url`, `provider_api_key`; the sandbox by default, called in process).
+//! Each handler publishes the events it wrote right after its commit.
 
 #![cfg(target_arch = "wasm32")]
 
 use event_kit::{Message, kafka};
 use payments::ledger::{Answer, Context, Handled, Ledger, Provider};
+use payments::sandbox::Sandbox;
 use payments::service;
 use shop_domain::sql::spin::SpinDatabase;
 use shop_domain::types::Money;
@@ -22,44 +23,64 @@ fn context() -> Context<'static> {
     }
 }
 
-/// The provider's HTTP API (the sandbox's shape).
-struct HttpProvider {
+/// The provider's API (the sandbox's shape), over HTTP; or, when the configured
+/// provider is the built-in sandbox, the sandbox's own handler called in process on
+/// the same database: the same answers, without an instance and an HTTP exchange
+/// per call.
+struct HttpProvider<'a> {
     base: String,
     api_key: Option<String>,
+    /// The built-in sandbox, reached without HTTP.
+    in_process: Option<&'a SpinDatabase>,
 }
 
-impl HttpProvider {
-    fn configured() -> Self {
+/// Where the built-in sandbox is served (the `payment_provider_url` default).
+const BUILT_IN_SANDBOX: &str = "http://payments.spin.internal/sandbox";
+
+impl<'a> HttpProvider<'a> {
+    fn configured(db: &'a SpinDatabase) -> Self {
+        let base = guest_kit::variable("provider_url")
+            .unwrap_or_else(|| BUILT_IN_SANDBOX.into())
+            .trim_end_matches('/')
+            .to_string();
         Self {
-            base: guest_kit::variable("provider_url")
-                .unwrap_or_else(|| "http://payments.spin.internal/sandbox".into())
-                .trim_end_matches('/')
-                .to_string(),
+            in_process: (base == BUILT_IN_SANDBOX).then_some(db),
+            base,
             api_key: guest_kit::variable("provider_api_key"),
         }
     }
 
-    fn request(&self, method: Method, url: &str) -> spin_sdk::http::RequestBuilder {
+    /// One exchange with the provider: its status and body.
+    fn exchange(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
+        let url = format!("{}{path}", self.base);
+        if let Some(db) = self.in_process {
+            return Ok(sandbox_in_process(
+                db,
+                &method.to_string(),
+                &format!("/sandbox{path}"),
+                &body,
+            ));
+        }
         let mut request = Request::builder();
         request
             .method(method)
-            .uri(url)
+            .uri(&url)
             .header("content-type", "application/json");
         if let Some(key) = &self.api_key {
             request.header("authorization", format!("Bearer {key}"));
         }
-        request
+        let response: Response = spin_sdk::http::run(spin_sdk::http::send(request.body(body).build()))
+            .map_err(|e| format!("payment provider {url}: {e}"))?;
+        Ok((*response.status(), response.into_body()))
     }
 
     fn post(&self, path: &str, body: Vec<u8>) -> Result<Answer, String> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.request(Method::Post, &url);
-        let response: Response = spin_sdk::http::run(spin_sdk::http::send(request.body(body).build()))
-            .map_err(|e| format!("payment provider {url}: {e}"))?;
-        match *response.status() {
+        let (status, body) = self.exchange(Method::Post, path, body)?;
+        match status {
             200 | 201 => {
-                let charge: serde_json::Value = serde_json::from_slice(response.body())
-                    .map_err(|e| format!("payment provider {url} answered oddly: {e}"))?;
+                let charge: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| format!("payment provider {url} answered oddly: {e}"))?;
                 let reference = charge["id"]
                     .as_str()
                     .ok_or(format!("payment provider {url}: no charge id"))?;
@@ -68,17 +89,42 @@ impl HttpProvider {
                 })
             }
             402 | 409 => Ok(Answer::Declined {
-                reason: service::error_message(response.body()),
+                reason: service::error_message(&body),
             }),
             status => Err(format!(
                 "payment provider {url} answered {status}: {}",
-                service::error_message(response.body())
+                service::error_message(&body)
             )),
         }
     }
 }
 
-impl Provider for HttpProvider {
+/// The sandbox's HTTP handler (as the `payments` component serves it), called directly.
+fn sandbox_in_process(db: &SpinDatabase, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let context = context();
+    let slow_ms = guest_kit::number_variable("sandbox_slow_ms", 3000).unwrap_or(3000);
+    let sleep = move || std::thread::sleep(std::time::Duration::from_millis(slow_ms.max(0) as u64));
+    let request = service::Request {
+        method,
+        path,
+        body,
+        user: "",
+        roles: "",
+    };
+    let services = service::Services {
+        ledger: &Ledger::new(db, &context),
+        sandbox: &Sandbox {
+            db,
+            now_text: context.now_text.clone(),
+            new_id: &guest_kit::new_id,
+        },
+        sleep: &sleep,
+    };
+    let answer = service::handle(&request, &services);
+    (answer.status, answer.body)
+}
+
+impl Provider for HttpProvider<'_> {
     fn authorize(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Answer, String> {
         let body = serde_json::json!({ "idempotency_key": idempotency_key, "token": token, "amount": amount });
         self.post("/authorizations", body.to_string().into_bytes())
@@ -97,20 +143,19 @@ impl Provider for HttpProvider {
     }
 
     fn find(&self, idempotency_key: &str) -> Result<Option<(String, String)>, String> {
-        let url = format!("{}/authorizations/by-key/{idempotency_key}", self.base);
-        let response: Response = spin_sdk::http::run(spin_sdk::http::send(self.request(Method::Get, &url).build()))
-            .map_err(|e| format!("payment provider {url}: {e}"))?;
-        match *response.status() {
-            200 => {
-                let charge: serde_json::Value = serde_json::from_slice(response.body())
-                    .map_err(|e| format!("payment provider {url} answered oddly: {e}"))?;
+        let path = format!("/authorizations/by-key/{idempotency_key}");
+        let url = format!("{}{path}", self.base);
+        match self.exchange(Method::Get, &path, Vec::new())? {
+            (200, body) => {
+                let charge: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| format!("payment provider {url} answered oddly: {e}"))?;
                 match (charge["id"].as_str(), charge["status"].as_str()) {
                     (Some(id), Some(status)) => Ok(Some((id.to_string(), status.to_string()))),
                     _ => Err(format!("payment provider {url}: no charge id or status")),
                 }
             }
-            404 => Ok(None),
-            status => Err(format!("payment provider {url} answered {status}")),
+            (404, _) => Ok(None),
+            (status, _) => Err(format!("payment provider {url} answered {status}")),
         }
     }
 }
@@ -131,7 +176,7 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         let ledger = Ledger::new(&db, &context);
         ledger.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;
         let handled = ledger
-            .handle(&envelope.id, &event, &HttpProvider::configured())
+            .handle(&envelope.id, &event, &HttpProvider::configured(&db))
             .map_err(event_kit::Error::Other)?;
         if matches!(handled, Handled::Done(_)) {
             event_kit::publish_outbox(&db, SOURCE);

@@ -23,6 +23,7 @@ pub const SCHEMA: &[&str] = &[
         created_at TEXT NOT NULL)",
     inbox::SCHEMA,
     outbox::SCHEMA,
+    outbox::OWN_SCHEMA,
 ];
 
 /// Why a payment method cannot be kept.

@@ -18,6 +18,7 @@ pub const SCHEMA: &[&str] = &[
         created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS products_by_category ON products (category, name)",
     shop_domain::outbox::SCHEMA,
+    shop_domain::outbox::OWN_SCHEMA,
 ];
 
 const COLUMNS: &str = "id, sku, name, description, category, price_amount, price_currency, created_at, updated_at";
