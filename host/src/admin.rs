@@ -1,9 +1,10 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (triggers are
-//! serving and not draining) and `/metrics` (Prometheus text).
+//! serving, not draining, and every Kafka trigger is subscribed) and `/metrics` (Prometheus text).
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,23 +14,53 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
+/// Whether the host should get traffic: it has started serving, is not draining,
+/// and every Kafka trigger holds a subscription.
 #[derive(Default)]
-pub struct Readiness(AtomicBool);
+pub struct Readiness {
+    serving: AtomicBool,
+    /// Kafka triggers (by component) not subscribed right now: starting, or
+    /// restarting after their consumer failed.
+    unsubscribed: Mutex<BTreeSet<String>>,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    pub fn set(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
     }
+
+    /// Marks the Kafka trigger of `component` as subscribed or not.
+    pub fn set_subscribed(&self, component: &str, subscribed: bool) {
+        let mut unsubscribed = self.unsubscribed.lock().unwrap_or_else(|e| e.into_inner());
+        match subscribed {
+            true => unsubscribed.remove(component),
+            false => unsubscribed.insert(component.to_string()),
+        };
+    }
+
+    #[cfg(test)]
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.not_ready_because().is_none()
+    }
+
+    /// Why the host is not ready, for the `/readyz` body.
+    fn not_ready_because(&self) -> Option<String> {
+        let unsubscribed = self.unsubscribed.lock().unwrap_or_else(|e| e.into_inner());
+        if !unsubscribed.is_empty() {
+            let names: Vec<&str> = unsubscribed.iter().map(String::as_str).collect();
+            return Some(format!("kafka triggers not subscribed: {}", names.join(", ")));
+        }
+        (!self.serving.load(Ordering::SeqCst)).then(|| "not serving (starting or draining)".to_string())
     }
 }
 
 fn respond(path: &str, metrics: &Metrics, readiness: &Readiness) -> http::Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
-        "/readyz" if readiness.is_ready() => (200, "text/plain", "ready\n".to_string()),
-        "/readyz" => (503, "text/plain", "not ready\n".to_string()),
+        "/readyz" => match readiness.not_ready_because() {
+            None => (200, "text/plain", "ready\n".to_string()),
+            Some(why) => (503, "text/plain", format!("not ready: {why}\n")),
+        },
         "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
         _ => (404, "text/plain", "not found\n".to_string()),
     };
@@ -73,5 +104,17 @@ mod tests {
         assert_eq!(respond("/readyz", &metrics, &readiness).status(), 200);
         assert_eq!(respond("/healthz", &metrics, &readiness).status(), 200);
         assert_eq!(respond("/nope", &metrics, &readiness).status(), 404);
+    }
+
+    #[test]
+    fn an_unsubscribed_kafka_trigger_holds_readiness_back() {
+        let metrics = Metrics::new();
+        let readiness = Readiness::default();
+        readiness.set(true);
+        readiness.set_subscribed("orders-events", false);
+        let answer = respond("/readyz", &metrics, &readiness);
+        assert_eq!(answer.status(), 503);
+        readiness.set_subscribed("orders-events", true);
+        assert_eq!(respond("/readyz", &metrics, &readiness).status(), 200);
     }
 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Messages committed without a call: their type is not in `event_types`.
     pub messages_filtered: IntCounterVec,
     pub message_handler_duration: HistogramVec,
+    /// Kafka triggers started again after their consumer failed, by component.
+    pub kafka_trigger_restarts: IntCounterVec,
     /// Cron trigger, by component and outcome (`ok`, `error`, `skipped`).
     pub cron_runs: IntCounterVec,
 }
@@ -113,6 +115,11 @@ impl Metrics {
             &["component", "topic"],
         )
         .expect("valid metric");
+        let kafka_trigger_restarts = counter(
+            "kafka_trigger_restarts_total",
+            "Kafka triggers started again after their consumer closed or could not subscribe",
+            &["component"],
+        );
         let cron_runs = counter(
             "cron_runs_total",
             "Cron trigger firings, by component and outcome",
@@ -130,6 +137,7 @@ impl Metrics {
             Box::new(messages_dead_lettered.clone()),
             Box::new(messages_filtered.clone()),
             Box::new(message_handler_duration.clone()),
+            Box::new(kafka_trigger_restarts.clone()),
             Box::new(cron_runs.clone()),
         ] {
             registry.register(c).expect("metric registered once");
@@ -147,6 +155,7 @@ impl Metrics {
             messages_dead_lettered,
             messages_filtered,
             message_handler_duration,
+            kafka_trigger_restarts,
             cron_runs,
         }
     }

@@ -11,7 +11,10 @@
 //!   is it committed, so nothing is dropped;
 //! - on revocation or shutdown a worker finishes the handler call in hand, commits
 //!   what it finished and stops; a message it did not finish is not committed and is
-//!   redelivered to whichever member gets the partition next.
+//!   redelivered to whichever member gets the partition next;
+//! - a subscription that fails (it cannot join, its consumer closes or a worker
+//!   crashes) is started again with backoff, counted and logged as an error, and
+//!   the host reports not ready on `/readyz` until it is subscribed again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use shop_broker::{Broker, BrokerError, Consumer, ConsumerEvent, Message, Outgoin
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::Readiness;
 use crate::manifest::KafkaTrigger;
 use crate::metrics::Metrics;
 
@@ -59,6 +63,63 @@ enum Outcome {
     Abandoned,
 }
 
+/// Keeps `trigger` subscribed until `stop` turns true: runs it, and whenever a run
+/// fails starts it again after `first_backoff`, doubled for each failure in a row
+/// (a run that got subscribed starts the count over). `readiness` knows whether it
+/// holds a subscription.
+pub async fn supervise(
+    trigger: KafkaTrigger,
+    broker: Arc<dyn Broker>,
+    handler: Arc<dyn MessageHandler>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    mut stop: watch::Receiver<bool>,
+    first_backoff: Duration,
+) {
+    let component = trigger.component.clone();
+    readiness.set_subscribed(&component, false);
+    let mut failures = 0;
+    loop {
+        let subscribed = std::sync::atomic::AtomicBool::new(false);
+        let on_subscribed = || {
+            subscribed.store(true, std::sync::atomic::Ordering::SeqCst);
+            readiness.set_subscribed(&component, true);
+        };
+        let outcome = run(
+            trigger.clone(),
+            broker.clone(),
+            handler.clone(),
+            metrics.clone(),
+            stop.clone(),
+            on_subscribed,
+        )
+        .await;
+        readiness.set_subscribed(&component, false);
+        let error = match outcome {
+            Ok(()) => return,
+            Err(e) if *stop.borrow() => {
+                tracing::debug!(component = %component, error = %e, "kafka trigger ended while stopping");
+                return;
+            }
+            Err(e) => e,
+        };
+        failures = match subscribed.into_inner() {
+            true => 1,
+            false => failures + 1,
+        };
+        let pause = backoff(first_backoff, failures);
+        metrics.kafka_trigger_restarts.with_label_values(&[&*component]).inc();
+        tracing::error!(
+            component = %component, group = %trigger.group, error = %error, retry_in = ?pause,
+            "kafka trigger failed; starting it again"
+        );
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// Consumes the trigger's topics in its group until `stop` turns true, then commits
 /// what was finished and leaves the group.
 pub async fn run(
@@ -67,8 +128,10 @@ pub async fn run(
     handler: Arc<dyn MessageHandler>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
+    on_subscribed: impl FnOnce() + Send,
 ) -> Result<(), BrokerError> {
     let consumer = broker.consumer(&trigger.group, &trigger.topics).await?;
+    on_subscribed();
     tracing::info!(
         component = %trigger.component,
         group = %trigger.group,
@@ -117,7 +180,11 @@ pub async fn run(
                 tracing::info!(partitions = ?partitions, "partitions revoked; finished work committed");
                 let _ = done.send(());
             }
-            Err(BrokerError::Closed) => break,
+            Err(BrokerError::Closed) => {
+                // Nobody asked (a stop is seen above): the consumer died under us.
+                outcome = Err(BrokerError::Closed);
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, group = %shared.trigger.group, "consumer error; retrying in 1s");
                 tokio::select! {

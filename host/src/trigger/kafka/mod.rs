@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wasmtime::Engine;
 
+use crate::admin::Readiness;
 use crate::app::LoadedComponent;
 use crate::capability::messaging::GuestMessage;
 use crate::capability::outbound_http::LocalServices;
@@ -90,7 +91,12 @@ pub struct KafkaContext<'a> {
     pub metrics: Arc<Metrics>,
     pub local: Weak<dyn LocalServices>,
     pub broker: Arc<dyn Broker>,
+    /// Told whether each trigger holds a subscription.
+    pub readiness: Arc<Readiness>,
 }
+
+/// The pause before a failed trigger subscribes again; it doubles while it keeps failing.
+const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Starts every `[[trigger.kafka]]` of the manifest; they run until `stop` is true.
 pub fn start(
@@ -119,25 +125,15 @@ pub fn start(
             metrics: context.metrics.clone(),
             local: context.local.clone(),
         });
-        let broker = context.broker.clone();
-        let metrics = context.metrics.clone();
-        let mut stop = stop.clone();
-        tasks.spawn(async move {
-            // A broker that is down at start-up is waited for, not given up on.
-            loop {
-                let handler: Arc<dyn MessageHandler> = handler.clone();
-                match delivery::run(trigger.clone(), broker.clone(), handler, metrics.clone(), stop.clone()).await {
-                    Ok(()) => return,
-                    Err(e) => tracing::error!(
-                        component = %trigger.component, error = %e, "kafka trigger cannot subscribe; retrying in 2s"
-                    ),
-                }
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                }
-            }
-        });
+        tasks.spawn(delivery::supervise(
+            trigger.clone(),
+            context.broker.clone(),
+            handler,
+            context.metrics.clone(),
+            context.readiness.clone(),
+            stop.clone(),
+            RESTART_BACKOFF,
+        ));
     }
     Ok(tasks)
 }

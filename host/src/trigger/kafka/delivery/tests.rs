@@ -91,6 +91,7 @@ async fn run_until(
         handler.clone() as Arc<dyn MessageHandler>,
         Arc::new(Metrics::new()),
         stop_rx,
+        || {},
     ));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done(handler) && Instant::now() < deadline {
@@ -257,6 +258,7 @@ async fn a_crashed_worker_makes_the_subscription_restart_without_skipping_messag
         handler.clone() as Arc<dyn MessageHandler>,
         Arc::new(Metrics::new()),
         stop_rx.clone(),
+        || {},
     )
     .await;
     assert!(first.is_err(), "the run ends so it can be restarted");
@@ -304,4 +306,80 @@ fn event_types_pick_messages_by_ce_type() {
     assert!(wanted(&some, &typed(Some("a"))));
     assert!(!wanted(&some, &typed(Some("b"))));
     assert!(wanted(&some, &typed(None)), "untyped messages reach the component");
+}
+
+/// The embedded log, except that the first consumer it hands out is already closed,
+/// as when a consumer task dies under the trigger.
+struct FirstConsumerDies {
+    inner: Arc<dyn Broker>,
+    handed_out: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Broker for FirstConsumerDies {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+    fn producer(&self) -> Arc<dyn Producer> {
+        self.inner.producer()
+    }
+    async fn consumer(&self, group: &str, topics: &[String]) -> Result<Arc<dyn Consumer>, BrokerError> {
+        let consumer = self.inner.consumer(group, topics).await?;
+        if self.handed_out.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            consumer.close().await;
+        }
+        Ok(consumer)
+    }
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
+        self.inner.ensure_topic(topic, partitions).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_whose_consumer_dies_is_started_again_and_not_ready_meanwhile() {
+    let (inner, _) = broker("supervise");
+    let topic = "supervised";
+    inner.ensure_topic(topic, 1).await.unwrap();
+    publish(&inner, topic, "k", "ok").await;
+    let broker: Arc<dyn Broker> = Arc::new(FirstConsumerDies {
+        inner,
+        handed_out: Default::default(),
+    });
+    let handler = Arc::new(StubHandler::default());
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    readiness.set(true);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(supervise(
+        trigger(topic, 3),
+        broker,
+        handler.clone() as Arc<dyn MessageHandler>,
+        metrics.clone(),
+        readiness.clone(),
+        stop_rx,
+        Duration::from_millis(300),
+    ));
+    // The dead consumer's run ends at once; during the backoff the host is not ready.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics.kafka_trigger_restarts.with_label_values(&["stub"]).get() == 0 {
+        assert!(Instant::now() < deadline, "the closed consumer was not noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !readiness.is_ready(),
+        "not ready while the trigger waits to subscribe again"
+    );
+    // The second subscription handles the message and makes the host ready again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handler.handled.lock().unwrap().is_empty() || !readiness.is_ready() {
+        assert!(Instant::now() < deadline, "the trigger was not started again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.kafka_trigger_restarts.with_label_values(&["stub"]).get(), 1);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!readiness.is_ready(), "a stopped trigger holds no subscription");
 }
