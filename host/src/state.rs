@@ -128,6 +128,7 @@ impl HostState {
                 backends: component.backends.clone(),
             },
             redis: RedisAccess {
+                component: component.id.clone(),
                 allowed: component.allowed_hosts.clone(),
                 backends: component.backends.clone(),
             },

@@ -340,6 +340,44 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
     );
 }
 
+/// Each distinct address a guest opens (here: the same server with another
+/// `application_name`) would otherwise be a pool of its own, kept for ever.
+#[test]
+fn a_component_keeps_a_bounded_number_of_postgres_pools() {
+    let dir = TempDir::new("pg-bound");
+    let database = "shop_test_pool_bound";
+    let address = fresh_postgres_database(database);
+    let manifest = granted_app(&dir, "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]", "");
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let addresses = 30;
+    for n in 0..addresses {
+        let result = shop.get_json(
+            "/granted/pg-open",
+            &[("x-pg-address", &format!("{address}?application_name=shop_bound_{n}"))],
+        );
+        assert_eq!(result["open"], json!({ "ok": "opened" }), "{result}");
+        assert_eq!(result["select"], json!({ "ok": "1" }), "{result}");
+    }
+    let held = || {
+        psql(
+            database,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'shop_bound_%'",
+        )
+        .parse::<usize>()
+        .unwrap()
+    };
+    // Dropped pools close their connections as their last users return them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held() > 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let connections = held();
+    assert!(
+        (1..=8).contains(&connections),
+        "{connections} connections held for {addresses} addresses"
+    );
+}
+
 #[test]
 fn postgres_date_time_numeric_range_and_interval_values_round_trip() {
     let dir = TempDir::new("pg-types");

@@ -2,6 +2,7 @@
 //! by the manifest.
 
 pub mod allowed_hosts;
+pub mod bounded_map;
 pub mod commits;
 pub mod key_value;
 pub mod messaging;

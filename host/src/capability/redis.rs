@@ -5,8 +5,7 @@
 //!
 //! [`SharedRedis`] is also what the Redis key-value backend uses.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -15,6 +14,7 @@ use wasmtime::component::Resource;
 
 use super::Backends;
 use super::allowed_hosts::{AllowedHosts, default_port};
+use super::bounded_map::BoundedMap;
 use crate::bindings::fermyon::spin::redis::{self, Error, Payload, RedisParameter, RedisResult};
 use crate::state::HostState;
 
@@ -56,26 +56,23 @@ impl SharedRedis {
     }
 }
 
-/// Outbound connections by address, shared by every instance.
+/// Outbound connections by component and address, shared by the component's instances.
 #[derive(Default)]
 pub struct RedisServers {
-    servers: Mutex<HashMap<String, SharedRedis>>,
+    servers: BoundedMap<SharedRedis>,
 }
 
 impl RedisServers {
-    fn server(&self, address: &str) -> Result<SharedRedis, Error> {
-        let mut servers = self.servers.lock().expect("redis server map lock");
-        if let Some(s) = servers.get(address) {
-            return Ok(s.clone());
-        }
-        let server = SharedRedis::new(address).map_err(|_| Error::InvalidAddress)?;
-        servers.insert(address.to_string(), server.clone());
-        Ok(server)
+    fn server(&self, component: &str, address: &str) -> Result<SharedRedis, Error> {
+        self.servers.get_or_create(component, address, || {
+            SharedRedis::new(address).map_err(|_| Error::InvalidAddress)
+        })
     }
 }
 
 /// Per-instance outbound Redis state.
 pub struct RedisAccess {
+    pub component: Arc<str>,
     pub allowed: Arc<AllowedHosts>,
     pub backends: Arc<Backends>,
 }
@@ -146,7 +143,7 @@ impl HostState {
     /// The shared server for `address` if this component may reach it.
     fn redis_server(&self, address: &str) -> Result<SharedRedis, Error> {
         authorize(address, &self.redis.allowed)?;
-        self.redis.backends.redis.server(address)
+        self.redis.backends.redis.server(&self.redis.component, address)
     }
 }
 

@@ -6,11 +6,10 @@
 // The error type is the interface's `error` variant, fixed by the WIT.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
 use std::error::Error as _;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod listen;
@@ -22,6 +21,7 @@ use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
 use super::Backends;
 use super::allowed_hosts::AllowedHosts;
+use super::bounded_map::BoundedMap;
 use super::commits::StatementKind;
 use crate::bindings::postgres4::spin::postgres::postgres::{
     self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
@@ -32,46 +32,45 @@ use values::{data_type, db_value, to_sql};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 16;
 
-/// Connection pools by address, shared by every instance.
+/// Connection pools by component and address, shared by the component's instances.
 #[derive(Default)]
 pub struct PostgresPools {
-    pools: Mutex<HashMap<String, Pool>>,
+    pools: BoundedMap<Pool>,
 }
 
 impl PostgresPools {
-    fn pool(&self, address: &str, config: tokio_postgres::Config) -> Result<Pool, Error> {
-        let mut pools = self.pools.lock().expect("pool map lock");
-        if let Some(pool) = pools.get(address) {
-            return Ok(pool.clone());
-        }
-        // A guest that trapped, timed out or simply never committed leaves its
-        // transaction open on the connection; it must not leak into the next guest's
-        // work, so every returned connection is rolled back before reuse (as Spin
-        // ends a guest's connection, and with it any open transaction).
-        let recycling = ManagerConfig {
-            recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
-        };
-        // Components never see server notices (the interface has no place for
-        // them); without this each `CREATE … IF NOT EXISTS` and each recycling
-        // ROLLBACK would be logged by the driver.
-        let mut config = config;
-        let options = config.get_options().map(str::to_string);
-        config.options(&match options {
-            Some(o) if !o.is_empty() => format!("{o} -c client_min_messages=error"),
-            _ => "-c client_min_messages=error".to_string(),
-        });
-        let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::ConnectionFailed(e.to_string()))?;
-        pools.insert(address.to_string(), pool.clone());
-        Ok(pool)
+    fn pool(&self, component: &str, address: &str, config: tokio_postgres::Config) -> Result<Pool, Error> {
+        self.pools.get_or_create(component, address, || new_pool(config))
     }
+}
+
+fn new_pool(config: tokio_postgres::Config) -> Result<Pool, Error> {
+    // A guest that trapped, timed out or simply never committed leaves its
+    // transaction open on the connection; it must not leak into the next guest's
+    // work, so every returned connection is rolled back before reuse (as Spin
+    // ends a guest's connection, and with it any open transaction).
+    let recycling = ManagerConfig {
+        recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+    };
+    // Components never see server notices (the interface has no place for
+    // them); without this each `CREATE … IF NOT EXISTS` and each recycling
+    // ROLLBACK would be logged by the driver.
+    let mut config = config;
+    let options = config.get_options().map(str::to_string);
+    config.options(&match options {
+        Some(o) if !o.is_empty() => format!("{o} -c client_min_messages=error"),
+        _ => "-c client_min_messages=error".to_string(),
+    });
+    let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
+    let pool = Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::ConnectionFailed(e.to_string()))?;
+    Ok(pool)
 }
 
 /// Per-instance Postgres state.
@@ -185,7 +184,10 @@ impl HostState {
     /// The pool for `address` if this component may reach it.
     fn pg_pool(&self, address: &str) -> Result<Pool, Error> {
         let config = authorize(address, &self.postgres.allowed)?;
-        self.postgres.backends.postgres.pool(address, config)
+        self.postgres
+            .backends
+            .postgres
+            .pool(&self.postgres.component, address, config)
     }
 
     fn pg_push(&mut self, client: Object) -> Result<Resource<PgConnection>, Error> {

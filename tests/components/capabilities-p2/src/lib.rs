@@ -6,6 +6,7 @@
 //! - `GET /sqlite?db=<label>`: the SQLite script on that database.
 //! - `GET /pg` with header `x-pg-address`: the Postgres script against that server.
 //! - `GET /redis` with header `x-redis-address`: the outbound Redis script.
+//! - `GET /pg-open` with header `x-pg-address`: opens a connection and runs `SELECT 1`.
 //! - `GET /pg-types` with header `x-pg-address`: date/time, uuid, jsonb, numeric,
 //!   range and interval values through Postgres.
 //! - `GET /sqlite3?db=<label>`: the `spin:sqlite@3.0.0` script (rowid and changes).
@@ -88,6 +89,15 @@ fn sqlite_script(label: &str) -> Value {
         "select": show(db.execute("SELECT i, r, t, b, n FROM script", &[]).map(|r| (r.columns, r.rows.into_iter().map(|row| row.values).collect::<Vec<_>>()))),
         "bad_sql": show(db.execute("SELEKT 1", &[])),
     })
+}
+
+fn postgres_open(address: &str) -> Value {
+    match spin_sdk::pg4::Connection::open(address) {
+        Ok(conn) => {
+            json!({ "open": { "ok": "opened" }, "select": show(conn.query("SELECT 1", &[]).map(|r| r.rows.len())) })
+        }
+        Err(e) => json!({ "open": { "err": format!("{e:?}") } }),
+    }
 }
 
 fn postgres_script(address: &str) -> Value {
@@ -292,6 +302,8 @@ fn handle(req: Request) -> Response {
         sqlite_script(&query_param(&req, "db"))
     } else if req.path().ends_with("/pg") {
         postgres_script(&header(&req, "x-pg-address"))
+    } else if req.path().ends_with("/pg-open") {
+        postgres_open(&header(&req, "x-pg-address"))
     } else if req.path().ends_with("/pg-types") {
         postgres_types_script(&header(&req, "x-pg-address"))
     } else if req.path().ends_with("/sqlite3") {
