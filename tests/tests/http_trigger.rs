@@ -636,3 +636,47 @@ fn requests_past_the_concurrency_cap_get_503_with_retry_after() {
     let status = client().get(format!("{}/hello", shop.base)).send().unwrap().status();
     assert_eq!(status.as_u16(), 200, "served again once the load is gone");
 }
+
+/// Slowloris: one client holding idle connections gets no more than the cap; the next
+/// one is answered 503 at once and closed, and a closed one frees its place.
+#[test]
+fn a_client_past_its_connection_cap_gets_503_and_others_are_served() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("conn-cap");
+    let shop = Shop::start_with(
+        &misbehave_and_hello(&dir),
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec!["--max-connections-per-client".into(), "4".into()],
+            env: vec![],
+        },
+    );
+    let address = shop.base.trim_start_matches("http://").to_string();
+    // Four connections that send half a request head and wait.
+    let mut idle: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&address).unwrap();
+            s.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut fifth = std::net::TcpStream::connect(&address).unwrap();
+    fifth.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    fifth.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections", "{answer}");
+    // Closing one makes room for a request from the same client.
+    drop(idle.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match client().get(format!("{}/hello", shop.base)).send() {
+            Ok(r) if r.status() == 200 => break,
+            other => assert!(std::time::Instant::now() < deadline, "not served again: {other:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

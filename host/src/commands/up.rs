@@ -53,6 +53,11 @@ pub struct UpArgs {
     /// Kafka and cron triggers share.
     #[arg(long, env = "SHOP_MAX_CONCURRENT_REQUESTS", default_value_t = 750)]
     pub max_concurrent_requests: usize,
+    /// Open connections one client address may hold (a slow or idle client past it
+    /// gets 503 and is closed); 0 for no cap. Behind a proxy every client shares the
+    /// proxy's address: raise it there.
+    #[arg(long, env = "SHOP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
     /// Linear-memory cap per component instance, in MiB.
     #[arg(long, env = "SHOP_MAX_MEMORY_MB", default_value_t = 128)]
     pub max_memory_mb: usize,
@@ -152,6 +157,8 @@ async fn serve(
     )?;
     let local: std::sync::Weak<dyn LocalServices> = Arc::downgrade(&app) as _;
 
+    // Not ready until serving and every Kafka trigger is subscribed.
+    let readiness = Arc::new(Readiness::default());
     // Event triggers run until `stop` turns true.
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut event_tasks = match &broker {
@@ -164,6 +171,7 @@ async fn serve(
                 metrics: metrics.clone(),
                 local: local.clone(),
                 broker: broker.clone(),
+                readiness: readiness.clone(),
             },
             stop_rx.clone(),
         )?,
@@ -182,7 +190,6 @@ async fn serve(
 
     print_routes(&app, &manifest, &components, listen_addr, admin_listener.local_addr()?);
 
-    let readiness = Arc::new(Readiness::default());
     let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), readiness.clone()));
     readiness.set(true);
     let shutdown = {
@@ -199,7 +206,15 @@ async fn serve(
         max_bytes: args.max_request_body_bytes,
         timeout: Duration::from_millis(args.request_timeout_ms),
     };
-    http::serve(app, listener, body_limits, shutdown, drain).await?;
+    http::serve(
+        app,
+        listener,
+        body_limits,
+        args.max_connections_per_client,
+        shutdown,
+        drain,
+    )
+    .await?;
     // Kafka workers finish the message in hand and commit; cron runs finish.
     if tokio::time::timeout(drain, async { while event_tasks.join_next().await.is_some() {} })
         .await

@@ -2,6 +2,7 @@
 //! `spin-*` headers and hands it to the component's [`invoke::ComponentInvoker`].
 //! It also provides local service chaining to guests ([`LocalServices`]).
 
+pub mod connections;
 pub mod invoke;
 pub mod request_body;
 pub mod router;
@@ -27,6 +28,7 @@ use crate::app::LoadedComponent;
 use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices};
 use crate::manifest::{HttpRoute, Manifest};
 use crate::metrics::Metrics;
+use connections::ClientConnections;
 use invoke::{ComponentInvoker, RequestLimits, error_response, full_body};
 use request_body::BodyLimits;
 use router::{Route, RoutePattern, Router};
@@ -224,15 +226,18 @@ fn reserved_response(rest: &str) -> GuestResponse {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
-/// gives in-flight requests up to `drain` to finish.
+/// gives in-flight requests up to `drain` to finish. A client gets at most
+/// `max_connections_per_client` open connections (0: no cap).
 pub async fn serve(
     app: Arc<HttpApp>,
     listener: TcpListener,
     body_limits: BodyLimits,
+    max_connections_per_client: usize,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
+    let connections = ClientConnections::new(max_connections_per_client);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -246,6 +251,11 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Some(slot) = connections.open(client.ip()) else {
+            tracing::debug!(%client, "connection refused: too many from this client");
+            tokio::spawn(connections::refuse(stream, max_connections_per_client));
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -273,6 +283,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
