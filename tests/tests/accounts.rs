@@ -309,15 +309,40 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     let refresh = json!({ "refresh_token": tokens["refresh_token"] });
     let (status, rotated) = c.call("POST", "/auth/refresh", None, Some(refresh.clone()));
     assert_eq!(status, 200, "{rotated}");
-    assert_eq!(c.call("POST", "/auth/refresh", None, Some(refresh)).0, 401);
     let new_token = rotated["access_token"].as_str().unwrap();
     assert_eq!(c.call("GET", "/users/me", Some(new_token), None).0, 200);
     let rotated_refresh = json!({ "refresh_token": rotated["refresh_token"] });
+    let (status, other_login) = c.call(
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({ "email": "ada@example.com", "password": "correct horse" })),
+    );
+    assert_eq!(status, 200, "{other_login}");
     assert_eq!(
         c.call("POST", "/auth/logout", None, Some(rotated_refresh.clone())).0,
         204
     );
     assert_eq!(c.call("POST", "/auth/refresh", None, Some(rotated_refresh)).0, 401);
+    assert_eq!(c.call("POST", "/auth/refresh", None, Some(refresh)).0, 401, "single use");
+    // Logout ends the login's access tokens too, at once, not when they expire.
+    for ended in [token, new_token] {
+        let (status, refused) = c.call("GET", "/users/me", Some(ended), None);
+        assert_eq!(status, 401, "{refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("revoked"),
+            "{refused}"
+        );
+    }
+    let other = other_login["access_token"].as_str().unwrap();
+    assert_eq!(
+        c.call("GET", "/users/me", Some(other), None).0,
+        200,
+        "another login goes on"
+    );
 
     // OTP login: the code reaches the customer's mailbox (the notifications service
     // mails it), and is nowhere in the users service's outbox.

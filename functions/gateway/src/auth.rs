@@ -17,20 +17,33 @@ const LEEWAY_SECS: u64 = 30;
 /// before costs a hash instead. Its claims are still checked every time, and its key
 /// must still be in the issuer's current JWKS, so rotating a key out refuses its
 /// tokens at once.
-pub trait SignatureMemo {
+pub trait TokenMemory {
     /// The digest of the last verified token of `subject`.
     fn recall(&self, subject: &str) -> Option<String>;
     fn remember(&self, subject: &str, digest: &str);
+    /// Whether the login session `session` (a token's `sid`) was ended: logged out,
+    /// or revoked after a refresh token was reused. `Err` when it cannot be known now.
+    fn session_ended(&self, session: &str) -> Result<bool, String>;
 }
 
-/// No memory: every token is verified (tests, or without a key-value store).
+/// The key-value entry the users service writes when a login session ends; it
+/// holds the Unix time after which no access token of that session is valid anyway.
+pub fn ended_session_key(session: &str) -> String {
+    format!("ended-session:{session}")
+}
+
+/// No memory: every token is verified and no session is known to have ended
+/// (tests, or without a key-value store).
 pub struct NoMemo;
 
-impl SignatureMemo for NoMemo {
+impl TokenMemory for NoMemo {
     fn recall(&self, _: &str) -> Option<String> {
         None
     }
     fn remember(&self, _: &str, _: &str) {}
+    fn session_ended(&self, _: &str) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// Who may call a route.
@@ -62,11 +75,13 @@ impl Principal {
     }
 }
 
-/// Why a request was refused: 401 (no usable identity) or 403 (not allowed).
+/// Why a request was refused: 401 (no usable identity), 403 (not allowed) or 503
+/// (the token could not be checked right now).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Unauthenticated(String),
     Forbidden(String),
+    Unavailable(String),
 }
 
 /// Where tokens must come from.
@@ -93,6 +108,8 @@ enum Audience {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// The login session (our auth service's claim): ended at logout.
+    sid: Option<String>,
     exp: Option<u64>,
     nbf: Option<u64>,
     iss: Option<String>,
@@ -125,7 +142,7 @@ pub fn key_id(token: &str) -> Option<String> {
 
 /// Verifies `token` against `keys`, skipping the signature check for the exact token
 /// `memo` remembers for its subject.
-pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn SignatureMemo) -> Result<Principal, Refusal> {
+pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn TokenMemory) -> Result<Principal, Refusal> {
     let invalid = |why: String| Refusal::Unauthenticated(format!("invalid token: {why}"));
     let header = decode_header(token).map_err(|e| invalid(e.to_string()))?;
     if header.alg != Algorithm::RS256 {
@@ -156,6 +173,16 @@ pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn Signatu
         memo.remember(&claims.sub, &digest);
         claims
     };
+    if let Some(session) = &claims.sid {
+        let ended = memo
+            .session_ended(session)
+            .map_err(|e| Refusal::Unavailable(format!("cannot check the token's login now: {e}")))?;
+        if ended {
+            return Err(Refusal::Unauthenticated(
+                "token revoked: its login ended (logout, or a refresh token used twice)".into(),
+            ));
+        }
+    }
     let mut roles = claims.roles;
     roles.extend(claims.realm_access.map(|r| r.roles).unwrap_or_default());
     Ok(Principal {
@@ -205,7 +232,7 @@ pub fn authorize(
     authorization: Option<&str>,
     keys: impl FnOnce(Option<String>) -> Result<JwkSet, String>,
     rules: &TokenRules,
-    memo: &dyn SignatureMemo,
+    memo: &dyn TokenMemory,
 ) -> Result<Option<Principal>, Refusal> {
     if access == Access::Public {
         return Ok(None);
@@ -323,9 +350,10 @@ pub mod tests {
     struct CountingMemo {
         digests: std::cell::RefCell<std::collections::HashMap<String, String>>,
         verified: std::cell::Cell<u32>,
+        ended: std::cell::RefCell<Vec<String>>,
     }
 
-    impl SignatureMemo for CountingMemo {
+    impl TokenMemory for CountingMemo {
         fn recall(&self, subject: &str) -> Option<String> {
             self.digests.borrow().get(subject).cloned()
         }
@@ -333,6 +361,50 @@ pub mod tests {
             self.verified.set(self.verified.get() + 1);
             self.digests.borrow_mut().insert(subject.into(), digest.into());
         }
+        fn session_ended(&self, session: &str) -> Result<bool, String> {
+            Ok(self.ended.borrow().iter().any(|s| s == session))
+        }
+    }
+
+    #[test]
+    fn a_token_of_an_ended_login_is_refused_even_when_remembered() {
+        let issuer = TestIssuer::new("k1");
+        let memo = CountingMemo::default();
+        let of_session = |sid: &str| {
+            let mut c = claims(&["customer"]);
+            c["sid"] = json!(sid);
+            issuer.token(c)
+        };
+        let (ended, other) = (of_session("s-1"), of_session("s-2"));
+        assert!(verify(&ended, &issuer.jwks, &rules(), &memo).is_ok());
+        memo.ended.borrow_mut().push("s-1".into());
+        let refused = verify(&ended, &issuer.jwks, &rules(), &memo);
+        assert!(
+            matches!(&refused, Err(Refusal::Unauthenticated(why)) if why.contains("revoked")),
+            "{refused:?}"
+        );
+        assert!(
+            verify(&other, &issuer.jwks, &rules(), &memo).is_ok(),
+            "another login of the user"
+        );
+        let without_session = issuer.token(claims(&["customer"]));
+        assert!(verify(&without_session, &issuer.jwks, &rules(), &memo).is_ok());
+
+        // When the store cannot say, the token is not let through: 503, not a pass.
+        struct StoreDown;
+        impl TokenMemory for StoreDown {
+            fn recall(&self, _: &str) -> Option<String> {
+                None
+            }
+            fn remember(&self, _: &str, _: &str) {}
+            fn session_ended(&self, _: &str) -> Result<bool, String> {
+                Err("connection refused".into())
+            }
+        }
+        assert!(matches!(
+            verify(&other, &issuer.jwks, &rules(), &StoreDown),
+            Err(Refusal::Unavailable(_))
+        ));
     }
 
     #[test]

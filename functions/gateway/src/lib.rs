@@ -23,7 +23,7 @@ mod adapter {
 
     use spin_sdk::wit::wasi::keyvalue::{atomics, store};
 
-    use crate::auth::{NoMemo, Principal, Refusal, SignatureMemo, TokenRules, authorize};
+    use crate::auth::{NoMemo, Principal, Refusal, TokenMemory, TokenRules, authorize};
     use crate::cors;
     use crate::keys::{self, CACHE_KEY, Cached};
     use crate::limits::{self, Bucket, Rate, Take};
@@ -103,13 +103,18 @@ mod adapter {
     /// every gateway instance recognises them.
     struct KeyValueMemo(Store);
 
-    impl SignatureMemo for KeyValueMemo {
+    impl TokenMemory for KeyValueMemo {
         fn recall(&self, subject: &str) -> Option<String> {
             let bytes = self.0.get(&format!("verified-token:{subject}")).ok().flatten()?;
             String::from_utf8(bytes).ok()
         }
         fn remember(&self, subject: &str, digest: &str) {
             let _ = self.0.set(&format!("verified-token:{subject}"), digest.as_bytes());
+        }
+        fn session_ended(&self, session: &str) -> Result<bool, String> {
+            self.0
+                .exists(&crate::auth::ended_session_key(session))
+                .map_err(|e| format!("key-value store: {e:?}"))
         }
     }
 
@@ -265,7 +270,7 @@ mod adapter {
             (crate::auth::Access::Public, _) | (_, None) => Ok(JwkSet { keys: vec![] }),
             (_, Some(token)) => signing_keys(crate::auth::key_id(token)).await,
         };
-        let memo: Box<dyn SignatureMemo> = match Store::open_default() {
+        let memo: Box<dyn TokenMemory> = match Store::open_default() {
             Ok(store) => Box::new(KeyValueMemo(store)),
             Err(_) => Box::new(NoMemo),
         };
@@ -284,6 +289,8 @@ mod adapter {
                 response
             }
             Err(Refusal::Forbidden(why)) => error(403, "forbidden", &why),
+            // A store that cannot answer must not let a revoked token through.
+            Err(Refusal::Unavailable(why)) => error(503, "unavailable", &why),
         }
     }
 }

@@ -65,6 +65,17 @@ impl service::FailureCounters for KeyValueState {
     }
 }
 
+impl service::EndedSessions for KeyValueState {
+    fn end(&self, session: &str, until: i64) -> Result<(), String> {
+        let store = self.0.as_ref().ok_or("no key-value store")?;
+        // The gateway reads this entry (`ended-session:<sid>`) before it forwards a
+        // request carrying a token of that session.
+        store
+            .set(&format!("ended-session:{session}"), until.to_string().as_bytes())
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
 /// Stores `next` as JSON under `key` of the `default` store if the value there is
 /// still `current` (`None`: absent): a compare-and-swap through wasi:keyvalue.
 fn swap_json<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq>(
@@ -186,6 +197,7 @@ fn handle(req: Request) -> Response {
         otp: &state,
         otp_sender: &NotificationsService,
         login_failures: &state,
+        ended_sessions: &state,
         service_clients: &service_clients,
     };
     let method = req.method().to_string();

@@ -77,6 +77,13 @@ pub trait OtpSender {
     fn send(&self, delivery: &shop_domain::types::OtpDelivery) -> Result<(), String>;
 }
 
+/// Where ended login sessions are announced to the gateway (the `default`
+/// key-value store, shared with it).
+pub trait EndedSessions {
+    /// Marks `session` ended; its access tokens are all expired by `until` (Unix s).
+    fn end(&self, session: &str, until: i64) -> Result<(), String>;
+}
+
 /// What the service needs from its surroundings.
 pub struct Settings<'a> {
     pub issuer: &'a str,
@@ -89,6 +96,7 @@ pub struct Settings<'a> {
     pub otp: &'a dyn OtpStore,
     pub otp_sender: &'a dyn OtpSender,
     pub login_failures: &'a dyn FailureCounters,
+    pub ended_sessions: &'a dyn EndedSessions,
     pub service_clients: &'a ServiceClients,
 }
 
@@ -131,9 +139,9 @@ fn tokens(
         issuer: settings.issuer,
         audience: settings.audience,
     };
-    let access = issuer.access_token(&user.id, &user.roles, settings.now);
-    let (refresh, hash) = new_refresh_token();
     let family = family.map_or_else(|| (settings.new_id)(), str::to_string);
+    let access = issuer.access_token(&user.id, &user.roles, settings.now, &family);
+    let (refresh, hash) = new_refresh_token();
     Store(db)
         .save_refresh(&hash, &family, &user.id, settings.now + REFRESH_TTL_SECS)
         .map_err(failed)?;
@@ -141,6 +149,11 @@ fn tokens(
         200,
         json!({ "access_token": access, "refresh_token": refresh, "token_type": "Bearer", "expires_in": ACCESS_TTL_SECS }),
     )
+}
+
+/// Tells the gateway that `session` ended, for as long as its access tokens live.
+fn end_session(settings: &Settings<'_>, session: &str) -> Result<(), String> {
+    settings.ended_sessions.end(session, settings.now + ACCESS_TTL_SECS)
 }
 
 fn register_user(
@@ -254,7 +267,11 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             let invalid = || refuse(401, "invalid_token", "refresh token is unknown, used or expired");
             let (user_id, family) = match store.use_refresh(&sha256_hex(&token), settings.now).map_err(failed)? {
                 Refreshed::Valid { user_id, family } => (user_id, family),
-                Refreshed::Reused => {
+                Refreshed::Reused { family } => {
+                    // Its refresh tokens are dead already; its access tokens go too.
+                    if let Err(e) = end_session(settings, &family) {
+                        eprintln!("users: access tokens of a reused login stay valid until they expire: {e}");
+                    }
                     return Err(refuse(
                         401,
                         "token_reused",
@@ -268,8 +285,14 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
         }
         ("/auth/logout", "POST") => {
             let token = refresh_token_of(request.body)?;
-            // Ends the login: this token and every one refreshed from the same login.
-            store.end_family_of(&sha256_hex(&token)).map_err(failed)?;
+            // Ends the login: this token and every one refreshed from the same login,
+            // and the access tokens issued with them. The gateway hears of it first,
+            // so a failure leaves the login whole for the client to try again.
+            if let Some(family) = store.family_of(&sha256_hex(&token)).map_err(failed)? {
+                end_session(settings, &family)
+                    .map_err(|e| refuse(503, "unavailable", format!("cannot end the login now: {e}")))?;
+                store.end_family(&family).map_err(failed)?;
+            }
             Ok(Response {
                 status: 204,
                 body: None,
@@ -496,6 +519,9 @@ mod tests {
     use std::cell::Cell;
     use std::sync::OnceLock;
 
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use shop_domain::sql::testing::MemoryDb;
 
     use super::*;
@@ -572,6 +598,31 @@ mod tests {
 
     // Leaked once per test thread, so settings can borrow it for as long as they like.
     thread_local!(static FAILURES: &'static MemCounters = Box::leak(Box::default()));
+
+    /// Ended sessions and until when, per test thread.
+    #[derive(Default)]
+    struct MemEnded(std::cell::RefCell<Vec<(String, i64)>>);
+
+    impl EndedSessions for MemEnded {
+        fn end(&self, session: &str, until: i64) -> Result<(), String> {
+            self.0.borrow_mut().push((session.into(), until));
+            Ok(())
+        }
+    }
+
+    thread_local!(static ENDED: &'static MemEnded = Box::leak(Box::default()));
+
+    fn ended_sessions() -> Vec<String> {
+        ENDED.with(|e| e.0.borrow().iter().map(|(s, _)| s.clone()).collect())
+    }
+
+    /// The `sid` claim of an access token (its signature is the gateway's to check).
+    fn session_of(access_token: &Value) -> String {
+        let token = access_token.as_str().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["sid"].as_str().unwrap().to_string()
+    }
     // The client address requests come from.
     thread_local!(static CLIENT: Cell<&'static str> = const { Cell::new("10.0.0.1") });
 
@@ -603,6 +654,7 @@ mod tests {
             otp,
             otp_sender,
             login_failures: FAILURES.with(|f| *f),
+            ended_sessions: ENDED.with(|e| *e),
             service_clients: &ServiceClients::parse("notifications=notifications-secret-1").unwrap(),
         };
         let body = body.to_string();
@@ -687,6 +739,12 @@ mod tests {
         );
         assert_eq!(refresh(&laptop["refresh_token"]).0, 200, "another login is untouched");
         assert_eq!(refresh(&json!("never-issued")).0, 401);
+        let ended = ended_sessions();
+        assert!(
+            ended.contains(&session_of(&phone["access_token"])),
+            "the reused login's access tokens end"
+        );
+        assert!(!ended.contains(&session_of(&laptop["access_token"])));
     }
 
     #[test]
@@ -716,7 +774,24 @@ mod tests {
         assert_ne!(rotated["refresh_token"], tokens["refresh_token"], "rotated");
         assert_eq!(call(&db, "POST", "/auth/refresh", refresh, None).0, 401, "single use");
         let rotated_refresh = json!({ "refresh_token": rotated["refresh_token"] });
+        let session = session_of(&tokens["access_token"]);
+        assert_eq!(session, session_of(&rotated["access_token"]), "one login, one session");
+        assert!(
+            ended_sessions().contains(&session),
+            "the refresh token used twice ended its session for the gateway"
+        );
         assert_eq!(call(&db, "POST", "/auth/logout", rotated_refresh.clone(), None).0, 204);
+        let login = json!({ "email": "ada@example.com", "password": "correct horse" });
+        let (_, again) = call(&db, "POST", "/auth/login", login, None);
+        let second = session_of(&again["access_token"]);
+        assert_ne!(second, session);
+        assert!(!ended_sessions().contains(&second));
+        let again_refresh = json!({ "refresh_token": again["refresh_token"] });
+        assert_eq!(call(&db, "POST", "/auth/logout", again_refresh, None).0, 204);
+        assert!(
+            ended_sessions().contains(&second),
+            "logout ends the session for the gateway"
+        );
         assert_eq!(
             call(&db, "POST", "/auth/refresh", rotated_refresh, None).0,
             401,

@@ -18,6 +18,7 @@ pub const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS refresh_grants_by_family ON refresh_grants (family)",
     "CREATE TABLE IF NOT EXISTS signing_keys (id INTEGER PRIMARY KEY CHECK (id = 0), der BLOB NOT NULL)",
     shop_domain::outbox::SCHEMA,
+    shop_domain::outbox::OWN_SCHEMA,
 ];
 
 /// What presenting a refresh token found.
@@ -27,8 +28,10 @@ pub enum Refreshed {
         user_id: String,
         family: String,
     },
-    /// Used before: its family is revoked now.
-    Reused,
+    /// Used before: its family (login session) is revoked now.
+    Reused {
+        family: String,
+    },
     /// Never issued, expired, or its family ended.
     Unknown,
 }
@@ -178,24 +181,28 @@ impl<D: Sql> Store<'_, D> {
         match reused.first().and_then(|r| r.first()).and_then(SqlValue::text) {
             Some(family) => {
                 self.end_family(family)?;
-                Ok(Refreshed::Reused)
+                Ok(Refreshed::Reused {
+                    family: family.to_string(),
+                })
             }
             None => Ok(Refreshed::Unknown),
         }
     }
 
-    /// Ends the family of the refresh token `hash` (logout), if it is known.
-    pub fn end_family_of(&self, hash: &str) -> Result<(), StoreError> {
+    /// The family (login session) of the refresh token `hash`, if it is known.
+    pub fn family_of(&self, hash: &str) -> Result<Option<String>, StoreError> {
         let rows = self
             .0
             .execute("SELECT family FROM refresh_grants WHERE hash = ?", &[hash.into()])?;
-        if let Some(family) = rows.first().and_then(|r| r.first()).and_then(SqlValue::text) {
-            self.end_family(family)?;
-        }
-        Ok(())
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(SqlValue::text)
+            .map(str::to_string))
     }
 
-    fn end_family(&self, family: &str) -> Result<(), StoreError> {
+    /// Ends a login session: no refresh token of it works any more.
+    pub fn end_family(&self, family: &str) -> Result<(), StoreError> {
         self.0
             .execute("DELETE FROM refresh_grants WHERE family = ?", &[family.into()])?;
         Ok(())

@@ -23,6 +23,10 @@ struct AccessClaims<'a> {
     nbf: i64,
     exp: i64,
     roles: &'a [String],
+    /// The login session (refresh-token family) the token belongs to: the gateway
+    /// refuses it once the session ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
 }
 
 pub struct Issuer<'a> {
@@ -32,8 +36,9 @@ pub struct Issuer<'a> {
 }
 
 impl Issuer<'_> {
-    pub fn access_token(&self, user_id: &str, roles: &[String], now: i64) -> String {
-        self.token(user_id, roles, now, ACCESS_TTL_SECS)
+    /// A customer's or admin's token, of the login session `session`.
+    pub fn access_token(&self, user_id: &str, roles: &[String], now: i64, session: &str) -> String {
+        self.token(user_id, roles, now, ACCESS_TTL_SECS, Some(session))
     }
 
     /// A token for service `client_id`: subject `service:<id>`, role `service`.
@@ -43,10 +48,11 @@ impl Issuer<'_> {
             &["service".into()],
             now,
             SERVICE_TTL_SECS,
+            None,
         )
     }
 
-    fn token(&self, subject: &str, roles: &[String], now: i64, ttl: i64) -> String {
+    fn token(&self, subject: &str, roles: &[String], now: i64, ttl: i64, sid: Option<&str>) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.key.kid.clone());
         let claims = AccessClaims {
@@ -57,6 +63,7 @@ impl Issuer<'_> {
             nbf: now,
             exp: now + ttl,
             roles,
+            sid,
         };
         encode(&header, &claims, &self.key.encoding).expect("RS256 signing with a valid key")
     }
@@ -91,7 +98,7 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let token = issuer.access_token("u-1", &["customer".into()], now);
+        let token = issuer.access_token("u-1", &["customer".into()], now, "family-1");
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk.clone()).unwrap();
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_audience(&["shop"]);
@@ -99,6 +106,7 @@ mod tests {
         let data = decode::<serde_json::Value>(&token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation).unwrap();
         assert_eq!(data.claims["sub"], "u-1");
         assert_eq!(data.claims["roles"], serde_json::json!(["customer"]));
+        assert_eq!(data.claims["sid"], "family-1");
         assert_eq!(data.header.kid.as_deref(), Some(key.kid.as_str()));
 
         let (a, hash) = new_refresh_token();
