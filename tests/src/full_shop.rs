@@ -52,6 +52,18 @@ impl FullShop {
     /// Starts the shop; `env` adds variables (e.g. `SPIN_VARIABLE_PAYMENT_TIMEOUT_SECS`).
     /// `redis_db` is the Redis database for key-value on [`Backend::External`] (flushed).
     pub fn start(backend: Backend, label: &str, redis_db: u8, env: &[(&str, &str)]) -> Self {
+        Self::start_with_key_value(backend, label, redis_db, env, None)
+    }
+
+    /// As [`FullShop::start`], with the `default` key-value store on the Redis at
+    /// `key_value_url` when given (on either backend).
+    pub fn start_with_key_value(
+        backend: Backend,
+        label: &str,
+        redis_db: u8,
+        env: &[(&str, &str)],
+        key_value_url: Option<&str>,
+    ) -> Self {
         let dir = TempDir::new(label);
         let wasm_dir = wasm("gateway").parent().unwrap().to_path_buf();
         let repo_manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spin.toml");
@@ -79,11 +91,22 @@ impl FullShop {
         .collect();
         let label = label.replace('-', "_");
         let topic_prefix = format!("{label}-{}-{}.", std::process::id(), crate::free_port());
-        if backend == Backend::External {
-            flush_redis(redis_db);
+        let key_value_url = match (key_value_url, backend) {
+            (Some(url), _) => Some(url.to_string()),
+            (None, Backend::External) => {
+                flush_redis(redis_db);
+                Some(format!("redis://127.0.0.1:6379/{redis_db}"))
+            }
+            (None, Backend::Embedded) => None,
+        };
+        if let Some(url) = key_value_url {
             runtime_config.push_str(&format!(
-                "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/{redis_db}\"\n\
-                 [kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n[kafka.options]\n",
+                "[key_value_store.default]\ntype = \"redis\"\nurl = \"{url}\"\n"
+            ));
+        }
+        if backend == Backend::External {
+            runtime_config.push_str(&format!(
+                "[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n[kafka.options]\n",
                 kafka_brokers(),
             ));
             for (key, value) in KAFKA_CLIENT_OPTIONS {

@@ -324,7 +324,11 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
         204
     );
     assert_eq!(c.call("POST", "/auth/refresh", None, Some(rotated_refresh)).0, 401);
-    assert_eq!(c.call("POST", "/auth/refresh", None, Some(refresh)).0, 401, "single use");
+    assert_eq!(
+        c.call("POST", "/auth/refresh", None, Some(refresh)).0,
+        401,
+        "single use"
+    );
     // Logout ends the login's access tokens too, at once, not when they expire.
     for ended in [token, new_token] {
         let (status, refused) = c.call("GET", "/users/me", Some(ended), None);

@@ -36,18 +36,23 @@ fn otp_key(destination: &str) -> String {
 }
 
 impl OtpStore for KeyValueState {
-    fn get(&self, destination: &str) -> Option<Pending> {
-        self.read(&otp_key(destination))
+    fn get(&self, destination: &str) -> Result<Option<Pending>, String> {
+        let store = self.0.as_ref().ok_or("no key-value store")?;
+        let bytes = store
+            .get(&otp_key(destination))
+            .map_err(|e| format!("key-value store: {e:?}"))?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
     }
-    fn put(&self, destination: &str, pending: &Pending) {
-        if let Some(store) = &self.0 {
-            let _ = store.set(&otp_key(destination), &serde_json::to_vec(pending).unwrap_or_default());
-        }
+    fn put(&self, destination: &str, pending: &Pending) -> Result<(), String> {
+        let store = self.0.as_ref().ok_or("no key-value store")?;
+        store
+            .set(&otp_key(destination), &serde_json::to_vec(pending).unwrap_or_default())
+            .map_err(|e| format!("key-value store: {e:?}"))
     }
     fn remove(&self, destination: &str) {
         self.delete(&otp_key(destination));
     }
-    fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
+    fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> Result<bool, String> {
         swap_json(&otp_key(destination), Some(current), next)
     }
 }
@@ -56,9 +61,12 @@ impl service::FailureCounters for KeyValueState {
     fn get(&self, key: &str) -> Option<Failures> {
         self.read(key)
     }
-    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool {
-        // Without a store nothing is counted, rather than every login refused.
-        self.0.is_none() || swap_json(key, current, next)
+    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> Result<bool, String> {
+        // Without a store configured nothing is counted, rather than every login refused.
+        if self.0.is_none() {
+            return Ok(true);
+        }
+        swap_json(key, current, next)
     }
     fn remove(&self, key: &str) {
         self.delete(key);
@@ -78,27 +86,28 @@ impl service::EndedSessions for KeyValueState {
 
 /// Stores `next` as JSON under `key` of the `default` store if the value there is
 /// still `current` (`None`: absent): a compare-and-swap through wasi:keyvalue.
+/// `Ok(false)`: someone else changed it first; `Err`: the store did not answer.
 fn swap_json<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq>(
     key: &str,
     current: Option<&T>,
     next: &T,
-) -> bool {
+) -> Result<bool, String> {
     use spin_sdk::wit::wasi::keyvalue::{atomics, store};
-    let Ok(bucket) = store::open("default") else {
-        return false;
-    };
-    let Ok(cas) = atomics::Cas::new(&bucket, key) else {
-        return false;
-    };
+    let unavailable = |e: store::Error| format!("key-value store: {e:?}");
+    let bucket = store::open("default").map_err(unavailable)?;
+    let cas = atomics::Cas::new(&bucket, key).map_err(unavailable)?;
     let read = cas
         .current()
-        .ok()
-        .flatten()
+        .map_err(unavailable)?
         .and_then(|bytes| serde_json::from_slice::<T>(&bytes).ok());
     if read.as_ref() != current {
-        return false;
+        return Ok(false);
     }
-    atomics::swap(cas, &serde_json::to_vec(next).unwrap_or_default()).is_ok()
+    match atomics::swap(cas, &serde_json::to_vec(next).unwrap_or_default()) {
+        Ok(()) => Ok(true),
+        Err(atomics::CasError::CasFailed(_)) => Ok(false),
+        Err(atomics::CasError::StoreError(e)) => Err(unavailable(e)),
+    }
 }
 
 fn variable(name: &str) -> Option<String> {

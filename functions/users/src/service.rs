@@ -38,33 +38,45 @@ pub struct Response {
 
 /// Where pending one-time codes live (key-value in the component).
 pub trait OtpStore {
-    fn get(&self, destination: &str) -> Option<Pending>;
-    fn put(&self, destination: &str, pending: &Pending);
+    /// `Err` when the store cannot answer (as for `put`).
+    fn get(&self, destination: &str) -> Result<Option<Pending>, String>;
+    fn put(&self, destination: &str, pending: &Pending) -> Result<(), String>;
     fn remove(&self, destination: &str);
-    /// Stores `next` if the state is still `current` (compare-and-swap); false when
-    /// another request changed it first.
-    fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool;
+    /// Stores `next` if the state is still `current` (compare-and-swap): `Ok(false)`
+    /// when another request changed it first, `Err` when the store cannot answer.
+    fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> Result<bool, String>;
 }
 
 /// Login-failure counters (key-value in the component).
 pub trait FailureCounters {
     fn get(&self, key: &str) -> Option<Failures>;
-    /// Stores `next` if the counter is still `current` (`None`: absent); false when
-    /// another request changed it first.
-    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool;
+    /// Stores `next` if the counter is still `current` (`None`: absent): `Ok(false)`
+    /// when another request changed it first, `Err` when the store cannot answer.
+    fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> Result<bool, String>;
     fn remove(&self, key: &str);
 }
 
-/// Counts one login attempt on the counter `key`, or how long to wait first.
-fn count_attempt(counters: &dyn FailureCounters, key: &str, free: u32, now_ms: i64) -> Result<(), u64> {
+/// Why a login attempt does not go ahead now.
+enum Held {
+    /// Throttled: retry in this many seconds.
+    Wait(u64),
+    /// The counters cannot be read or written.
+    StoreDown(String),
+}
+
+/// Counts one login attempt on the counter `key`, or says why not.
+fn count_attempt(counters: &dyn FailureCounters, key: &str, free: u32, now_ms: i64) -> Result<(), Held> {
     for _ in 0..CAS_RETRIES {
         let current = counters.get(key);
-        let next = throttle::attempt(current.as_ref(), free, now_ms)?;
-        if counters.replace(key, current.as_ref(), &next) {
+        let next = throttle::attempt(current.as_ref(), free, now_ms).map_err(Held::Wait)?;
+        if counters
+            .replace(key, current.as_ref(), &next)
+            .map_err(Held::StoreDown)?
+        {
             return Ok(());
         }
     }
-    Err(1)
+    Err(Held::Wait(1))
 }
 
 /// A verification or login count that lost a compare-and-swap race tries again on
@@ -223,15 +235,27 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             )
             .and_then(|()| {
                 let failures = settings.login_failures.get(&client_counter);
-                throttle::attempt(failures.as_ref(), throttle::FREE_PER_CLIENT, now_ms).map(drop)
+                throttle::attempt(failures.as_ref(), throttle::FREE_PER_CLIENT, now_ms)
+                    .map(drop)
+                    .map_err(Held::Wait)
             });
-            if let Err(wait) = counted {
-                return Ok(Response {
-                    status: 429,
-                    body: Some(json!({ "error": { "code": "too_many_attempts",
-                        "message": format!("too many failed logins: retry in {wait} s") } })),
-                    retry_after: Some(wait),
-                });
+            match counted {
+                Ok(()) => {}
+                Err(Held::Wait(wait)) => {
+                    return Ok(Response {
+                        status: 429,
+                        body: Some(json!({ "error": { "code": "too_many_attempts",
+                            "message": format!("too many failed logins: retry in {wait} s") } })),
+                        retry_after: Some(wait),
+                    });
+                }
+                Err(Held::StoreDown(e)) => {
+                    return Err(refuse(
+                        503,
+                        "unavailable",
+                        format!("login attempts cannot be counted now: {e}"),
+                    ));
+                }
             }
             let mut user = store.by_email(&email).map_err(failed)?;
             if user.is_none()
@@ -431,13 +455,16 @@ fn otp_request(body: &[u8], db: &impl Sql, settings: &Settings<'_>) -> Result<Re
     }
     let (channel, destination, user) = otp_destination(&input, db)?;
     let now_ms = settings.now * 1000;
+    let store_down = |e: String| refuse(503, "unavailable", format!("codes cannot be kept now: {e}"));
+    // Read for every destination, so an outage answers alike for unknown ones.
+    let previous = settings.otp.get(&destination).map_err(store_down)?;
     // Unknown destinations get the same answer, so the endpoint does not reveal accounts.
     if let Some(user) = user {
         let code = otp::new_code();
-        match otp::issue(settings.otp.get(&destination).as_ref(), &destination, &code, now_ms) {
+        match otp::issue(previous.as_ref(), &destination, &code, now_ms) {
             Ok(pending) => {
                 let expires_at = shop_domain::time::rfc3339((pending.expires_ms) / 1000);
-                settings.otp.put(&destination, &pending);
+                settings.otp.put(&destination, &pending).map_err(store_down)?;
                 let delivery = shop_domain::types::OtpDelivery {
                     user_id: Some(user.id.clone()),
                     channel: channel.into(),
@@ -483,14 +510,20 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
         .ok_or_else(|| refuse(400, "validation_failed", "`code` must be 6 digits"))?;
     let (_, destination, user) = otp_destination(&input, db)?;
     for _ in 0..CAS_RETRIES {
-        let current = settings.otp.get(&destination);
+        let current = settings
+            .otp
+            .get(&destination)
+            .map_err(|e| refuse(503, "unavailable", format!("codes cannot be checked now: {e}")))?;
         let (outcome, next) = match otp::verify(current.clone(), &destination, &code, settings.now * 1000) {
             Ok(used) => (Ok(()), Some(used)),
             Err((rejection, next)) => (Err(rejection), next),
         };
         // Each change is one compare-and-swap on the state this verification read.
         if let (Some(current), Some(next)) = (&current, &next)
-            && !settings.otp.replace(&destination, current, next)
+            && !settings
+                .otp
+                .replace(&destination, current, next)
+                .map_err(|e| refuse(503, "unavailable", format!("codes cannot be checked now: {e}")))?
         {
             continue;
         }
@@ -536,22 +569,23 @@ mod tests {
     struct MemOtp(std::cell::RefCell<std::collections::HashMap<String, Pending>>);
 
     impl OtpStore for MemOtp {
-        fn get(&self, destination: &str) -> Option<Pending> {
-            self.0.borrow().get(destination).cloned()
+        fn get(&self, destination: &str) -> Result<Option<Pending>, String> {
+            Ok(self.0.borrow().get(destination).cloned())
         }
-        fn put(&self, destination: &str, pending: &Pending) {
+        fn put(&self, destination: &str, pending: &Pending) -> Result<(), String> {
             self.0.borrow_mut().insert(destination.into(), pending.clone());
+            Ok(())
         }
         fn remove(&self, destination: &str) {
             self.0.borrow_mut().remove(destination);
         }
-        fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
+        fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> Result<bool, String> {
             let mut codes = self.0.borrow_mut();
             if codes.get(destination) != Some(current) {
-                return false;
+                return Ok(false);
             }
             codes.insert(destination.into(), next.clone());
-            true
+            Ok(true)
         }
     }
 
@@ -574,6 +608,7 @@ mod tests {
     thread_local!(static SENT: MemSender = MemSender::default());
     thread_local!(static SENDER_DOWN: Cell<bool> = const { Cell::new(false) });
     thread_local!(static NOW: Cell<i64> = const { Cell::new(1_800_000_000) });
+    thread_local!(static COUNTERS_DOWN: Cell<bool> = const { Cell::new(false) });
 
     /// Login-failure counters, per test thread.
     #[derive(Default)]
@@ -583,13 +618,16 @@ mod tests {
         fn get(&self, key: &str) -> Option<Failures> {
             self.0.borrow().get(key).cloned()
         }
-        fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> bool {
+        fn replace(&self, key: &str, current: Option<&Failures>, next: &Failures) -> Result<bool, String> {
+            if COUNTERS_DOWN.with(Cell::get) {
+                return Err("connection refused".into());
+            }
             let mut counters = self.0.borrow_mut();
             if counters.get(key) != current {
-                return false;
+                return Ok(false);
             }
             counters.insert(key.into(), next.clone());
-            true
+            Ok(true)
         }
         fn remove(&self, key: &str) {
             self.0.borrow_mut().remove(key);
@@ -716,6 +754,27 @@ mod tests {
         }
         assert_eq!(login("correct horse").0, 429, "the address is paused across accounts");
         CLIENT.with(|c| c.set("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_login_whose_attempts_cannot_be_counted_is_503_not_a_pass_or_a_pause() {
+        let db = MemoryDb::default();
+        let ada = json!({ "email": "ada@example.com", "password": "correct horse", "name": "Ada" });
+        assert_eq!(call(&db, "POST", "/auth/register", ada, None).0, 201);
+        let login = json!({ "email": "ada@example.com", "password": "correct horse" });
+        COUNTERS_DOWN.with(|d| d.set(true));
+        let (status, body) = call(&db, "POST", "/auth/login", login.clone(), None);
+        COUNTERS_DOWN.with(|d| d.set(false));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "{body}"
+        );
+        assert_eq!(
+            call(&db, "POST", "/auth/login", login, None).0,
+            200,
+            "and works again after"
+        );
     }
 
     #[test]
@@ -883,20 +942,20 @@ mod tests {
     }
 
     impl OtpStore for Interleaved<'_> {
-        fn get(&self, destination: &str) -> Option<Pending> {
+        fn get(&self, destination: &str) -> Result<Option<Pending>, String> {
             self.inner.get(destination)
         }
-        fn put(&self, destination: &str, pending: &Pending) {
+        fn put(&self, destination: &str, pending: &Pending) -> Result<(), String> {
             self.inner.put(destination, pending)
         }
         fn remove(&self, destination: &str) {
             self.inner.remove(destination)
         }
-        fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> bool {
+        fn replace(&self, destination: &str, current: &Pending, next: &Pending) -> Result<bool, String> {
             if self.other_guess.take() {
-                let mut raced = self.inner.get(destination).unwrap();
+                let mut raced = self.inner.get(destination).unwrap().unwrap();
                 raced.attempts += 1;
-                self.inner.put(destination, &raced);
+                self.inner.put(destination, &raced).unwrap();
             }
             self.inner.replace(destination, current, next)
         }
