@@ -130,3 +130,132 @@ fn a_redis_outage_fails_what_needs_it_fast_and_the_shop_recovers() {
         "CONFIRMED"
     );
 }
+
+/// A PostgreSQL server of the test's own (initdb as the `postgres` user; trust auth
+/// on loopback), so stopping it touches no other test.
+struct PrivatePostgres {
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+fn as_postgres(program: &str, args: &[&str]) {
+    let status = Command::new("runuser")
+        .args(["-u", "postgres", "--", program])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{program} must be installed (PostgreSQL): {e}"));
+    assert!(status.success(), "{program} {args:?} failed");
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("shop-outage-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(
+            Command::new("chown")
+                .args(["postgres", &dir.display().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let data = dir.join("data").display().to_string();
+        as_postgres("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"]);
+        let server = PrivatePostgres { port: free_port(), dir };
+        server.resume();
+        server
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn resume(&self) {
+        let data = self.dir.join("data").display().to_string();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        as_postgres(
+            "pg_ctl",
+            &["-D", &data, "-o", &options, "-w", "-l", &format!("{data}.log"), "start"],
+        );
+    }
+
+    /// As a crash: no shutdown handshake with the clients.
+    fn stop(&self) {
+        let data = self.dir.join("data").display().to_string();
+        as_postgres("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", "pg_ctl", "-D", &data, "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_postgres_outage_fails_what_needs_it_fast_and_the_shop_recovers() {
+    let postgres = PrivatePostgres::start();
+    // The catalog on that server; everything else on the embedded defaults.
+    let url = format!("postgres://postgres@{}/postgres", postgres.address());
+    let env = [
+        ("SPIN_VARIABLE_POSTGRES_HOST", postgres.address()),
+        ("SPIN_VARIABLE_PRODUCTS_DATABASE_URL", url),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let shop = FullShop::start(Backend::Embedded, "outage-postgres", 0, &env);
+    let api = shop.api();
+    let admin = api.admin();
+    let product = api.product(&admin, "OUTAGE-PG", 900, 100);
+    let ada = api.customer("ada@example.com");
+    let accepted = api.place(&ada, &product, 1, "tok_ok");
+
+    postgres.stop();
+    // The catalog, and placing an order (priced by the catalog), need it.
+    let (status, body) = timed(&api, "GET", &format!("/products/{product}"), None, None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let (status, body) = timed(
+        &api,
+        "POST",
+        "/orders",
+        Some(&ada),
+        Some(json!({ "lines": [{ "product_id": product, "quantity": 1 }], "payment_token": "tok_ok" })),
+    );
+    assert_eq!(status, 503, "{body}");
+    // An order's own state does not.
+    let (status, body) = timed(&api, "GET", &format!("/orders/{accepted}"), Some(&ada), None);
+    assert_eq!(status, 200, "{body}");
+
+    postgres.resume();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = api.call("GET", &format!("/products/{product}"), None, None);
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recovered: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let order = api.concluded(&ada, &accepted, Duration::from_secs(60));
+    assert_eq!(
+        order["status"], "CONFIRMED",
+        "the order accepted before the outage: {order}"
+    );
+    let again = api.place(&ada, &product, 1, "tok_ok");
+    assert_eq!(
+        api.concluded(&ada, &again, Duration::from_secs(60))["status"],
+        "CONFIRMED"
+    );
+}
