@@ -48,22 +48,42 @@ pub fn kafka_brokers() -> String {
 /// arrives. No linger: a saga step publishes one record and waits for it.
 pub const KAFKA_CLIENT_OPTIONS: [(&str, &str); 2] = [("fetch.wait.max.ms", "10"), ("linger.ms", "0")];
 
+/// What a full shop runs on besides its backend's defaults.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// The Redis database for key-value on [`Backend::External`] (flushed).
+    pub redis_db: u8,
+    /// Extra environment (e.g. `SPIN_VARIABLE_PAYMENT_TIMEOUT_SECS`).
+    pub env: &'a [(&'a str, &'a str)],
+    /// The `default` key-value store on this Redis instead (either backend).
+    pub key_value_url: Option<&'a str>,
+    /// These Kafka brokers instead of [`kafka_brokers`] ([`Backend::External`]).
+    pub kafka_brokers: Option<&'a str>,
+}
+
 impl FullShop {
     /// Starts the shop; `env` adds variables (e.g. `SPIN_VARIABLE_PAYMENT_TIMEOUT_SECS`).
     /// `redis_db` is the Redis database for key-value on [`Backend::External`] (flushed).
     pub fn start(backend: Backend, label: &str, redis_db: u8, env: &[(&str, &str)]) -> Self {
-        Self::start_with_key_value(backend, label, redis_db, env, None)
+        Self::start_with(
+            backend,
+            label,
+            Setup {
+                redis_db,
+                env,
+                ..Setup::default()
+            },
+        )
     }
 
-    /// As [`FullShop::start`], with the `default` key-value store on the Redis at
-    /// `key_value_url` when given (on either backend).
-    pub fn start_with_key_value(
-        backend: Backend,
-        label: &str,
-        redis_db: u8,
-        env: &[(&str, &str)],
-        key_value_url: Option<&str>,
-    ) -> Self {
+    /// As [`FullShop::start`], with the services of `setup`.
+    pub fn start_with(backend: Backend, label: &str, setup: Setup<'_>) -> Self {
+        let Setup {
+            redis_db,
+            env,
+            key_value_url,
+            kafka_brokers: brokers,
+        } = setup;
         let dir = TempDir::new(label);
         let wasm_dir = wasm("gateway").parent().unwrap().to_path_buf();
         let repo_manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spin.toml");
@@ -107,7 +127,7 @@ impl FullShop {
         if backend == Backend::External {
             runtime_config.push_str(&format!(
                 "[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n[kafka.options]\n",
-                kafka_brokers(),
+                brokers.map_or_else(kafka_brokers, str::to_string),
             ));
             for (key, value) in KAFKA_CLIENT_OPTIONS {
                 runtime_config.push_str(&format!("{key:?} = {value:?}\n"));

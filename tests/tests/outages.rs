@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shop_tests::full_shop::{Api, Backend, FullShop};
+use shop_tests::full_shop::{Api, Backend, FullShop, Setup};
 use shop_tests::*;
 
 /// How fast a request that needs a stopped service must be answered.
@@ -76,7 +76,12 @@ fn timed(api: &Api, method: &str, path: &str, token: Option<&str>, body: Option<
 #[test]
 fn a_redis_outage_fails_what_needs_it_fast_and_the_shop_recovers() {
     let mut redis = PrivateRedis::start();
-    let shop = FullShop::start_with_key_value(Backend::Embedded, "outage-redis", 0, &[], Some(&redis.url()));
+    let url = redis.url();
+    let setup = Setup {
+        key_value_url: Some(&url),
+        ..Setup::default()
+    };
+    let shop = FullShop::start_with(Backend::Embedded, "outage-redis", setup);
     let api = shop.api();
     let admin = api.admin();
     let product = api.product(&admin, "OUTAGE-1", 700, 100);
@@ -258,4 +263,97 @@ fn a_postgres_outage_fails_what_needs_it_fast_and_the_shop_recovers() {
         api.concluded(&ada, &again, Duration::from_secs(60))["status"],
         "CONFIRMED"
     );
+}
+
+/// A Tansu broker of the test's own (`scripts/kafka-broker`, in-memory storage), made
+/// unreachable by pausing its process: what it holds survives, as a broker's would
+/// across a network partition.
+struct PrivateBroker {
+    port: u16,
+    pid: String,
+}
+
+impl PrivateBroker {
+    fn start() -> Self {
+        let port = free_port();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-broker");
+        let status = Command::new(&script)
+            .args(["start", &port.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("scripts/kafka-broker runs");
+        assert!(status.success(), "scripts/kafka-broker start {port} failed");
+        let tools = std::env::var("SHOP_TOOLS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/shop/tools"));
+        let pid = std::fs::read_to_string(tools.join(format!("tansu-{port}.pid"))).unwrap();
+        PrivateBroker {
+            port,
+            pid: pid.trim().to_string(),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        assert!(
+            Command::new("kill")
+                .args([signal, &self.pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-broker");
+        let _ = Command::new(script)
+            .args(["stop", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Placing an order only writes the orders database (its relay publishes later), so
+/// a broker outage holds sagas up without refusing customers; they all finish once
+/// the broker is back, and the Kafka triggers come back by themselves.
+#[test]
+fn a_broker_outage_holds_sagas_up_and_loses_no_accepted_order() {
+    let broker = PrivateBroker::start();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let setup = Setup {
+        redis_db: 13,
+        kafka_brokers: Some(&brokers),
+        ..Setup::default()
+    };
+    let shop = FullShop::start_with(Backend::External, "outage-kafka", setup);
+    let api = shop.api();
+    let admin = api.admin();
+    let product = api.product(&admin, "OUTAGE-KAFKA", 400, 100);
+    let ada = api.customer("ada@example.com");
+    let before = api.place(&ada, &product, 1, "tok_ok");
+    assert_eq!(
+        api.concluded(&ada, &before, Duration::from_secs(60))["status"],
+        "CONFIRMED"
+    );
+
+    broker.signal("-STOP");
+    let mut accepted = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        accepted.push(api.place(&ada, &product, 1, "tok_ok"));
+        assert!(started.elapsed() < FAIL_WITHIN, "placing took {:?}", started.elapsed());
+    }
+    let (status, body) = timed(&api, "GET", &format!("/products/{product}"), None, None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = timed(&api, "GET", &format!("/orders/{}", accepted[0]), Some(&ada), None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("PENDING")), "{body}");
+    std::thread::sleep(Duration::from_secs(3));
+
+    broker.signal("-CONT");
+    for id in &accepted {
+        let order = api.concluded(&ada, id, Duration::from_secs(120));
+        assert_eq!(order["status"], "CONFIRMED", "accepted during the outage: {order}");
+    }
 }
