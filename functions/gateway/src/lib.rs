@@ -257,7 +257,13 @@ mod adapter {
             );
         }
         let (service, access) = match decide(&req.method().to_string(), req.path()) {
-            Decision::Reply(reply) => return json(reply.status, &reply.body),
+            Decision::Reply(reply) => {
+                let mut response = json(reply.status, &reply.body);
+                if let Some(allow) = &reply.allow {
+                    response.set_header("allow", allow);
+                }
+                return response;
+            }
             Decision::Forward { service, access } => (service, access),
         };
         let rules = TokenRules {

@@ -7,6 +7,8 @@ use crate::auth::Access;
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// The methods the path takes, for the `Allow` header of a 405.
+    pub allow: Option<String>,
 }
 
 /// What to do with a request.
@@ -22,6 +24,25 @@ fn error(status: u16, code: &str, message: String) -> Decision {
     Decision::Reply(Reply {
         status,
         body: json!({ "error": { "code": code, "message": message } }),
+        allow: None,
+    })
+}
+
+/// 405 for `method` on `path`, which takes `allowed`.
+fn not_allowed(method: &str, path: &str, allowed: &[&str]) -> Decision {
+    let Decision::Reply(mut reply) = error(405, "method_not_allowed", format!("{method} is not allowed on {path}"))
+    else {
+        unreachable!("error() replies")
+    };
+    reply.allow = Some(allowed.join(", "));
+    Decision::Reply(reply)
+}
+
+fn ok(body: Value) -> Decision {
+    Decision::Reply(Reply {
+        status: 200,
+        body,
+        allow: None,
     })
 }
 
@@ -34,11 +55,12 @@ fn segments(path: &str) -> Vec<&str> {
     path.trim_end_matches('/').split('/').skip(1).collect()
 }
 
-fn forward_if(allowed: bool, method: &str, path: &str, service: &'static str, access: Access) -> Decision {
-    if allowed {
+/// Forwards `method` if it is one of `allowed`, else 405 with `Allow`.
+fn forward_if(allowed: &[&str], method: &str, path: &str, service: &'static str, access: Access) -> Decision {
+    if allowed.contains(&method) {
         Decision::Forward { service, access }
     } else {
-        error(405, "method_not_allowed", format!("{method} is not allowed on {path}"))
+        not_allowed(method, path, allowed)
     }
 }
 
@@ -48,20 +70,14 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub fn decide(method: &str, path: &str) -> Decision {
     if path == "/openapi.json" {
         return match method {
-            "GET" => Decision::Reply(Reply {
-                status: 200,
-                body: serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON"),
-            }),
-            _ => error(405, "method_not_allowed", format!("{method} is not allowed on {path}")),
+            "GET" => ok(serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON")),
+            _ => not_allowed(method, path, &["GET"]),
         };
     }
     if path == "/" {
         return match method {
-            "GET" => Decision::Reply(Reply {
-                status: 200,
-                body: json!({ "service": "shop", "version": env!("CARGO_PKG_VERSION") }),
-            }),
-            _ => error(405, "method_not_allowed", format!("{method} is not allowed on /")),
+            "GET" => ok(json!({ "service": "shop", "version": env!("CARGO_PKG_VERSION") })),
+            _ => not_allowed(method, path, &["GET"]),
         };
     }
     match path {
@@ -72,73 +88,58 @@ pub fn decide(method: &str, path: &str) -> Decision {
         | "/auth/otp/request"
         | "/auth/otp/verify"
         | "/auth/service-token" => {
-            return forward_if(method == "POST", method, path, "users", Access::Public);
+            return forward_if(&["POST"], method, path, "users", Access::Public);
         }
-        "/.well-known/jwks.json" => return forward_if(method == "GET", method, path, "users", Access::Public),
-        "/users/me" => {
-            return forward_if(
-                matches!(method, "GET" | "PATCH"),
-                method,
-                path,
-                "users",
-                Access::Customer,
-            );
-        }
+        "/.well-known/jwks.json" => return forward_if(&["GET"], method, path, "users", Access::Public),
+        "/users/me" => return forward_if(&["GET", "PATCH"], method, path, "users", Access::Customer),
         _ => {}
     }
     if let Some(id) = path.strip_prefix("/users/")
         && !id.is_empty()
         && !id.contains('/')
     {
-        return forward_if(method == "GET", method, path, "users", Access::Service);
+        return forward_if(&["GET"], method, path, "users", Access::Service);
     }
     if under(path, "/cart") {
-        let allowed = match segments(path).as_slice() {
-            ["cart"] => matches!(method, "GET" | "DELETE"),
-            ["cart", "items"] => method == "POST",
-            ["cart", "items", _] => matches!(method, "PATCH" | "DELETE"),
+        let allowed: &[&str] = match segments(path).as_slice() {
+            ["cart"] => &["GET", "DELETE"],
+            ["cart", "items"] => &["POST"],
+            ["cart", "items", _] => &["PATCH", "DELETE"],
             _ => return error(404, "not_found", format!("no route for {method} {path}")),
         };
         return forward_if(allowed, method, path, "cart", Access::Customer);
     }
     if under(path, "/orders") {
-        let allowed = match segments(path).as_slice() {
-            ["orders"] => matches!(method, "GET" | "POST"),
-            ["orders", _] => method == "GET",
-            ["orders", _, "cancel"] => method == "POST",
+        let allowed: &[&str] = match segments(path).as_slice() {
+            ["orders"] => &["GET", "POST"],
+            ["orders", _] => &["GET"],
+            ["orders", _, "cancel"] => &["POST"],
             _ => return error(404, "not_found", format!("no route for {method} {path}")),
         };
         return forward_if(allowed, method, path, "orders", Access::Customer);
     }
     if under(path, "/inventory") {
         return match segments(path).as_slice() {
-            ["inventory", _] => forward_if(
-                matches!(method, "GET" | "PUT"),
-                method,
-                path,
-                "inventory",
-                Access::Admin,
-            ),
+            ["inventory", _] => forward_if(&["GET", "PUT"], method, path, "inventory", Access::Admin),
             _ => error(404, "not_found", format!("no route for {method} {path}")),
         };
     }
     if under(path, "/payments") {
         // The payments service shows a customer only their own payments.
         return match segments(path).as_slice() {
-            ["payments", _] => forward_if(method == "GET", method, path, "payments", Access::Customer),
+            ["payments", _] => forward_if(&["GET"], method, path, "payments", Access::Customer),
             _ => error(404, "not_found", format!("no route for {method} {path}")),
         };
     }
     if path == "/notifications" {
-        return forward_if(method == "GET", method, path, "notifications", Access::Customer);
+        return forward_if(&["GET"], method, path, "notifications", Access::Customer);
     }
     if under(path, "/products") {
         let access = match (segments(path).as_slice(), method) {
             (["products"] | ["products", _], "GET") => Access::Public,
             (["products"], "POST") | (["products", _], "PUT" | "DELETE") => Access::Admin,
-            (["products"] | ["products", _], _) => {
-                return error(405, "method_not_allowed", format!("{method} is not allowed on {path}"));
-            }
+            (["products"], _) => return not_allowed(method, path, &["GET", "POST"]),
+            (["products", _], _) => return not_allowed(method, path, &["GET", "PUT", "DELETE"]),
             _ => return error(404, "not_found", format!("no route for {method} {path}")),
         };
         return Decision::Forward {
@@ -164,6 +165,23 @@ mod tests {
         match d {
             Decision::Forward { access, .. } => Some(access),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn every_405_names_the_methods_the_path_takes() {
+        for (method, path, allow) in [
+            ("TRACE", "/", "GET"),
+            ("DELETE", "/users/me", "GET, PATCH"),
+            ("PUT", "/cart/items", "POST"),
+            ("PATCH", "/products", "GET, POST"),
+            ("POST", "/products/p-1", "GET, PUT, DELETE"),
+            ("GET", "/auth/login", "POST"),
+        ] {
+            match decide(method, path) {
+                Decision::Reply(r) => assert_eq!((r.status, r.allow.as_deref()), (405, Some(allow)), "{method} {path}"),
+                Decision::Forward { .. } => panic!("{method} {path} forwarded"),
+            }
         }
     }
 
