@@ -680,3 +680,35 @@ fn a_client_past_its_connection_cap_gets_503_and_others_are_served() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A client that never finishes its request head loses the connection after the
+/// header-read timeout instead of holding it.
+#[test]
+fn a_request_head_that_does_not_arrive_in_time_loses_its_connection() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("head-timeout");
+    let shop = Shop::start_with(
+        &misbehave_and_hello(&dir),
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec!["--header-read-timeout-ms".into(), "500".into()],
+            env: vec![],
+        },
+    );
+    let address = shop.base.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "the host closed the connection: {closed:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(4),
+        "held for {waited:?} with a 500 ms header timeout"
+    );
+    // A prompt client is served as ever.
+    let status = client().get(format!("{}/hello", shop.base)).send().unwrap().status();
+    assert_eq!(status.as_u16(), 200);
+}

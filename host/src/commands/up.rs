@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// proxy's address: raise it there.
     #[arg(long, env = "SHOP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
     pub max_connections_per_client: usize,
+    /// How long a client may take to send a request head before its connection is
+    /// closed (slow clients hold sockets otherwise).
+    #[arg(long, env = "SHOP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
     /// Linear-memory cap per component instance, in MiB.
     #[arg(long, env = "SHOP_MAX_MEMORY_MB", default_value_t = 128)]
     pub max_memory_mb: usize,
@@ -210,7 +214,10 @@ async fn serve(
         app,
         listener,
         body_limits,
-        args.max_connections_per_client,
+        http::connections::ConnectionLimits {
+            max_per_client: args.max_connections_per_client,
+            header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        },
         shutdown,
         drain,
     )

@@ -13,6 +13,15 @@ use tokio::net::TcpStream;
 /// How long a refused client gets to take its 503 before the socket is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What one connection may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections per client address; 0: no cap.
+    pub max_per_client: usize,
+    /// A request head must arrive within this, or the connection is closed.
+    pub header_read_timeout: Duration,
+}
+
 pub struct ClientConnections {
     /// 0: no cap.
     max_per_client: usize,

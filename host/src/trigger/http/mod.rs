@@ -28,7 +28,7 @@ use crate::app::LoadedComponent;
 use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices};
 use crate::manifest::{HttpRoute, Manifest};
 use crate::metrics::Metrics;
-use connections::ClientConnections;
+use connections::{ClientConnections, ConnectionLimits};
 use invoke::{ComponentInvoker, RequestLimits, error_response, full_body};
 use request_body::BodyLimits;
 use router::{Route, RoutePattern, Router};
@@ -36,7 +36,6 @@ use spin_headers::SpinHeaders;
 
 pub const REQUEST_ID: &str = "x-request-id";
 /// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const RESERVED_PREFIX: &str = "/.well-known/spin/";
 
 pub struct HttpApp {
@@ -226,17 +225,17 @@ fn reserved_response(rest: &str) -> GuestResponse {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
-/// gives in-flight requests up to `drain` to finish. A client gets at most
-/// `max_connections_per_client` open connections (0: no cap).
+/// gives in-flight requests up to `drain` to finish.
 pub async fn serve(
     app: Arc<HttpApp>,
     listener: TcpListener,
     body_limits: BodyLimits,
-    max_connections_per_client: usize,
+    connection_limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
+    let max_connections_per_client = connection_limits.max_per_client;
     let connections = ClientConnections::new(max_connections_per_client);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -274,7 +273,7 @@ pub async fn serve(
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(connection_limits.header_read_timeout);
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
