@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 #[derive(Default)]
 pub struct Readiness {
     serving: AtomicBool,
-    /// Kafka triggers (by component) not subscribed right now: starting, or
+    /// Kafka triggers (component and group) not subscribed right now: starting, or
     /// restarting after their consumer failed.
     unsubscribed: Mutex<BTreeSet<String>>,
 }
@@ -29,12 +29,12 @@ impl Readiness {
         self.serving.store(serving, Ordering::SeqCst);
     }
 
-    /// Marks the Kafka trigger of `component` as subscribed or not.
-    pub fn set_subscribed(&self, component: &str, subscribed: bool) {
+    /// Marks the Kafka trigger `trigger` (its component and group) as subscribed or not.
+    pub fn set_subscribed(&self, trigger: &str, subscribed: bool) {
         let mut unsubscribed = self.unsubscribed.lock().unwrap_or_else(|e| e.into_inner());
         match subscribed {
-            true => unsubscribed.remove(component),
-            false => unsubscribed.insert(component.to_string()),
+            true => unsubscribed.remove(trigger),
+            false => unsubscribed.insert(trigger.to_string()),
         };
     }
 

@@ -306,3 +306,34 @@ fn the_saga_on_embedded_defaults() {
 fn the_saga_on_kafka_postgres_and_redis() {
     saga_scenarios(Backend::External, "saga-external", 10);
 }
+
+/// A provider named by any other URL is reached over HTTP (here the same sandbox,
+/// spelled with its port, over local service chaining): the same outcomes as in
+/// process.
+#[test]
+fn a_payment_provider_over_http() {
+    let shop = FullShop::start(
+        Backend::Embedded,
+        "orders-provider-http",
+        0,
+        &[(
+            "SPIN_VARIABLE_PAYMENT_PROVIDER_URL",
+            "http://payments.spin.internal:80/sandbox",
+        )],
+    );
+    let api = shop.api();
+    let admin = api.admin();
+    let mug = api.product(&admin, "MUG-HTTP", 1250, 10);
+    let ada = api.customer("ada@example.com");
+    let paid = api.place(&ada, &mug, 1, "tok_ok");
+    assert_eq!(api.concluded(&ada, &paid, SAGA)["status"], "CONFIRMED");
+    assert_eq!(api.payment_status(&ada, &paid), "captured");
+    let declined = api.place(&ada, &mug, 1, "tok_declined");
+    assert_eq!(api.concluded(&ada, &declined, SAGA)["status"], "CANCELLED");
+    // The sandbox's HTTP API answered the authorization (201): it went over HTTP.
+    let metrics = shop.shop().metrics();
+    assert!(
+        metrics.contains(r#"shop_http_requests_total{component="payments",status="201"}"#),
+        "no authorization over HTTP:\n{metrics}"
+    );
+}

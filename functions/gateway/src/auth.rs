@@ -174,9 +174,10 @@ pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn TokenMe
         claims
     };
     if let Some(session) = &claims.sid {
-        let ended = memo
-            .session_ended(session)
-            .map_err(|e| Refusal::Unavailable(format!("cannot check the token's login now: {e}")))?;
+        let ended = memo.session_ended(session).map_err(|e| {
+            eprintln!("gateway: cannot check whether login {session} ended: {e}");
+            Refusal::Unavailable("the token's login cannot be checked now; try again shortly".into())
+        })?;
         if ended {
             return Err(Refusal::Unauthenticated(
                 "token revoked: its login ended (logout, or a refresh token used twice)".into(),

@@ -27,7 +27,7 @@ fn context() -> Context<'static> {
 /// provider is the built-in sandbox, the sandbox's own handler called in process on
 /// the same database: the same answers, without an instance and an HTTP exchange
 /// per call.
-struct HttpProvider<'a> {
+struct ProviderApi<'a> {
     base: String,
     api_key: Option<String>,
     /// The built-in sandbox, reached without HTTP.
@@ -37,7 +37,7 @@ struct HttpProvider<'a> {
 /// Where the built-in sandbox is served (the `payment_provider_url` default).
 const BUILT_IN_SANDBOX: &str = "http://payments.spin.internal/sandbox";
 
-impl<'a> HttpProvider<'a> {
+impl<'a> ProviderApi<'a> {
     fn configured(db: &'a SpinDatabase) -> Self {
         let base = guest_kit::variable("provider_url")
             .unwrap_or_else(|| BUILT_IN_SANDBOX.into())
@@ -124,7 +124,7 @@ fn sandbox_in_process(db: &SpinDatabase, method: &str, path: &str, body: &[u8]) 
     (answer.status, answer.body)
 }
 
-impl Provider for HttpProvider<'_> {
+impl Provider for ProviderApi<'_> {
     fn authorize(&self, idempotency_key: &str, token: &str, amount: &Money) -> Result<Answer, String> {
         let body = serde_json::json!({ "idempotency_key": idempotency_key, "token": token, "amount": amount });
         self.post("/authorizations", body.to_string().into_bytes())
@@ -176,7 +176,7 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         let ledger = Ledger::new(&db, &context);
         ledger.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;
         let handled = ledger
-            .handle(&envelope.id, &event, &HttpProvider::configured(&db))
+            .handle(&envelope.id, &event, &ProviderApi::configured(&db))
             .map_err(event_kit::Error::Other)?;
         if matches!(handled, Handled::Done(_)) {
             event_kit::publish_outbox(&db, SOURCE);

@@ -163,6 +163,13 @@ fn tokens(
     )
 }
 
+/// 503 for a key-value store that did not answer: the detail goes to the log, not
+/// to the client.
+fn store_unavailable(what: &str, detail: &str) -> Refusal {
+    eprintln!("users: {what}: {detail}");
+    refuse(503, "unavailable", format!("{what}; try again shortly"))
+}
+
 /// Tells the gateway that `session` ended, for as long as its access tokens live.
 fn end_session(settings: &Settings<'_>, session: &str) -> Result<(), String> {
     settings.ended_sessions.end(session, settings.now + ACCESS_TTL_SECS)
@@ -249,13 +256,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
                         retry_after: Some(wait),
                     });
                 }
-                Err(Held::StoreDown(e)) => {
-                    return Err(refuse(
-                        503,
-                        "unavailable",
-                        format!("login attempts cannot be counted now: {e}"),
-                    ));
-                }
+                Err(Held::StoreDown(e)) => return Err(store_unavailable("login attempts cannot be counted now", &e)),
             }
             let mut user = store.by_email(&email).map_err(failed)?;
             if user.is_none()
@@ -313,8 +314,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             // and the access tokens issued with them. The gateway hears of it first,
             // so a failure leaves the login whole for the client to try again.
             if let Some(family) = store.family_of(&sha256_hex(&token)).map_err(failed)? {
-                end_session(settings, &family)
-                    .map_err(|e| refuse(503, "unavailable", format!("cannot end the login now: {e}")))?;
+                end_session(settings, &family).map_err(|e| store_unavailable("the login cannot be ended now", &e))?;
                 store.end_family(&family).map_err(failed)?;
             }
             Ok(Response {
@@ -455,7 +455,7 @@ fn otp_request(body: &[u8], db: &impl Sql, settings: &Settings<'_>) -> Result<Re
     }
     let (channel, destination, user) = otp_destination(&input, db)?;
     let now_ms = settings.now * 1000;
-    let store_down = |e: String| refuse(503, "unavailable", format!("codes cannot be kept now: {e}"));
+    let store_down = |e: String| store_unavailable("codes cannot be kept now", &e);
     // Read for every destination, so an outage answers alike for unknown ones.
     let previous = settings.otp.get(&destination).map_err(store_down)?;
     // Unknown destinations get the same answer, so the endpoint does not reveal accounts.
@@ -513,7 +513,7 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
         let current = settings
             .otp
             .get(&destination)
-            .map_err(|e| refuse(503, "unavailable", format!("codes cannot be checked now: {e}")))?;
+            .map_err(|e| store_unavailable("codes cannot be checked now", &e))?;
         let (outcome, next) = match otp::verify(current.clone(), &destination, &code, settings.now * 1000) {
             Ok(used) => (Ok(()), Some(used)),
             Err((rejection, next)) => (Err(rejection), next),
@@ -523,7 +523,7 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
             && !settings
                 .otp
                 .replace(&destination, current, next)
-                .map_err(|e| refuse(503, "unavailable", format!("codes cannot be checked now: {e}")))?
+                .map_err(|e| store_unavailable("codes cannot be checked now", &e))?
         {
             continue;
         }

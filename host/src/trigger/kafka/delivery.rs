@@ -77,13 +77,15 @@ pub async fn supervise(
     first_backoff: Duration,
 ) {
     let component = trigger.component.clone();
-    readiness.set_subscribed(&component, false);
+    // One component may have several triggers: each is known by its group too.
+    let name = format!("{component} (group {})", trigger.group);
+    readiness.set_subscribed(&name, false);
     let mut failures = 0;
     loop {
         let subscribed = std::sync::atomic::AtomicBool::new(false);
         let on_subscribed = || {
             subscribed.store(true, std::sync::atomic::Ordering::SeqCst);
-            readiness.set_subscribed(&component, true);
+            readiness.set_subscribed(&name, true);
         };
         let outcome = run(
             trigger.clone(),
@@ -94,7 +96,7 @@ pub async fn supervise(
             on_subscribed,
         )
         .await;
-        readiness.set_subscribed(&component, false);
+        readiness.set_subscribed(&name, false);
         let error = match outcome {
             Ok(()) => return,
             Err(e) if *stop.borrow() => {
