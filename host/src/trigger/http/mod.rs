@@ -35,7 +35,6 @@ use router::{Route, RoutePattern, Router};
 use spin_headers::SpinHeaders;
 
 pub const REQUEST_ID: &str = "x-request-id";
-/// How long a client may take to send its request head.
 const RESERVED_PREFIX: &str = "/.well-known/spin/";
 
 pub struct HttpApp {
@@ -225,7 +224,8 @@ fn reserved_response(rest: &str) -> GuestResponse {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
-/// gives in-flight requests up to `drain` to finish.
+/// gives in-flight requests up to `drain` to finish. `connection_limits` bound what
+/// one client's connections may hold (their number, and time to send a head).
 pub async fn serve(
     app: Arc<HttpApp>,
     listener: TcpListener,
