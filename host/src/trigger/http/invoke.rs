@@ -184,7 +184,7 @@ impl ComponentInvoker {
             );
             busy.headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-            return busy;
+            return super::with_request_id(busy, request_id);
         };
         let started = Instant::now();
         let probe = Arc::new(InvocationProbe::new(request_id));
@@ -212,7 +212,7 @@ impl ComponentInvoker {
                     InvocationFailure::Trap => format!("component `{}` failed while handling the request", self.id),
                 };
                 tracing::error!(component = %self.id, request_id, kind = failure.kind(), error = format!("{error:#}"), "{message}");
-                error_response(failure.status(), failure.kind(), &message)
+                super::with_request_id(error_response(failure.status(), failure.kind(), &message), request_id)
             }
         };
         self.metrics
