@@ -451,13 +451,37 @@ fn shop_flow(key_value: &str, storage: &Storage, label: &str) {
     // unit tests follow the exact schedule on a fake clock).
     assert!(statuses[..5].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 429).count() >= 5, "{statuses:?}");
-    let response = client()
-        .post(format!("{}/auth/login", shop.base))
-        .json(&json!({ "email": "carol@example.com", "password": "correct horse" }))
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 429);
-    assert!(response.headers().contains_key("retry-after"));
+    // The right password while paused is refused too. Pauses start at 1 s, which a
+    // busy machine can outlast between two requests, so wait out the short ones
+    // (each failure let through after one doubles the next) and try the right
+    // password during a pause of 3 s or more.
+    let login = |password: &str| {
+        let response = client()
+            .post(format!("{}/auth/login", shop.base))
+            .json(&json!({ "email": "carol@example.com", "password": password }))
+            .send()
+            .unwrap();
+        let retry = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        (response.status().as_u16(), retry)
+    };
+    let mut paused = false;
+    for _ in 0..10 {
+        match login("wrong horse!") {
+            (429, Some(wait)) if wait >= 3 => {
+                let (status, retry) = login("correct horse");
+                assert_eq!(status, 429, "the right password during a pause");
+                assert!(retry.is_some(), "with Retry-After");
+                paused = true;
+                break;
+            }
+            (429, Some(wait)) => std::thread::sleep(std::time::Duration::from_secs(wait)),
+            (status, _) => assert_eq!(status, 401, "a wrong password let through"),
+        }
+    }
+    assert!(paused, "the pauses never grew to 3 s");
 
     // Malformed input: 4xx with a JSON error, never a 500.
     for (body, expected) in [
