@@ -432,6 +432,18 @@ fn two_hosts_share_a_group_and_take_over_from_each_other(backend: Backend) {
     let manifest = setup.manifest("");
     let first = setup.start(&manifest, "a");
     let second = setup.start(&manifest, "b");
+    // Ready means subscribed; the group's rebalance gives the second host its share
+    // a moment later. Publishing before that, the first host could handle every
+    // message alone on a busy machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(second.stderr.text().contains("partition assigned") || second.stderr.text().contains("partitions assigned"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second host got no partitions"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let publish_batch = |from: i64, to: i64| {
         for i in from..to {
             let payload = json!({ "id": format!("m{i}"), "seq": i, "sleep_ms": 10 }).to_string();
