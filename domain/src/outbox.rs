@@ -120,36 +120,48 @@ fn row_from(values: &[SqlValue]) -> Result<OutboxRow, String> {
     })
 }
 
-/// The oldest unpublished rows the relay should send: every row of `outbox`, then
-/// rows of `outbox_own` created at or before `left_before` (RFC 3339). Published
-/// rows are deleted rather than passed by a bookmark: on PostgreSQL a row with a
-/// smaller `seq` can commit after a larger one, and a bookmark would skip it.
-pub fn pending(db: &impl Sql, limit: i64, left_before: &str) -> Result<Vec<(&'static str, OutboxRow)>, String> {
+/// What the relay should send, oldest first: rows of `outbox`, and rows of
+/// `outbox_own` created at or before the cutoff (their writer crashed).
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub relayed: Vec<OutboxRow>,
+    pub left_behind: Vec<OutboxRow>,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.relayed.len() + self.left_behind.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Up to `limit` pending rows, those of `outbox` first; `left_before` (RFC 3339) is
+/// the cutoff for `outbox_own`. Published rows are deleted rather than passed by a
+/// bookmark: on PostgreSQL a row with a smaller `seq` can commit after a larger one,
+/// and a bookmark would skip it.
+pub fn pending(db: &impl Sql, limit: i64, left_before: &str) -> Result<Pending, String> {
     // The service creates its outbox with its own tables on first use.
     migrate(db, &[SCHEMA, OWN_SCHEMA]).map_err(|e| e.to_string())?;
-    let mut pending = Vec::new();
-    let relayed = db
-        .execute(
-            &format!("{SELECT_ROWS} FROM outbox ORDER BY seq LIMIT ?"),
-            &[limit.into()],
-        )
-        .map_err(|e| e.to_string())?;
-    for row in &relayed {
-        pending.push(("outbox", row_from(row)?));
-    }
-    let room = limit - pending.len() as i64;
-    if room > 0 {
-        let left = db
-            .execute(
-                &format!("{SELECT_ROWS} FROM outbox_own WHERE created_at <= ? ORDER BY seq LIMIT ?"),
-                &[left_before.into(), room.into()],
-            )
-            .map_err(|e| e.to_string())?;
-        for row in &left {
-            pending.push(("outbox_own", row_from(row)?));
-        }
-    }
-    Ok(pending)
+    let rows = |statement: String, params: &[SqlValue]| -> Result<Vec<OutboxRow>, String> {
+        let found = db.execute(&statement, params).map_err(|e| e.to_string())?;
+        found.iter().map(|r| row_from(r)).collect()
+    };
+    let relayed = rows(
+        format!("{SELECT_ROWS} FROM outbox ORDER BY seq LIMIT ?"),
+        &[limit.into()],
+    )?;
+    let room = limit - relayed.len() as i64;
+    let left_behind = match room > 0 {
+        true => rows(
+            format!("{SELECT_ROWS} FROM outbox_own WHERE created_at <= ? ORDER BY seq LIMIT ?"),
+            &[left_before.into(), room.into()],
+        )?,
+        false => Vec::new(),
+    };
+    Ok(Pending { relayed, left_behind })
 }
 
 pub trait Publisher {
@@ -176,11 +188,9 @@ pub fn headers(row: &OutboxRow, source: &str) -> Vec<(String, String)> {
 /// those events again: consumers dedupe by id. Returns how many were published.
 pub fn relay(db: &impl Sql, publisher: &impl Publisher, source: &str, now: i64) -> Result<usize, String> {
     let left_before = crate::time::rfc3339(now - OWN_ROWS_GRACE_SECS);
-    let rows = pending(db, BATCH, &left_before)?;
-    let (relayed, left): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(table, _)| *table == "outbox");
-    let strip = |rows: Vec<(&str, OutboxRow)>| rows.into_iter().map(|(_, row)| row).collect::<Vec<_>>();
-    let published = publish_rows(db, publisher, source, "outbox", &strip(relayed))?;
-    Ok(published + publish_rows(db, publisher, source, "outbox_own", &strip(left))?)
+    let Pending { relayed, left_behind } = pending(db, BATCH, &left_before)?;
+    let published = publish_rows(db, publisher, source, "outbox", &relayed)?;
+    Ok(published + publish_rows(db, publisher, source, "outbox_own", &left_behind)?)
 }
 
 /// Publishes the events written through `db` since the last call (its commit just
@@ -339,8 +349,9 @@ mod tests {
         assert!(publish_written(&second, &down, "/products").is_err());
         let left: Vec<String> = pending(&first, 10, "")
             .unwrap()
+            .relayed
             .into_iter()
-            .map(|(_, r)| r.key)
+            .map(|r| r.key)
             .collect();
         assert_eq!(left, ["p2"]);
         assert_eq!(relay(&first, &sent, "/products", WRITTEN), Ok(1));

@@ -73,6 +73,33 @@ fn timed(api: &Api, method: &str, path: &str, token: Option<&str>, body: Option<
     answer
 }
 
+/// Waits until `GET path` answers 200 again, within `within`.
+fn recovered(api: &Api, path: &str, token: Option<&str>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = api.call("GET", path, token, None);
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} not recovered: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The order accepted before the outage concludes CONFIRMED, and so does a new one.
+fn nothing_accepted_was_lost(api: &Api, customer: &str, product: &str, accepted: &str) {
+    let order = api.concluded(customer, accepted, Duration::from_secs(60));
+    assert_eq!(
+        order["status"], "CONFIRMED",
+        "the order accepted before the outage: {order}"
+    );
+    let again = api.place(customer, product, 1, "tok_ok");
+    assert_eq!(
+        api.concluded(customer, &again, Duration::from_secs(60))["status"],
+        "CONFIRMED"
+    );
+}
+
 #[test]
 fn a_redis_outage_fails_what_needs_it_fast_and_the_shop_recovers() {
     let mut redis = PrivateRedis::start();
@@ -115,25 +142,8 @@ fn a_redis_outage_fails_what_needs_it_fast_and_the_shop_recovers() {
     assert_eq!(status, 200, "{body}");
 
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, body) = api.call("GET", "/cart", Some(&ada), None);
-        if status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not recovered: {status} {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let order = api.concluded(&ada, &accepted, Duration::from_secs(60));
-    assert_eq!(
-        order["status"], "CONFIRMED",
-        "the order accepted before the outage: {order}"
-    );
-    let again = api.place(&ada, &product, 1, "tok_ok");
-    assert_eq!(
-        api.concluded(&ada, &again, Duration::from_secs(60))["status"],
-        "CONFIRMED"
-    );
+    recovered(&api, "/cart", Some(&ada), Duration::from_secs(10));
+    nothing_accepted_was_lost(&api, &ada, &product, &accepted);
 }
 
 /// A PostgreSQL server of the test's own (initdb as the `postgres` user; trust auth
@@ -244,25 +254,8 @@ fn a_postgres_outage_fails_what_needs_it_fast_and_the_shop_recovers() {
     assert_eq!(status, 200, "{body}");
 
     postgres.resume();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = api.call("GET", &format!("/products/{product}"), None, None);
-        if status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not recovered: {status} {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let order = api.concluded(&ada, &accepted, Duration::from_secs(60));
-    assert_eq!(
-        order["status"], "CONFIRMED",
-        "the order accepted before the outage: {order}"
-    );
-    let again = api.place(&ada, &product, 1, "tok_ok");
-    assert_eq!(
-        api.concluded(&ada, &again, Duration::from_secs(60))["status"],
-        "CONFIRMED"
-    );
+    recovered(&api, &format!("/products/{product}"), None, Duration::from_secs(15));
+    nothing_accepted_was_lost(&api, &ada, &product, &accepted);
 }
 
 /// A Tansu broker of the test's own (`scripts/kafka-broker`, in-memory storage), made

@@ -7,7 +7,6 @@
 
 use event_kit::{Message, kafka};
 use payments::ledger::{Answer, Context, Handled, Ledger, Provider};
-use payments::sandbox::Sandbox;
 use payments::service;
 use shop_domain::sql::spin::SpinDatabase;
 use shop_domain::types::Money;
@@ -101,9 +100,6 @@ impl<'a> ProviderApi<'a> {
 
 /// The sandbox's HTTP handler (as the `payments` component serves it), called directly.
 fn sandbox_in_process(db: &SpinDatabase, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let context = context();
-    let slow_ms = guest_kit::number_variable("sandbox_slow_ms", 3000).unwrap_or(3000);
-    let sleep = move || std::thread::sleep(std::time::Duration::from_millis(slow_ms.max(0) as u64));
     let request = service::Request {
         method,
         path,
@@ -111,16 +107,8 @@ fn sandbox_in_process(db: &SpinDatabase, method: &str, path: &str, body: &[u8]) 
         user: "",
         roles: "",
     };
-    let services = service::Services {
-        ledger: &Ledger::new(db, &context),
-        sandbox: &Sandbox {
-            db,
-            now_text: context.now_text.clone(),
-            new_id: &guest_kit::new_id,
-        },
-        sleep: &sleep,
-    };
-    let answer = service::handle(&request, &services);
+    let slow_ms = guest_kit::number_variable("sandbox_slow_ms", 3000).unwrap_or(3000);
+    let answer = service::handle_on(&request, db, &context(), slow_ms);
     (answer.status, answer.body)
 }
 

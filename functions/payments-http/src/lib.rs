@@ -3,8 +3,7 @@
 
 #![cfg(target_arch = "wasm32")]
 
-use payments::ledger::{Context, Ledger};
-use payments::sandbox::Sandbox;
+use payments::ledger::Context;
 use payments::service;
 use shop_domain::api::ApiError;
 use shop_domain::sql::spin::SpinDatabase;
@@ -27,8 +26,6 @@ fn handle_http(req: Request) -> Response {
         Err(e) => return guest_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
     };
     let context = context();
-    let slow_ms = guest_kit::number_variable("sandbox_slow_ms", 3000).unwrap_or(3000);
-    let sleep = move || std::thread::sleep(std::time::Duration::from_millis(slow_ms.max(0) as u64));
     let method = req.method().to_string();
     let request = service::Request {
         method: &method,
@@ -37,14 +34,6 @@ fn handle_http(req: Request) -> Response {
         user: guest_kit::header(&req, "x-shop-user"),
         roles: guest_kit::header(&req, "x-shop-roles"),
     };
-    let services = service::Services {
-        ledger: &Ledger::new(&db, &context),
-        sandbox: &Sandbox {
-            db: &db,
-            now_text: context.now_text.clone(),
-            new_id: &guest_kit::new_id,
-        },
-        sleep: &sleep,
-    };
-    guest_kit::reply(service::handle(&request, &services))
+    let slow_ms = guest_kit::number_variable("sandbox_slow_ms", 3000).unwrap_or(3000);
+    guest_kit::reply(service::handle_on(&request, &db, &context, slow_ms))
 }

@@ -46,6 +46,27 @@ pub fn handle<D: Sql>(request: &Request<'_>, services: &Services<'_, D>) -> Resp
     Response::from_result(route(request, services))
 }
 
+/// Answers `request` with the ledger and the sandbox on `db`; `tok_slow` waits
+/// `sandbox_slow_ms`. The HTTP component and the in-process sandbox both use it.
+pub fn handle_on<D: Sql>(
+    request: &Request<'_>,
+    db: &D,
+    context: &crate::ledger::Context<'_>,
+    sandbox_slow_ms: i64,
+) -> Response {
+    let sleep = move || std::thread::sleep(std::time::Duration::from_millis(sandbox_slow_ms.max(0) as u64));
+    let services = Services {
+        ledger: &Ledger::new(db, context),
+        sandbox: &Sandbox {
+            db,
+            now_text: context.now_text.clone(),
+            new_id: context.new_id,
+        },
+        sleep: &sleep,
+    };
+    handle(request, &services)
+}
+
 fn route<D: Sql>(request: &Request<'_>, services: &Services<'_, D>) -> Result<Response, ApiError> {
     services.ledger.migrate()?;
     shop_domain::sql::migrate(services.sandbox.db, &[crate::sandbox::SCHEMA])?;
