@@ -53,6 +53,22 @@ pub fn wasm(crate_name: &str) -> PathBuf {
     path
 }
 
+/// Runs one of `scripts/` that installs a test tool (pinned, outside the clone) and
+/// prints where it is; its output lines. Installation progress goes to stderr.
+pub fn tool_script(name: &str) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(name);
+    let output = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("scripts/{name} runs: {e}"));
+    assert!(output.status.success(), "scripts/{name} could not install its tools");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -15,12 +15,7 @@ fn repo() -> PathBuf {
 
 /// The venv's bin directory with kubectl and the validator's Python.
 fn tools() -> PathBuf {
-    let output = Command::new(repo().join("scripts/k8s-tools"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/k8s-tools runs");
-    assert!(output.status.success(), "scripts/k8s-tools could not install the tools");
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    PathBuf::from(shop_tests::tool_script("k8s-tools").concat())
 }
 
 fn crds() -> PathBuf {

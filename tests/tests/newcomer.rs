@@ -162,8 +162,11 @@ fn readme_run_command_serves_a_fresh_checkout() {
     }
     assert!(gateway.exists(), "`shop up` built the gateway");
     assert!(stdout.text().contains("Serving shop"), "{}", stdout.text());
-    let banner = client.get(format!("http://127.0.0.1:{port}/")).send().unwrap();
-    assert_eq!(banner.status(), 200);
+    // What the README says to open in a browser: the storefront, built by `shop up` too.
+    let storefront = client.get(format!("http://127.0.0.1:{port}/")).send().unwrap();
+    assert_eq!(storefront.status(), 200);
+    assert_eq!(storefront.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(storefront.text().unwrap().contains("/assets/app.js"));
     let products = client.get(format!("http://127.0.0.1:{port}/products")).send().unwrap();
     assert_eq!(products.status(), 200, "{:?}", products.text());
 }

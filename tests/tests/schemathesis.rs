@@ -4,7 +4,6 @@
 //! promised, and every 405 with `Allow`. Bounded in examples (and in time) so it
 //! fits the test command; a fixed seed keeps a failure reproducible.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,16 +15,7 @@ const EXAMPLES: &str = "25";
 const TIME_LIMIT: Duration = Duration::from_secs(300);
 
 fn schemathesis() -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/schemathesis");
-    let output = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/schemathesis runs");
-    assert!(
-        output.status.success(),
-        "scripts/schemathesis could not install schemathesis"
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+    shop_tests::tool_script("schemathesis").concat()
 }
 
 /// Runs schemathesis with `token`; its report when it finds something.

@@ -3,14 +3,16 @@
 //! It answers the service index and JSON errors, verifies bearer tokens against the
 //! issuer's JWKS (variables `jwt_issuer`, `jwt_audience`, `jwks_url`), enforces each
 //! route's role, limits request rates per client address and per user (token buckets
-//! in key-value), answers CORS for configured origins, caps request bodies, and
-//! forwards to the private services over local service chaining.
+//! in key-value), answers CORS for configured origins, caps request bodies, sets the
+//! browser security headers, and forwards to the private services (the storefront
+//! among them) over local service chaining.
 
 pub mod auth;
 pub mod cors;
 pub mod keys;
 pub mod limits;
 pub mod routes;
+pub mod security;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -37,6 +39,7 @@ mod adapter {
         "allow",
         "retry-after",
         "cache-control",
+        "etag",
     ];
 
     fn json(status: u16, body: &serde_json::Value) -> Response {
@@ -127,7 +130,7 @@ mod adapter {
         outbound
             .method(req.method().clone())
             .uri(format!("http://{service}.spin.internal{}{query}", req.path()));
-        for name in ["content-type", "x-request-id", "idempotency-key"] {
+        for name in ["content-type", "x-request-id", "idempotency-key", "if-none-match"] {
             if let Some(value) = req.header(name).and_then(|v| v.as_str()) {
                 outbound.header(name, value);
             }
@@ -217,6 +220,14 @@ mod adapter {
 
     #[http_component]
     async fn handle(req: Request) -> Response {
+        let mut response = answer(&req).await;
+        for (name, value) in crate::security::HEADERS {
+            response.set_header(name, value);
+        }
+        response
+    }
+
+    async fn answer(req: &Request) -> Response {
         let origins = cors::origins(&variable("cors_origins", ""));
         let origin = req.header("origin").and_then(|v| v.as_str()).map(str::to_string);
         if *req.method() == Method::Options && req.header("access-control-request-method").is_some() {
@@ -231,7 +242,7 @@ mod adapter {
             }
             return response;
         }
-        let mut response = route(&req).await;
+        let mut response = route(req).await;
         for (name, value) in cors::response_headers(origin.as_deref(), &origins) {
             response.set_header(name, value);
         }

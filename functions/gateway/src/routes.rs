@@ -74,11 +74,10 @@ pub fn decide(method: &str, path: &str) -> Decision {
             _ => not_allowed(method, path, &["GET"]),
         };
     }
-    if path == "/" {
-        return match method {
-            "GET" => ok(json!({ "service": "shop", "version": env!("CARGO_PKG_VERSION") })),
-            _ => not_allowed(method, path, &["GET"]),
-        };
+    // The storefront web app: its index, its files and its client-side pages. Every
+    // other path is the API's, so a page of the app never hides an API route.
+    if path == "/" || under(path, "/assets") || under(path, "/shop") {
+        return forward_if(&["GET"], method, path, "storefront", Access::Public);
     }
     match path {
         "/auth/register"
@@ -269,19 +268,41 @@ mod tests {
         ));
     }
 
+    fn service(d: Decision) -> Option<&'static str> {
+        match d {
+            Decision::Forward { service, .. } => Some(service),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn index_and_errors() {
-        let Decision::Reply(index) = decide("GET", "/") else {
-            panic!("index is answered here")
-        };
-        assert_eq!(index.status, 200);
-        assert_eq!(index.body["service"], "shop");
+    fn the_storefront_gets_its_pages_and_files_and_nothing_of_the_api() {
+        for path in [
+            "/",
+            "/assets/app.js",
+            "/assets/views/cart.js",
+            "/shop",
+            "/shop/orders/o-1",
+        ] {
+            assert_eq!(service(decide("GET", path)), Some("storefront"), "{path}");
+            assert_eq!(access(decide("GET", path)), Some(Access::Public), "{path}");
+            assert_eq!(status(decide("POST", path)), 405, "{path}");
+        }
+        for path in [
+            "/products",
+            "/orders/o-1",
+            "/cart",
+            "/shopping",
+            "/assetsx",
+            "/openapi.json",
+        ] {
+            assert_ne!(service(decide("GET", path)), Some("storefront"), "{path}");
+        }
         let Decision::Reply(missing) = decide("GET", "/nope") else {
             panic!()
         };
         assert_eq!(missing.status, 404);
         assert_eq!(missing.body["error"]["code"], "not_found");
-        assert_eq!(status(decide("DELETE", "/")), 405);
     }
 
     #[test]
