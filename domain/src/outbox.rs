@@ -8,7 +8,7 @@ use crate::{CONTENT_TYPE, Envelope, ShopEvent};
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
     topic TEXT NOT NULL, event_key TEXT NOT NULL, event_type TEXT NOT NULL,
-    payload BLOB NOT NULL, created_at TEXT NOT NULL)";
+    payload BLOB NOT NULL, created_at TEXT NOT NULL, traceparent TEXT)";
 
 /// The same rows, written by instances that publish their own events right after
 /// their commit (`publish_written`). They are apart so that a relay woken by
@@ -18,7 +18,15 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
 pub const OWN_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox_own (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
     topic TEXT NOT NULL, event_key TEXT NOT NULL, event_type TEXT NOT NULL,
-    payload BLOB NOT NULL, created_at TEXT NOT NULL)";
+    payload BLOB NOT NULL, created_at TEXT NOT NULL, traceparent TEXT)";
+
+/// The W3C `traceparent` of the transaction that wrote a row, so the event continues
+/// its trace however late a relay sends it. Added to outboxes made before it existed
+/// (a no-op where the column is there: see [`migrate`]).
+pub const TRACE_COLUMNS: [&str; 2] = [
+    "ALTER TABLE outbox ADD COLUMN traceparent TEXT",
+    "ALTER TABLE outbox_own ADD COLUMN traceparent TEXT",
+];
 
 /// How old a self-published row must be before the relay takes it as left behind.
 pub const OWN_ROWS_GRACE_SECS: i64 = 10;
@@ -43,7 +51,8 @@ pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopE
     let table = table_of(db);
     db.execute(
         &format!(
-            "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+            "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at, traceparent) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)"
         ),
         &[
             event_id.into(),
@@ -52,6 +61,7 @@ pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopE
             event.event_type().into(),
             SqlValue::Blob(event.to_json()),
             created_at.into(),
+            db.traceparent().into(),
         ],
     )?;
     if db.dialect() == crate::sql::Dialect::Postgres && db.relay_publishes() {
@@ -90,10 +100,11 @@ pub struct OutboxRow {
     pub event_type: String,
     pub payload: Vec<u8>,
     pub created_at: String,
+    pub traceparent: Option<String>,
 }
 
 /// The columns [`row_from`] reads, in its order (then `FROM <table>`).
-const SELECT_ROWS: &str = "SELECT seq, event_id, topic, event_key, event_type, payload, created_at";
+const SELECT_ROWS: &str = "SELECT seq, event_id, topic, event_key, event_type, payload, created_at, traceparent";
 
 fn row_from(values: &[SqlValue]) -> Result<OutboxRow, String> {
     let text = |i: usize, column: &str| {
@@ -117,6 +128,7 @@ fn row_from(values: &[SqlValue]) -> Result<OutboxRow, String> {
             _ => return Err("outbox.payload is not a blob".into()),
         },
         created_at: text(6, "created_at")?,
+        traceparent: values.get(7).and_then(SqlValue::text).map(str::to_string),
     })
 }
 
@@ -144,7 +156,7 @@ impl Pending {
 /// and a bookmark would skip it.
 pub fn pending(db: &impl Sql, limit: i64, left_before: &str) -> Result<Pending, String> {
     // The service creates its outbox with its own tables on first use.
-    migrate(db, &[SCHEMA, OWN_SCHEMA]).map_err(|e| e.to_string())?;
+    migrate(db, &[SCHEMA, OWN_SCHEMA, TRACE_COLUMNS[0], TRACE_COLUMNS[1]]).map_err(|e| e.to_string())?;
     let rows = |statement: String, params: &[SqlValue]| -> Result<Vec<OutboxRow>, String> {
         let found = db.execute(&statement, params).map_err(|e| e.to_string())?;
         found.iter().map(|r| row_from(r)).collect()
@@ -168,7 +180,7 @@ pub trait Publisher {
     fn publish(&self, topic: &str, key: &str, payload: &[u8], headers: Vec<(String, String)>) -> Result<(), String>;
 }
 
-/// The headers of a row: its CloudEvents envelope and content type.
+/// The headers of a row: its CloudEvents envelope, content type and trace context.
 pub fn headers(row: &OutboxRow, source: &str) -> Vec<(String, String)> {
     let envelope = Envelope {
         id: row.event_id.clone(),
@@ -179,6 +191,9 @@ pub fn headers(row: &OutboxRow, source: &str) -> Vec<(String, String)> {
     };
     let mut headers = envelope.to_headers();
     headers.push(("content-type".into(), CONTENT_TYPE.into()));
+    if let Some(traceparent) = &row.traceparent {
+        headers.push(("traceparent".into(), traceparent.clone()));
+    }
     headers
 }
 
@@ -300,6 +315,45 @@ mod tests {
             record(&db, format!("e{i}"), "2026-11-22T00:00:00Z".into(), &event).unwrap();
         }
         db
+    }
+
+    /// An outbox made before rows kept their trace gets the column, and each event
+    /// goes out with the trace of the transaction that wrote it.
+    #[test]
+    fn events_keep_the_trace_of_their_writer_in_old_and_new_outboxes() {
+        let old = "CREATE TABLE IF NOT EXISTS outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL, event_key TEXT NOT NULL, event_type TEXT NOT NULL,
+            payload BLOB NOT NULL, created_at TEXT NOT NULL)";
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let db = MemoryDb::default().traced(traceparent);
+        migrate(&db, &[old]).unwrap();
+        let schema = [SCHEMA, OWN_SCHEMA, TRACE_COLUMNS[0], TRACE_COLUMNS[1]];
+        migrate(&db, &schema).unwrap();
+        let event = ShopEvent::ProductDeleted(ProductDeleted {
+            product_id: "p1".into(),
+        });
+        record(&db, "e1".into(), "2026-11-22T00:00:00Z".into(), &event).unwrap();
+        let sent = Flaky::accepting(10);
+        assert_eq!(relay(&db, &sent, "/products", WRITTEN), Ok(1));
+        let headers = &sent.sent.borrow()[0].2;
+        assert!(
+            headers.contains(&("traceparent".into(), traceparent.into())),
+            "{headers:?}"
+        );
+
+        // A fresh outbox already has the column: adding it again is a no-op.
+        let fresh = MemoryDb::default();
+        migrate(&fresh, &schema).unwrap();
+        record(&fresh, "e2".into(), "2026-11-22T00:00:00Z".into(), &event).unwrap();
+        let untraced = Flaky::accepting(10);
+        assert_eq!(relay(&fresh, &untraced, "/products", WRITTEN), Ok(1));
+        assert!(
+            !untraced.sent.borrow()[0]
+                .2
+                .iter()
+                .any(|(name, _)| name == "traceparent")
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub enum Stream {
 pub struct OutputTags {
     pub component: Arc<str>,
     pub request_id: Arc<OnceLock<String>>,
+    pub trace: crate::telemetry::TraceCell,
 }
 
 /// A guest output stream (`StdoutStream` for both WASI generations).
@@ -93,9 +94,17 @@ impl LineLogger {
         }
         let component = &*self.tags.component;
         let request_id = self.tags.request_id.get().map(String::as_str).unwrap_or("");
+        let (trace_id, span_id) = match self.tags.trace.get() {
+            Some(trace) => (trace.trace_id_hex(), trace.span_id_hex()),
+            None => (String::new(), String::new()),
+        };
         match self.stream {
-            Stream::Stdout => tracing::info!(target: "guest", component, request_id, stream = "stdout", "{line}"),
-            Stream::Stderr => tracing::warn!(target: "guest", component, request_id, stream = "stderr", "{line}"),
+            Stream::Stdout => {
+                tracing::info!(target: "guest", component, request_id, trace_id, span_id, stream = "stdout", "{line}")
+            }
+            Stream::Stderr => {
+                tracing::warn!(target: "guest", component, request_id, trace_id, span_id, stream = "stderr", "{line}")
+            }
         }
     }
 

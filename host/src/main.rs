@@ -15,6 +15,7 @@ mod manifest;
 mod metrics;
 mod runtime_config;
 mod state;
+mod telemetry;
 mod trigger;
 mod variables;
 

@@ -19,19 +19,23 @@ use crate::capability::redis::RedisAccess;
 use crate::capability::sqlite::SqliteAccess;
 use crate::capability::variables::ComponentVariables;
 use crate::guest_output::{GuestOutput, OutputTags, Stream};
+use crate::telemetry::{TraceCell, TraceContext};
 
 /// Facts about one invocation that the host learns from inside the store and needs
 /// afterwards to explain a failure.
 #[derive(Debug, Default)]
 pub struct InvocationProbe {
     pub request_id: String,
+    /// The invocation's own span in its trace.
+    pub trace: Option<TraceContext>,
     memory_limit_hit: AtomicBool,
 }
 
 impl InvocationProbe {
-    pub fn new(request_id: &str) -> Self {
+    pub fn new(request_id: &str, trace: &TraceContext) -> Self {
         Self {
             request_id: request_id.to_string(),
+            trace: Some(trace.clone()),
             ..Self::default()
         }
     }
@@ -78,6 +82,8 @@ pub struct HostState {
     pub limiter: MemoryLimiter,
     /// Tags on the guest's stdout/stderr lines.
     pub output_tags: OutputTags,
+    /// The invocation's trace context, for the spans of its host calls.
+    pub trace: TraceCell,
     /// Wall-clock deadline of the current invocation, checked on every epoch tick.
     pub deadline: Instant,
     /// Keeps the epoch ticking while this store lives.
@@ -93,9 +99,11 @@ impl HostState {
         timeout: std::time::Duration,
         local: std::sync::Weak<dyn LocalServices>,
     ) -> Self {
+        let trace = TraceCell::default();
         let output_tags = OutputTags {
             component: component.id.clone(),
             request_id: Arc::default(),
+            trace: trace.clone(),
         };
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
         wasi.stdout(GuestOutput::new(output_tags.clone(), Stream::Stdout))
@@ -106,6 +114,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             outbound_http: OutboundHttp {
+                trace: trace.clone(),
                 component: component.id.clone(),
                 allowed: component.allowed_hosts.clone(),
                 local,
@@ -144,6 +153,7 @@ impl HostState {
                 probe: Arc::default(),
             },
             output_tags,
+            trace,
             deadline: Instant::now() + timeout,
         }
     }

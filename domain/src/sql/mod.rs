@@ -113,6 +113,12 @@ pub trait Sql {
     fn relay_publishes(&self) -> bool {
         true
     }
+
+    /// The W3C `traceparent` of the work this connection does, which
+    /// [`crate::outbox::record`] keeps with each event.
+    fn traceparent(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Creates what `schema` describes (each statement idempotent, SQLite type names).
@@ -136,6 +142,9 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
             // Two PostgreSQL sessions creating the same table race on its catalog
             // row even with IF NOT EXISTS; the loser finds the table there.
             Err(SqlError::Conflict(_)) if db.dialect() == Dialect::Postgres => {}
+            // SQLite has no `ADD COLUMN IF NOT EXISTS`: a column already there (the
+            // table was created with it) is what the statement wanted.
+            Err(e) if is_add_column(statement) && e.to_string().contains("duplicate column") => {}
             other => drop(other?),
         }
     }
@@ -144,6 +153,10 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
         &[fingerprint.as_str().into()],
     )?;
     Ok(())
+}
+
+fn is_add_column(statement: &str) -> bool {
+    statement.starts_with("ALTER TABLE") && statement.contains(" ADD COLUMN ")
 }
 
 /// A stable digest of a schema's statements (64-bit FNV-1a, hex).

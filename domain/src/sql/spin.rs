@@ -132,6 +132,7 @@ pub struct SpinDatabase {
     backend: Backend,
     outbox_events: std::cell::RefCell<Vec<String>>,
     relay_publishes: bool,
+    traceparent: Option<String>,
 }
 
 impl SpinDatabase {
@@ -147,7 +148,15 @@ impl SpinDatabase {
             backend,
             outbox_events: Default::default(),
             relay_publishes: true,
+            traceparent: None,
         })
+    }
+
+    /// The trace this connection's work belongs to (the `traceparent` the host gave
+    /// the request or message); the events it writes keep it. Empty: none.
+    pub fn traced(mut self, traceparent: &str) -> Self {
+        self.traceparent = Some(traceparent.trim().to_string()).filter(|t| !t.is_empty());
+        self
     }
 
     /// For a component that publishes the events it writes right after its commit
@@ -159,6 +168,10 @@ impl SpinDatabase {
 }
 
 impl Sql for SpinDatabase {
+    fn traceparent(&self) -> Option<String> {
+        self.traceparent.clone()
+    }
+
     fn dialect(&self) -> Dialect {
         match &self.backend {
             Backend::Sqlite(_) => Dialect::Sqlite,

@@ -7,11 +7,19 @@ pub struct MemoryDb(
     std::cell::RefCell<Vec<String>>,
     /// Whether the relay publishes what it writes (see [`Sql::relay_publishes`]).
     bool,
+    /// The trace its work belongs to (see [`Sql::traceparent`]).
+    Option<String>,
 );
 
 impl MemoryDb {
     pub fn new(connection: rusqlite::Connection) -> Self {
-        Self(connection, Default::default(), true)
+        Self(connection, Default::default(), true, None)
+    }
+
+    /// As a connection doing the work of the trace `traceparent`.
+    pub fn traced(mut self, traceparent: &str) -> Self {
+        self.3 = Some(traceparent.to_string());
+        self
     }
 
     /// As a writer that publishes its own outbox events.
@@ -66,6 +74,10 @@ impl Sql for MemoryDb {
 
     fn relay_publishes(&self) -> bool {
         self.2
+    }
+
+    fn traceparent(&self) -> Option<String> {
+        self.3.clone()
     }
 
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {

@@ -49,3 +49,12 @@ pub fn reply(response: shop_domain::api::Response) -> spin_sdk::http::Response {
     }
     builder.body(response.body).build()
 }
+
+/// The service's database (`database_url`'s PostgreSQL, else Spin SQLite `label`) for
+/// the work of `request`: the events it writes keep the request's trace.
+pub fn open_database(
+    label: &str,
+    request: &spin_sdk::http::Request,
+) -> Result<shop_domain::sql::spin::SpinDatabase, String> {
+    shop_domain::sql::spin::SpinDatabase::open_configured(label).map(|db| db.traced(header(request, "traceparent")))
+}

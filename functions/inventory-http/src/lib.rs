@@ -5,7 +5,6 @@
 use inventory::service;
 use inventory::stock::{Context, Inventory};
 use shop_domain::api::ApiError;
-use shop_domain::sql::spin::SpinDatabase;
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
 
@@ -17,7 +16,7 @@ fn context() -> Result<Context<'static>, String> {
 
 #[http_component]
 fn handle_http(req: Request) -> Response {
-    let (db, context) = match SpinDatabase::open_configured(DATABASE).and_then(|db| Ok((db, context()?))) {
+    let (db, context) = match guest_kit::open_database(DATABASE, &req).and_then(|db| Ok((db, context()?))) {
         Ok(opened) => opened,
         Err(e) => return guest_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
     };

@@ -19,8 +19,8 @@ fn context() -> Result<Context<'static>, String> {
     Context::configured(guest_kit::now_secs(), &guest_kit::new_id, guest_kit::number_variable)
 }
 
-fn open() -> Result<(SpinDatabase, Context<'static>), String> {
-    Ok((SpinDatabase::open_configured(DATABASE)?, context()?))
+fn open(req: &Request) -> Result<(SpinDatabase, Context<'static>), String> {
+    Ok((guest_kit::open_database(DATABASE, req)?, context()?))
 }
 
 /// The catalog and the cart, reached over local service chaining.
@@ -138,7 +138,7 @@ fn wait_while_pending(request: &service::Request<'_>, orders: &Orders<'_, SpinDa
 
 #[http_component]
 fn handle_http(req: Request) -> Response {
-    let (db, context) = match open() {
+    let (db, context) = match open(&req) {
         Ok(opened) => opened,
         Err(e) => return guest_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
     };

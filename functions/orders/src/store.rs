@@ -28,6 +28,8 @@ pub const SCHEMA: &[&str] = &[
     inbox::SCHEMA,
     outbox::SCHEMA,
     outbox::OWN_SCHEMA,
+    outbox::TRACE_COLUMNS[0],
+    outbox::TRACE_COLUMNS[1],
 ];
 
 /// How many times a conflicting append is retried on a fresh read.

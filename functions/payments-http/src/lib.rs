@@ -6,7 +6,6 @@
 use payments::ledger::Context;
 use payments::service;
 use shop_domain::api::ApiError;
-use shop_domain::sql::spin::SpinDatabase;
 use spin_sdk::http::{Request, Response};
 use spin_sdk::http_component;
 
@@ -21,7 +20,7 @@ fn context() -> Context<'static> {
 
 #[http_component]
 fn handle_http(req: Request) -> Response {
-    let db = match SpinDatabase::open_configured(DATABASE) {
+    let db = match guest_kit::open_database(DATABASE, &req) {
         Ok(db) => db,
         Err(e) => return guest_kit::reply(shop_domain::api::Response::error(&ApiError::unavailable(e))),
     };

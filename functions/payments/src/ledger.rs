@@ -24,6 +24,8 @@ pub const SCHEMA: &[&str] = &[
     inbox::SCHEMA,
     outbox::SCHEMA,
     outbox::OWN_SCHEMA,
+    outbox::TRACE_COLUMNS[0],
+    outbox::TRACE_COLUMNS[1],
 ];
 
 /// Why a payment method cannot be kept.

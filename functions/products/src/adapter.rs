@@ -61,7 +61,9 @@ fn reply(status: u16, headers: Vec<(String, String)>, body: Vec<u8>) -> Response
 
 #[http_component]
 fn handle(req: Request) -> Response {
-    let db = match SpinDatabase::open_configured(DATABASE) {
+    let db = match SpinDatabase::open_configured(DATABASE)
+        .map(|db| db.traced(req.header("traceparent").and_then(|v| v.as_str()).unwrap_or("")))
+    {
         Ok(db) => db,
         Err(e) => {
             let error = ApiError::unavailable(e);

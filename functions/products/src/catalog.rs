@@ -19,6 +19,8 @@ pub const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS products_by_category ON products (category, name)",
     shop_domain::outbox::SCHEMA,
     shop_domain::outbox::OWN_SCHEMA,
+    shop_domain::outbox::TRACE_COLUMNS[0],
+    shop_domain::outbox::TRACE_COLUMNS[1],
 ];
 
 const COLUMNS: &str = "id, sku, name, description, category, price_amount, price_currency, created_at, updated_at";

@@ -174,7 +174,9 @@ fn handle(req: Request) -> Response {
             Some(serde_json::json!({ "error": { "code": "unavailable", "message": message } })),
         )
     };
-    let db = match SpinDatabase::open_configured(DATABASE) {
+    let db = match SpinDatabase::open_configured(DATABASE)
+        .map(|db| db.traced(req.header("traceparent").and_then(|v| v.as_str()).unwrap_or("")))
+    {
         Ok(db) => db,
         Err(e) => return unavailable(e),
     };

@@ -19,6 +19,8 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS signing_keys (id INTEGER PRIMARY KEY CHECK (id = 0), der BLOB NOT NULL)",
     shop_domain::outbox::SCHEMA,
     shop_domain::outbox::OWN_SCHEMA,
+    shop_domain::outbox::TRACE_COLUMNS[0],
+    shop_domain::outbox::TRACE_COLUMNS[1],
 ];
 
 /// What presenting a refresh token found.

@@ -17,6 +17,7 @@ use wasmtime::component::Resource;
 
 use crate::bindings::messaging::wasi::messaging::{producer, types};
 use crate::state::HostState;
+use crate::telemetry::{self, Kind, Span};
 use types::Error;
 
 pub const KEY: &str = "kafka.key";
@@ -213,15 +214,52 @@ impl producer::Host for HostState {
         let Some(producer) = access.producer.clone() else {
             return Ok(Err(Error::Connection("no broker is configured for this host".into())));
         };
-        Ok(producer
-            .publish(message.outgoing(&topic))
-            .await
-            .map(drop)
-            .map_err(|e| match e {
-                BrokerError::Unavailable(m) => Error::Connection(m),
-                other => Error::Other(other.to_string()),
-            }))
+        // A record continues the trace it names (a relay sends each event with its
+        // writer's context), else this invocation's; its consumer's span is a child
+        // of this producer span.
+        let mut outgoing = message.outgoing(&topic);
+        let named = telemetry::extract(|name| header(&outgoing.headers, name));
+        let parent = named.as_ref().or(self.trace.get());
+        let mut span = Span::start(format!("publish {topic}"), Kind::Producer, parent, named.is_some());
+        if span.recording() {
+            span.set("messaging.system", "kafka");
+            span.set("messaging.operation.type", "send");
+            span.set("messaging.destination.name", topic.clone());
+            span.set("shop.component", access.component.to_string());
+        }
+        outgoing
+            .headers
+            .retain(|(name, _)| name != telemetry::TRACEPARENT && name != telemetry::TRACESTATE);
+        outgoing
+            .headers
+            .push((telemetry::TRACEPARENT.into(), span.context.traceparent().into_bytes()));
+        if let Some(state) = &span.context.state {
+            outgoing
+                .headers
+                .push((telemetry::TRACESTATE.into(), state.as_bytes().to_vec()));
+        }
+        let result = producer.publish(outgoing).await;
+        match &result {
+            Ok(delivery) => {
+                span.set("messaging.destination.partition.id", delivery.partition.to_string());
+                span.set("messaging.kafka.offset", delivery.offset);
+            }
+            Err(e) => span.fail(e.to_string()),
+        }
+        span.finish();
+        Ok(result.map(drop).map_err(|e| match e {
+            BrokerError::Unavailable(m) => Error::Connection(m),
+            other => Error::Other(other.to_string()),
+        }))
     }
+}
+
+/// The first value of header `name`, as text.
+pub fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::allowed_hosts::AllowedHosts;
+use crate::telemetry::{Kind, Span};
 
 pub type GuestRequest = http::Request<WasiBody>;
 pub type GuestResponse = http::Response<WasiBody>;
@@ -43,6 +44,8 @@ impl Default for OutboundTimeouts {
 
 /// Per-instance outbound HTTP policy; lives in the store so the hook can reach it.
 pub struct OutboundHttp {
+    /// The calling invocation's trace: each request is a client span in it.
+    pub trace: crate::telemetry::TraceCell,
     pub component: Arc<str>,
     pub allowed: Arc<AllowedHosts>,
     pub local: Weak<dyn LocalServices>,
@@ -101,7 +104,43 @@ impl WasiHttpHooks for OutboundHttp {
             tracing::error!("local service chaining requested while the application is shutting down");
             ready(Err(HttpError::DestinationUnavailable))
         };
-        match destination(&host) {
+        let mut span = Span::host_call(&self.trace, request.method().as_str().to_string(), Kind::Client);
+        if span.recording() {
+            span.set("http.request.method", request.method().as_str().to_string());
+            span.set("url.full", uri.to_string());
+            span.set("server.address", host.clone());
+        }
+        // The callee continues this trace, unless the guest chose a context itself.
+        if !request.headers().contains_key(crate::telemetry::TRACEPARENT) {
+            crate::telemetry::inject(&span.context, request.headers_mut());
+        }
+        let sent = self.route(request, options, &host, no_local);
+        Box::new(async move {
+            let result = Box::into_pin(sent).await;
+            match &result {
+                Ok((response, _)) => {
+                    span.set("http.response.status_code", i64::from(response.status().as_u16()));
+                    if response.status().is_server_error() {
+                        span.fail(format!("status {}", response.status().as_u16()));
+                    }
+                }
+                Err(error) => span.fail(format!("{error:?}")),
+            }
+            span.finish();
+            result
+        })
+    }
+}
+
+impl OutboundHttp {
+    fn route(
+        &self,
+        mut request: GuestRequest,
+        options: Option<RequestOptions>,
+        host: &str,
+        no_local: impl Fn() -> Box<dyn Future<Output = SendResult> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
+        match destination(host) {
             Destination::Component(id) => {
                 let Some(local) = self.local.upgrade() else {
                     return no_local();

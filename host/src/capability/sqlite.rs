@@ -18,6 +18,7 @@ use super::Backends;
 use super::commits::CommitSignals;
 use crate::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::state::HostState;
+use crate::telemetry::{self, Span};
 
 /// Most connections one instance may hold open at once.
 const MAX_OPEN_CONNECTIONS: usize = 64;
@@ -382,6 +383,7 @@ impl Databases {
 /// An open connection as the guest holds it.
 pub struct OpenDatabase {
     database: Session,
+    label: Arc<str>,
     last_insert_rowid: i64,
     changes: u64,
 }
@@ -432,6 +434,7 @@ impl HostState {
             .table
             .push(OpenDatabase {
                 database,
+                label: Arc::from(label.as_str()),
                 last_insert_rowid: 0,
                 changes: 0,
             })
@@ -440,13 +443,11 @@ impl HostState {
         Ok(resource)
     }
 
-    fn sqlite_database(&self, connection: &Resource<OpenDatabase>) -> Result<Session, Error> {
-        Ok(self
-            .table
-            .get(connection)
-            .map_err(|_| Error::InvalidConnection)?
-            .database
-            .clone())
+    /// The connection's session, and a span for `statement` on it.
+    fn sqlite_database(&self, connection: &Resource<OpenDatabase>, statement: &str) -> Result<(Session, Span), Error> {
+        let open = self.table.get(connection).map_err(|_| Error::InvalidConnection)?;
+        let span = telemetry::database_span(&self.trace, "sqlite", &open.label, statement);
+        Ok((open.database.clone(), span))
     }
 
     /// Remembers what a statement changed on the guest's connection.
@@ -476,8 +477,8 @@ impl sqlite::HostConnection for HostState {
         statement: String,
         parameters: Vec<Value>,
     ) -> Result<QueryResult, Error> {
-        let database = self.sqlite_database(&connection)?;
-        let executed = database.execute(statement, parameters).await?;
+        let (database, span) = self.sqlite_database(&connection, &statement)?;
+        let executed = telemetry::finish_with(span, database.execute(statement, parameters).await)?;
         self.record_sqlite_write(&connection, executed.write);
         Ok(executed.result)
     }
@@ -493,9 +494,10 @@ impl sqlite::HostConnection for HostState {
 pub mod v3 {
     use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
-    use super::{Error as E2, OpenDatabase, QueryResult as Q2, Session, Value as V2};
+    use super::{Error as E2, OpenDatabase, QueryResult as Q2, Value as V2};
     use crate::bindings::sqlite3::spin::sqlite::sqlite::{self as api, Error, QueryResult, RowResult, Value};
     use crate::state::HostState;
+    use crate::telemetry;
 
     pub struct SpinSqlite3;
 
@@ -558,9 +560,11 @@ pub mod v3 {
         statement: String,
         parameters: Vec<Value>,
     ) -> Result<Q2, Error> {
-        let database: Session = store.with(|mut view| view.get().sqlite_database(c).map_err(convert_error))?;
+        let (database, span) =
+            store.with(|mut view| view.get().sqlite_database(c, &statement).map_err(convert_error))?;
         let parameters = parameters.into_iter().map(to_v2).collect();
-        let executed = database.execute(statement, parameters).await.map_err(convert_error)?;
+        let executed =
+            telemetry::finish_with(span, database.execute(statement, parameters).await).map_err(convert_error)?;
         store.with(|mut view| view.get().record_sqlite_write(c, executed.write));
         Ok(executed.result)
     }
@@ -578,9 +582,10 @@ pub mod v3 {
             statement: String,
             parameters: Vec<Value>,
         ) -> Result<QueryResult, Error> {
-            let database = self.sqlite_database(&c).map_err(convert_error)?;
+            let (database, span) = self.sqlite_database(&c, &statement).map_err(convert_error)?;
             let parameters = parameters.into_iter().map(to_v2).collect();
-            let executed = database.execute(statement, parameters).await.map_err(convert_error)?;
+            let executed =
+                telemetry::finish_with(span, database.execute(statement, parameters).await).map_err(convert_error)?;
             self.record_sqlite_write(&c, executed.write);
             let (columns, rows) = rows(executed.result);
             Ok(QueryResult { columns, rows })

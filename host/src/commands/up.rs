@@ -118,6 +118,9 @@ async fn serve(
             .unwrap_or_else(|| args.data_dir.join("cache").join("compiled")),
     );
     let metrics = Arc::new(Metrics::new());
+    if let Some(endpoint) = crate::telemetry::init_from_env()? {
+        tracing::info!(endpoint, "exporting traces by OTLP/HTTP");
+    }
 
     let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &args.data_dir)?);
     let broker = if events::needed(&manifest) {
@@ -232,6 +235,8 @@ async fn serve(
         );
     }
     admin_task.abort();
+    // The batch processor's last export blocks: off the async workers.
+    let _ = tokio::task::spawn_blocking(|| crate::telemetry::shutdown(Duration::from_secs(2))).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,7 @@ use crate::instance::{HARD_KILL_GRACE, InvocationFailure, RequestLimits, new_sto
 use crate::manifest::{CronTrigger, Manifest, NotifySource};
 use crate::metrics::Metrics;
 use crate::state::InvocationProbe;
+use crate::telemetry::{Kind, Span};
 
 struct CronRunner {
     trigger: CronTrigger,
@@ -87,10 +88,16 @@ impl CronRunner {
             return Err("no handle-cron-event export".into());
         };
         let request_id = format!("cron/{}/{scheduled_unix}", self.trigger.component);
-        let probe = Arc::new(InvocationProbe::new(&request_id));
+        // Each run starts a trace of its own (what a relay publishes continues the
+        // traces of the events' writers instead).
+        let mut span = Span::start(format!("cron {}", self.trigger.component), Kind::Internal, None, false);
+        span.set("faas.trigger", "timer");
+        span.set("shop.component", self.trigger.component.clone());
+        let probe = Arc::new(InvocationProbe::new(&request_id, &span.context));
         let started = Instant::now();
         let mut store = new_store(&self.engine, &self.component, self.limits, self.local.clone());
         let _ = store.data().output_tags.request_id.set(request_id);
+        let _ = store.data().trace.set(span.context.clone());
         store.data_mut().limiter.probe = probe.clone();
         let metadata = Metadata {
             timestamp: scheduled_unix.max(0) as u64,
@@ -99,7 +106,7 @@ impl CronRunner {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_handle_cron_event(&mut store, metadata).await
         };
-        match tokio::time::timeout(self.limits.timeout + HARD_KILL_GRACE, call).await {
+        let result = match tokio::time::timeout(self.limits.timeout + HARD_KILL_GRACE, call).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(returned))) => Err(format!("handler returned {returned:?}")),
             Ok(Err(error)) => {
@@ -107,7 +114,12 @@ impl CronRunner {
                 Err(format!("{}: {error:#}", failure.kind()))
             }
             Err(_) => Err("timeout: abandoned in a host call".into()),
+        };
+        if let Err(error) = &result {
+            span.fail(error.clone());
         }
+        span.finish();
+        result
     }
 }
 

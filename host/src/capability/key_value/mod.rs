@@ -20,6 +20,7 @@ use super::Backends;
 use super::sqlite::Synchronous;
 use crate::bindings::fermyon::spin::key_value::{self, Error};
 use crate::state::HostState;
+use crate::telemetry::{Kind, Span, TraceCell, finish_with};
 use redis_store::RedisStore;
 use sqlite_store::SqliteStore;
 
@@ -96,6 +97,67 @@ impl Backend {
     }
 }
 
+/// A store as one instance opened it: each call is a span in the instance's trace.
+#[derive(Clone)]
+pub struct TracedStore {
+    backend: Backend,
+    label: Arc<str>,
+    trace: TraceCell,
+}
+
+impl TracedStore {
+    fn span(&self, operation: &'static str) -> Span {
+        let mut span = Span::host_call(&self.trace, "", Kind::Client);
+        if span.recording() {
+            span.set_name(format!("key-value {operation} {}", self.label));
+            span.set(
+                "db.system.name",
+                match self.backend {
+                    Backend::Sqlite(_) => "sqlite",
+                    Backend::Redis(_) => "redis",
+                },
+            );
+            span.set("db.namespace", self.label.to_string());
+            span.set("db.operation.name", operation);
+        }
+        span
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, String> {
+        finish_with(self.span("get"), self.backend.get(key).await)
+    }
+
+    pub async fn set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
+        finish_with(self.span("set"), self.backend.set(key, value).await)
+    }
+
+    pub async fn delete(&self, key: String) -> Result<(), String> {
+        finish_with(self.span("delete"), self.backend.delete(key).await)
+    }
+
+    pub async fn exists(&self, key: String) -> Result<bool, String> {
+        finish_with(self.span("exists"), self.backend.exists(key).await)
+    }
+
+    pub async fn get_keys(&self) -> Result<Vec<String>, String> {
+        finish_with(self.span("get-keys"), self.backend.get_keys().await)
+    }
+
+    pub async fn increment(&self, key: String, delta: i64) -> Result<i64, String> {
+        finish_with(self.span("increment"), self.backend.increment(key, delta).await)
+    }
+
+    pub async fn compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, String> {
+        let span = self.span("compare-and-swap");
+        finish_with(span, self.backend.compare_and_swap(key, expected, value).await)
+    }
+}
+
 /// A counter's stored form is its decimal text (what Redis INCRBY keeps); a missing
 /// key counts as 0.
 fn parse_counter(stored: Option<&[u8]>) -> Result<i64, String> {
@@ -165,7 +227,7 @@ impl KeyValueStores {
 
 /// An open store as the guest holds it.
 pub struct OpenStore {
-    backend: Backend,
+    backend: TracedStore,
 }
 
 /// Per-instance key-value state: which labels this component may open.
@@ -179,7 +241,7 @@ fn other(e: String) -> Error {
     Error::Other(e)
 }
 
-fn get_store<'a>(table: &'a ResourceTable, store: &Resource<OpenStore>) -> wasmtime::Result<&'a Backend> {
+fn get_store<'a>(table: &'a ResourceTable, store: &Resource<OpenStore>) -> wasmtime::Result<&'a TracedStore> {
     Ok(&table.get(store)?.backend)
 }
 
@@ -201,7 +263,13 @@ impl HostState {
         }
         let resource = self
             .table
-            .push(OpenStore { backend })
+            .push(OpenStore {
+                backend: TracedStore {
+                    backend,
+                    label: Arc::from(label.as_str()),
+                    trace: self.trace.clone(),
+                },
+            })
             .map_err(|e| other(e.to_string()))?;
         self.key_value.open_count += 1;
         Ok(resource)
@@ -267,7 +335,7 @@ impl wasmtime::component::HasData for SpinKeyValue3 {
 mod v3_impl {
     use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
-    use super::{Backend, OpenStore, SpinKeyValue3};
+    use super::{OpenStore, SpinKeyValue3, TracedStore};
     use crate::bindings::fermyon::spin::key_value::Error as E2;
     use crate::bindings::key_value3::spin::key_value::key_value::{self as v3, Error};
     use crate::state::HostState;
@@ -281,7 +349,7 @@ mod v3_impl {
         }
     }
 
-    fn backend<U>(store: &Accessor<U, SpinKeyValue3>, resource: &Resource<OpenStore>) -> Result<Backend, Error> {
+    fn backend<U>(store: &Accessor<U, SpinKeyValue3>, resource: &Resource<OpenStore>) -> Result<TracedStore, Error> {
         store.with(|mut view| {
             let state: &mut HostState = view.get();
             state

@@ -7,7 +7,7 @@
 
 use wasmtime::component::Resource;
 
-use super::{Backend, OpenStore};
+use super::{OpenStore, TracedStore};
 use crate::bindings::fermyon::spin::key_value::Error as SpinError;
 use crate::bindings::wasi_keyvalue::wasi::keyvalue::{atomics, batch, store};
 use crate::state::HostState;
@@ -15,7 +15,7 @@ use store::{Error, KeyResponse};
 
 /// A `cas` handle: the key and the value it held when the handle was made.
 pub struct PendingSwap {
-    backend: Backend,
+    backend: TracedStore,
     key: String,
     expected: Option<Vec<u8>>,
 }
@@ -25,12 +25,12 @@ fn other(e: impl ToString) -> Error {
 }
 
 impl HostState {
-    fn bucket(&self, bucket: &Resource<OpenStore>) -> Result<Backend, Error> {
+    fn bucket(&self, bucket: &Resource<OpenStore>) -> Result<TracedStore, Error> {
         self.table.get(bucket).map(|s| s.backend.clone()).map_err(other)
     }
 
     /// Reads `key` now and keeps what it held for a later swap.
-    async fn pending_swap(&mut self, backend: Backend, key: String) -> Result<Resource<PendingSwap>, Error> {
+    async fn pending_swap(&mut self, backend: TracedStore, key: String) -> Result<Resource<PendingSwap>, Error> {
         let expected = backend.get(key.clone()).await.map_err(other)?;
         self.table.push(PendingSwap { backend, key, expected }).map_err(other)
     }

@@ -27,6 +27,7 @@ use crate::bindings::postgres4::spin::postgres::postgres::{
     self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
 };
 use crate::state::HostState;
+use crate::telemetry::{self, TraceCell};
 use values::{data_type, db_value, to_sql};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +89,10 @@ pub struct PgConnection {
 
 struct PgSession {
     client: Object,
+    /// The database name, and the trace of the instance holding it (each statement
+    /// is a span).
+    database: String,
+    trace: TraceCell,
     /// Between the guest's BEGIN and its COMMIT or ROLLBACK: its writes are not
     /// visible to others yet.
     in_transaction: AtomicBool,
@@ -190,11 +195,22 @@ impl HostState {
             .pool(&self.postgres.component, address, config)
     }
 
-    fn pg_push(&mut self, client: Object) -> Result<Resource<PgConnection>, Error> {
+    fn pg_push(&mut self, client: Object, address: &str) -> Result<Resource<PgConnection>, Error> {
+        // postgres://user@host:port/name?options → name
+        let database = address
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
         self.table
             .push(PgConnection {
                 session: Arc::new(PgSession {
                     client,
+                    database,
+                    trace: self.trace.clone(),
                     in_transaction: AtomicBool::new(false),
                 }),
             })
@@ -223,7 +239,12 @@ async fn prepare(client: &Object, statement: &str) -> Result<tokio_postgres::Sta
 }
 
 /// Runs a query on a pooled client.
-async fn run_query(client: &Object, statement: &str, params: Vec<ParameterValue>) -> Result<RowSet, Error> {
+async fn run_query(session: &PgSession, statement: &str, params: Vec<ParameterValue>) -> Result<RowSet, Error> {
+    let span = telemetry::database_span(&session.trace, "postgresql", &session.database, statement);
+    telemetry::finish_with(span, query_rows(&session.client, statement, params).await)
+}
+
+async fn query_rows(client: &Object, statement: &str, params: Vec<ParameterValue>) -> Result<RowSet, Error> {
     let params = bind(params)?;
     let prepared = prepare(client, statement).await?;
     let rows = client.query(&prepared, &refs(&params)).await.map_err(query_error)?;
@@ -249,10 +270,15 @@ async fn run_query(client: &Object, statement: &str, params: Vec<ParameterValue>
     Ok(RowSet { columns, rows })
 }
 
-async fn run_execute(client: &Object, statement: &str, params: Vec<ParameterValue>) -> Result<u64, Error> {
-    let params = bind(params)?;
-    let prepared = prepare(client, statement).await?;
-    client.execute(&prepared, &refs(&params)).await.map_err(query_error)
+async fn run_execute(session: &PgSession, statement: &str, params: Vec<ParameterValue>) -> Result<u64, Error> {
+    let span = telemetry::database_span(&session.trace, "postgresql", &session.database, statement);
+    let client = &session.client;
+    let changed = async {
+        let params = bind(params)?;
+        let prepared = prepare(client, statement).await?;
+        client.execute(&prepared, &refs(&params)).await.map_err(query_error)
+    };
+    telemetry::finish_with(span, changed.await)
 }
 
 impl postgres::Host for HostState {}
@@ -260,7 +286,7 @@ impl postgres::Host for HostState {}
 impl postgres::HostConnection for HostState {
     async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, Error> {
         let client = checkout(self.pg_pool(&address)?).await?;
-        self.pg_push(client)
+        self.pg_push(client, &address)
     }
 
     async fn query(
@@ -270,7 +296,7 @@ impl postgres::HostConnection for HostState {
         params: Vec<ParameterValue>,
     ) -> Result<RowSet, Error> {
         let session = self.pg_session(&connection)?;
-        let rows = run_query(&session.client, &statement, params).await?;
+        let rows = run_query(&session, &statement, params).await?;
         self.pg_after(&session, &statement);
         Ok(rows)
     }
@@ -282,7 +308,7 @@ impl postgres::HostConnection for HostState {
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
         let session = self.pg_session(&connection)?;
-        let changed = run_execute(&session.client, &statement, params).await?;
+        let changed = run_execute(&session, &statement, params).await?;
         self.pg_after(&session, &statement);
         Ok(changed)
     }
@@ -341,7 +367,7 @@ fn after<U>(store: &Accessor<U, SpinPostgres4>, session: &PgSession, statement: 
 async fn open_with<U>(store: &Accessor<U, SpinPostgres4>, address: String) -> Result<Resource<PgConnection>, Error> {
     let pool = store.with(|mut view| view.get().pg_pool(&address))?;
     let client = checkout(pool).await?;
-    store.with(|mut view| view.get().pg_push(client))
+    store.with(|mut view| view.get().pg_push(client, &address))
 }
 
 impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
@@ -361,7 +387,7 @@ impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
             Ok(session) => session,
             Err(e) => return Ok(Err(e)),
         };
-        let RowSet { columns, rows } = match run_query(&session.client, &statement, params).await {
+        let RowSet { columns, rows } = match run_query(&session, &statement, params).await {
             Ok(set) => set,
             Err(e) => return Ok(Err(e)),
         };
@@ -380,7 +406,7 @@ impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
         let session = session_of(store, &c)?;
-        let changed = run_execute(&session.client, &statement, params).await?;
+        let changed = run_execute(&session, &statement, params).await?;
         after(store, &session, &statement);
         Ok(changed)
     }

@@ -23,6 +23,7 @@ use crate::app::LoadedComponent;
 use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices};
 use crate::metrics::Metrics;
 use crate::state::{HostState, InvocationProbe};
+use crate::telemetry::{self, Kind, Span};
 
 pub use crate::instance::RequestLimits;
 use crate::instance::{HARD_KILL_GRACE, InvocationFailure, new_store};
@@ -89,6 +90,9 @@ impl WorkerState for SingleUse {
         let data = store.data_mut();
         data.deadline = Instant::now() + self.timeout;
         let _ = data.output_tags.request_id.set(probe.request_id.clone());
+        if let Some(trace) = &probe.trace {
+            let _ = data.trace.set(trace.clone());
+        }
         data.limiter.probe = probe;
         Box::pin(tokio::time::sleep(self.timeout))
     }
@@ -171,7 +175,7 @@ impl ComponentInvoker {
 
     /// Runs the component on `request`. Guest failures become error responses here,
     /// so callers (the listener, local chaining) always get a response.
-    pub async fn invoke(&self, request: GuestRequest, request_id: &str) -> GuestResponse {
+    pub async fn invoke(&self, mut request: GuestRequest, request_id: &str) -> GuestResponse {
         let Ok(_slot) = self.slots.try_acquire() else {
             self.metrics
                 .component_errors
@@ -187,7 +191,20 @@ impl ComponentInvoker {
             return super::with_request_id(busy, request_id);
         };
         let started = Instant::now();
-        let probe = Arc::new(InvocationProbe::new(request_id));
+        // The caller's trace (a client's `traceparent`, or the chaining component's
+        // span) continues here; the guest sees this invocation's span as its parent.
+        let headers = request.headers();
+        let parent = telemetry::extract(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+        let method = request.method().as_str().to_string();
+        let mut span = Span::start(format!("{method} {}", self.id), Kind::Server, parent.as_ref(), true);
+        if span.recording() {
+            span.set("http.request.method", method);
+            span.set("url.path", request.uri().path().to_string());
+            span.set("shop.component", self.id.to_string());
+            span.set("faas.trigger", "http");
+        }
+        telemetry::inject(&span.context, request.headers_mut());
+        let probe = Arc::new(InvocationProbe::new(request_id, &span.context));
         let result = self.handler.handle(probe.clone(), request).await;
         let elapsed = started.elapsed();
         let response = match result {
@@ -211,10 +228,24 @@ impl ComponentInvoker {
                     ),
                     InvocationFailure::Trap => format!("component `{}` failed while handling the request", self.id),
                 };
-                tracing::error!(component = %self.id, request_id, kind = failure.kind(), error = format!("{error:#}"), "{message}");
+                tracing::error!(
+                    component = %self.id,
+                    request_id,
+                    trace_id = span.context.trace_id_hex(),
+                    span_id = span.context.span_id_hex(),
+                    kind = failure.kind(),
+                    error = format!("{error:#}"),
+                    "{message}"
+                );
+                span.fail(message.clone());
                 super::with_request_id(error_response(failure.status(), failure.kind(), &message), request_id)
             }
         };
+        span.set("http.response.status_code", i64::from(response.status().as_u16()));
+        if response.status().is_server_error() {
+            span.fail(format!("status {}", response.status().as_u16()));
+        }
+        span.finish();
         self.metrics
             .http_requests
             .with_label_values(&[&*self.id, response.status().as_str()])

@@ -22,6 +22,7 @@ use crate::instance::{HARD_KILL_GRACE, InvocationFailure, RequestLimits, new_sto
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::state::InvocationProbe;
+use crate::telemetry::{self, Kind, Span};
 use delivery::MessageHandler;
 
 /// Runs a component's `wasi:messaging/incoming-handler` for each message.
@@ -36,22 +37,68 @@ pub struct ComponentHandler {
 #[async_trait]
 impl MessageHandler for ComponentHandler {
     async fn handle(&self, message: &Message) -> Result<(), String> {
-        let Some(pre) = &self.component.exports.messaging else {
-            return Err(format!("component `{}` has no message handler", self.component.id));
-        };
         let request_id = format!("{}/{}/{}", message.topic, message.partition, message.offset);
-        let probe = Arc::new(InvocationProbe::new(&request_id));
+        // The record's producer span is this consumer span's parent.
+        let parent = telemetry::extract(|name| crate::capability::messaging::header(&message.headers, name));
+        let mut span = Span::start(
+            format!("process {}", message.topic),
+            Kind::Consumer,
+            parent.as_ref(),
+            true,
+        );
+        if span.recording() {
+            span.set("messaging.system", "kafka");
+            span.set("messaging.operation.type", "process");
+            span.set("messaging.destination.name", message.topic.clone());
+            span.set("messaging.destination.partition.id", message.partition.to_string());
+            span.set("messaging.kafka.offset", message.offset);
+            span.set("shop.component", self.component.id.to_string());
+            span.set("faas.trigger", "pubsub");
+        }
+        let probe = Arc::new(InvocationProbe::new(&request_id, &span.context));
         let started = Instant::now();
         let mut store = new_store(&self.engine, &self.component, self.limits, self.local.clone());
         let _ = store.data().output_tags.request_id.set(request_id.clone());
+        let _ = store.data().trace.set(span.context.clone());
         store.data_mut().limiter.probe = probe.clone();
+        let result = self
+            .run(message, &mut store, &probe, &request_id, started, &span.context)
+            .await;
+        if let Err(error) = &result {
+            span.fail(error.clone());
+        }
+        span.finish();
+        result
+    }
+}
+
+impl ComponentHandler {
+    async fn run(
+        &self,
+        message: &Message,
+        store: &mut wasmtime::Store<crate::state::HostState>,
+        probe: &InvocationProbe,
+        request_id: &str,
+        started: Instant,
+        trace: &telemetry::TraceContext,
+    ) -> Result<(), String> {
+        let Some(pre) = &self.component.exports.messaging else {
+            return Err(format!("component `{}` has no message handler", self.component.id));
+        };
+        let mut store = store;
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             self.metrics
                 .instantiation_duration
                 .with_label_values(&[&*self.component.id])
                 .observe(started.elapsed().as_secs_f64());
-            let guest_message = store.data_mut().table.push(GuestMessage::received(message))?;
+            // The guest sees this invocation's span as the record's trace context.
+            let mut received = GuestMessage::received(message);
+            received.metadata.retain(|(name, _)| name != telemetry::TRACEPARENT);
+            received
+                .metadata
+                .push((telemetry::TRACEPARENT.into(), trace.traceparent()));
+            let guest_message = store.data_mut().table.push(received)?;
             instance
                 .wasi_messaging_incoming_handler()
                 .call_handle(&mut store, guest_message)
@@ -64,8 +111,15 @@ impl MessageHandler for ComponentHandler {
             Ok(Ok(Ok(()))) => return Ok(()),
             Ok(Ok(Err(returned))) => return Err(format!("handler returned {returned:?}")),
             Ok(Err(error)) => {
-                let failure = InvocationFailure::classify(&error, &probe, started.elapsed(), self.limits.timeout);
-                tracing::debug!(component = %self.component.id, request_id, error = ?error, "message handler trapped");
+                let failure = InvocationFailure::classify(&error, probe, started.elapsed(), self.limits.timeout);
+                tracing::debug!(
+                    component = %self.component.id,
+                    request_id,
+                    trace_id = trace.trace_id_hex(),
+                    span_id = trace.span_id_hex(),
+                    error = ?error,
+                    "message handler trapped"
+                );
                 (failure, format!("{error:#}"))
             }
             Err(_) => (InvocationFailure::Timeout, "abandoned in a host call".to_string()),
