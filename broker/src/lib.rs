@@ -118,6 +118,11 @@ pub trait Consumer: Send + Sync + 'static {
     async fn commit(&self, partition: &TopicPartition, next_offset: i64) -> Result<(), BrokerError>;
     /// Leaves the group (partitions go to other members). Commits nothing by itself.
     async fn close(&self);
+    /// The offset after the last record of `partition` (its high watermark), as this
+    /// consumer last learned it, without a round trip; `None` when it does not know.
+    fn high_watermark(&self, _partition: &TopicPartition) -> Option<i64> {
+        None
+    }
 }
 
 #[async_trait]

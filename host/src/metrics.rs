@@ -1,6 +1,11 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use shop_broker::{Consumer, TopicPartition};
 
 pub struct Metrics {
     registry: Registry,
@@ -21,6 +26,121 @@ pub struct Metrics {
     pub kafka_trigger_restarts: IntCounterVec,
     /// Cron trigger, by component and outcome (`ok`, `error`, `skipped`).
     pub cron_runs: IntCounterVec,
+    /// Records not handled yet, by component, group, topic and partition (set at
+    /// each scrape from [`Metrics::lag`]).
+    pub kafka_consumer_lag: IntGaugeVec,
+    /// Events written to a service's outbox and not yet published (set at each
+    /// scrape by the hooks of [`Metrics::at_scrape`]).
+    pub outbox_backlog: IntGaugeVec,
+    /// Component instances running now, by component and trigger kind.
+    pub instances_in_flight: IntGaugeVec,
+    /// From a record's publication to the end of the handler call that took it.
+    pub saga_step_duration: HistogramVec,
+    /// Records published by components, by topic and CloudEvents type.
+    pub events_published: IntCounterVec,
+    /// Where each partition a Kafka trigger works on stands.
+    pub lag: LagBook,
+    scrape_hooks: Mutex<Vec<ScrapeHook>>,
+}
+
+type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// The handled position of every partition a Kafka trigger holds, with the consumer
+/// that knows its high watermark: their difference is the partition's lag.
+#[derive(Default)]
+pub struct LagBook {
+    partitions: Mutex<HashMap<LagKey, HeldPartition>>,
+}
+
+/// (component, group, topic, partition): the gauge's labels.
+type LagKey = [String; 4];
+
+/// The handled position of a held partition, and the consumer holding it.
+type HeldPartition = (Arc<AtomicI64>, Weak<dyn Consumer>);
+
+/// A partition's place in the [`LagBook`] while its worker runs: the offset of the
+/// first record not handled yet (negative until the worker has seen one).
+pub struct LagEntry {
+    key: LagKey,
+    pub position: Arc<AtomicI64>,
+    book: Weak<Metrics>,
+}
+
+impl LagBook {
+    fn each(&self, mut f: impl FnMut(&LagKey, i64, &dyn Consumer)) {
+        let partitions = self.partitions.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, (position, consumer)) in partitions.iter() {
+            if let Some(consumer) = consumer.upgrade() {
+                f(key, position.load(Ordering::Relaxed), consumer.as_ref());
+            }
+        }
+    }
+}
+
+impl Drop for LagEntry {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.book.upgrade() {
+            metrics
+                .lag
+                .partitions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.key);
+            let labels: Vec<&str> = self.key.iter().map(String::as_str).collect();
+            let _ = metrics.kafka_consumer_lag.remove_label_values(&labels);
+        }
+    }
+}
+
+/// The components' producer, counting what they publish by topic and event type.
+pub struct CountingProducer {
+    inner: Arc<dyn shop_broker::Producer>,
+    metrics: Arc<Metrics>,
+}
+
+impl CountingProducer {
+    pub fn wrap(inner: Arc<dyn shop_broker::Producer>, metrics: Arc<Metrics>) -> Arc<dyn shop_broker::Producer> {
+        Arc::new(Self { inner, metrics })
+    }
+}
+
+#[async_trait::async_trait]
+impl shop_broker::Producer for CountingProducer {
+    async fn publish(
+        &self,
+        message: shop_broker::OutgoingMessage,
+    ) -> Result<shop_broker::Delivery, shop_broker::BrokerError> {
+        let topic = message.topic.clone();
+        let event_type = message
+            .headers
+            .iter()
+            .find(|(name, _)| name == "ce_type")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let delivery = self.inner.publish(message).await?;
+        self.metrics
+            .events_published
+            .with_label_values(&[&topic, &event_type])
+            .inc();
+        Ok(delivery)
+    }
+}
+
+/// Counts an instance as in flight until dropped.
+pub struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    pub fn new(metrics: &Metrics, component: &str, trigger: &str) -> Self {
+        let gauge = metrics.instances_in_flight.with_label_values(&[component, trigger]);
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -125,24 +245,39 @@ impl Metrics {
             "Cron trigger firings, by component and outcome",
             &["component", "outcome"],
         );
-        for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_request_duration.clone()),
-            Box::new(instantiation_duration.clone()),
-            Box::new(component_errors.clone()),
-            Box::new(component_loads.clone()),
-            Box::new(messages_handled.clone()),
-            Box::new(messages_failed.clone()),
-            Box::new(messages_retried.clone()),
-            Box::new(messages_dead_lettered.clone()),
-            Box::new(messages_filtered.clone()),
-            Box::new(message_handler_duration.clone()),
-            Box::new(kafka_trigger_restarts.clone()),
-            Box::new(cron_runs.clone()),
-        ] {
-            registry.register(c).expect("metric registered once");
-        }
-        Self {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let kafka_consumer_lag = gauge(
+            "kafka_consumer_lag",
+            "Records of a partition the trigger's group has not handled yet: its high watermark minus the handled position",
+            &["component", "group", "topic", "partition"],
+        );
+        let outbox_backlog = gauge(
+            "outbox_backlog",
+            "Events written to a service's outbox (SQLite) and not yet published",
+            &["service"],
+        );
+        let instances_in_flight = gauge(
+            "instances_in_flight",
+            "Component instances running now, by component and trigger kind",
+            &["component", "trigger"],
+        );
+        let saga_step_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "saga_step_duration_seconds",
+                "From a record's publication to the end of the handler call that took it",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["component", "topic"],
+        )
+        .expect("valid metric");
+        let events_published = counter(
+            "events_published_total",
+            "Records published by components, by topic and CloudEvents type",
+            &["topic", "type"],
+        );
+        let metrics = Self {
             registry,
             http_requests,
             http_request_duration,
@@ -157,10 +292,112 @@ impl Metrics {
             message_handler_duration,
             kafka_trigger_restarts,
             cron_runs,
+            kafka_consumer_lag,
+            outbox_backlog,
+            instances_in_flight,
+            saga_step_duration,
+            events_published,
+            lag: LagBook::default(),
+            scrape_hooks: Mutex::default(),
+        };
+        for collector in metrics.collectors() {
+            metrics.registry.register(collector).expect("metric registered once");
+        }
+        metrics
+    }
+
+    /// Every metric, for the registry.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.http_requests.clone()),
+            Box::new(self.http_request_duration.clone()),
+            Box::new(self.instantiation_duration.clone()),
+            Box::new(self.component_errors.clone()),
+            Box::new(self.component_loads.clone()),
+            Box::new(self.messages_handled.clone()),
+            Box::new(self.messages_failed.clone()),
+            Box::new(self.messages_retried.clone()),
+            Box::new(self.messages_dead_lettered.clone()),
+            Box::new(self.messages_filtered.clone()),
+            Box::new(self.message_handler_duration.clone()),
+            Box::new(self.kafka_trigger_restarts.clone()),
+            Box::new(self.cron_runs.clone()),
+            Box::new(self.kafka_consumer_lag.clone()),
+            Box::new(self.outbox_backlog.clone()),
+            Box::new(self.instances_in_flight.clone()),
+            Box::new(self.saga_step_duration.clone()),
+            Box::new(self.events_published.clone()),
+        ]
+    }
+
+    /// Puts a trigger's partition in the lag book until the entry is dropped.
+    pub fn track_lag(
+        self: &Arc<Self>,
+        component: &str,
+        group: &str,
+        partition: &TopicPartition,
+        consumer: &Arc<dyn Consumer>,
+    ) -> LagEntry {
+        let key = [
+            component.to_string(),
+            group.to_string(),
+            partition.topic.clone(),
+            partition.partition.to_string(),
+        ];
+        let position = Arc::new(AtomicI64::new(-1));
+        self.lag
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), (position.clone(), Arc::downgrade(consumer)));
+        LagEntry {
+            key,
+            position,
+            book: Arc::downgrade(self),
         }
     }
 
+    /// Runs `hook` before each scrape (for gauges read from elsewhere).
+    pub fn at_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.scrape_hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(hook));
+    }
+
+    /// Sets the gauges that are read at scrape time.
+    fn refresh(&self) {
+        self.lag.each(|key, position, consumer| {
+            if position < 0 {
+                return;
+            }
+            let partition = TopicPartition {
+                topic: key[2].clone(),
+                partition: key[3].parse().unwrap_or(0),
+            };
+            if let Some(high) = consumer.high_watermark(&partition) {
+                let labels: Vec<&str> = key.iter().map(String::as_str).collect();
+                self.kafka_consumer_lag
+                    .with_label_values(&labels)
+                    .set((high - position).max(0));
+            }
+        });
+        for hook in self.scrape_hooks.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            hook(self);
+        }
+    }
+
+    /// The names of every metric this host exports (for the dashboard's test).
+    #[cfg(test)]
+    fn names(&self) -> std::collections::BTreeSet<String> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| format!("shop_{}", d.fq_name)))
+            .collect()
+    }
+
     pub fn render(&self) -> String {
+        self.refresh();
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -172,5 +409,88 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metric names a PromQL expression uses (`shop_…`, histogram suffixes off).
+    fn metrics_in(expr: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("shop_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            names.push(base.to_string());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    #[test]
+    fn every_dashboard_query_names_a_metric_the_host_exports() {
+        let exported = Metrics::new().names();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../ops/grafana/shop-dashboard.json")).unwrap();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(panels.len() >= 8, "{} panels", panels.len());
+        for panel in panels {
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{} has no query", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().unwrap();
+                let names = metrics_in(expr);
+                assert!(!names.is_empty(), "{}: {expr} names no shop metric", panel["title"]);
+                for name in names {
+                    assert!(exported.contains(&name), "{}: {name} is not exported", panel["title"]);
+                }
+            }
+        }
+        assert_eq!(metrics_in("rate(shop_x_bucket[1m]) / shop_y"), ["shop_x", "shop_y"]);
+    }
+
+    /// A stand-in consumer whose high watermark a test sets.
+    struct Watermark(AtomicI64);
+
+    #[async_trait::async_trait]
+    impl Consumer for Watermark {
+        async fn next_event(&self) -> Result<shop_broker::ConsumerEvent, shop_broker::BrokerError> {
+            Err(shop_broker::BrokerError::Closed)
+        }
+        async fn commit(&self, _: &TopicPartition, _: i64) -> Result<(), shop_broker::BrokerError> {
+            Ok(())
+        }
+        async fn close(&self) {}
+        fn high_watermark(&self, _: &TopicPartition) -> Option<i64> {
+            Some(self.0.load(Ordering::Relaxed))
+        }
+    }
+
+    #[test]
+    fn lag_is_the_watermark_minus_the_handled_position_while_the_partition_is_held() {
+        let metrics = Arc::new(Metrics::new());
+        let consumer: Arc<dyn Consumer> = Arc::new(Watermark(AtomicI64::new(10)));
+        let partition = TopicPartition {
+            topic: "t".into(),
+            partition: 2,
+        };
+        let entry = metrics.track_lag("handler", "g", &partition, &consumer);
+        let line = r#"shop_kafka_consumer_lag{component="handler",group="g",partition="2",topic="t"}"#;
+        assert!(!metrics.render().contains(line), "no value before the first record");
+        entry.position.store(4, Ordering::Relaxed);
+        assert!(metrics.render().contains(&format!("{line} 6")));
+        entry.position.store(10, Ordering::Relaxed);
+        assert!(metrics.render().contains(&format!("{line} 0")));
+        drop(entry);
+        assert!(!metrics.render().contains(line), "a released partition has no lag here");
     }
 }

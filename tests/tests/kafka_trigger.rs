@@ -486,6 +486,47 @@ fn two_hosts_share_a_group_and_take_over_from_each_other(backend: Backend) {
     drop(second);
 }
 
+/// Lag is the records a group has not handled yet: with the handler stuck on one
+/// record and five more behind it on its partition, six; back to 0 once they are
+/// handled. Exact on the embedded log; on Kafka the number comes from the broker's
+/// watermarks (Tansu's are not reliable), so there only its presence is checked.
+fn lag_counts_the_records_a_busy_handler_has_not_handled(backend: Backend) {
+    let setup = Setup::new(backend, "lag");
+    let shop = setup.start(&setup.manifest(""), "single");
+    setup.publish("k", json!({ "id": "warm" }).to_string().as_bytes(), &[]);
+    setup.wait_for(&shop, "SELECT COUNT(*) FROM handled", 1, Duration::from_secs(60));
+    let partition = setup.count("SELECT part FROM handled WHERE id = 'warm'").to_string();
+    let lag = || {
+        let metrics = shop.metrics();
+        let labels = [("topic", setup.topic.as_str()), ("partition", partition.as_str())];
+        let present = metrics
+            .lines()
+            .any(|l| l.starts_with("shop_kafka_consumer_lag{") && l.contains(&format!("topic=\"{}\"", setup.topic)));
+        (present, metric_value(&metrics, "shop_kafka_consumer_lag", &labels))
+    };
+
+    let slow = json!({ "id": "slow", "sleep_ms": 4000 }).to_string();
+    setup.publish("k", slow.as_bytes(), &[]);
+    for i in 0..5 {
+        setup.publish("k", json!({ "id": format!("q{i}") }).to_string().as_bytes(), &[]);
+    }
+    setup.wait_for(
+        &shop,
+        "SELECT COUNT(*) FROM attempts WHERE id = 'slow'",
+        1,
+        Duration::from_secs(30),
+    );
+    let (present, busy) = lag();
+    assert!(present, "no lag for {} in\n{}", setup.topic, shop.metrics());
+    if let Backend::Embedded = backend {
+        assert_eq!(busy, 6.0, "the record in hand and the five behind it");
+    }
+    setup.wait_for(&shop, "SELECT COUNT(*) FROM handled", 7, Duration::from_secs(60));
+    if let Backend::Embedded = backend {
+        assert_eq!(lag().1, 0.0, "all handled");
+    }
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod kafka {
@@ -503,4 +544,5 @@ on_both_backends!(
     publishing_is_limited_to_allowed_topics,
     a_killed_host_resumes_without_losing_messages,
     two_hosts_share_a_group_and_take_over_from_each_other,
+    lag_counts_the_records_a_busy_handler_has_not_handled,
 );

@@ -233,3 +233,81 @@ fn a_collector_that_goes_away_or_never_answers_changes_no_request() {
     orders_go_through(&shop, 5, |_| {});
     drop(silent);
 }
+
+/// An HTTP server on loopback that answers 200 and keeps each request's head.
+fn recording_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let (mut head, mut line) = (String::new(), String::new());
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
+                head.push_str(&line.to_ascii_lowercase());
+                line.clear();
+            }
+            kept.lock().unwrap().push(head);
+            let _ = (&stream).write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (port, heads)
+}
+
+/// Without any exporter, the context still travels and names the logs: an outbound
+/// request carries the caller's trace, and a host event inside the invocation (here a
+/// denied request) names the trace and span it happened in.
+#[test]
+fn the_context_travels_and_names_host_log_events_without_an_exporter() {
+    use shop_tests::{Shop, TempDir, component, http_trigger};
+    let (port, heads) = recording_upstream();
+    let dir = TempDir::new("trace-context");
+    let manifest = dir.manifest(&format!(
+        "{}{}",
+        http_trigger("/front", "front"),
+        component(
+            "front",
+            "chain-front",
+            &format!("allowed_outbound_hosts = [\"http://127.0.0.1:{port}\"]")
+        ),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let trace_id = format!("{:032x}", rand_u128());
+    let call = |target_port: u16| {
+        let url = format!("{}/front?target=http%3A%2F%2F127.0.0.1%3A{target_port}%2F", shop.base);
+        shop_tests::client()
+            .get(url)
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(call(port), 200);
+    let head = heads.lock().unwrap().pop().expect("the upstream was called");
+    let sent = head
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent in\n{head}"))
+        .trim()
+        .to_string();
+    assert!(sent.starts_with(&format!("00-{trace_id}-")), "{sent}");
+    assert!(
+        !sent.contains("00f067aa0ba902b7"),
+        "a span of this host, not the caller's: {sent}"
+    );
+
+    let denied_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert_eq!(call(denied_port), 502);
+    assert!(
+        wait_for(Duration::from_secs(5), || shop
+            .stderr
+            .text()
+            .lines()
+            .any(|l| l.contains("outbound request denied") && l.contains(&trace_id))),
+        "the denial names its trace:\n{}",
+        shop.stderr.text()
+    );
+}

@@ -307,6 +307,21 @@ impl Consumer for EmbeddedConsumer {
     /// Hands every owned partition back through the `Revoked` handshake, then leaves the
     /// group. The trigger must keep calling `next_event` until it returns
     /// [`BrokerError::Closed`], or the handshake cannot complete.
+    /// Exact: read from the log (a local read, microseconds).
+    fn high_watermark(&self, partition: &TopicPartition) -> Option<i64> {
+        self.shared
+            .store
+            .with_conn(|conn| {
+                conn.query_row(
+                    "SELECT COALESCE(MAX(record_offset) + 1, 0) FROM records WHERE topic = ?1 AND partition_id = ?2",
+                    rusqlite::params![partition.topic, partition.partition],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map_err(Into::into)
+            })
+            .ok()
+    }
+
     async fn close(&self) {
         self.close_requested.send_replace(true);
         let mut closed = self.shared.closed.subscribe();

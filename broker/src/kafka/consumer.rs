@@ -230,6 +230,26 @@ impl Consumer for KafkaConsumer {
     /// Leaves the group: revokes everything through the usual handshake, then stops the
     /// poll thread. The trigger must keep calling `next_event` until it returns
     /// [`BrokerError::Closed`] (or answer within [`REVOKE_TIMEOUT`]).
+    /// librdkafka's cached watermark from the last fetch response (no request; the
+    /// Rust wrapper only offers the round-trip query).
+    fn high_watermark(&self, partition: &TopicPartition) -> Option<i64> {
+        let client = self.client.upgrade()?;
+        let topic = std::ffi::CString::new(partition.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client is alive (we hold an Arc), `topic` is a NUL-terminated
+        // string that outlives the call, and the two out-pointers are valid i64s.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                client.client().native_ptr(),
+                topic.as_ptr(),
+                partition.partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (error == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+    }
+
     async fn close(&self) {
         self.shared.close_requested.store(true, Ordering::SeqCst);
         let mut closed = self.shared.closed.subscribe();

@@ -205,7 +205,14 @@ impl producer::Host for HostState {
         let message = self.table.delete(message)?;
         let access = &self.messaging;
         if !access.allowed_topics.allows(&topic) {
-            tracing::warn!(component = %access.component, topic, "publish denied: topic not in allowed_topics");
+            let (trace_id, span_id) = telemetry::ids(&self.trace);
+            tracing::warn!(
+                component = %access.component,
+                topic,
+                trace_id,
+                span_id,
+                "publish denied: topic not in allowed_topics"
+            );
             return Ok(Err(Error::PermissionDenied(format!(
                 "component `{}` may not publish to `{topic}`: add it to the component's allowed_topics",
                 access.component

@@ -93,8 +93,11 @@ impl WasiHttpHooks for OutboundHttp {
         };
         if !self.allowed.allows(&scheme, &host, uri.port_u16()) {
             let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            let (trace_id, span_id) = crate::telemetry::ids(&self.trace);
             tracing::warn!(
                 component = %self.component,
+                trace_id,
+                span_id,
                 destination = %format!("{scheme}://{host}{port}"),
                 "outbound request denied: destination not in allowed_outbound_hosts"
             );
@@ -150,7 +153,14 @@ impl OutboundHttp {
                 match local.call_component(&id, request) {
                     Some(response) => Box::new(async move { Ok((response.await, ready(Ok(())))) }),
                     None => {
-                        tracing::warn!(component = %self.component, target = %id, "local service chaining to unknown component");
+                        let (trace_id, span_id) = crate::telemetry::ids(&self.trace);
+                        tracing::warn!(
+                            component = %self.component,
+                            target = %id,
+                            trace_id,
+                            span_id,
+                            "local service chaining to unknown component"
+                        );
                         ready(Err(HttpError::DestinationNotFound))
                     }
                 }

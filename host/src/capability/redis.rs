@@ -83,7 +83,7 @@ pub struct RedisConnection {
 }
 
 /// Spin answers `invalid-address` both for malformed and for disallowed addresses.
-fn authorize(address: &str, allowed: &AllowedHosts) -> Result<(), Error> {
+fn authorize(address: &str, allowed: &AllowedHosts, trace: &crate::telemetry::TraceCell) -> Result<(), Error> {
     let info: ::redis::ConnectionInfo = address.parse().map_err(|_| Error::InvalidAddress)?;
     let (scheme, host, port) = match info.addr() {
         ::redis::ConnectionAddr::Tcp(host, port) => ("redis", host.clone(), *port),
@@ -94,7 +94,13 @@ fn authorize(address: &str, allowed: &AllowedHosts) -> Result<(), Error> {
     if allowed.allows(scheme, &host, port) {
         Ok(())
     } else {
-        tracing::warn!(destination = %format!("{scheme}://{host}"), "outbound redis denied: not in allowed_outbound_hosts");
+        let (trace_id, span_id) = crate::telemetry::ids(trace);
+        tracing::warn!(
+            destination = %format!("{scheme}://{host}"),
+            trace_id,
+            span_id,
+            "outbound redis denied: not in allowed_outbound_hosts"
+        );
         Err(Error::InvalidAddress)
     }
 }
@@ -133,77 +139,122 @@ fn flatten(value: ::redis::Value, out: &mut Vec<RedisResult>) {
 }
 
 impl HostState {
-    fn redis_connection(&self, connection: &Resource<RedisConnection>) -> Result<ConnectionManager, Error> {
+    fn redis_connection(&self, connection: &Resource<RedisConnection>) -> Result<ops::Traced, Error> {
         self.table
             .get(connection)
-            .map(|c| c.connection.clone())
+            .map(|c| ops::Traced {
+                connection: c.connection.clone(),
+                trace: self.trace.clone(),
+            })
             .map_err(|e| Error::Other(e.to_string()))
     }
 
     /// The shared server for `address` if this component may reach it.
     fn redis_server(&self, address: &str) -> Result<SharedRedis, Error> {
-        authorize(address, &self.redis.allowed)?;
+        authorize(address, &self.redis.allowed, &self.trace)?;
         self.redis.backends.redis.server(&self.redis.component, address)
     }
 }
 
-/// The commands themselves, shared by both API generations.
+/// The commands themselves, shared by both API generations; each one a span.
 mod ops {
+    use std::future::Future;
+
     use ::redis::AsyncCommands as _;
     use ::redis::aio::ConnectionManager;
 
     use super::{Error, Payload, RedisParameter, RedisResult, flatten, to_error};
+    use crate::telemetry::{self, TraceCell};
 
-    pub async fn publish(mut c: ConnectionManager, channel: String, payload: Payload) -> Result<(), Error> {
-        c.publish::<_, _, ()>(channel, payload).await.map_err(to_error)
+    /// A guest's connection, with the trace its commands belong to.
+    pub struct Traced {
+        pub connection: ConnectionManager,
+        pub trace: TraceCell,
     }
 
-    pub async fn get(mut c: ConnectionManager, key: String) -> Result<Option<Payload>, Error> {
-        c.get(key).await.map_err(to_error)
+    impl Traced {
+        async fn run<T, F: Future<Output = Result<T, Error>>>(
+            self,
+            command: &str,
+            f: impl FnOnce(ConnectionManager) -> F,
+        ) -> Result<T, Error> {
+            let span = telemetry::database_span(&self.trace, "redis", "", command);
+            telemetry::finish_with(span, f(self.connection).await)
+        }
     }
 
-    pub async fn set(mut c: ConnectionManager, key: String, value: Payload) -> Result<(), Error> {
-        c.set(key, value).await.map_err(to_error)
+    pub async fn publish(c: Traced, channel: String, payload: Payload) -> Result<(), Error> {
+        c.run("PUBLISH", |mut c| async move {
+            c.publish::<_, _, ()>(channel, payload).await.map_err(to_error)
+        })
+        .await
     }
 
-    pub async fn incr(mut c: ConnectionManager, key: String) -> Result<i64, Error> {
-        c.incr(key, 1).await.map_err(to_error)
+    pub async fn get(c: Traced, key: String) -> Result<Option<Payload>, Error> {
+        c.run("GET", |mut c| async move { c.get(key).await.map_err(to_error) })
+            .await
     }
 
-    pub async fn del(mut c: ConnectionManager, keys: Vec<String>) -> Result<u32, Error> {
-        c.del(keys).await.map_err(to_error)
+    pub async fn set(c: Traced, key: String, value: Payload) -> Result<(), Error> {
+        c.run("SET", |mut c| async move { c.set(key, value).await.map_err(to_error) })
+            .await
     }
 
-    pub async fn sadd(mut c: ConnectionManager, key: String, values: Vec<String>) -> Result<u32, Error> {
-        c.sadd(key, values).await.map_err(to_error)
+    pub async fn incr(c: Traced, key: String) -> Result<i64, Error> {
+        c.run("INCR", |mut c| async move { c.incr(key, 1).await.map_err(to_error) })
+            .await
     }
 
-    pub async fn smembers(mut c: ConnectionManager, key: String) -> Result<Vec<String>, Error> {
-        let mut members: Vec<String> = c.smembers(key).await.map_err(to_error)?;
-        members.sort();
-        Ok(members)
+    pub async fn del(c: Traced, keys: Vec<String>) -> Result<u32, Error> {
+        c.run("DEL", |mut c| async move { c.del(keys).await.map_err(to_error) })
+            .await
     }
 
-    pub async fn srem(mut c: ConnectionManager, key: String, values: Vec<String>) -> Result<u32, Error> {
-        c.srem(key, values).await.map_err(to_error)
+    pub async fn sadd(c: Traced, key: String, values: Vec<String>) -> Result<u32, Error> {
+        c.run(
+            "SADD",
+            |mut c| async move { c.sadd(key, values).await.map_err(to_error) },
+        )
+        .await
+    }
+
+    pub async fn smembers(c: Traced, key: String) -> Result<Vec<String>, Error> {
+        c.run("SMEMBERS", |mut c| async move {
+            let mut members: Vec<String> = c.smembers(key).await.map_err(to_error)?;
+            members.sort();
+            Ok(members)
+        })
+        .await
+    }
+
+    pub async fn srem(c: Traced, key: String, values: Vec<String>) -> Result<u32, Error> {
+        c.run(
+            "SREM",
+            |mut c| async move { c.srem(key, values).await.map_err(to_error) },
+        )
+        .await
     }
 
     pub async fn execute(
-        mut c: ConnectionManager,
+        c: Traced,
         command: String,
         arguments: Vec<RedisParameter>,
     ) -> Result<Vec<RedisResult>, Error> {
-        let mut cmd = ::redis::cmd(&command);
-        for argument in arguments {
-            match argument {
-                RedisParameter::Int64(i) => cmd.arg(i),
-                RedisParameter::Binary(b) => cmd.arg(b),
-            };
-        }
-        let value: ::redis::Value = cmd.query_async(&mut c).await.map_err(to_error)?;
-        let mut out = Vec::new();
-        flatten(value, &mut out);
-        Ok(out)
+        let name = command.to_ascii_uppercase();
+        c.run(&name, |mut c| async move {
+            let mut cmd = ::redis::cmd(&command);
+            for argument in arguments {
+                match argument {
+                    RedisParameter::Int64(i) => cmd.arg(i),
+                    RedisParameter::Binary(b) => cmd.arg(b),
+                };
+            }
+            let value: ::redis::Value = cmd.query_async(&mut c).await.map_err(to_error)?;
+            let mut out = Vec::new();
+            flatten(value, &mut out);
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -274,7 +325,6 @@ impl wasmtime::component::HasData for SpinRedis3 {
 }
 
 mod v3_impl {
-    use ::redis::aio::ConnectionManager;
     use wasmtime::component::{Accessor, Resource};
 
     use super::{Error as E2, RedisConnection, RedisParameter as P2, RedisResult as R2, SpinRedis3, ops};
@@ -290,10 +340,7 @@ mod v3_impl {
         }
     }
 
-    fn connection<U>(
-        store: &Accessor<U, SpinRedis3>,
-        c: &Resource<RedisConnection>,
-    ) -> Result<ConnectionManager, Error> {
+    fn connection<U>(store: &Accessor<U, SpinRedis3>, c: &Resource<RedisConnection>) -> Result<ops::Traced, Error> {
         store.with(|mut view| view.get().redis_connection(c).map_err(convert))
     }
 
@@ -416,18 +463,18 @@ mod tests {
     #[test]
     fn addresses_are_checked_against_allowed_hosts() {
         let allowed = AllowedHosts::parse(["redis://cache.internal"]).unwrap();
-        assert!(authorize("redis://cache.internal/2", &allowed).is_ok());
-        assert!(authorize("redis://cache.internal:6379", &allowed).is_ok());
+        assert!(authorize("redis://cache.internal/2", &allowed, &Default::default()).is_ok());
+        assert!(authorize("redis://cache.internal:6379", &allowed, &Default::default()).is_ok());
         assert!(matches!(
-            authorize("redis://cache.internal:7000", &allowed),
+            authorize("redis://cache.internal:7000", &allowed, &Default::default()),
             Err(Error::InvalidAddress)
         ));
         assert!(matches!(
-            authorize("redis://elsewhere", &allowed),
+            authorize("redis://elsewhere", &allowed, &Default::default()),
             Err(Error::InvalidAddress)
         ));
         assert!(matches!(
-            authorize("not an address", &allowed),
+            authorize("not an address", &allowed, &Default::default()),
             Err(Error::InvalidAddress)
         ));
     }

@@ -378,6 +378,22 @@ impl Databases {
         }
         Ok(Self { databases })
     }
+
+    /// Rows waiting in each database's transactional outbox (the services' `outbox`
+    /// and `outbox_own` tables), for the databases that have one.
+    pub fn outbox_backlogs(&self) -> Vec<(&str, i64)> {
+        const COUNT: &str = "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM outbox_own)";
+        self.databases
+            .iter()
+            .filter_map(|(label, database)| {
+                let executed = database.file.read_aside(COUNT, Vec::new()).ok()?;
+                match executed.result.rows.first()?.values.first()? {
+                    Value::Integer(n) => Some((label.as_str(), *n)),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
 }
 
 /// An open connection as the guest holds it.

@@ -123,6 +123,14 @@ async fn serve(
     }
 
     let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &args.data_dir)?);
+    {
+        let backends = Arc::downgrade(&backends);
+        metrics.at_scrape(move |metrics| {
+            for (service, backlog) in backends.upgrade().iter().flat_map(|b| b.sqlite.outbox_backlogs()) {
+                metrics.outbox_backlog.with_label_values(&[service]).set(backlog);
+            }
+        });
+    }
     let broker = if events::needed(&manifest) {
         let settings = KafkaSettings::resolve(&manifest, &runtime_config, args.kafka_brokers.as_deref())?;
         Some(events::connect(&settings, &args.data_dir)?)
@@ -136,7 +144,9 @@ async fn serve(
             cache: &cache,
             variables: &variables,
             backends: &backends,
-            producer: broker.as_ref().map(|b| b.producer()),
+            producer: broker
+                .as_ref()
+                .map(|b| crate::metrics::CountingProducer::wrap(b.producer(), metrics.clone())),
         },
     )?;
     for c in components.values() {

@@ -216,9 +216,9 @@ impl Span {
 /// A client span for one statement on a database (`system`: OpenTelemetry's
 /// `db.system.name`, e.g. `sqlite`, `postgresql`, `redis`).
 pub fn database_span(cell: &TraceCell, system: &'static str, namespace: &str, statement: &str) -> Span {
-    let operation = statement.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
     let mut span = Span::host_call(cell, "", Kind::Client);
     if span.recording() {
+        let operation = statement.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
         span.set_name(format!("{operation} {namespace}"));
         span.set("db.system.name", system);
         span.set("db.namespace", namespace.to_string());
@@ -252,6 +252,24 @@ pub fn inject(context: &TraceContext, headers: &mut http::HeaderMap) {
             headers.remove(TRACESTATE);
         }
     }
+}
+
+/// The trace and span ids of the invocation in `cell`, for the fields of a log event
+/// (empty outside an invocation).
+pub fn ids(cell: &TraceCell) -> (String, String) {
+    cell.get()
+        .map(|c| (c.trace_id_hex(), c.span_id_hex()))
+        .unwrap_or_default()
+}
+
+/// A `tracing` span for an invocation, so that every host log event it causes
+/// (a denied request, a failed publish, …) names its trace and span.
+pub fn log_span(context: &TraceContext) -> tracing::Span {
+    tracing::info_span!(
+        "invocation",
+        trace_id = %context.trace_id_hex(),
+        span_id = %context.span_id_hex()
+    )
 }
 
 /// The context a request or record carries, from its `traceparent`/`tracestate`.

@@ -16,6 +16,7 @@ use std::time::Instant;
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 use wasmtime::Engine;
 
 use crate::app::LoadedComponent;
@@ -106,6 +107,8 @@ impl CronRunner {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_handle_cron_event(&mut store, metadata).await
         };
+        let _in_flight = crate::metrics::InFlight::new(&self.metrics, &self.trigger.component, "cron");
+        let call = call.instrument(crate::telemetry::log_span(&span.context));
         let result = match tokio::time::timeout(self.limits.timeout + HARD_KILL_GRACE, call).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(returned))) => Err(format!("handler returned {returned:?}")),

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
+use tracing::Instrument as _;
 use wasmtime::component::GuestTaskId;
 use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi_http::WasiBody;
@@ -205,7 +206,13 @@ impl ComponentInvoker {
         }
         telemetry::inject(&span.context, request.headers_mut());
         let probe = Arc::new(InvocationProbe::new(request_id, &span.context));
-        let result = self.handler.handle(probe.clone(), request).await;
+        let in_flight = crate::metrics::InFlight::new(&self.metrics, &self.id, "http");
+        let result = self
+            .handler
+            .handle(probe.clone(), request)
+            .instrument(telemetry::log_span(&span.context))
+            .await;
+        drop(in_flight);
         let elapsed = started.elapsed();
         let response = match result {
             Ok(response) => response,

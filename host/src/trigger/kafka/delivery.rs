@@ -240,6 +240,10 @@ async fn work_partition(
 ) {
     let mut uncommitted: Option<i64> = None;
     let mut last_commit = Instant::now();
+    let trigger = &shared.trigger;
+    let lag = shared
+        .metrics
+        .track_lag(&trigger.component, &trigger.group, &partition, &shared.consumer);
     loop {
         // Commit before waiting: an idle partition has nothing worth batching.
         let message = match queue.try_recv() {
@@ -259,8 +263,14 @@ async fn work_partition(
         if *stop.borrow() {
             break;
         }
+        // Everything before the record in hand is handled.
+        lag.position.store(message.offset, std::sync::atomic::Ordering::Relaxed);
         match deliver(&shared, &message, &mut stop).await {
-            Outcome::Done => uncommitted = Some(message.offset + 1),
+            Outcome::Done => {
+                uncommitted = Some(message.offset + 1);
+                lag.position
+                    .store(message.offset + 1, std::sync::atomic::Ordering::Relaxed);
+            }
             Outcome::Abandoned => break,
         }
         if last_commit.elapsed() >= COMMIT_INTERVAL {

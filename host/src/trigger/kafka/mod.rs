@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use shop_broker::{Broker, Message};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 use wasmtime::Engine;
 
 use crate::admin::Readiness;
@@ -61,11 +62,23 @@ impl MessageHandler for ComponentHandler {
         let _ = store.data().output_tags.request_id.set(request_id.clone());
         let _ = store.data().trace.set(span.context.clone());
         store.data_mut().limiter.probe = probe.clone();
+        let in_flight = crate::metrics::InFlight::new(&self.metrics, &self.component.id, "kafka");
         let result = self
             .run(message, &mut store, &probe, &request_id, started, &span.context)
+            .instrument(telemetry::log_span(&span.context))
             .await;
-        if let Err(error) = &result {
-            span.fail(error.clone());
+        drop(in_flight);
+        match &result {
+            Ok(()) => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                self.metrics
+                    .saga_step_duration
+                    .with_label_values(&[&*self.component.id, &message.topic])
+                    .observe((now_ms - message.timestamp_ms).max(0) as f64 / 1000.0);
+            }
+            Err(error) => span.fail(error.clone()),
         }
         span.finish();
         result
