@@ -54,14 +54,14 @@ impl Readiness {
     }
 }
 
-fn respond(path: &str, metrics: &Metrics, readiness: &Readiness) -> http::Response<Full<Bytes>> {
+async fn respond(path: &str, metrics: &Arc<Metrics>, readiness: &Readiness) -> http::Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/healthz" => (200, "text/plain", "ok\n".to_string()),
         "/readyz" => match readiness.not_ready_because() {
             None => (200, "text/plain", "ready\n".to_string()),
             Some(why) => (503, "text/plain", format!("not ready: {why}\n")),
         },
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
+        "/metrics" => (200, "text/plain; version=0.0.4", metrics.scrape().await),
         _ => (404, "text/plain", "not found\n".to_string()),
     };
     http::Response::builder()
@@ -80,8 +80,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<
         let metrics = metrics.clone();
         let readiness = readiness.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let response = respond(request.uri().path(), &metrics, &readiness);
-            async move { Ok::<_, Infallible>(response) }
+            let (metrics, readiness) = (metrics.clone(), readiness.clone());
+            async move { Ok::<_, Infallible>(respond(request.uri().path(), &metrics, &readiness).await) }
         });
         tokio::spawn(async move {
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -95,26 +95,26 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<
 mod tests {
     use super::*;
 
-    #[test]
-    fn readiness_follows_the_flag() {
-        let metrics = Metrics::new();
+    #[tokio::test]
+    async fn readiness_follows_the_flag() {
+        let metrics = Arc::new(Metrics::new());
         let readiness = Readiness::default();
-        assert_eq!(respond("/readyz", &metrics, &readiness).status(), 503);
+        assert_eq!(respond("/readyz", &metrics, &readiness).await.status(), 503);
         readiness.set(true);
-        assert_eq!(respond("/readyz", &metrics, &readiness).status(), 200);
-        assert_eq!(respond("/healthz", &metrics, &readiness).status(), 200);
-        assert_eq!(respond("/nope", &metrics, &readiness).status(), 404);
+        assert_eq!(respond("/readyz", &metrics, &readiness).await.status(), 200);
+        assert_eq!(respond("/healthz", &metrics, &readiness).await.status(), 200);
+        assert_eq!(respond("/nope", &metrics, &readiness).await.status(), 404);
     }
 
-    #[test]
-    fn an_unsubscribed_kafka_trigger_holds_readiness_back() {
-        let metrics = Metrics::new();
+    #[tokio::test]
+    async fn an_unsubscribed_kafka_trigger_holds_readiness_back() {
+        let metrics = Arc::new(Metrics::new());
         let readiness = Readiness::default();
         readiness.set(true);
         readiness.set_subscribed("orders-events", false);
-        let answer = respond("/readyz", &metrics, &readiness);
+        let answer = respond("/readyz", &metrics, &readiness).await;
         assert_eq!(answer.status(), 503);
         readiness.set_subscribed("orders-events", true);
-        assert_eq!(respond("/readyz", &metrics, &readiness).status(), 200);
+        assert_eq!(respond("/readyz", &metrics, &readiness).await.status(), 200);
     }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -43,7 +44,7 @@ pub struct Metrics {
     scrape_hooks: Mutex<Vec<ScrapeHook>>,
 }
 
-type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
+type ScrapeHook = Box<dyn Fn(Arc<Metrics>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// The handled position of every partition a Kafka trigger holds, with the consumer
 /// that knows its high watermark: their difference is the partition's lag.
@@ -358,14 +359,30 @@ impl Metrics {
     }
 
     /// Runs `hook` before each scrape (for gauges read from elsewhere).
-    pub fn at_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+    pub fn at_scrape<F>(&self, hook: impl Fn(Arc<Metrics>) -> F + Send + Sync + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         self.scrape_hooks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Box::new(hook));
+            .push(Box::new(move |metrics| Box::pin(hook(metrics))));
     }
 
-    /// Sets the gauges that are read at scrape time.
+    /// The text of `/metrics`, with the gauges read at scrape time brought up to date.
+    pub async fn scrape(self: &Arc<Self>) -> String {
+        let pending: Vec<_> = self
+            .scrape_hooks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|hook| hook(self.clone()))
+            .collect();
+        futures::future::join_all(pending).await;
+        self.render()
+    }
+
+    /// Sets the lag gauges from the positions and watermarks of now.
     fn refresh(&self) {
         self.lag.each(|key, position, consumer| {
             if position < 0 {
@@ -382,9 +399,6 @@ impl Metrics {
                     .set((high - position).max(0));
             }
         });
-        for hook in self.scrape_hooks.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-            hook(self);
-        }
     }
 
     /// The names of every metric this host exports (for the dashboard's test).

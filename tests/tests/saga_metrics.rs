@@ -1,6 +1,7 @@
-//! What `/metrics` tells about the saga on embedded defaults: orders by final state
-//! (published event types), the time each step waited and ran, outbox backlogs that
-//! drain, and instances in flight that come back to zero.
+//! What `/metrics` tells about the saga, on embedded defaults and on Kafka +
+//! PostgreSQL + Redis: orders by final state (published event types), the time each
+//! step waited and ran, outbox backlogs (SQLite files, or PostgreSQL through the
+//! relays) that drain, and instances in flight that come back to zero.
 
 use std::time::Duration;
 
@@ -8,15 +9,24 @@ use shop_tests::full_shop::{Backend, FullShop, wait_for};
 use shop_tests::metric_value;
 
 #[test]
-fn the_saga_shows_in_the_metrics() {
-    let shop = FullShop::start(Backend::Embedded, "saga-metrics", 0, &[]);
+fn the_saga_shows_in_the_metrics_on_embedded_defaults() {
+    the_saga_shows_in_the_metrics(Backend::Embedded, "saga-metrics");
+}
+
+#[test]
+fn the_saga_shows_in_the_metrics_on_kafka_postgres_and_redis() {
+    the_saga_shows_in_the_metrics(Backend::External, "saga-metrics-ext");
+}
+
+fn the_saga_shows_in_the_metrics(backend: Backend, label: &str) {
+    let shop = FullShop::start(backend, label, 14, &[]);
     let api = shop.api();
     let admin = api.admin();
     let product = api.product(&admin, "metrics-1", 700, 10);
     let customer = api.customer("metrics@example.com");
     for token in ["tok_ok", "tok_ok", "tok_declined"] {
         let id = api.place(&customer, &product, 1, token);
-        api.concluded(&customer, &id, Duration::from_secs(20));
+        api.concluded(&customer, &id, Duration::from_secs(30));
     }
     let metrics = || shop.shop().metrics();
     let published = |event_type: &str| metric_value(&metrics(), "shop_events_published_total", &[("type", event_type)]);

@@ -1,6 +1,6 @@
 //! The shop's gateway component: the only public entry point (SPEC §3.1).
 //!
-//! It answers the service index and JSON errors, verifies bearer tokens against the
+//! It answers JSON errors itself, verifies bearer tokens against the
 //! issuer's JWKS (variables `jwt_issuer`, `jwt_audience`, `jwks_url`), enforces each
 //! route's role, limits request rates per client address and per user (token buckets
 //! in key-value), answers CORS for configured origins, caps request bodies, sets the

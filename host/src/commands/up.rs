@@ -126,8 +126,11 @@ async fn serve(
     {
         let backends = Arc::downgrade(&backends);
         metrics.at_scrape(move |metrics| {
-            for (service, backlog) in backends.upgrade().iter().flat_map(|b| b.sqlite.outbox_backlogs()) {
-                metrics.outbox_backlog.with_label_values(&[service]).set(backlog);
+            let backends = backends.upgrade();
+            async move {
+                for (service, backlog) in backends.iter().flat_map(|b| b.sqlite.outbox_backlogs()) {
+                    metrics.outbox_backlog.with_label_values(&[service]).set(backlog);
+                }
             }
         });
     }
@@ -155,6 +158,7 @@ async fn serve(
             .with_label_values(&[&*c.id, c.cache.as_str()])
             .inc();
     }
+    watch_postgres_outboxes(&manifest, &components, &backends, &metrics);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -303,5 +307,44 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// The outbox backlog of services on PostgreSQL, read at each scrape through the pool
+/// of their relay (a cron trigger's component with a PostgreSQL `database_url`, named
+/// by its `database` variable). SQLite outboxes are counted from the files.
+fn watch_postgres_outboxes(
+    manifest: &Manifest,
+    components: &BTreeMap<String, Arc<LoadedComponent>>,
+    backends: &Arc<Backends>,
+    metrics: &Metrics,
+) {
+    for trigger in manifest.cron_triggers() {
+        let Some(relay) = components.get(&trigger.component) else {
+            continue;
+        };
+        let address = relay.variables.get("database_url").unwrap_or_default();
+        let Ok(service) = relay.variables.get("database") else {
+            continue;
+        };
+        if !address.starts_with("postgres") {
+            continue;
+        }
+        let (backends, relay) = (Arc::downgrade(backends), relay.clone());
+        metrics.at_scrape(move |metrics| {
+            let (backends, relay, address, service) =
+                (backends.upgrade(), relay.clone(), address.clone(), service.clone());
+            async move {
+                let Some(backends) = backends else { return };
+                match backends
+                    .postgres
+                    .outbox_backlog(&relay.id, &relay.allowed_hosts, &address)
+                    .await
+                {
+                    Ok(backlog) => metrics.outbox_backlog.with_label_values(&[&service]).set(backlog),
+                    Err(e) => tracing::debug!(service, error = %e, "outbox backlog not read"),
+                }
+            }
+        });
     }
 }
