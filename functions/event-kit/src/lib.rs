@@ -66,6 +66,17 @@ pub fn received(message: &Message) -> Result<(Envelope, ShopEvent), String> {
     Ok((envelope, event))
 }
 
+/// The `traceparent` the host gave a delivered message (this invocation's span), for
+/// the events its handler writes (empty when there is none).
+pub fn traceparent(message: &Message) -> String {
+    message
+        .metadata()
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|(name, value)| (name == "traceparent").then_some(value))
+        .unwrap_or_default()
+}
+
 /// Publishes outbox rows through the host's `kafka` messaging client.
 pub struct Messaging(Client);
 

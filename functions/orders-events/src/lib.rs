@@ -18,9 +18,12 @@ fn context() -> Result<Context<'static>, String> {
     Context::configured(guest_kit::now_secs(), &guest_kit::new_id, guest_kit::number_variable)
 }
 
-fn open() -> Result<(SpinDatabase, Context<'static>), String> {
+/// The database for work of the trace `traceparent` (empty: none).
+fn open(traceparent: &str) -> Result<(SpinDatabase, Context<'static>), String> {
     Ok((
-        SpinDatabase::open_configured(DATABASE)?.publishing_its_own_outbox(),
+        SpinDatabase::open_configured(DATABASE)?
+            .publishing_its_own_outbox()
+            .traced(traceparent),
         context()?,
     ))
 }
@@ -50,7 +53,7 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         if !is_result(&event) {
             return Ok(());
         }
-        let (db, context) = open().map_err(event_kit::Error::Other)?;
+        let (db, context) = open(&event_kit::traceparent(&message)).map_err(event_kit::Error::Other)?;
         let orders = Orders::new(&db, &context);
         orders.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;
         let outcome = orders
@@ -66,7 +69,7 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
 impl cron::Guest for Handlers {
     fn handle_cron_event(_: cron::Metadata) -> Result<(), cron::Error> {
         let failed = |e: String| cron::Error::Other(e);
-        let (db, context) = open().map_err(failed)?;
+        let (db, context) = open("").map_err(failed)?;
         let orders = Orders::new(&db, &context);
         orders.migrate().map_err(|e| failed(e.to_string()))?;
         // One order that cannot be timed out must not hold up the others.

@@ -159,7 +159,8 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         }
         let db = SpinDatabase::open_configured(DATABASE)
             .map_err(event_kit::Error::Other)?
-            .publishing_its_own_outbox();
+            .publishing_its_own_outbox()
+            .traced(&event_kit::traceparent(&message));
         let context = context();
         let ledger = Ledger::new(&db, &context);
         ledger.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;
