@@ -415,10 +415,15 @@ fn outbound_http_follows_allowed_outbound_hosts() {
     let other_port = upstream();
     let dir = TempDir::new("outbound");
     let manifest = dir.manifest(&format!(
-        "[variables]\nupstream_host = {{ default = \"127.0.0.1\" }}\n{}{}{}{}{}{}",
+        "[variables]\nupstream_host = {{ default = \"127.0.0.1\" }}\nloopback = {{ default = \"127.0.0.0/8\" }}\n\
+         {}{}{}{}{}{}{}{}{}{}{}{}{}{}",
         http_trigger("/exact", "exact"),
         http_trigger("/wildcard-port", "wildcard-port"),
         http_trigger("/template", "template"),
+        http_trigger("/cidr", "cidr"),
+        http_trigger("/cidr-template", "cidr-template"),
+        http_trigger("/other-network", "other-network"),
+        http_trigger("/all", "all"),
         component(
             "exact",
             "chain-front",
@@ -433,6 +438,26 @@ fn outbound_http_follows_allowed_outbound_hosts() {
             "template",
             "chain-front",
             &format!("allowed_outbound_hosts = [\"http://{{{{ upstream_host }}}}:{port}\"]")
+        ),
+        component(
+            "cidr",
+            "chain-front",
+            &format!("allowed_outbound_hosts = [\"http://127.0.0.0/24:{port}\"]")
+        ),
+        component(
+            "cidr-template",
+            "chain-front",
+            "allowed_outbound_hosts = [\"*://{{ loopback }}:*\"]"
+        ),
+        component(
+            "other-network",
+            "chain-front",
+            "allowed_outbound_hosts = [\"http://10.0.0.0/8:*\"]"
+        ),
+        component(
+            "all",
+            "chain-front",
+            "allowed_outbound_hosts = [\"insecure:allow-all\"]"
         ),
     ));
     let shop = Shop::start(&manifest, &dir.path().join("data"));
@@ -460,6 +485,14 @@ fn outbound_http_follows_allowed_outbound_hosts() {
     allowed("wildcard-port", other_port);
     allowed("template", port);
     denied("template", other_port);
+    // IP ranges in CIDR notation, written out or from a variable, and allow-all.
+    allowed("cidr", port);
+    denied("cidr", other_port);
+    allowed("cidr-template", port);
+    allowed("cidr-template", other_port);
+    denied("other-network", port);
+    allowed("all", port);
+    allowed("all", other_port);
 }
 
 /// Sends `request` raw on a new connection (then half-closes when `close` is set) and

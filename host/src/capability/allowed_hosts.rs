@@ -1,9 +1,14 @@
 //! Spin's `allowed_outbound_hosts` grammar: `scheme://host[:port]`, where the scheme,
 //! the host (whole, or a leading `*.` label) and the port (number, `a..b` range, or
-//! `*`) may be wildcards, plus `insecure:allow-all`. An omitted port means the
-//! scheme's well-known port.
+//! `*`) may be wildcards, the host may be an IP range in CIDR notation
+//! (`tcp://10.0.0.0/8:5432`, matched by IP literals in it), plus `insecure:allow-all`.
+//! An omitted port means the scheme's well-known port.
 
 use std::fmt;
+use std::net::IpAddr;
+
+/// The entry that allows every destination.
+pub const ALLOW_ALL: &str = "insecure:allow-all";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
@@ -11,6 +16,64 @@ enum HostPattern {
     /// `*.example.com`: any strict subdomain of the suffix (stored as `.example.com`).
     Subdomain(String),
     Exact(String),
+    /// `10.0.0.0/8`: IP literals in the network (the address masked to its prefix).
+    Network(IpAddr, u8),
+}
+
+fn prefix_mask(address: IpAddr, prefix: u8) -> u128 {
+    let bits: u32 = if address.is_ipv4() { 32 } else { 128 };
+    if prefix == 0 {
+        0
+    } else {
+        (u128::MAX << (bits - u32::from(prefix))) & (u128::MAX >> (128 - bits))
+    }
+}
+
+fn to_bits(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// `addr/len` (IPv6 optionally in brackets): the network, or why it is not one.
+fn parse_network(text: &str, host: &str) -> Result<(IpAddr, u8), String> {
+    let (address, prefix) = host.split_once('/').ok_or_else(|| format!("`{text}`: not a network"))?;
+    let address: IpAddr = address
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("`{text}`: `{address}` is not an IP address"))?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?;
+    let masked = to_bits(address) & prefix_mask(address, prefix);
+    let address = match address {
+        IpAddr::V4(_) => IpAddr::V4((masked as u32).into()),
+        IpAddr::V6(_) => IpAddr::V6(masked.into()),
+    };
+    Ok((address, prefix))
+}
+
+/// `10.0.0.0/8` or `10.0.0.0/8:port`: the network and the port text, when `rest`
+/// is a CIDR range (a path after a host is an error elsewhere).
+fn split_network(rest: &str) -> Option<(&str, Option<&str>)> {
+    let (address, tail) = rest.split_once('/')?;
+    if address
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_err()
+    {
+        return None;
+    }
+    match tail.split_once(':') {
+        Some((prefix, port)) => Some((&rest[..address.len() + 1 + prefix.len()], Some(port))),
+        None => Some((rest, None)),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,16 +120,20 @@ impl AllowedHostPattern {
             return Err(format!("`{text}` has an empty scheme"));
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') {
+        let network = split_network(rest);
+        if rest.contains('/') && network.is_none() {
             return Err(format!(
                 "`{text}` has a path; allowed hosts are `scheme://host[:port]` only"
             ));
         }
-        let (host, port) = split_host_port(rest);
+        let (host, port) = network.unwrap_or_else(|| split_host_port(rest));
         if host.is_empty() {
             return Err(format!("`{text}` has no host"));
         }
-        let host = if host == "*" {
+        let host = if network.is_some() {
+            let (address, prefix) = parse_network(text, host)?;
+            HostPattern::Network(address, prefix)
+        } else if host == "*" {
             HostPattern::Any
         } else if let Some(suffix) = host.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains('*') {
@@ -120,6 +187,14 @@ impl AllowedHostPattern {
             HostPattern::Any => true,
             HostPattern::Exact(h) => *h == host,
             HostPattern::Subdomain(suffix) => host.ends_with(suffix.as_str()) && host.len() > suffix.len(),
+            HostPattern::Network(network, prefix) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|address| {
+                    address.is_ipv4() == network.is_ipv4()
+                        && to_bits(address) & prefix_mask(address, *prefix) == to_bits(*network)
+                }),
         };
         if !host_ok {
             return false;
@@ -171,7 +246,7 @@ impl AllowedHosts {
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut out = Self::default();
         for e in entries {
-            if e == "insecure:allow-all" {
+            if e == ALLOW_ALL {
                 out.allow_all = true;
             } else {
                 out.patterns.push(AllowedHostPattern::parse(e)?);
@@ -182,6 +257,15 @@ impl AllowedHosts {
 
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
         self.allow_all || self.patterns.iter().any(|p| p.matches(scheme, host, port))
+    }
+}
+
+/// Checks one rendered entry as the manifest validation does: a pattern, or
+/// `insecure:allow-all`.
+pub fn check_entry(entry: &str) -> Result<(), String> {
+    match entry {
+        ALLOW_ALL => Ok(()),
+        pattern => AllowedHostPattern::parse(pattern).map(drop),
     }
 }
 
@@ -238,6 +322,40 @@ mod tests {
         ] {
             assert!(AllowedHostPattern::parse(bad).is_err(), "{bad} should be rejected");
         }
+    }
+
+    #[test]
+    fn ip_ranges_in_cidr_notation_match_addresses_in_them() {
+        assert!(allows("tcp://127.0.0.0/24:8080", "tcp", "127.0.0.1", Some(8080)));
+        assert!(allows("tcp://127.0.0.0/24:8080", "tcp", "127.0.0.255", Some(8080)));
+        assert!(!allows("tcp://127.0.0.0/24:8080", "tcp", "127.0.1.1", Some(8080)));
+        assert!(!allows("tcp://127.0.0.0/24:8080", "tcp", "127.0.0.1", Some(8081)));
+        assert!(!allows("tcp://127.0.0.0/24:8080", "tcp", "localhost", Some(8080)));
+        assert!(allows("*://10.0.0.0/8:*", "postgres", "10.1.2.3", Some(5432)));
+        assert!(allows("*://10.0.0.0/8:*", "http", "10.255.0.1", None));
+        assert!(!allows("*://10.0.0.0/8:*", "http", "11.0.0.1", None));
+        // The address is masked to its prefix; no port means the scheme's own.
+        assert!(allows("http://192.168.1.77/16", "http", "192.168.200.1", None));
+        assert!(!allows("http://192.168.1.77/16", "http", "192.168.200.1", Some(8080)));
+        assert!(allows("http://0.0.0.0/0:*", "http", "8.8.8.8", Some(1)));
+        assert!(allows("http://[fd00::]/8:*", "http", "[fd12::1]", Some(80)));
+        assert!(!allows("http://[fd00::]/8:*", "http", "10.0.0.1", Some(80)));
+        for bad in [
+            "tcp://10.0.0.0/33:80",
+            "tcp://10.0.0.0/x:80",
+            "tcp://[fd00::]/129:80",
+            "tcp://300.0.0.0/8:1",
+        ] {
+            assert!(AllowedHostPattern::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn allow_all_is_a_valid_entry_and_allows_anything() {
+        assert_eq!(check_entry(ALLOW_ALL), Ok(()));
+        assert!(check_entry("insecure:allow-some").is_err());
+        let all = AllowedHosts::parse([ALLOW_ALL]).unwrap();
+        assert!(all.allows("tcp", "203.0.113.9", Some(9)));
     }
 
     #[test]

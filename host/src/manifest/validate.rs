@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::event_triggers::{CRON_KEYS, KAFKA_APP_KEYS, KAFKA_KEYS, parse_cron_trigger, parse_kafka_trigger};
 use super::{Extra, HttpRoute, Manifest, Source, Template, check_topic_name, parse_http_trigger};
-use crate::capability::allowed_hosts::AllowedHostPattern;
+use crate::capability::allowed_hosts;
 use crate::trigger::http::router::RoutePattern;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -333,7 +333,7 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
         let k = format!("{key}.allowed_outbound_hosts[{i}]");
         check_template(c, k.clone(), host);
         if !host.contains("{{")
-            && let Err(e) = AllowedHostPattern::parse(host)
+            && let Err(e) = allowed_hosts::check_entry(host)
         {
             c.error(k, e);
         }
