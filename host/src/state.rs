@@ -109,6 +109,7 @@ impl HostState {
         wasi.stdout(GuestOutput::new(output_tags.clone(), Stream::Stdout))
             .stderr(GuestOutput::new(output_tags.clone(), Stream::Stderr))
             .envs(&component.environment);
+        crate::capability::sockets::grant(&mut wasi, &component.allowed_hosts);
         Self {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),

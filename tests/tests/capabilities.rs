@@ -699,3 +699,82 @@ fn check_reports_undefined_key_value_labels() {
         "{stderr}"
     );
 }
+
+/// A TCP server answering each connection's first line with `pong`, and a UDP socket
+/// answering each datagram with `pong`; their ports.
+fn echo_servers() -> (u16, u16) {
+    use std::io::{BufRead, BufReader, Write};
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in tcp.incoming().flatten() {
+            let mut line = String::new();
+            let _ = BufReader::new(&stream).read_line(&mut line);
+            let _ = (&stream).write_all(b"pong\n");
+        }
+    });
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(b"pong", from);
+        }
+    });
+    (tcp_port, udp_port)
+}
+
+/// `std::net` in a guest (wasi:sockets) reaches exactly the `tcp://` and `udp://`
+/// addresses of its `allowed_outbound_hosts` (IPs, CIDR ranges, templates); the rest,
+/// an `http://` rule for the same port included, is `access-denied`.
+#[test]
+fn sockets_follow_allowed_outbound_hosts() {
+    let (tcp, udp) = echo_servers();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = TempDir::new("sockets");
+    let manifest = dir.manifest(&format!(
+        "[variables]\nnet = {{ default = \"127.0.0.0/24\" }}\n{}{}{}{}{}{}",
+        http_trigger("/granted/...", "granted"),
+        http_trigger("/range/...", "range"),
+        http_trigger("/http-only/...", "http-only"),
+        component(
+            "granted",
+            "capabilities-p2",
+            &format!("allowed_outbound_hosts = [\"tcp://127.0.0.1:{tcp}\", \"udp://127.0.0.1:{udp}\"]")
+        ),
+        component(
+            "range",
+            "capabilities-p2",
+            "allowed_outbound_hosts = [\"tcp://{{ net }}:*\"]"
+        ),
+        component(
+            "http-only",
+            "capabilities-p2",
+            &format!("allowed_outbound_hosts = [\"http://127.0.0.1:{tcp}\"]")
+        ),
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let ping = |component: &str, protocol: &str, port: u16| -> Value {
+        let url = format!("{}/{component}/{protocol}?addr=127.0.0.1:{port}", shop.base);
+        let r = client().get(url).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    };
+    let denied = |answer: Value| {
+        assert_eq!(answer["err"], "PermissionDenied", "{answer}");
+    };
+    assert_eq!(ping("granted", "tcp", tcp), json!({ "ok": "pong" }));
+    assert_eq!(ping("granted", "udp", udp), json!({ "ok": "pong" }));
+    denied(ping("granted", "tcp", closed));
+    denied(ping("granted", "tcp", udp));
+    denied(ping("granted", "udp", tcp));
+    assert_eq!(ping("range", "tcp", tcp), json!({ "ok": "pong" }));
+    // Allowed, but nobody listens: the connection is refused, not denied.
+    assert_eq!(ping("range", "tcp", closed)["err"], "ConnectionRefused");
+    denied(ping("range", "udp", udp));
+    denied(ping("http-only", "tcp", tcp));
+}

@@ -9,6 +9,7 @@ pub mod messaging;
 pub mod outbound_http;
 pub mod postgres;
 pub mod redis;
+pub mod sockets;
 pub mod sqlite;
 pub mod variables;
 

@@ -12,6 +12,10 @@
 //! - `GET /sqlite3?db=<label>`: the `spin:sqlite@3.0.0` script (rowid and changes).
 //! - `GET /wasi-kv?store=<label>`: the `wasi:keyvalue` store/atomics/batch script.
 //! - `GET /vars?name=<name>`: `variables::get(name)`.
+//! - `GET /tcp?addr=<ip:port>`: `std::net::TcpStream::connect` (wasi:sockets), sends
+//!   `ping\n` and returns the first line the peer answers, or the error's kind.
+//! - `GET /udp?addr=<ip:port>`: sends `ping` in a datagram from an unbound socket and
+//!   returns the datagram that comes back, or the error's kind.
 
 use serde_json::{Value, json};
 use spin_sdk::http::{Request, Response};
@@ -294,6 +298,38 @@ fn redis_script(address: &str) -> Value {
     })
 }
 
+/// Through the standard library, as a guest would: its TCP and UDP are wasi:sockets.
+fn tcp_ping(address: &str) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let step = |name: &'static str| move |e: std::io::Error| (name, e);
+    let run = || -> Result<String, (&'static str, std::io::Error)> {
+        let mut stream = std::net::TcpStream::connect(address).map_err(step("connect"))?;
+        stream.write_all(b"ping\n").map_err(step("write"))?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).map_err(step("read"))?;
+        Ok(line.trim().to_string())
+    };
+    match run() {
+        Ok(line) => json!({ "ok": line }),
+        Err((step, e)) => json!({ "err": format!("{:?}", e.kind()), "step": step, "message": e.to_string() }),
+    }
+}
+
+fn udp_ping(address: &str) -> Value {
+    let step = |name: &'static str| move |e: std::io::Error| (name, e);
+    let run = || -> Result<String, (&'static str, std::io::Error)> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(step("bind"))?;
+        socket.send_to(b"ping", address).map_err(step("send"))?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).map_err(step("receive"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    match run() {
+        Ok(reply) => json!({ "ok": reply }),
+        Err((step, e)) => json!({ "err": format!("{:?}", e.kind()), "step": step, "message": e.to_string() }),
+    }
+}
+
 #[http_component]
 fn handle(req: Request) -> Response {
     let body = if req.path().ends_with("/kv") {
@@ -312,6 +348,10 @@ fn handle(req: Request) -> Response {
         wasi_key_value_script(&query_param(&req, "store"))
     } else if req.path().ends_with("/redis") {
         redis_script(&header(&req, "x-redis-address"))
+    } else if req.path().ends_with("/tcp") {
+        tcp_ping(&query_param(&req, "addr"))
+    } else if req.path().ends_with("/udp") {
+        udp_ping(&query_param(&req, "addr"))
     } else if req.path().ends_with("/vars") {
         show(variables::get(&query_param(&req, "name")))
     } else {
