@@ -93,6 +93,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     sqlite3::spin::sqlite::sqlite::add_to_linker::<_, SpinSqlite3>(&mut linker, |s| s)?;
     // Outbound Redis and Postgres (4.2, which also satisfies 4.0 importers).
     spin2::redis::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    spin2::mqtt::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     redis3::spin::redis::redis::add_to_linker::<_, SpinRedis3>(&mut linker, |s| s)?;
     postgres4::spin::postgres::postgres::add_to_linker::<_, SpinPostgres4>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;

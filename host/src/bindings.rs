@@ -9,6 +9,7 @@ wasmtime::component::bindgen!({
         "fermyon:spin/key-value.store": crate::capability::key_value::OpenStore,
         "fermyon:spin/sqlite.connection": crate::capability::sqlite::OpenDatabase,
         "fermyon:spin/redis.connection": crate::capability::redis::RedisConnection,
+        "fermyon:spin/mqtt.connection": crate::capability::mqtt::MqttConnection,
     },
 });
 

@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::app::LoadedComponent;
 use crate::capability::key_value::KeyValueAccess;
 use crate::capability::messaging::MessagingAccess;
+use crate::capability::mqtt::MqttAccess;
 use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
 use crate::capability::postgres::PostgresAccess;
 use crate::capability::redis::RedisAccess;
@@ -79,6 +80,7 @@ pub struct HostState {
     pub redis: RedisAccess,
     pub variables: ComponentVariables,
     pub messaging: MessagingAccess,
+    pub mqtt: MqttAccess,
     pub limiter: MemoryLimiter,
     /// Tags on the guest's stdout/stderr lines.
     pub output_tags: OutputTags,
@@ -144,6 +146,12 @@ impl HostState {
             },
             variables: component.variables.clone(),
             _live: crate::engine::LiveStore::new(),
+            mqtt: MqttAccess {
+                component: component.id.clone(),
+                allowed: component.allowed_hosts.clone(),
+                trace: trace.clone(),
+                open_count: 0,
+            },
             messaging: MessagingAccess {
                 component: component.id.clone(),
                 allowed_topics: component.allowed_topics.clone(),

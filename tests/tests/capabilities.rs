@@ -778,3 +778,162 @@ fn sockets_follow_allowed_outbound_hosts() {
     denied(ping("range", "udp", udp));
     denied(ping("http-only", "tcp", tcp));
 }
+
+/// A private Mosquitto on a free port that wants `user`/`secret`; stopped on drop.
+struct PasswordBroker {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl PasswordBroker {
+    fn start() -> Self {
+        let dir = TempDir::new("mosquitto");
+        let port = free_port();
+        let passwords = dir.path().join("passwords");
+        let made = std::process::Command::new("mosquitto_passwd")
+            .args(["-b", "-c"])
+            .arg(&passwords)
+            .args(["user", "secret"])
+            .status()
+            .expect("mosquitto_passwd runs (Debian: apt-get install mosquitto)");
+        assert!(made.success());
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
+                passwords.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto starts (Debian: apt-get install mosquitto)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, _dir: dir }
+    }
+}
+
+impl Drop for PasswordBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Subscribes to `topic` on `port` (with `login`) and returns what the first message
+/// said, once `publish` has run; `mosquitto_sub` is the real subscriber.
+fn received_while(port: u16, login: Option<(&str, &str)>, topic: &str, publish: impl FnOnce()) -> String {
+    let mut command = std::process::Command::new("mosquitto_sub");
+    command.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+        "-C",
+        "1",
+        "-W",
+        "15",
+        "-q",
+        "1",
+    ]);
+    if let Some((user, password)) = login {
+        command.args(["-u", user, "-P", password]);
+    }
+    let subscriber = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs (Debian: apt-get install mosquitto-clients)");
+    // Give the subscription time to reach the broker before the guest publishes.
+    std::thread::sleep(Duration::from_millis(500));
+    publish();
+    let output = subscriber.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// `fermyon:spin/mqtt@2.0.0` against real Mosquitto brokers: an anonymous one (the
+/// machine's, 127.0.0.1:1883) and a private one with a password file. A subscriber
+/// receives what the guest published; a wrong password and an unreachable broker are
+/// `connection-failed`, an address outside `allowed_outbound_hosts` `invalid-address`.
+#[test]
+fn mqtt_publishes_reach_a_subscriber_on_allowed_brokers_only() {
+    let broker = PasswordBroker::start();
+    let closed = free_port();
+    let dir = TempDir::new("mqtt");
+    let manifest = dir.manifest(&format!(
+        "{}{}{}",
+        http_trigger("/c/...", "c"),
+        component(
+            "c",
+            "capabilities-p2",
+            &format!(
+                "allowed_outbound_hosts = [\"mqtt://127.0.0.1:1883\", \"mqtt://127.0.0.1:{}\", \"mqtt://127.0.0.1:{closed}\"]",
+                broker.port
+            )
+        ),
+        "",
+    ));
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    let publish = |address: &str, login: (&str, &str), topic: &str| -> Value {
+        let r = client()
+            .get(format!("{}/c/mqtt?topic={topic}", shop.base))
+            .header("x-mqtt-address", address)
+            .header("x-mqtt-username", login.0)
+            .header("x-mqtt-password", login.1)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    };
+    let topic = format!("shop/test/{}", free_port());
+
+    let anonymous = received_while(1883, None, &topic, || {
+        assert_eq!(
+            publish("mqtt://127.0.0.1:1883", ("", ""), &topic),
+            json!({ "ok": "()" })
+        );
+    });
+    assert_eq!(anonymous, "hello from wasm");
+
+    let with_password = format!("mqtt://127.0.0.1:{}?client_id=shop-test", broker.port);
+    let private = received_while(broker.port, Some(("user", "secret")), &topic, || {
+        assert_eq!(
+            publish(&with_password, ("user", "secret"), &topic),
+            json!({ "ok": "()" })
+        );
+    });
+    assert_eq!(private, "hello from wasm");
+
+    let error = |answer: Value| answer["err"].as_str().unwrap_or_default().to_string();
+    let refused = error(publish(&with_password, ("user", "wrong"), &topic));
+    assert!(
+        refused.starts_with("Error::ConnectionFailed") && refused.contains("NotAuthorized"),
+        "{refused}"
+    );
+    let anonymous = error(publish(&with_password, ("", ""), &topic));
+    assert!(anonymous.starts_with("Error::ConnectionFailed"), "{anonymous}");
+    let unreachable = error(publish(&format!("mqtt://127.0.0.1:{closed}"), ("", ""), &topic));
+    assert!(unreachable.starts_with("Error::ConnectionFailed"), "{unreachable}");
+    for denied in [
+        "mqtt://127.0.0.1:1884",
+        "mqtt://localhost:1883",
+        "redis://127.0.0.1:1883",
+    ] {
+        assert_eq!(
+            error(publish(denied, ("", ""), &topic)),
+            "Error::InvalidAddress",
+            "{denied}"
+        );
+    }
+}

@@ -6,6 +6,7 @@ pub mod bounded_map;
 pub mod commits;
 pub mod key_value;
 pub mod messaging;
+pub mod mqtt;
 pub mod outbound_http;
 pub mod postgres;
 pub mod redis;

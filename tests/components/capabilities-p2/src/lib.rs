@@ -16,6 +16,9 @@
 //!   `ping\n` and returns the first line the peer answers, or the error's kind.
 //! - `GET /udp?addr=<ip:port>`: sends `ping` in a datagram from an unbound socket and
 //!   returns the datagram that comes back, or the error's kind.
+//! - `GET /mqtt?topic=<t>` with headers `x-mqtt-address`, `x-mqtt-username`,
+//!   `x-mqtt-password`: opens `fermyon:spin/mqtt` and publishes `hello from wasm` to
+//!   the topic at least once, or returns the error.
 
 use serde_json::{Value, json};
 use spin_sdk::http::{Request, Response};
@@ -330,6 +333,24 @@ fn udp_ping(address: &str) -> Value {
     }
 }
 
+fn mqtt_publish(req: &Request) -> Value {
+    use spin_sdk::mqtt::{Connection, Qos};
+    let run = || {
+        let connection = Connection::open(
+            &header(req, "x-mqtt-address"),
+            &header(req, "x-mqtt-username"),
+            &header(req, "x-mqtt-password"),
+            30,
+        )?;
+        connection.publish(
+            &query_param(req, "topic"),
+            b"hello from wasm".as_ref(),
+            Qos::AtLeastOnce,
+        )
+    };
+    show(run())
+}
+
 #[http_component]
 fn handle(req: Request) -> Response {
     let body = if req.path().ends_with("/kv") {
@@ -352,6 +373,8 @@ fn handle(req: Request) -> Response {
         tcp_ping(&query_param(&req, "addr"))
     } else if req.path().ends_with("/udp") {
         udp_ping(&query_param(&req, "addr"))
+    } else if req.path().ends_with("/mqtt") {
+        mqtt_publish(&req)
     } else if req.path().ends_with("/vars") {
         show(variables::get(&query_param(&req, "name")))
     } else {
