@@ -18,11 +18,12 @@ use crate::bindings::fermyon::spin as spin2;
 use crate::bindings::messaging::KafkaHandlerPre;
 use crate::bindings::messaging::wasi::messaging as wasi_messaging;
 use crate::bindings::wasi_keyvalue::wasi::keyvalue as wasi_keyvalue;
-use crate::bindings::{key_value3, postgres4, redis3, sqlite3, variables3};
+use crate::bindings::{key_value3, mqtt3, postgres4, redis3, sqlite3, variables3};
 use crate::capability::Backends;
 use crate::capability::allowed_hosts::AllowedHosts;
 use crate::capability::key_value::SpinKeyValue3;
 use crate::capability::messaging::TopicRules;
+use crate::capability::mqtt::SpinMqtt3;
 use crate::capability::postgres::SpinPostgres4;
 use crate::capability::redis::SpinRedis3;
 use crate::capability::sqlite::v3::SpinSqlite3;
@@ -94,6 +95,7 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     // Outbound Redis and Postgres (4.2, which also satisfies 4.0 importers).
     spin2::redis::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     spin2::mqtt::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    mqtt3::spin::mqtt::mqtt::add_to_linker::<_, SpinMqtt3>(&mut linker, |s| s)?;
     redis3::spin::redis::redis::add_to_linker::<_, SpinRedis3>(&mut linker, |s| s)?;
     postgres4::spin::postgres::postgres::add_to_linker::<_, SpinPostgres4>(&mut linker, |s| s)?;
     spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;

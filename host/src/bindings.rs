@@ -69,6 +69,18 @@ pub mod redis3 {
     });
 }
 
+/// `spin:mqtt@3.0.0`, the outbound MQTT API of spin-sdk 7.
+pub mod mqtt3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-mqtt",
+        world: "spin:mqtt/host",
+        imports: { default: async },
+        with: {
+            "spin:mqtt/mqtt.connection": crate::capability::mqtt::MqttConnection,
+        },
+    });
+}
+
 /// `spin:sqlite@3.1.0` (served to 3.0.0 importers too), the SQLite API of spin-sdk 5's
 /// `sqlite3` module and of spin-sdk 7.
 pub mod sqlite3 {

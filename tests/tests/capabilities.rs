@@ -871,23 +871,22 @@ fn mqtt_publishes_reach_a_subscriber_on_allowed_brokers_only() {
     let broker = PasswordBroker::start();
     let closed = free_port();
     let dir = TempDir::new("mqtt");
+    let allowed = format!(
+        "allowed_outbound_hosts = [\"mqtt://127.0.0.1:1883\", \"mqtt://127.0.0.1:{}\", \"mqtt://127.0.0.1:{closed}\"]",
+        broker.port
+    );
     let manifest = dir.manifest(&format!(
-        "{}{}{}",
+        "{}{}{}{}",
         http_trigger("/c/...", "c"),
-        component(
-            "c",
-            "capabilities-p2",
-            &format!(
-                "allowed_outbound_hosts = [\"mqtt://127.0.0.1:1883\", \"mqtt://127.0.0.1:{}\", \"mqtt://127.0.0.1:{closed}\"]",
-                broker.port
-            )
-        ),
-        "",
+        http_trigger("/p3/...", "p3"),
+        component("c", "capabilities-p2", &allowed),
+        component("p3", "capabilities-p3", &allowed),
     ));
     let shop = Shop::start(&manifest, &dir.path().join("data"));
-    let publish = |address: &str, login: (&str, &str), topic: &str| -> Value {
+    // Through the spin-sdk 5 component (`/c`) or the spin-sdk 7 one (`/p3`).
+    let publish_through = |prefix: &str, address: &str, login: (&str, &str), topic: &str| -> Value {
         let r = client()
-            .get(format!("{}/c/mqtt?topic={topic}", shop.base))
+            .get(format!("{}/{prefix}/mqtt?topic={topic}", shop.base))
             .header("x-mqtt-address", address)
             .header("x-mqtt-username", login.0)
             .header("x-mqtt-password", login.1)
@@ -896,6 +895,7 @@ fn mqtt_publishes_reach_a_subscriber_on_allowed_brokers_only() {
         assert_eq!(r.status(), 200);
         r.json().unwrap()
     };
+    let publish = |address: &str, login: (&str, &str), topic: &str| publish_through("c", address, login, topic);
     let topic = format!("shop/test/{}", free_port());
 
     let anonymous = received_while(1883, None, &topic, || {
@@ -936,4 +936,17 @@ fn mqtt_publishes_reach_a_subscriber_on_allowed_brokers_only() {
             "{denied}"
         );
     }
+
+    // spin-sdk 7's `spin:mqtt@3.0.0`: the same sessions behind async calls.
+    let publish_p3 = |address: &str, login: (&str, &str)| publish_through("p3", address, login, &topic);
+    let from_p3 = received_while(broker.port, Some(("user", "secret")), &topic, || {
+        assert_eq!(publish_p3(&with_password, ("user", "secret")), json!({ "ok": "()" }));
+    });
+    assert_eq!(from_p3, "hello from wasm 3");
+    let refused = error(publish_p3(&with_password, ("user", "wrong")));
+    assert!(refused.starts_with("Error::ConnectionFailed"), "{refused}");
+    assert_eq!(
+        error(publish_p3("mqtt://127.0.0.1:1884", ("", ""))),
+        "Error::InvalidAddress"
+    );
 }

@@ -24,6 +24,7 @@ const MAX_CONNECTIONS: usize = 16;
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What an instance may reach.
+#[derive(Clone)]
 pub struct MqttAccess {
     pub component: Arc<str>,
     pub allowed: Arc<AllowedHosts>,
@@ -33,6 +34,10 @@ pub struct MqttAccess {
 
 /// An open session as the guest holds it.
 pub struct MqttConnection {
+    session: Arc<Session>,
+}
+
+struct Session {
     client: AsyncClient,
     /// Driven only by this session's own calls (its instance is short-lived).
     events: tokio::sync::Mutex<EventLoop>,
@@ -142,8 +147,10 @@ impl MqttAccess {
         .await;
         match connected {
             Ok(Ok(())) => Ok(MqttConnection {
-                client,
-                events: tokio::sync::Mutex::new(events),
+                session: Arc::new(Session {
+                    client,
+                    events: tokio::sync::Mutex::new(events),
+                }),
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::ConnectionFailed(format!(
@@ -153,7 +160,7 @@ impl MqttAccess {
     }
 }
 
-impl MqttConnection {
+impl Session {
     async fn publish(&self, topic: String, payload: Vec<u8>, qos: QoS) -> Result<(), Error> {
         self.client
             .publish(topic, qos, false, payload)
@@ -176,6 +183,18 @@ impl MqttConnection {
             )))
         })
     }
+}
+
+/// The producer span of one publish.
+fn publish_span(trace: &TraceCell, component: &str, topic: &str) -> Span {
+    let mut span = Span::host_call(trace, "", Kind::Producer);
+    if span.recording() {
+        span.set_name(format!("publish {topic}"));
+        span.set("messaging.system", "mqtt");
+        span.set("messaging.destination.name", topic.to_string());
+        span.set("shop.component", component.to_string());
+    }
+    span
 }
 
 impl mqtt::Host for HostState {}
@@ -204,22 +223,110 @@ impl mqtt::HostConnection for HostState {
         payload: Vec<u8>,
         qos: Qos,
     ) -> Result<(), Error> {
-        let mut span = Span::host_call(&self.mqtt.trace, "", Kind::Producer);
-        if span.recording() {
-            span.set_name(format!("publish {topic}"));
-            span.set("messaging.system", "mqtt");
-            span.set("messaging.destination.name", topic.clone());
-            span.set("shop.component", self.mqtt.component.to_string());
-        }
-        let connection = self.table.get(&connection).map_err(|e| Error::Other(e.to_string()))?;
-        telemetry::finish_with(span, connection.publish(topic, payload, qos_of(qos)).await)
+        let span = publish_span(&self.mqtt.trace, &self.mqtt.component, &topic);
+        let session = self
+            .table
+            .get(&connection)
+            .map_err(|e| Error::Other(e.to_string()))?
+            .session
+            .clone();
+        telemetry::finish_with(span, session.publish(topic, payload, qos_of(qos)).await)
     }
 
     async fn drop(&mut self, connection: Resource<MqttConnection>) -> wasmtime::Result<()> {
         let connection = self.table.delete(connection)?;
-        let _ = connection.client.try_disconnect();
+        let _ = connection.session.client.try_disconnect();
         self.mqtt.open_count = self.mqtt.open_count.saturating_sub(1);
         Ok(())
+    }
+}
+
+/// spin-sdk 7's `spin:mqtt@3.0.0`: the same sessions behind `async func`s, reached
+/// through wasmtime's store accessor.
+pub struct SpinMqtt3;
+
+impl wasmtime::component::HasData for SpinMqtt3 {
+    type Data<'a> = &'a mut HostState;
+}
+
+mod v3_impl {
+    use wasmtime::component::{Accessor, Resource};
+
+    use super::{Error as E2, MqttConnection, Qos as Q2, SpinMqtt3, qos_of};
+    use crate::bindings::mqtt3::spin::mqtt::mqtt::{self as v3, Error, Qos};
+    use crate::state::HostState;
+    use crate::telemetry;
+
+    fn convert(e: E2) -> Error {
+        match e {
+            E2::InvalidAddress => Error::InvalidAddress,
+            E2::TooManyConnections => Error::TooManyConnections,
+            E2::ConnectionFailed(m) => Error::ConnectionFailed(m),
+            E2::Other(m) => Error::Other(m),
+        }
+    }
+
+    impl v3::Host for &mut HostState {}
+
+    impl v3::HostConnection for &mut HostState {
+        async fn drop(&mut self, c: Resource<MqttConnection>) -> wasmtime::Result<()> {
+            let connection = self.table.delete(c)?;
+            let _ = connection.session.client.try_disconnect();
+            self.mqtt.open_count = self.mqtt.open_count.saturating_sub(1);
+            Ok(())
+        }
+    }
+
+    impl<U> v3::HostConnectionWithStore<U> for SpinMqtt3 {
+        async fn open(
+            store: &Accessor<U, Self>,
+            address: String,
+            username: String,
+            password: String,
+            keep_alive_interval_in_secs: u64,
+        ) -> Result<Resource<MqttConnection>, Error> {
+            let access = store.with(|mut view| view.get().mqtt.clone());
+            let connection = access
+                .open(&address, &username, &password, keep_alive_interval_in_secs)
+                .await
+                .map_err(convert)?;
+            store.with(|mut view| {
+                let state: &mut HostState = view.get();
+                let resource = state.table.push(connection).map_err(|e| Error::Other(e.to_string()))?;
+                state.mqtt.open_count += 1;
+                Ok(resource)
+            })
+        }
+
+        async fn publish(
+            store: &Accessor<U, Self>,
+            c: Resource<MqttConnection>,
+            topic: String,
+            payload: Vec<u8>,
+            qos: Qos,
+        ) -> Result<(), Error> {
+            let (session, trace, component) = store.with(|mut view| {
+                let state: &mut HostState = view.get();
+                state
+                    .table
+                    .get(&c)
+                    .map(|c| {
+                        (
+                            c.session.clone(),
+                            state.mqtt.trace.clone(),
+                            state.mqtt.component.clone(),
+                        )
+                    })
+                    .map_err(|e| Error::Other(e.to_string()))
+            })?;
+            let span = super::publish_span(&trace, &component, &topic);
+            let qos = match qos {
+                Qos::AtMostOnce => Q2::AtMostOnce,
+                Qos::AtLeastOnce => Q2::AtLeastOnce,
+                Qos::ExactlyOnce => Q2::ExactlyOnce,
+            };
+            telemetry::finish_with(span, session.publish(topic, payload, qos_of(qos)).await).map_err(convert)
+        }
     }
 }
 

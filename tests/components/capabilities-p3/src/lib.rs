@@ -6,6 +6,8 @@
 //! - `GET /sqlite?db=<label>`: the SQLite script (`spin:sqlite@3.1.0`, async).
 //! - `GET /pg` with header `x-pg-address`: the Postgres script (`spin:postgres@4.2.0`).
 //! - `GET /redis` with header `x-redis-address`: the Redis script (`spin:redis@3.0.0`).
+//! - `GET /mqtt?topic=<t>` with headers `x-mqtt-address`, `x-mqtt-username`,
+//!   `x-mqtt-password`: publishes `hello from wasm 3` at least once (`spin:mqtt@3.0.0`).
 #![cfg(target_arch = "wasm32")]
 
 use serde_json::{Value, json};
@@ -213,6 +215,30 @@ async fn redis_script(address: &str) -> Value {
     })
 }
 
+async fn mqtt_publish(req: &Request) -> Value {
+    use spin_sdk::mqtt::{Connection, Qos};
+    let opened = Connection::open(
+        header(req, "x-mqtt-address"),
+        header(req, "x-mqtt-username"),
+        header(req, "x-mqtt-password"),
+        30,
+    )
+    .await;
+    let published = match opened {
+        Ok(connection) => {
+            connection
+                .publish(
+                    query_param(req, "topic"),
+                    b"hello from wasm 3".to_vec(),
+                    Qos::AtLeastOnce,
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    show(published)
+}
+
 fn header(req: &Request, name: &str) -> String {
     req.headers()
         .get(name)
@@ -232,6 +258,8 @@ async fn handle(req: Request) -> Result<Response<String>> {
         postgres_script(&header(&req, "x-pg-address")).await
     } else if path.ends_with("/redis") {
         redis_script(&header(&req, "x-redis-address")).await
+    } else if path.ends_with("/mqtt") {
+        mqtt_publish(&req).await
     } else {
         match spin_sdk::variables::get(query_param(&req, "name")).await {
             Ok(value) => json!({ "ok": value }),
