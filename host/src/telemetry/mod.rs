@@ -51,8 +51,12 @@ pub fn init_from_env() -> anyhow::Result<Option<String>> {
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .build()
         .map_err(|e| anyhow::anyhow!("OTLP exporter for {endpoint}: {e}"))?;
+    // The SDK reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; "shop" only when
+    // neither names the service.
     let mut resource = Resource::builder();
-    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
         resource = resource.with_service_name("shop");
     }
     let mut processor = BatchSpanProcessor::builder(exporter).build();
