@@ -1,6 +1,6 @@
 // The cart (change quantities, remove, totals) and checkout with a sandbox payment token.
 
-import { h, fill, labelled, alertBox, busy } from "../dom.js";
+import { h, fill, alertBox, busy } from "../dom.js";
 import { api, session } from "../api.js";
 import { money } from "../money.js";
 import { go, signInFirst } from "../page.js";
