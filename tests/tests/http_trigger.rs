@@ -273,6 +273,18 @@ fn local_service_chaining_reaches_private_components_in_process() {
 }
 
 /// `misbehave` under `/bad/...` and `p2-hello` at `/hello`.
+/// `shop up` on `manifest` with `dir`'s data dir and these extra arguments.
+fn start_with_args(manifest: &std::path::Path, dir: &TempDir, args: &[&str]) -> Shop {
+    Shop::start_with(
+        manifest,
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+        },
+    )
+}
+
 fn misbehave_and_hello(dir: &TempDir) -> std::path::PathBuf {
     dir.manifest(&format!(
         "{}{}{}{}",
@@ -286,18 +298,10 @@ fn misbehave_and_hello(dir: &TempDir) -> std::path::PathBuf {
 #[test]
 fn misbehaving_components_get_error_statuses_while_others_keep_serving() {
     let dir = TempDir::new("misbehave");
-    let shop = Shop::start_with(
+    let shop = start_with_args(
         &misbehave_and_hello(&dir),
-        ShopOptions {
-            data_dir: &dir.path().join("data"),
-            args: vec![
-                "--request-timeout-ms".into(),
-                "2000".into(),
-                "--max-memory-mb".into(),
-                "64".into(),
-            ],
-            env: vec![],
-        },
+        &dir,
+        &["--request-timeout-ms", "2000", "--max-memory-mb", "64"],
     );
     let base = shop.base.clone();
     let bad = |path: &'static str| {
@@ -644,14 +648,7 @@ fn bad_request_bodies_get_json_4xx_before_any_component_runs() {
 #[test]
 fn requests_past_the_concurrency_cap_get_503_with_retry_after() {
     let dir = TempDir::new("busy");
-    let shop = Shop::start_with(
-        &misbehave_and_hello(&dir),
-        ShopOptions {
-            data_dir: &dir.path().join("data"),
-            args: vec!["--max-concurrent-requests".into(), "2".into()],
-            env: vec![],
-        },
-    );
+    let shop = start_with_args(&misbehave_and_hello(&dir), &dir, &["--max-concurrent-requests", "2"]);
     let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|scope| {
         let slow: Vec<_> = (0..6)
             .map(|_| {
@@ -683,14 +680,7 @@ fn requests_past_the_concurrency_cap_get_503_with_retry_after() {
 fn a_client_past_its_connection_cap_gets_503_and_others_are_served() {
     use std::io::{Read, Write};
     let dir = TempDir::new("conn-cap");
-    let shop = Shop::start_with(
-        &misbehave_and_hello(&dir),
-        ShopOptions {
-            data_dir: &dir.path().join("data"),
-            args: vec!["--max-connections-per-client".into(), "4".into()],
-            env: vec![],
-        },
-    );
+    let shop = start_with_args(&misbehave_and_hello(&dir), &dir, &["--max-connections-per-client", "4"]);
     let address = shop.base.trim_start_matches("http://").to_string();
     // Four connections that send half a request head and wait.
     let mut idle: Vec<std::net::TcpStream> = (0..4)
@@ -727,14 +717,7 @@ fn a_client_past_its_connection_cap_gets_503_and_others_are_served() {
 fn a_request_head_that_does_not_arrive_in_time_loses_its_connection() {
     use std::io::{Read, Write};
     let dir = TempDir::new("head-timeout");
-    let shop = Shop::start_with(
-        &misbehave_and_hello(&dir),
-        ShopOptions {
-            data_dir: &dir.path().join("data"),
-            args: vec!["--header-read-timeout-ms".into(), "500".into()],
-            env: vec![],
-        },
-    );
+    let shop = start_with_args(&misbehave_and_hello(&dir), &dir, &["--header-read-timeout-ms", "500"]);
     let address = shop.base.trim_start_matches("http://").to_string();
     let mut slow = std::net::TcpStream::connect(&address).unwrap();
     slow.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n").unwrap();

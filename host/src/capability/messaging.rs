@@ -237,14 +237,11 @@ impl producer::Host for HostState {
         outgoing
             .headers
             .retain(|(name, _)| name != telemetry::TRACEPARENT && name != telemetry::TRACESTATE);
-        outgoing
-            .headers
-            .push((telemetry::TRACEPARENT.into(), span.context.traceparent().into_bytes()));
-        if let Some(state) = &span.context.state {
-            outgoing
-                .headers
-                .push((telemetry::TRACESTATE.into(), state.as_bytes().to_vec()));
-        }
+        outgoing.headers.extend(
+            span.context
+                .headers()
+                .map(|(name, value)| (name.to_string(), value.into_bytes())),
+        );
         let result = producer.publish(outgoing).await;
         match &result {
             Ok(delivery) => {

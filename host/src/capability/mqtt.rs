@@ -211,9 +211,7 @@ impl mqtt::HostConnection for HostState {
             .mqtt
             .open(&address, &username, &password, keep_alive_interval_in_secs)
             .await?;
-        let resource = self.table.push(connection).map_err(|e| Error::Other(e.to_string()))?;
-        self.mqtt.open_count += 1;
-        Ok(resource)
+        self.keep_mqtt(connection)
     }
 
     async fn publish(
@@ -234,6 +232,19 @@ impl mqtt::HostConnection for HostState {
     }
 
     async fn drop(&mut self, connection: Resource<MqttConnection>) -> wasmtime::Result<()> {
+        self.close_mqtt(connection)
+    }
+}
+
+impl HostState {
+    /// Hands an opened session to the guest (both API generations).
+    fn keep_mqtt(&mut self, connection: MqttConnection) -> Result<Resource<MqttConnection>, Error> {
+        let resource = self.table.push(connection).map_err(|e| Error::Other(e.to_string()))?;
+        self.mqtt.open_count += 1;
+        Ok(resource)
+    }
+
+    fn close_mqtt(&mut self, connection: Resource<MqttConnection>) -> wasmtime::Result<()> {
         let connection = self.table.delete(connection)?;
         let _ = connection.session.client.try_disconnect();
         self.mqtt.open_count = self.mqtt.open_count.saturating_sub(1);
@@ -270,10 +281,7 @@ mod v3_impl {
 
     impl v3::HostConnection for &mut HostState {
         async fn drop(&mut self, c: Resource<MqttConnection>) -> wasmtime::Result<()> {
-            let connection = self.table.delete(c)?;
-            let _ = connection.session.client.try_disconnect();
-            self.mqtt.open_count = self.mqtt.open_count.saturating_sub(1);
-            Ok(())
+            self.close_mqtt(c)
         }
     }
 
@@ -290,12 +298,7 @@ mod v3_impl {
                 .open(&address, &username, &password, keep_alive_interval_in_secs)
                 .await
                 .map_err(convert)?;
-            store.with(|mut view| {
-                let state: &mut HostState = view.get();
-                let resource = state.table.push(connection).map_err(|e| Error::Other(e.to_string()))?;
-                state.mqtt.open_count += 1;
-                Ok(resource)
-            })
+            store.with(|mut view| view.get().keep_mqtt(connection).map_err(convert))
         }
 
         async fn publish(

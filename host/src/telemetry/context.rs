@@ -116,6 +116,12 @@ impl TraceContext {
         }
     }
 
+    /// The headers that carry this context: `traceparent`, and `tracestate` when set.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        std::iter::once((TRACEPARENT, self.traceparent()))
+            .chain(self.state.as_deref().map(|state| (TRACESTATE, state.to_string())))
+    }
+
     pub fn traceparent(&self) -> String {
         format!(
             "00-{}-{}-{:02x}",

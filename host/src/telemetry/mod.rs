@@ -245,15 +245,10 @@ pub fn finish_with<T, E: std::fmt::Debug>(mut span: Span, result: Result<T, E>) 
 /// Writes `context` as the request's `traceparent` (and `tracestate`), replacing what
 /// was there.
 pub fn inject(context: &TraceContext, headers: &mut http::HeaderMap) {
-    if let Ok(value) = http::HeaderValue::from_str(&context.traceparent()) {
-        headers.insert(TRACEPARENT, value);
-    }
-    match context.state.as_deref().map(http::HeaderValue::from_str) {
-        Some(Ok(value)) => {
-            headers.insert(TRACESTATE, value);
-        }
-        _ => {
-            headers.remove(TRACESTATE);
+    headers.remove(TRACESTATE);
+    for (name, value) in context.headers() {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
         }
     }
 }
