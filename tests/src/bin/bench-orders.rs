@@ -32,6 +32,68 @@ struct Run {
     to_confirmed: Vec<Duration>,
     /// Chains per second the broker alone carries (external runs).
     broker_ceiling: Option<f64>,
+    /// What the measured orders cost the host, per order, from `/metrics`.
+    costs: Vec<(String, f64)>,
+}
+
+/// Sums of the host's counters by metric and `component` label (`*` for all), from a
+/// Prometheus text scrape.
+fn counters(scrape: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let mut sums = std::collections::BTreeMap::new();
+    for line in scrape.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let component = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("component=\""))
+            .map_or("", |c| c.trim_end_matches(['"', '}']));
+        for key in [component, "*"] {
+            *sums.entry((name.to_string(), key.to_string())).or_insert(0.0) += value;
+        }
+    }
+    sums
+}
+
+/// Per order, what changed between two scrapes: invocations per component and trigger,
+/// instantiations, records published and cron runs.
+fn costs_per_order(before: &str, after: &str, orders: usize) -> Vec<(String, f64)> {
+    let (before, after) = (counters(before), counters(after));
+    let delta = |name: &str, component: &str| {
+        let key = (name.to_string(), component.to_string());
+        (after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)) / orders as f64
+    };
+    let mut costs = vec![
+        (
+            "instantiations".to_string(),
+            delta("shop_component_instantiation_duration_seconds_count", "*"),
+        ),
+        (
+            "records published".to_string(),
+            delta("shop_events_published_total", "*"),
+        ),
+        (
+            "records filtered out".to_string(),
+            delta("shop_kafka_messages_filtered_total", "*"),
+        ),
+        ("cron runs".to_string(), delta("shop_cron_runs_total", "*")),
+    ];
+    for (metric, what) in [
+        ("shop_http_requests_total", "http"),
+        ("shop_kafka_messages_handled_total", "kafka"),
+    ] {
+        for (name, component) in after.keys() {
+            if name == metric && component != "*" {
+                let n = delta(metric, component);
+                if n > 0.0 {
+                    costs.push((format!("{what} {component}"), n));
+                }
+            }
+        }
+    }
+    costs
 }
 
 /// Closed-loop chains of [`HOPS`] hops on one fresh topic: `chains` run at once until
@@ -133,6 +195,8 @@ fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
     let warm = api.place(&customers[0], &product, 1, "tok_ok");
     api.concluded(&customers[0], &warm, Duration::from_secs(60));
 
+    let metrics_before = shop.shop().metrics();
+    let cpu_before = shop.shop().cpu_time();
     let started = Instant::now();
     let results: Vec<(Duration, Duration, bool)> = std::thread::scope(|scope| {
         let handles: Vec<_> = customers
@@ -157,6 +221,11 @@ fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     let elapsed = started.elapsed();
+    let mut costs = costs_per_order(&metrics_before, &shop.shop().metrics(), orders);
+    if let (Some(before), Some(after)) = (cpu_before, shop.shop().cpu_time()) {
+        let per_order = (after - before).as_secs_f64() * 1000.0 / orders as f64;
+        costs.insert(0, ("host CPU ms".to_string(), per_order));
+    }
     let mut placement: Vec<Duration> = results.iter().map(|r| r.0).collect();
     let mut to_confirmed: Vec<Duration> = results.iter().filter(|r| r.2).map(|r| r.1).collect();
     placement.sort();
@@ -173,6 +242,7 @@ fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
         placement,
         to_confirmed,
         broker_ceiling,
+        costs,
     }
 }
 
@@ -203,6 +273,14 @@ fn main() {
             percentile(&r.placement, 0.99).as_secs_f64() * 1000.0,
             percentile(&r.to_confirmed, 0.5).as_secs_f64() * 1000.0,
             percentile(&r.to_confirmed, 0.99).as_secs_f64() * 1000.0,
+        );
+    }
+    for r in &runs {
+        let costs: Vec<String> = r.costs.iter().map(|(what, n)| format!("{what} {n:.2}")).collect();
+        println!(
+            "{} per order: {}",
+            format!("{:?}", r.backend).to_lowercase(),
+            costs.join(", ")
         );
     }
     for r in &runs {
