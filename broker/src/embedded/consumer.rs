@@ -228,14 +228,26 @@ impl EmbeddedConsumer {
         if plan.is_empty() {
             return Ok(false);
         }
-        let fetched = self.shared.store.with_conn(move |conn| {
-            plan.into_iter()
-                .map(|fetch| {
-                    let messages = store::read(conn, &fetch.tp, fetch.from, FETCH_BATCH)?;
-                    Ok((fetch, messages))
-                })
-                .collect::<store::StoreResult<Vec<_>>>()
-        })?;
+        // What this process just published comes from memory; the rest from the file.
+        let mut fetched = Vec::with_capacity(plan.len());
+        let mut from_file = Vec::new();
+        for fetch in plan {
+            match self.shared.published.recent(&fetch.tp, fetch.from, FETCH_BATCH) {
+                Some(messages) => fetched.push((fetch, messages)),
+                None => from_file.push(fetch),
+            }
+        }
+        if !from_file.is_empty() {
+            fetched.extend(self.shared.store.with_conn(move |conn| {
+                from_file
+                    .into_iter()
+                    .map(|fetch| {
+                        let messages = store::read(conn, &fetch.tp, fetch.from, FETCH_BATCH)?;
+                        Ok((fetch, messages))
+                    })
+                    .collect::<store::StoreResult<Vec<_>>>()
+            })?);
+        }
         Ok(self.shared.state().accept(fetched))
     }
 }

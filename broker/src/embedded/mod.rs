@@ -17,7 +17,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 pub use consumer::EmbeddedConsumer;
 pub use partitioner::{murmur2, partition_for_key};
 
-use crate::{Broker, BrokerError, Consumer, Delivery, OutgoingMessage, Producer, TopicPartition};
+use crate::{Broker, BrokerError, Consumer, Delivery, Message, OutgoingMessage, Producer, TopicPartition};
 use store::{Membership, Store};
 
 /// Settings of an [`EmbeddedBroker`].
@@ -92,34 +92,84 @@ impl EmbeddedOptions {
 /// What this process's producers appended: a wake-up for its consumers and, per
 /// partition, the offset after the last local append, so that a consumer woken by a
 /// publish reads only the partitions that grew (records of other processes are found
-/// by the consumers' periodic look at every partition).
+/// by the consumers' periodic look at every partition), and the last records appended
+/// here, so that a consumer following the log reads what was just published from
+/// memory instead of from the file.
 #[derive(Default)]
 pub(super) struct Published {
     wake: Notify,
-    ends: Mutex<HashMap<TopicPartition, i64>>,
+    partitions: Mutex<HashMap<TopicPartition, Tail>>,
+}
+
+/// Most recent committed records kept per partition for consumers close behind.
+const TAIL_RECORDS: usize = 256;
+
+/// One partition's recent local appends, by offset. Another process's records are
+/// never here, so a run of consecutive offsets is what the file holds there.
+#[derive(Default)]
+struct Tail {
+    end: i64,
+    records: BTreeMap<i64, Message>,
 }
 
 impl Published {
-    fn record(&self, topic: &str, partition: i32, offset: i64) {
+    /// `message` was committed at `delivery`.
+    fn record(&self, message: &OutgoingMessage, delivery: Delivery, timestamp_ms: i64) {
         let tp = TopicPartition {
-            topic: topic.to_string(),
-            partition,
+            topic: message.topic.clone(),
+            partition: delivery.partition,
         };
         {
-            let mut ends = self.ends.lock().unwrap_or_else(PoisonError::into_inner);
-            let end = ends.entry(tp).or_insert(0);
-            *end = (*end).max(offset + 1);
+            let mut partitions = self.partitions.lock().unwrap_or_else(PoisonError::into_inner);
+            let tail = partitions.entry(tp.clone()).or_default();
+            tail.end = tail.end.max(delivery.offset + 1);
+            tail.records.insert(
+                delivery.offset,
+                Message {
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    offset: delivery.offset,
+                    key: message.key.clone(),
+                    payload: message.payload.clone(),
+                    timestamp_ms,
+                    headers: message.headers.clone(),
+                },
+            );
+            while tail.records.len() > TAIL_RECORDS {
+                tail.records.pop_first();
+            }
         }
         self.wake.notify_waiters();
     }
 
     /// The offset after the last record this process appended to `tp`, if any.
     pub(super) fn end(&self, tp: &TopicPartition) -> Option<i64> {
-        self.ends
+        self.partitions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(tp)
-            .copied()
+            .map(|tail| tail.end)
+    }
+
+    /// Up to `limit` records of `tp` from offset `from` on, from memory: `None` unless
+    /// the record at `from` is there, and only consecutive offsets after it (a gap is
+    /// another process's record, or one still being acknowledged: the file has it).
+    pub(super) fn recent(&self, tp: &TopicPartition, from: i64, limit: usize) -> Option<Vec<Message>> {
+        let partitions = self.partitions.lock().unwrap_or_else(PoisonError::into_inner);
+        let tail = partitions.get(tp)?;
+        let mut next = from;
+        let run: Vec<Message> = tail
+            .records
+            .range(from..)
+            .take(limit)
+            .take_while(|(offset, _)| {
+                let consecutive = **offset == next;
+                next += 1;
+                consecutive
+            })
+            .map(|(_, message)| message.clone())
+            .collect();
+        (!run.is_empty()).then_some(run)
     }
 
     pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
@@ -139,6 +189,9 @@ struct Inner {
     published: Arc<Published>,
     /// Next partition per topic for records without a key.
     round_robin: Mutex<HashMap<String, i32>>,
+    /// Partition counts of the topics this process has appended to (fixed once a
+    /// topic exists), so an append need not look its topic up.
+    partitions: Mutex<HashMap<String, i32>>,
     /// Numbers this process's consumers so each has its own member id.
     consumers: AtomicU64,
 }
@@ -155,6 +208,7 @@ impl EmbeddedBroker {
                 options,
                 published: Arc::default(),
                 round_robin: Mutex::new(HashMap::new()),
+                partitions: Mutex::new(HashMap::new()),
                 consumers: AtomicU64::new(0),
             }),
         })
@@ -189,6 +243,21 @@ impl EmbeddedBroker {
 
 /// Kafka's topic name rules: 1-249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 impl Inner {
+    fn known_partitions(&self, topic: &str) -> Option<i32> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .copied()
+    }
+
+    fn learn_partitions(&self, topic: &str, partitions: i32) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.to_string(), partitions);
+    }
+
     /// The partition for a record: Kafka's murmur2 of the key, or round-robin without one.
     fn pick_partition(&self, topic: &str, key: Option<&[u8]>, partitions: i32) -> i32 {
         match key {
@@ -212,19 +281,29 @@ struct EmbeddedProducer {
 impl Producer for EmbeddedProducer {
     async fn publish(&self, message: OutgoingMessage) -> Result<Delivery, BrokerError> {
         crate::validate_topic(&message.topic)?;
-        let topic = message.topic.clone();
         let inner = Arc::clone(&self.inner);
         let default_partitions = inner.options.default_partitions;
-        let delivery = self
+        let known_partitions = inner.known_partitions(&message.topic);
+        let timestamp_ms = store::now_ms();
+        let (delivery, message) = self
             .inner
             .store
             .write(move |conn| {
-                store::append(conn, &message, default_partitions, |partitions| {
-                    inner.pick_partition(&message.topic, message.key.as_deref(), partitions)
-                })
+                let (delivery, partitions) = store::append(
+                    conn,
+                    &message,
+                    timestamp_ms,
+                    known_partitions,
+                    default_partitions,
+                    |partitions| inner.pick_partition(&message.topic, message.key.as_deref(), partitions),
+                )?;
+                if known_partitions.is_none() {
+                    inner.learn_partitions(&message.topic, partitions);
+                }
+                Ok((delivery, message))
             })
             .await?;
-        self.inner.published.record(&topic, delivery.partition, delivery.offset);
+        self.inner.published.record(&message, delivery, timestamp_ms);
         Ok(delivery)
     }
 }

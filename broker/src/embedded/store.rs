@@ -332,16 +332,23 @@ pub(super) fn ensure_topics(tx: &Connection, topics: &[String], partitions: i32)
     Ok(())
 }
 
-/// Appends one record. `pick` chooses the partition once the partition count is known
-/// (the topic is created with `default_partitions` if missing). The offset is the next
-/// one of that partition, read and written in the same immediate transaction.
+/// Appends one record at `timestamp_ms`. `pick` chooses the partition once the
+/// partition count is known: `known_partitions` (a topic's count never changes once it
+/// exists), else read, creating the topic with `default_partitions` if missing. The
+/// offset is the next one of that partition, read and written in the same immediate
+/// transaction. Returns where the record landed and the topic's partition count.
 pub(super) fn append(
     tx: &Connection,
     message: &OutgoingMessage,
+    timestamp_ms: i64,
+    known_partitions: Option<i32>,
     default_partitions: i32,
     pick: impl FnOnce(i32) -> i32,
-) -> StoreResult<Delivery> {
-    let partitions = ensure_topic_in(tx, &message.topic, default_partitions)?;
+) -> StoreResult<(Delivery, i32)> {
+    let partitions = match known_partitions {
+        Some(partitions) => partitions,
+        None => ensure_topic_in(tx, &message.topic, default_partitions)?,
+    };
     let partition = pick(partitions);
     let offset: i64 = query_row(
         tx,
@@ -359,11 +366,11 @@ pub(super) fn append(
             offset,
             message.key,
             message.payload,
-            now_ms(),
+            timestamp_ms,
             encode_headers(&message.headers),
         ],
     )?;
-    Ok(Delivery { partition, offset })
+    Ok((Delivery { partition, offset }, partitions))
 }
 
 /// Up to `limit` records of `tp` from offset `from` on, in offset order.

@@ -654,3 +654,87 @@ async fn two_processes_append_densely_to_one_partition() {
     }
     expect_quiet(&consumer).await;
 }
+
+fn delivered(published: &Published, topic: &str, offset: i64) {
+    let message = record(topic, None, &format!("at-{offset}"), vec![("h".into(), b"v".to_vec())]);
+    published.record(&message, Delivery { partition: 0, offset }, 7);
+}
+
+/// The in-memory tail answers only with a run of consecutive offsets from the one
+/// asked for: a gap (another process's record, or one not yet acknowledged) ends it,
+/// and an offset it lacks is read from the file.
+#[test]
+fn recent_records_are_served_only_as_a_consecutive_run() {
+    let published = Published::default();
+    for offset in [3, 4, 5, 7] {
+        delivered(&published, "t", offset);
+    }
+    let offsets = |from, limit| {
+        published
+            .recent(&tp("t", 0), from, limit)
+            .map(|run| run.iter().map(|m| m.offset).collect::<Vec<_>>())
+    };
+    assert_eq!(offsets(3, 64), Some(vec![3, 4, 5]), "stops before the gap at 6");
+    assert_eq!(offsets(4, 1), Some(vec![4]), "at most `limit`");
+    assert_eq!(offsets(6, 64), None, "6 is not here");
+    assert_eq!(offsets(2, 64), None, "nor is 2");
+    assert_eq!(offsets(7, 64), Some(vec![7]));
+    assert_eq!(published.recent(&tp("t", 1), 3, 64), None, "another partition");
+    assert_eq!(published.end(&tp("t", 0)), Some(8));
+    let first = &published.recent(&tp("t", 0), 3, 1).unwrap()[0];
+    assert_eq!(
+        (first.payload.as_slice(), first.timestamp_ms, first.headers.clone()),
+        (&b"at-3"[..], 7, vec![("h".to_string(), b"v".to_vec())])
+    );
+}
+
+#[test]
+fn the_tail_keeps_only_the_latest_records() {
+    let published = Published::default();
+    let total = TAIL_RECORDS as i64 + 10;
+    for offset in 0..total {
+        delivered(&published, "t", offset);
+    }
+    assert_eq!(published.recent(&tp("t", 0), 9, 64), None, "the oldest are gone");
+    let run = published.recent(&tp("t", 0), 10, usize::MAX).unwrap();
+    assert_eq!(run.len(), TAIL_RECORDS);
+    assert_eq!(run.last().unwrap().offset, total - 1);
+}
+
+/// Two processes publish into one partition while a consumer of one of them follows
+/// it: the records it has in memory and the other's, which only the file has, arrive
+/// as one dense, ordered run with the right contents.
+#[tokio::test]
+async fn a_consumer_following_two_writers_gets_every_record_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (here, there) = (open(&dir, "here"), open(&dir, "there"));
+    here.ensure_topic("t", 1).await.unwrap();
+    let consumer = join(&here, "g", "t").await;
+    let mut rx = drive(consumer);
+    let (mine, theirs) = (here.producer(), there.producer());
+    const EACH: usize = 40;
+    for i in 0..EACH {
+        mine.publish(record("t", Some("k"), &format!("here-{i}"), Vec::new()))
+            .await
+            .unwrap();
+        theirs
+            .publish(record("t", Some("k"), &format!("there-{i}"), Vec::new()))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 * EACH {
+        got.push(received(&mut rx).await);
+    }
+    let offsets: Vec<i64> = got.iter().map(|m| m.offset).collect();
+    assert_eq!(offsets, (0..2 * EACH as i64).collect::<Vec<_>>());
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8(m.payload.clone()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..EACH)
+        .flat_map(|i| [format!("here-{i}"), format!("there-{i}")])
+        .collect();
+    assert_eq!(payloads, expected);
+    assert_nothing_received(&mut rx).await;
+}
