@@ -383,3 +383,49 @@ async fn a_trigger_whose_consumer_dies_is_started_again_and_not_ready_meanwhile(
         .unwrap();
     assert!(!readiness.is_ready(), "a stopped trigger holds no subscription");
 }
+
+/// The offset committed for `group` on partition 0 of `topic`, read from the log file.
+fn committed_offset(log: &std::path::Path, group: &str, topic: &str) -> Option<i64> {
+    let conn = rusqlite::Connection::open(log).unwrap();
+    conn.query_row(
+        "SELECT next_offset FROM committed_offsets WHERE group_id = ?1 AND topic = ?2 AND partition_id = 0",
+        [group, topic],
+        |row| row.get(0),
+    )
+    .ok()
+}
+
+/// Commits wait for company, but not for the trigger to stop: after a trickle of
+/// messages the partition goes idle, and what was handled is committed by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_commits_what_it_handled_without_stopping() {
+    let (broker, log) = broker("trickle");
+    let topic = "trickle";
+    broker.ensure_topic(topic, 1).await.unwrap();
+    let handler = Arc::new(StubHandler::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run(
+        trigger(topic, 3),
+        broker.clone(),
+        handler.clone() as Arc<dyn MessageHandler>,
+        Arc::new(Metrics::new()),
+        stop_rx,
+        || {},
+    ));
+    for seq in 0..10 {
+        publish(&broker, topic, "k", &format!("ok:{seq}")).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while committed_offset(&log, "stub-group", topic) != Some(10) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handler.handled.lock().unwrap().len(), 10);
+    assert_eq!(
+        committed_offset(&log, "stub-group", topic),
+        Some(10),
+        "the running trigger committed everything it handled"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
