@@ -119,21 +119,62 @@ pub trait Sql {
     fn traceparent(&self) -> Option<String> {
         None
     }
+
+    /// Where this connection remembers the schemas it found applied, so that an
+    /// instance migrating several schemas (a service's, the outbox's…) or the same
+    /// one twice reads `shop_schema` once. `None`: every [`migrate`] reads it.
+    fn schema_memo(&self) -> Option<&SchemaMemo> {
+        None
+    }
+}
+
+/// The fingerprints of the schemas applied to one connection's database, read once.
+#[derive(Default, Debug)]
+pub struct SchemaMemo(std::cell::RefCell<Option<std::collections::BTreeSet<String>>>);
+
+impl SchemaMemo {
+    /// Whether `fingerprint` is applied, reading every recorded one on first use.
+    fn knows(&self, db: &(impl Sql + ?Sized), fingerprint: &str) -> bool {
+        let mut known = self.0.borrow_mut();
+        let known = known.get_or_insert_with(|| {
+            // An error here is a database without the table yet: nothing applied.
+            db.execute("SELECT fingerprint FROM shop_schema", &[])
+                .map(|rows| {
+                    rows.iter()
+                        .filter_map(|row| row.first().and_then(SqlValue::text).map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        known.contains(fingerprint)
+    }
+
+    fn applied(&self, fingerprint: String) {
+        if let Some(known) = self.0.borrow_mut().as_mut() {
+            known.insert(fingerprint);
+        }
+    }
 }
 
 /// Creates what `schema` describes (each statement idempotent, SQLite type names).
 ///
 /// Every instance of a service calls this on each request or message, so the usual
 /// case is one indexed read: a schema already applied is recorded by its fingerprint
-/// in `shop_schema`, and only a new or changed schema runs its statements.
+/// in `shop_schema`, and only a new or changed schema runs its statements. With a
+/// [`SchemaMemo`] the read is of every fingerprint, once per connection.
 pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
     let fingerprint = schema_fingerprint(schema);
-    let applied = db.execute(
-        "SELECT 1 FROM shop_schema WHERE fingerprint = ?",
-        &[fingerprint.as_str().into()],
-    );
-    // An error here is a database without the table yet.
-    if applied.is_ok_and(|rows| !rows.is_empty()) {
+    let applied = match db.schema_memo() {
+        Some(memo) => memo.knows(db, &fingerprint),
+        // An error here is a database without the table yet.
+        None => db
+            .execute(
+                "SELECT 1 FROM shop_schema WHERE fingerprint = ?",
+                &[fingerprint.as_str().into()],
+            )
+            .is_ok_and(|rows| !rows.is_empty()),
+    };
+    if applied {
         return Ok(());
     }
     let record = ["CREATE TABLE IF NOT EXISTS shop_schema (fingerprint TEXT PRIMARY KEY)"];
@@ -152,6 +193,9 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
         "INSERT INTO shop_schema (fingerprint) VALUES (?) ON CONFLICT DO NOTHING",
         &[fingerprint.as_str().into()],
     )?;
+    if let Some(memo) = db.schema_memo() {
+        memo.applied(fingerprint);
+    }
     Ok(())
 }
 
@@ -215,6 +259,74 @@ mod tests {
         db.execute("SELECT y FROM b", &[]).unwrap();
         let recorded = db.execute("SELECT COUNT(*) FROM shop_schema", &[]).unwrap();
         assert_eq!(recorded, vec![vec![SqlValue::Integer(2)]]);
+    }
+
+    /// A connection that remembers applied schemas, counting the statements it runs.
+    #[derive(Default)]
+    struct Remembering {
+        db: MemoryDb,
+        memo: SchemaMemo,
+        statements: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Sql for Remembering {
+        fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+            self.statements.borrow_mut().push(statement.to_string());
+            self.db.execute(statement, params)
+        }
+        fn outbox_written(&self, _: &str) {}
+        fn take_outbox_written(&self) -> Vec<String> {
+            vec![]
+        }
+        fn schema_memo(&self) -> Option<&SchemaMemo> {
+            Some(&self.memo)
+        }
+    }
+
+    #[test]
+    fn a_remembering_connection_reads_the_applied_schemas_once() {
+        let (a, b) = (
+            ["CREATE TABLE IF NOT EXISTS a (x INTEGER)"],
+            ["CREATE TABLE IF NOT EXISTS b (y TEXT)"],
+        );
+        let path = std::env::temp_dir().join(format!("shop-schema-memo-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let open = || Remembering {
+            db: MemoryDb::new(rusqlite::Connection::open(&path).unwrap()),
+            ..Default::default()
+        };
+        let first = open();
+        migrate(&first, &a).unwrap();
+        migrate(&first, &b).unwrap();
+        migrate(&first, &a).unwrap();
+        let applying = first.statements.take();
+        assert_eq!(
+            applying.iter().filter(|s| s.contains("FROM shop_schema")).count(),
+            1,
+            "{applying:?}"
+        );
+        assert_eq!(
+            applying
+                .iter()
+                .filter(|s| s.starts_with("CREATE TABLE IF NOT EXISTS a"))
+                .count(),
+            1
+        );
+
+        // The next instance on the same database: one read, nothing applied again.
+        let next = open();
+        for schema in [&a, &b, &a] {
+            migrate(&next, schema).unwrap();
+        }
+        assert_eq!(next.statements.take(), ["SELECT fingerprint FROM shop_schema"]);
+        // A changed schema still runs.
+        let changed = [
+            "CREATE TABLE IF NOT EXISTS a (x INTEGER)",
+            "CREATE TABLE IF NOT EXISTS c (z BLOB)",
+        ];
+        migrate(&next, &changed).unwrap();
+        next.execute("SELECT z FROM c", &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

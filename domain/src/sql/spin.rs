@@ -133,6 +133,7 @@ pub struct SpinDatabase {
     outbox_events: std::cell::RefCell<Vec<String>>,
     relay_publishes: bool,
     traceparent: Option<String>,
+    schemas: super::SchemaMemo,
 }
 
 impl SpinDatabase {
@@ -149,6 +150,7 @@ impl SpinDatabase {
             outbox_events: Default::default(),
             relay_publishes: true,
             traceparent: None,
+            schemas: Default::default(),
         })
     }
 
@@ -196,5 +198,9 @@ impl Sql for SpinDatabase {
 
     fn relay_publishes(&self) -> bool {
         self.relay_publishes
+    }
+
+    fn schema_memo(&self) -> Option<&super::SchemaMemo> {
+        Some(&self.schemas)
     }
 }
