@@ -285,7 +285,7 @@ impl Producer for EmbeddedProducer {
         let default_partitions = inner.options.default_partitions;
         let known_partitions = inner.known_partitions(&message.topic);
         let timestamp_ms = store::now_ms();
-        let (delivery, message) = self
+        let (delivery, partitions, message) = self
             .inner
             .store
             .write(move |conn| {
@@ -297,12 +297,13 @@ impl Producer for EmbeddedProducer {
                     default_partitions,
                     |partitions| inner.pick_partition(&message.topic, message.key.as_deref(), partitions),
                 )?;
-                if known_partitions.is_none() {
-                    inner.learn_partitions(&message.topic, partitions);
-                }
-                Ok((delivery, message))
+                Ok((delivery, partitions, message))
             })
             .await?;
+        // Only once committed: a topic created in a transaction that failed is not there.
+        if known_partitions.is_none() {
+            self.inner.learn_partitions(&message.topic, partitions);
+        }
         self.inner.published.record(&message, delivery, timestamp_ms);
         Ok(delivery)
     }
