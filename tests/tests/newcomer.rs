@@ -89,7 +89,9 @@ fn newcomer_target() -> PathBuf {
 }
 
 /// Runs `command` with `sh -c` in its own process group, killed when dropped.
-struct Group(std::process::Child);
+/// A child process group, killed when dropped, and the file where a command that left
+/// the group (`script` starts its command in a session of its own) wrote its pid.
+struct Group(std::process::Child, Option<std::path::PathBuf>);
 
 impl Drop for Group {
     fn drop(&mut self) {
@@ -98,6 +100,9 @@ impl Drop for Group {
             .args(["-s", "KILL", "--"])
             .arg(format!("-{}", self.0.id()))
             .status();
+        if let Some(pid) = self.1.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+            let _ = Command::new("kill").args(["-s", "KILL", "--", pid.trim()]).status();
+        }
         let _ = self.0.wait();
     }
 }
@@ -135,7 +140,7 @@ fn readme_run_command_serves_a_fresh_checkout() {
     let (stdout, stderr) = (Captured::default(), Captured::default());
     stdout.follow(child.stdout.take().unwrap());
     stderr.follow(child.stderr.take().unwrap());
-    let mut group = Group(child);
+    let mut group = Group(child, None);
 
     // A cold machine compiles wasmtime and every component first.
     let deadline = Instant::now() + Duration::from_secs(40 * 60);
@@ -191,8 +196,11 @@ fn up_output(dir: &TempDir, on_terminal: bool) -> String {
     let data = dir.path().join("data");
     // Compiled components are shared with the other full-shop tests.
     let cache = wasm("gateway").parent().unwrap().join("shop-test-compile-cache");
+    let pid_file = dir.path().join("shop.pid");
+    // The shell's pid is the host's once it execs.
     let up = format!(
-        "exec {} up --no-build --file {} --data-dir {} --cache-dir {} --listen 127.0.0.1:{} --admin-listen 127.0.0.1:{}",
+        "echo $$ > {}; exec {} up --no-build --file {} --data-dir {} --cache-dir {} --listen 127.0.0.1:{} --admin-listen 127.0.0.1:{}",
+        pid_file.display(),
         shop_bin().display(),
         manifest.display(),
         data.display(),
@@ -225,7 +233,7 @@ fn up_output(dir: &TempDir, on_terminal: bool) -> String {
     let (stdout, stderr) = (Captured::default(), Captured::default());
     stdout.follow(child.stdout.take().unwrap());
     stderr.follow(child.stderr.take().unwrap());
-    let group = Group(child);
+    let group = Group(child, Some(pid_file));
     let deadline = Instant::now() + Duration::from_secs(180);
     while !stdout.text().contains("Serving") {
         assert!(
