@@ -104,11 +104,11 @@ pub(super) struct Published {
 /// Most recent committed records kept per partition for consumers close behind.
 const TAIL_RECORDS: usize = 256;
 
-/// One partition's recent local appends, by offset. Another process's records are
+/// One partition's recent local appends, by offset (the highest is never evicted, so
+/// the last one is where this process's appends end). Another process's records are
 /// never here, so a run of consecutive offsets is what the file holds there.
 #[derive(Default)]
 struct Tail {
-    end: i64,
     records: BTreeMap<i64, Message>,
 }
 
@@ -122,7 +122,6 @@ impl Published {
         {
             let mut partitions = self.partitions.lock().unwrap_or_else(PoisonError::into_inner);
             let tail = partitions.entry(tp.clone()).or_default();
-            tail.end = tail.end.max(delivery.offset + 1);
             tail.records.insert(
                 delivery.offset,
                 Message {
@@ -148,7 +147,8 @@ impl Published {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(tp)
-            .map(|tail| tail.end)
+            .and_then(|tail| tail.records.last_key_value())
+            .map(|(offset, _)| offset + 1)
     }
 
     /// Up to `limit` records of `tp` from offset `from` on, from memory: `None` unless

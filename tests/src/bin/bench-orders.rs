@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use shop_broker::{Broker, ConsumerEvent, OutgoingMessage};
 use shop_tests::full_shop::{Backend, FullShop};
+use shop_tests::metric_value;
 
 /// Hops on an order's critical path, placement to CONFIRMED: reserve requested →
 /// reserved → authorize requested → authorized → capture requested → captured (with
@@ -36,60 +37,42 @@ struct Run {
     costs: Vec<(String, f64)>,
 }
 
-/// Sums of the host's counters by metric and `component` label (`*` for all), from a
-/// Prometheus text scrape.
-fn counters(scrape: &str) -> std::collections::BTreeMap<(String, String), f64> {
-    let mut sums = std::collections::BTreeMap::new();
-    for line in scrape.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-        let component = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("component=\""))
-            .map_or("", |c| c.trim_end_matches(['"', '}']));
-        for key in [component, "*"] {
-            *sums.entry((name.to_string(), key.to_string())).or_insert(0.0) += value;
-        }
-    }
-    sums
+/// The distinct values of `label` among the samples of `metric` in a Prometheus scrape.
+fn label_values(scrape: &str, metric: &str, label: &str) -> std::collections::BTreeSet<String> {
+    let prefix = format!("{label}=\"");
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(metric)?.strip_prefix('{'))
+        .filter_map(|labels| {
+            let value = labels.split(',').find_map(|l| l.strip_prefix(prefix.as_str()))?;
+            Some(value.split('"').next()?.to_string())
+        })
+        .collect()
 }
 
 /// Per order, what changed between two scrapes: invocations per component and trigger,
 /// instantiations, records published and cron runs.
 fn costs_per_order(before: &str, after: &str, orders: usize) -> Vec<(String, f64)> {
-    let (before, after) = (counters(before), counters(after));
-    let delta = |name: &str, component: &str| {
-        let key = (name.to_string(), component.to_string());
-        (after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)) / orders as f64
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        (metric_value(after, name, labels) - metric_value(before, name, labels)) / orders as f64
     };
-    let mut costs = vec![
-        (
-            "instantiations".to_string(),
-            delta("shop_component_instantiation_duration_seconds_count", "*"),
-        ),
-        (
-            "records published".to_string(),
-            delta("shop_events_published_total", "*"),
-        ),
-        (
-            "records filtered out".to_string(),
-            delta("shop_kafka_messages_filtered_total", "*"),
-        ),
-        ("cron runs".to_string(), delta("shop_cron_runs_total", "*")),
-    ];
+    let mut costs: Vec<(String, f64)> = [
+        ("instantiations", "shop_component_instantiation_duration_seconds_count"),
+        ("records published", "shop_events_published_total"),
+        ("records filtered out", "shop_kafka_messages_filtered_total"),
+        ("cron runs", "shop_cron_runs_total"),
+    ]
+    .into_iter()
+    .map(|(what, metric)| (what.to_string(), delta(metric, &[])))
+    .collect();
     for (metric, what) in [
         ("shop_http_requests_total", "http"),
         ("shop_kafka_messages_handled_total", "kafka"),
     ] {
-        for (name, component) in after.keys() {
-            if name == metric && component != "*" {
-                let n = delta(metric, component);
-                if n > 0.0 {
-                    costs.push((format!("{what} {component}"), n));
-                }
+        for component in label_values(after, metric, "component") {
+            let n = delta(metric, &[("component", &component)]);
+            if n > 0.0 {
+                costs.push((format!("{what} {component}"), n));
             }
         }
     }
