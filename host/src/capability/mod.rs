@@ -13,6 +13,7 @@ pub mod redis;
 pub mod sockets;
 pub mod sqlite;
 pub mod variables;
+pub mod wal_checkpoint;
 
 use std::path::Path;
 

@@ -16,6 +16,7 @@ use wasmtime::component::Resource;
 
 use super::Backends;
 use super::commits::CommitSignals;
+use super::wal_checkpoint::{self, Checkpointer};
 use crate::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::state::HostState;
 use crate::telemetry::{self, Span};
@@ -87,6 +88,8 @@ struct DatabaseFile {
     readers: Mutex<Vec<Connection>>,
     /// Told which component committed a write here.
     commits: Arc<CommitSignals>,
+    /// Checkpoints the log off the writers' threads.
+    checkpointer: Checkpointer,
 }
 
 impl DatabaseFile {
@@ -94,6 +97,18 @@ impl DatabaseFile {
         let conn = open_file(path)?;
         conn.pragma_update(None, "synchronous", synchronous.pragma())?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+
+    /// The writing connection: its log is checkpointed by the [`Checkpointer`], with
+    /// SQLite's own checkpoint only as a fallback far beyond the usual threshold.
+    fn connect_primary(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
+        let conn = Self::connect(path, synchronous)?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            wal_checkpoint::FALLBACK_AUTOCHECKPOINT_PAGES,
+        )?;
         Ok(conn)
     }
 
@@ -123,7 +138,7 @@ fn release_primary(file: &DatabaseFile, mut primary: tokio::sync::OwnedMutexGuar
     if primary.is_autocommit() || primary.execute_batch("ROLLBACK").is_ok() {
         return;
     }
-    match DatabaseFile::connect(&file.path, file.synchronous) {
+    match DatabaseFile::connect_primary(&file.path, file.synchronous) {
         // Closing the stuck connection ends its transaction.
         Ok(fresh) => *primary = fresh,
         Err(e) => tracing::error!(path = %file.path.display(), error = %e, "cannot replace a stuck SQLite connection"),
@@ -205,13 +220,17 @@ fn needs_primary(statement: &str) -> bool {
 impl Database {
     /// Opens the file (creating it if needed) at start-up with its primary connection.
     pub fn open(path: &Path, synchronous: Synchronous, commits: Arc<CommitSignals>) -> anyhow::Result<Self> {
-        let primary = DatabaseFile::connect(path, synchronous)?;
+        let primary = DatabaseFile::connect_primary(path, synchronous)?;
+        let checkpointer = Checkpointer::start(path, wal_checkpoint::COMMITS_PER_CHECKPOINT, move |path| {
+            DatabaseFile::connect(path, synchronous)
+        })?;
         let file = Arc::new(DatabaseFile {
             path: path.to_path_buf(),
             synchronous,
             primary: Arc::new(tokio::sync::Mutex::new(primary)),
             readers: Mutex::default(),
             commits,
+            checkpointer,
         });
         Ok(Self { file })
     }
@@ -264,6 +283,7 @@ impl Session {
             // A COMMIT, or a statement outside a transaction, has ended.
             drop(primary);
             if wrote && result.is_ok() {
+                inner.file.checkpointer.committed();
                 inner.file.commits.committed(&inner.component);
             }
         } else {
