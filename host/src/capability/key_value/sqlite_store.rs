@@ -7,17 +7,30 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::capability::sqlite::Synchronous;
+use crate::capability::wal_checkpoint::{self, Checkpointer};
 
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     label: Arc<str>,
+    /// Checkpoints the file's log off the serving threads (see [`Checkpointer`]).
+    checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteStore {
     pub fn open(path: &Path, label: &str, synchronous: Synchronous) -> anyhow::Result<Self> {
         let conn = crate::capability::sqlite::open_file(path)?;
         conn.pragma_update(None, "synchronous", synchronous.pragma())?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            wal_checkpoint::FALLBACK_AUTOCHECKPOINT_PAGES,
+        )?;
+        let checkpointer = Checkpointer::start(path, wal_checkpoint::COMMITS_PER_CHECKPOINT, move |path| {
+            let conn = crate::capability::sqlite::open_file(path)?;
+            conn.pragma_update(None, "synchronous", synchronous.pragma())?;
+            Ok(conn)
+        })?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS spin_key_value (
                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
@@ -27,6 +40,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             label: label.into(),
+            checkpointer: Arc::new(checkpointer),
         })
     }
 
@@ -42,7 +56,12 @@ impl SqliteStore {
             .conn
             .lock()
             .map_err(|_| "key-value connection poisoned".to_string())?;
-        f(&conn, &self.label).map_err(|e| e.to_string())
+        let changes_before = conn.total_changes();
+        let result = f(&conn, &self.label).map_err(|e| e.to_string());
+        if conn.total_changes() != changes_before {
+            self.checkpointer.committed();
+        }
+        result
     }
 
     async fn with_conn_checked<T: Send + 'static>(
@@ -64,8 +83,13 @@ impl SqliteStore {
             .map_err(|_| "key-value connection poisoned".to_string())?;
         let tx = rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)
             .map_err(|e| e.to_string())?;
+        let changes_before = tx.total_changes();
         let value = f(&tx, &self.label)?;
+        let wrote = tx.total_changes() != changes_before;
         tx.commit().map_err(|e| e.to_string())?;
+        if wrote {
+            self.checkpointer.committed();
+        }
         Ok(value)
     }
 
