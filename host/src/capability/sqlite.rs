@@ -104,11 +104,7 @@ impl DatabaseFile {
     /// SQLite's own checkpoint only as a fallback far beyond the usual threshold.
     fn connect_primary(path: &Path, synchronous: Synchronous) -> anyhow::Result<Connection> {
         let conn = Self::connect(path, synchronous)?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            wal_checkpoint::FALLBACK_AUTOCHECKPOINT_PAGES,
-        )?;
+        wal_checkpoint::hand_over(&conn)?;
         Ok(conn)
     }
 
@@ -221,9 +217,7 @@ impl Database {
     /// Opens the file (creating it if needed) at start-up with its primary connection.
     pub fn open(path: &Path, synchronous: Synchronous, commits: Arc<CommitSignals>) -> anyhow::Result<Self> {
         let primary = DatabaseFile::connect_primary(path, synchronous)?;
-        let checkpointer = Checkpointer::start(path, wal_checkpoint::COMMITS_PER_CHECKPOINT, move |path| {
-            DatabaseFile::connect(path, synchronous)
-        })?;
+        let checkpointer = Checkpointer::start(path, move |path| DatabaseFile::connect(path, synchronous))?;
         let file = Arc::new(DatabaseFile {
             path: path.to_path_buf(),
             synchronous,

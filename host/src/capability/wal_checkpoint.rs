@@ -20,7 +20,12 @@ pub const COMMITS_PER_CHECKPOINT: u32 = 100;
 
 /// The automatic checkpoint left on the writing connection, as a safety net should the
 /// thread fall far behind (pages; SQLite's default is 1,000).
-pub const FALLBACK_AUTOCHECKPOINT_PAGES: u32 = 20_000;
+const FALLBACK_AUTOCHECKPOINT_PAGES: u32 = 20_000;
+
+/// Leaves `writer`'s checkpoints to the thread, SQLite's own only as the fallback.
+pub fn hand_over(writer: &Connection) -> rusqlite::Result<()> {
+    writer.pragma_update(None, "wal_autocheckpoint", FALLBACK_AUTOCHECKPOINT_PAGES)
+}
 
 /// Wakes the checkpoint thread of one database file.
 pub struct Checkpointer {
@@ -30,9 +35,17 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread for the file at `path`; it ends when the `Checkpointer` is
-    /// dropped. `connect` opens its connection (the same settings as the writer's).
+    /// Starts the thread for the file at `path`, checkpointing every
+    /// [`COMMITS_PER_CHECKPOINT`]; it ends when the `Checkpointer` is dropped.
+    /// `connect` opens its connection (the same settings as the writer's).
     pub fn start(
+        path: &Path,
+        connect: impl FnOnce(&Path) -> anyhow::Result<Connection> + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        Self::start_every(path, COMMITS_PER_CHECKPOINT, connect)
+    }
+
+    fn start_every(
         path: &Path,
         every: u32,
         connect: impl FnOnce(&Path) -> anyhow::Result<Connection> + Send + 'static,
@@ -107,7 +120,7 @@ mod tests {
         let writer = open(&path).unwrap();
         writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         writer.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
-        let checkpointer = Checkpointer::start(&path, 5, open).unwrap();
+        let checkpointer = Checkpointer::start_every(&path, 5, open).unwrap();
         for i in 0..4 {
             writer.execute("INSERT INTO t VALUES (?)", [i]).unwrap();
             checkpointer.committed();
@@ -138,7 +151,7 @@ mod tests {
 
     #[test]
     fn a_thread_that_cannot_open_its_connection_leaves_the_writer_working() {
-        let checkpointer = Checkpointer::start(Path::new("/nonexistent/dir/db"), 1, |p| {
+        let checkpointer = Checkpointer::start_every(Path::new("/nonexistent/dir/db"), 1, |p| {
             anyhow::bail!("cannot open {}", p.display())
         })
         .unwrap();

@@ -19,18 +19,14 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path, label: &str, synchronous: Synchronous) -> anyhow::Result<Self> {
-        let conn = crate::capability::sqlite::open_file(path)?;
-        conn.pragma_update(None, "synchronous", synchronous.pragma())?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            wal_checkpoint::FALLBACK_AUTOCHECKPOINT_PAGES,
-        )?;
-        let checkpointer = Checkpointer::start(path, wal_checkpoint::COMMITS_PER_CHECKPOINT, move |path| {
+        let connect = move |path: &Path| -> anyhow::Result<Connection> {
             let conn = crate::capability::sqlite::open_file(path)?;
             conn.pragma_update(None, "synchronous", synchronous.pragma())?;
             Ok(conn)
-        })?;
+        };
+        let conn = connect(path)?;
+        wal_checkpoint::hand_over(&conn)?;
+        let checkpointer = Checkpointer::start(path, connect)?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS spin_key_value (
                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
