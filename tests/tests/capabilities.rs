@@ -340,6 +340,66 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
     );
 }
 
+/// Guests that keep a connection open while they wait (the orders long poll) must not
+/// hold the pool's server connections: more of them than the pool has slots, each
+/// pausing longer than a checkout may wait, all get their statements through. A
+/// transaction, and a session `SET`, keep their server connection across a pause.
+#[test]
+fn idle_guest_connections_do_not_hold_pooled_server_connections() {
+    let dir = TempDir::new("pg-hold");
+    let address = fresh_postgres_database("shop_test_pool_hold");
+    let manifest = granted_app(&dir, "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]", "");
+    let shop = Shop::start(&manifest, &dir.path().join("data"));
+    // 40 guests against a pool of 16, each pausing 3 s between two statements: holding
+    // the server connection from open would leave most of them waiting past the 5 s
+    // checkout limit. (Inside their transactions they hold one, briefly.)
+    let results: Vec<Value> = std::thread::scope(|scope| {
+        let holders: Vec<_> = (0..40)
+            .map(|_| scope.spawn(|| shop.get_json("/granted/pg-hold?ms=3000&tx_ms=50", &[("x-pg-address", &address)])))
+            .collect();
+        holders.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for result in &results {
+        let steps = [
+            "first",
+            "second",
+            "begin",
+            "in_transaction",
+            "still_in_transaction",
+            "commit",
+            "set",
+            "after_set",
+        ];
+        for step in steps {
+            assert!(result[step].get("ok").is_some(), "{step} failed: {result}");
+        }
+        assert_eq!(
+            result["in_transaction"], result["still_in_transaction"],
+            "a transaction moved to another server connection: {result}"
+        );
+        assert_eq!(
+            result["after_set"],
+            json!({ "ok": "[[DbValue::Str(\"shop_pg_hold\")]]" }),
+            "a session SET was lost: {result}"
+        );
+    }
+    // A connection a guest `SET` something on is closed when the guest ends, not
+    // handed to the next guest.
+    let kept = || {
+        psql(
+            "shop_test_pool_hold",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'shop_pg_hold'",
+        )
+        .parse::<usize>()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kept() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(kept(), 0, "connections carrying a guest's SET went back to the pool");
+}
+
 /// Each distinct address a guest opens (here: the same server with another
 /// `application_name`) would otherwise be a pool of its own, kept for ever.
 #[test]

@@ -35,29 +35,6 @@ impl CommitSignals {
     }
 }
 
-/// What a PostgreSQL statement does to the session's transaction, read from its first
-/// keyword: enough to tell when a guest's write has become visible to others.
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub enum StatementKind {
-    Begin,
-    Commit,
-    Rollback,
-    Write,
-    Other,
-}
-
-impl StatementKind {
-    pub fn of(statement: &str) -> Self {
-        match super::leading_keyword(statement).as_str() {
-            "BEGIN" | "START" => Self::Begin,
-            "COMMIT" | "END" => Self::Commit,
-            "ROLLBACK" | "ABORT" => Self::Rollback,
-            "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "WITH" => Self::Write,
-            _ => Self::Other,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,19 +50,5 @@ mod tests {
         assert!(!woken.as_mut().enable(), "a commit by another component woke the relay");
         signals.committed("orders");
         assert!(woken.enable(), "the watched component's commit did not wake the relay");
-    }
-
-    #[test]
-    fn statements_are_classified_by_their_first_keyword() {
-        assert_eq!(StatementKind::of("  begin"), StatementKind::Begin);
-        assert_eq!(StatementKind::of("START TRANSACTION"), StatementKind::Begin);
-        assert_eq!(StatementKind::of("commit;"), StatementKind::Commit);
-        assert_eq!(StatementKind::of("ROLLBACK TO SAVEPOINT a"), StatementKind::Rollback);
-        assert_eq!(
-            StatementKind::of("insert into outbox values ($1)"),
-            StatementKind::Write
-        );
-        assert_eq!(StatementKind::of("SELECT 1"), StatementKind::Other);
-        assert_eq!(StatementKind::of("CREATE TABLE t (x int)"), StatementKind::Other);
     }
 }

@@ -2,6 +2,8 @@
 //! guest names a server address; the host checks it against `allowed_outbound_hosts`
 //! (scheme `postgres`), then serves the connection from a pool kept per address
 //! across requests. Value encodings live in [`values`].
+//! A guest connection holds a pooled server connection only while it needs one
+//! ([`session`]).
 
 // The error type is the interface's `error` variant, fixed by the WIT.
 #![allow(clippy::result_large_err)]
@@ -9,10 +11,10 @@
 use std::error::Error as _;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub mod listen;
+mod session;
 mod values;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -22,12 +24,12 @@ use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 use super::Backends;
 use super::allowed_hosts::AllowedHosts;
 use super::bounded_map::BoundedMap;
-use super::commits::StatementKind;
 use crate::bindings::postgres4::spin::postgres::postgres::{
     self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
 };
 use crate::state::HostState;
-use crate::telemetry::{self, TraceCell};
+use crate::telemetry;
+use session::PgSession;
 use values::{data_type, db_value, to_sql};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,12 +64,11 @@ impl PostgresPools {
 }
 
 fn new_pool(config: tokio_postgres::Config) -> Result<Pool, Error> {
-    // A guest that trapped, timed out or simply never committed leaves its
-    // transaction open on the connection; it must not leak into the next guest's
-    // work, so every returned connection is rolled back before reuse (as Spin
-    // ends a guest's connection, and with it any open transaction).
+    // Connections come back to the pool outside any transaction (see
+    // `Session::release` and `Drop for Session`), so recycling only checks the
+    // connection is still open: a ROLLBACK here would be a round trip per statement.
     let recycling = ManagerConfig {
-        recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+        recycling_method: RecyclingMethod::Fast,
     };
     // Components never see server notices (the interface has no place for
     // them); without this each `CREATE … IF NOT EXISTS` and each recycling
@@ -91,46 +92,17 @@ fn new_pool(config: tokio_postgres::Config) -> Result<Pool, Error> {
 }
 
 /// Per-instance Postgres state.
+#[derive(Clone)]
 pub struct PostgresAccess {
     pub component: Arc<str>,
     pub allowed: Arc<AllowedHosts>,
     pub backends: Arc<Backends>,
 }
 
-/// An open connection as the guest holds it (returned to the pool when dropped).
+/// An open connection as the guest holds it.
 pub struct PgConnection {
     // Shared so an `async func` call can use it without borrowing the instance table.
     session: Arc<PgSession>,
-}
-
-struct PgSession {
-    client: Object,
-    /// The database name, and the trace of the instance holding it (each statement
-    /// is a span).
-    database: String,
-    trace: TraceCell,
-    /// Between the guest's BEGIN and its COMMIT or ROLLBACK: its writes are not
-    /// visible to others yet.
-    in_transaction: AtomicBool,
-}
-
-impl PgSession {
-    /// Follows the guest's transaction through `statement`, which has just succeeded,
-    /// and reports to the commit signals when a write of `component` became visible.
-    fn after(&self, statement: &str, component: &str, backends: &Backends) {
-        match StatementKind::of(statement) {
-            StatementKind::Begin => self.in_transaction.store(true, Ordering::Relaxed),
-            StatementKind::Rollback => self.in_transaction.store(false, Ordering::Relaxed),
-            StatementKind::Commit => {
-                self.in_transaction.store(false, Ordering::Relaxed);
-                backends.commits.committed(component);
-            }
-            StatementKind::Write if !self.in_transaction.load(Ordering::Relaxed) => {
-                backends.commits.committed(component)
-            }
-            StatementKind::Write | StatementKind::Other => {}
-        }
-    }
 }
 
 /// spin-sdk 7's connection builder: an address waiting for `build`.
@@ -198,10 +170,6 @@ impl HostState {
             .clone())
     }
 
-    fn pg_after(&self, session: &PgSession, statement: &str) {
-        session.after(statement, &self.postgres.component, &self.postgres.backends);
-    }
-
     /// The pool for `address` if this component may reach it.
     fn pg_pool(&self, address: &str) -> Result<Pool, Error> {
         let config = authorize(address, &self.postgres.allowed)?;
@@ -211,7 +179,9 @@ impl HostState {
             .pool(&self.postgres.component, address, config)
     }
 
-    fn pg_push(&mut self, client: Object, address: &str) -> Result<Resource<PgConnection>, Error> {
+    /// A guest connection on `pool`, starting with `client` (checked out by `open`, so
+    /// that `open` reports an unreachable server, as Spin's does).
+    fn pg_push(&mut self, pool: Pool, client: Object, address: &str) -> Result<Resource<PgConnection>, Error> {
         // postgres://user@host:port/name?options → name
         let database = address
             .split('?')
@@ -223,12 +193,7 @@ impl HostState {
             .to_string();
         self.table
             .push(PgConnection {
-                session: Arc::new(PgSession {
-                    client,
-                    database,
-                    trace: self.trace.clone(),
-                    in_transaction: AtomicBool::new(false),
-                }),
+                session: Arc::new(PgSession::new(pool, client, database, self.trace.clone())),
             })
             .map_err(|e| Error::Other(e.to_string()))
     }
@@ -254,10 +219,20 @@ async fn prepare(client: &Object, statement: &str) -> Result<tokio_postgres::Sta
     client.prepare_cached(statement).await.map_err(query_error)
 }
 
-/// Runs a query on a pooled client.
-async fn run_query(session: &PgSession, statement: &str, params: Vec<ParameterValue>) -> Result<RowSet, Error> {
+/// Runs a query on the guest's connection.
+async fn run_query(
+    session: &PgSession,
+    access: &PostgresAccess,
+    statement: &str,
+    params: Vec<ParameterValue>,
+) -> Result<RowSet, Error> {
     let span = telemetry::database_span(&session.trace, "postgresql", &session.database, statement);
-    telemetry::finish_with(span, query_rows(&session.client, statement, params).await)
+    let rows = session
+        .run(statement, &access.component, &access.backends, async move |client| {
+            query_rows(client, statement, params).await
+        })
+        .await;
+    telemetry::finish_with(span, rows)
 }
 
 async fn query_rows(client: &Object, statement: &str, params: Vec<ParameterValue>) -> Result<RowSet, Error> {
@@ -286,23 +261,30 @@ async fn query_rows(client: &Object, statement: &str, params: Vec<ParameterValue
     Ok(RowSet { columns, rows })
 }
 
-async fn run_execute(session: &PgSession, statement: &str, params: Vec<ParameterValue>) -> Result<u64, Error> {
+async fn run_execute(
+    session: &PgSession,
+    access: &PostgresAccess,
+    statement: &str,
+    params: Vec<ParameterValue>,
+) -> Result<u64, Error> {
     let span = telemetry::database_span(&session.trace, "postgresql", &session.database, statement);
-    let client = &session.client;
-    let changed = async {
-        let params = bind(params)?;
-        let prepared = prepare(client, statement).await?;
-        client.execute(&prepared, &refs(&params)).await.map_err(query_error)
-    };
-    telemetry::finish_with(span, changed.await)
+    let changed = session
+        .run(statement, &access.component, &access.backends, async move |client| {
+            let params = bind(params)?;
+            let prepared = prepare(client, statement).await?;
+            client.execute(&prepared, &refs(&params)).await.map_err(query_error)
+        })
+        .await;
+    telemetry::finish_with(span, changed)
 }
 
 impl postgres::Host for HostState {}
 
 impl postgres::HostConnection for HostState {
     async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, Error> {
-        let client = checkout(self.pg_pool(&address)?).await?;
-        self.pg_push(client, &address)
+        let pool = self.pg_pool(&address)?;
+        let client = checkout(pool.clone()).await?;
+        self.pg_push(pool, client, &address)
     }
 
     async fn query(
@@ -312,9 +294,7 @@ impl postgres::HostConnection for HostState {
         params: Vec<ParameterValue>,
     ) -> Result<RowSet, Error> {
         let session = self.pg_session(&connection)?;
-        let rows = run_query(&session, &statement, params).await?;
-        self.pg_after(&session, &statement);
-        Ok(rows)
+        run_query(&session, &self.postgres.clone(), &statement, params).await
     }
 
     async fn execute(
@@ -324,9 +304,7 @@ impl postgres::HostConnection for HostState {
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
         let session = self.pg_session(&connection)?;
-        let changed = run_execute(&session, &statement, params).await?;
-        self.pg_after(&session, &statement);
-        Ok(changed)
+        run_execute(&session, &self.postgres.clone(), &statement, params).await
     }
 
     async fn drop(&mut self, connection: Resource<PgConnection>) -> wasmtime::Result<()> {
@@ -372,18 +350,21 @@ impl wasmtime::component::HasData for SpinPostgres4 {
     type Data<'a> = &'a mut HostState;
 }
 
-fn session_of<U>(store: &Accessor<U, SpinPostgres4>, c: &Resource<PgConnection>) -> Result<Arc<PgSession>, Error> {
-    store.with(|mut view| view.get().pg_session(c))
-}
-
-fn after<U>(store: &Accessor<U, SpinPostgres4>, session: &PgSession, statement: &str) {
-    store.with(|mut view| view.get().pg_after(session, statement))
+/// The guest's connection and what its statements report to.
+fn session_of<U>(
+    store: &Accessor<U, SpinPostgres4>,
+    c: &Resource<PgConnection>,
+) -> Result<(Arc<PgSession>, PostgresAccess), Error> {
+    store.with(|mut view| {
+        let state = view.get();
+        Ok((state.pg_session(c)?, state.postgres.clone()))
+    })
 }
 
 async fn open_with<U>(store: &Accessor<U, SpinPostgres4>, address: String) -> Result<Resource<PgConnection>, Error> {
     let pool = store.with(|mut view| view.get().pg_pool(&address))?;
-    let client = checkout(pool).await?;
-    store.with(|mut view| view.get().pg_push(client, &address))
+    let client = checkout(pool.clone()).await?;
+    store.with(|mut view| view.get().pg_push(pool, client, &address))
 }
 
 impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
@@ -399,15 +380,14 @@ impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
         params: Vec<ParameterValue>,
     ) -> wasmtime::Result<Result<(Vec<Column>, StreamReader<Vec<DbValue>>, FutureReader<Result<(), Error>>), Error>>
     {
-        let session = match session_of(store, &c) {
-            Ok(session) => session,
+        let (session, access) = match session_of(store, &c) {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
-        let RowSet { columns, rows } = match run_query(&session, &statement, params).await {
+        let RowSet { columns, rows } = match run_query(&session, &access, &statement, params).await {
             Ok(set) => set,
             Err(e) => return Ok(Err(e)),
         };
-        after(store, &session, &statement);
         store.with(|mut access| {
             let rows = StreamReader::new(&mut access, rows)?;
             let done = FutureReader::new(&mut access, async { wasmtime::Result::<_>::Ok(Ok(())) })?;
@@ -421,10 +401,8 @@ impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
-        let session = session_of(store, &c)?;
-        let changed = run_execute(&session, &statement, params).await?;
-        after(store, &session, &statement);
-        Ok(changed)
+        let (session, access) = session_of(store, &c)?;
+        run_execute(&session, &access, &statement, params).await
     }
 }
 

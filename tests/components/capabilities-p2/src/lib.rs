@@ -9,6 +9,9 @@
 //! - `GET /pg-open` with header `x-pg-address`: opens a connection and runs `SELECT 1`.
 //! - `GET /pg-types` with header `x-pg-address`: date/time, uuid, jsonb, numeric,
 //!   range and interval values through Postgres.
+//! - `GET /pg-hold?ms=<n>&tx_ms=<t>` with header `x-pg-address`: keeps one connection
+//!   open for n ms between two statements, then for t ms inside a transaction and
+//!   after a `SET`, and answers which server backend ran each statement.
 //! - `GET /sqlite3?db=<label>`: the `spin:sqlite@3.0.0` script (rowid and changes).
 //! - `GET /wasi-kv?store=<label>`: the `wasi:keyvalue` store/atomics/batch script.
 //! - `GET /vars?name=<name>`: `variables::get(name)`.
@@ -154,6 +157,39 @@ fn postgres_script(address: &str) -> Value {
     let _ = conn.execute("BEGIN", &[]);
     let _ = conn.execute("INSERT INTO shop_pg_script (t) VALUES ('uncommitted')", &[]);
     result
+}
+
+/// One guest connection kept open across pauses: once between plain statements, once
+/// inside a transaction, once after a session `SET`.
+fn postgres_hold(address: &str, ms: u64, tx_ms: u64) -> Value {
+    use spin_sdk::pg4::Connection;
+    let conn = match Connection::open(address) {
+        Ok(conn) => conn,
+        Err(e) => return json!({ "open": { "err": format!("{e:?}") } }),
+    };
+    let pause = |ms: u64| std::thread::sleep(std::time::Duration::from_millis(ms));
+    let backend = || show(conn.query("SELECT pg_backend_pid()", &[]).map(|rs| rs.rows));
+    let first = backend();
+    pause(ms);
+    let second = backend();
+    let begin = show(conn.execute("BEGIN", &[]));
+    let in_transaction = backend();
+    pause(tx_ms);
+    let still_in_transaction = backend();
+    let commit = show(conn.execute("COMMIT", &[]));
+    let set = show(conn.execute("SET application_name = 'shop_pg_hold'", &[]));
+    pause(tx_ms);
+    let after_set = show(conn.query("SHOW application_name", &[]).map(|rs| rs.rows));
+    json!({
+        "first": first,
+        "second": second,
+        "begin": begin,
+        "in_transaction": in_transaction,
+        "still_in_transaction": still_in_transaction,
+        "commit": commit,
+        "set": set,
+        "after_set": after_set,
+    })
 }
 
 /// Postgres values with their own encodings, written then read back. jsonb is shown as
@@ -361,6 +397,9 @@ fn handle(req: Request) -> Response {
         postgres_script(&header(&req, "x-pg-address"))
     } else if req.path().ends_with("/pg-open") {
         postgres_open(&header(&req, "x-pg-address"))
+    } else if req.path().ends_with("/pg-hold") {
+        let ms = |name: &str| query_param(&req, name).parse().unwrap_or(0);
+        postgres_hold(&header(&req, "x-pg-address"), ms("ms"), ms("tx_ms"))
     } else if req.path().ends_with("/pg-types") {
         postgres_types_script(&header(&req, "x-pg-address"))
     } else if req.path().ends_with("/sqlite3") {
