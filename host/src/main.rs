@@ -19,6 +19,9 @@ mod telemetry;
 mod trigger;
 mod variables;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
