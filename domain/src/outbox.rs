@@ -2,7 +2,8 @@
 //! transaction as the state change, and the relay that publishes it (run by the
 //! outbox-relay component on a cron trigger, and by services right after a commit).
 
-use crate::sql::{Sql, SqlError, SqlValue, migrate};
+use crate::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
+use crate::written::Place;
 use crate::{CONTENT_TYPE, Envelope, ShopEvent};
 
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox (
@@ -31,42 +32,58 @@ pub const TRACE_COLUMNS: [&str; 2] = [
 /// How old a self-published row must be before the relay takes it as left behind.
 pub const OWN_ROWS_GRACE_SECS: i64 = 10;
 
-/// The table `db`'s writes go to.
-fn table_of(db: &impl Sql) -> &'static str {
-    match db.relay_publishes() {
-        true => "outbox",
-        false => "outbox_own",
-    }
-}
-
 /// The PostgreSQL channel told of every commit that adds outbox rows, so a relay can
 /// publish at once wherever the service runs (`run_on_notify` in the shop host).
 pub const NOTIFY_CHANNEL: &str = "shop_outbox";
 
-/// Appends `event` (run it inside the caller's transaction). On PostgreSQL it also
-/// notifies [`NOTIFY_CHANNEL`] (delivered at the commit, and only then) when the
-/// relay is the one to publish it.
+/// Appends `event` (run it inside the caller's transaction): to `outbox` where the
+/// relay publishes for `db` (on PostgreSQL also notifying [`NOTIFY_CHANNEL`], which is
+/// delivered at the commit, and only then); otherwise for its writer to publish after
+/// the commit, kept with the inbox row of the message being handled or in
+/// `outbox_own` (see [`crate::written`]).
 pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopEvent) -> Result<(), SqlError> {
-    db.outbox_written(&event_id);
-    let table = table_of(db);
+    let row = OutboxRow {
+        seq: 0,
+        event_id,
+        topic: event.topic().to_string(),
+        key: event.key().to_string(),
+        event_type: event.event_type().to_string(),
+        payload: event.to_json(),
+        created_at,
+        traceparent: db.traceparent(),
+    };
+    let Some(written) = db.written() else {
+        insert(db, "outbox", &row)?;
+        if db.dialect() == crate::sql::Dialect::Postgres {
+            db.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])?;
+        }
+        return Ok(());
+    };
+    if written.handled().is_some() {
+        written.push(row, Place::Inbox);
+    } else {
+        insert(db, "outbox_own", &row)?;
+        written.push(row, Place::OwnOutbox);
+    }
+    Ok(())
+}
+
+fn insert(db: &impl Sql, table: &str, row: &OutboxRow) -> Result<(), SqlError> {
     db.execute(
         &format!(
             "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at, traceparent) \
              VALUES (?, ?, ?, ?, ?, ?, ?)"
         ),
         &[
-            event_id.into(),
-            event.topic().into(),
-            event.key().into(),
-            event.event_type().into(),
-            SqlValue::Blob(event.to_json()),
-            created_at.into(),
-            db.traceparent().into(),
+            row.event_id.clone().into(),
+            row.topic.clone().into(),
+            row.key.clone().into(),
+            row.event_type.clone().into(),
+            SqlValue::Blob(row.payload.clone()),
+            row.created_at.clone().into(),
+            row.traceparent.clone().into(),
         ],
     )?;
-    if db.dialect() == crate::sql::Dialect::Postgres && db.relay_publishes() {
-        db.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])?;
-    }
     Ok(())
 }
 
@@ -208,26 +225,72 @@ pub fn relay(db: &impl Sql, publisher: &impl Publisher, source: &str, now: i64) 
     Ok(published + publish_rows(db, publisher, source, "outbox_own", &left_behind)?)
 }
 
+/// Why some events [`publish_written`] had were not published.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unpublished {
+    /// They are in `outbox_own` now: the relay sends them once they are
+    /// [`OWN_ROWS_GRACE_SECS`] old.
+    LeftToRelay(String),
+    /// They are only with the inbox row of the message they answer: the caller must
+    /// fail, so that the message is delivered again and [`republish`] sends them.
+    Redeliver(String),
+}
+
 /// Publishes the events written through `db` since the last call (its commit just
-/// ended), then deletes them, as [`relay`] does. Only its own: instances of a service
-/// run side by side, and each publishing every pending row would send each event
-/// once per instance that committed meanwhile. What a crash leaves is the relay's.
-pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, String> {
-    let ids = db.take_outbox_written();
-    if ids.is_empty() {
-        return Ok(0);
+/// ended), in order, then forgets them: those in `outbox_own` are deleted, as
+/// [`relay`] does. Only its own: instances of a service run side by side, and each
+/// publishing every pending row would send each event once per instance that
+/// committed meanwhile. What a crash leaves is the relay's, or the redelivery's.
+/// Returns how many were published.
+pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, Unpublished> {
+    let rows = db.written().map(|w| w.take()).unwrap_or_default();
+    let mut failure = None;
+    let mut published = Vec::new();
+    for (row, place) in &rows {
+        match publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
+            Ok(()) => published.push((row, *place)),
+            Err(e) => {
+                failure = Some(format!("publishing {}: {e}", row.event_id));
+                break;
+            }
+        }
     }
-    let table = table_of(db);
-    let placeholders = vec!["?"; ids.len()].join(", ");
-    let ids: Vec<SqlValue> = ids.into_iter().map(SqlValue::from).collect();
-    let rows = db
-        .execute(
-            &format!("{SELECT_ROWS} FROM {table} WHERE event_id IN ({placeholders}) ORDER BY seq"),
-            &ids,
-        )
-        .map_err(|e| e.to_string())?;
-    let rows: Vec<OutboxRow> = rows.iter().map(|r| row_from(r)).collect::<Result<_, _>>()?;
-    publish_rows(db, publisher, source, table, &rows)
+    let own: Vec<&OutboxRow> = published
+        .iter()
+        .filter(|(_, place)| *place == Place::OwnOutbox)
+        .map(|(row, _)| *row)
+        .collect();
+    let deleted = delete_published(db, "outbox_own", &own);
+    let Some(failure) = failure else {
+        deleted.map_err(Unpublished::LeftToRelay)?;
+        return Ok(published.len());
+    };
+    // The rest, from the failed one on: what is only with the inbox goes to the relay.
+    let left: Vec<&OutboxRow> = rows[published.len()..]
+        .iter()
+        .filter(|(_, place)| *place == Place::Inbox)
+        .map(|(row, _)| row)
+        .collect();
+    let handed = in_transaction(db, || left.iter().try_for_each(|row| insert(db, "outbox_own", row)));
+    match handed {
+        Ok(()) => Err(Unpublished::LeftToRelay(failure)),
+        Err(e) => Err(Unpublished::Redeliver(format!(
+            "{failure}; keeping them for the relay: {e}"
+        ))),
+    }
+}
+
+/// Publishes again, in order, the events handling `event_id` wrote (kept with its
+/// inbox row): the message is a redelivery, perhaps because its handler crashed
+/// between its commit and its publish. Consumers dedupe by event id.
+pub fn republish(db: &impl Sql, publisher: &impl Publisher, source: &str, event_id: &str) -> Result<usize, String> {
+    let rows = crate::inbox::outputs(db, event_id)?;
+    for row in &rows {
+        publisher
+            .publish(&row.topic, &row.key, &row.payload, headers(row, source))
+            .map_err(|e| format!("publishing {} again: {e}", row.event_id))?;
+    }
+    Ok(rows.len())
 }
 
 fn publish_rows(
@@ -241,24 +304,31 @@ fn publish_rows(
     let mut published = Vec::new();
     for row in rows {
         match publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
-            Ok(()) => published.push(row.seq),
+            Ok(()) => published.push(row),
             Err(e) => {
                 failure = Some(format!("publishing {table} seq {}: {e}", row.seq));
                 break;
             }
         }
     }
-    // One statement for the batch: each DELETE on its own would be a commit.
-    if !published.is_empty() {
-        let placeholders = vec!["?"; published.len()].join(", ");
-        let seqs: Vec<SqlValue> = published.iter().map(|seq| (*seq).into()).collect();
-        db.execute(&format!("DELETE FROM {table} WHERE seq IN ({placeholders})"), &seqs)
-            .map_err(|e| e.to_string())?;
-    }
+    delete_published(db, table, &published)?;
     match failure {
         Some(e) if published.is_empty() => Err(e),
         _ => Ok(published.len()),
     }
+}
+
+/// Deletes the published `rows` from `table`, in one statement: each DELETE on its own
+/// would be a commit.
+fn delete_published(db: &impl Sql, table: &str, rows: &[&OutboxRow]) -> Result<(), String> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let placeholders = vec!["?"; rows.len()].join(", ");
+    let ids: Vec<SqlValue> = rows.iter().map(|row| row.event_id.clone().into()).collect();
+    db.execute(&format!("DELETE FROM {table} WHERE event_id IN ({placeholders})"), &ids)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -384,11 +454,11 @@ mod tests {
     fn an_instance_publishes_only_the_events_it_wrote_and_leaves_the_rest_to_the_relay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.db");
-        let connect = || MemoryDb::new(rusqlite::Connection::open(&path).unwrap());
+        let connect = || MemoryDb::new(rusqlite::Connection::open(&path).unwrap()).publishing_its_own_outbox();
         let (first, second) = (connect(), connect());
         migrate(&first, &[SCHEMA, OWN_SCHEMA]).unwrap();
         let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
-        let at = || "2026-11-22T00:00:00Z".to_string();
+        let at = || crate::time::rfc3339(WRITTEN);
         record(&first, "e1".into(), at(), &deleted("p1")).unwrap();
         record(&second, "e2".into(), at(), &deleted("p2")).unwrap();
         record(&first, "e3".into(), at(), &deleted("p3")).unwrap();
@@ -400,15 +470,95 @@ mod tests {
 
         // The second instance's publish fails: its row stays for the relay.
         let down = Flaky::accepting(0);
-        assert!(publish_written(&second, &down, "/products").is_err());
-        let left: Vec<String> = pending(&first, 10, "")
+        assert!(matches!(
+            publish_written(&second, &down, "/products"),
+            Err(Unpublished::LeftToRelay(_))
+        ));
+        let cutoff = crate::time::rfc3339(WRITTEN);
+        let left: Vec<String> = pending(&first, 10, &cutoff)
             .unwrap()
-            .relayed
+            .left_behind
             .into_iter()
             .map(|r| r.key)
             .collect();
         assert_eq!(left, ["p2"]);
-        assert_eq!(relay(&first, &sent, "/products", WRITTEN), Ok(1));
+        assert_eq!(relay(&first, &sent, "/products", WRITTEN + OWN_ROWS_GRACE_SECS), Ok(1));
+    }
+
+    /// A handler of a delivered message: what it writes is kept with the message's
+    /// inbox row, not in an outbox; it is published after the commit from memory, and
+    /// again from the inbox row when the message comes back.
+    #[test]
+    fn a_handlers_events_are_kept_with_its_inbox_row_and_published_again_on_redelivery() {
+        let db = MemoryDb::default().publishing_its_own_outbox();
+        migrate(&db, &[SCHEMA, OWN_SCHEMA, crate::inbox::SCHEMA]).unwrap();
+        let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
+        let at = || crate::time::rfc3339(WRITTEN);
+        let handle = |message: &str, fail: bool| {
+            in_transaction(&db, || {
+                if !crate::inbox::first_time(&db, message, &at())? {
+                    return Ok(false);
+                }
+                record(&db, format!("{message}-a"), at(), &deleted("p1"))?;
+                record(&db, format!("{message}-b"), at(), &deleted("p2"))?;
+                match fail {
+                    true => Err(SqlError::Other("the handler failed".into())),
+                    false => Ok(true),
+                }
+            })
+        };
+        // A failed attempt leaves nothing to publish, anywhere.
+        assert!(handle("m1", true).is_err());
+        let sent = Flaky::accepting(10);
+        assert_eq!(publish_written(&db, &sent, "/products"), Ok(0));
+
+        assert_eq!(handle("m1", false), Ok(true));
+        assert_eq!(read_all(&db).unwrap(), Vec::<ShopEvent>::new(), "no outbox rows");
+        assert_eq!(publish_written(&db, &sent, "/products"), Ok(2));
+        assert_eq!(sent.keys(), ["p1", "p2"]);
+
+        // Redelivered (say the host died before the publish): seen, and sent again.
+        assert_eq!(handle("m1", false), Ok(false));
+        assert_eq!(republish(&db, &sent, "/products", "m1"), Ok(2));
+        let ids: Vec<String> = sent
+            .sent
+            .borrow()
+            .iter()
+            .map(|(_, _, headers)| {
+                Envelope::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        assert_eq!(ids, ["m1-a", "m1-b", "m1-a", "m1-b"], "the same events, same ids");
+        assert_eq!(republish(&db, &sent, "/products", "unknown"), Ok(0));
+    }
+
+    /// The broker refuses part way: what was not sent goes to `outbox_own` for the
+    /// relay, so the handler may still succeed.
+    #[test]
+    fn a_handlers_unpublished_events_are_left_to_the_relay() {
+        let db = MemoryDb::default().publishing_its_own_outbox();
+        migrate(&db, &[SCHEMA, OWN_SCHEMA, crate::inbox::SCHEMA]).unwrap();
+        let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
+        let at = || crate::time::rfc3339(WRITTEN);
+        in_transaction(&db, || {
+            assert!(crate::inbox::first_time(&db, "m1", &at())?);
+            for p in ["p1", "p2", "p3"] {
+                record(&db, format!("e-{p}"), at(), &deleted(p))?;
+            }
+            Ok::<_, SqlError>(())
+        })
+        .unwrap();
+        let flaky = Flaky::accepting(1);
+        assert!(matches!(
+            publish_written(&db, &flaky, "/products"),
+            Err(Unpublished::LeftToRelay(e)) if e.contains("e-p2")
+        ));
+        assert_eq!(read_all(&db).unwrap(), vec![deleted("p2"), deleted("p3")]);
+        let healthy = Flaky::accepting(10);
+        assert_eq!(relay(&db, &healthy, "/products", WRITTEN + OWN_ROWS_GRACE_SECS), Ok(2));
+        assert_eq!(healthy.keys(), ["p2", "p3"]);
     }
 
     #[test]

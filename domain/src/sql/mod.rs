@@ -99,19 +99,11 @@ pub trait Sql {
     /// Runs one statement; the rows it returned.
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError>;
 
-    /// Notes that `event_id` was written to the outbox through this connection
-    /// ([`crate::outbox::record`] calls it), for [`crate::outbox::publish_written`].
-    fn outbox_written(&self, event_id: &str);
-
-    /// The outbox events noted since the last call (committed or not: one rolled back
-    /// is simply not found).
-    fn take_outbox_written(&self) -> Vec<String>;
-
-    /// Whether the outbox relay publishes what this connection writes to the outbox,
-    /// so its commits should wake the relay; not when the writer publishes its own
-    /// events right after the commit (the relay then only sweeps up after a crash).
-    fn relay_publishes(&self) -> bool {
-        true
+    /// Where this connection remembers the events written through it, for a writer
+    /// that publishes its own right after the commit
+    /// ([`crate::outbox::publish_written`]). `None`: the outbox relay publishes them.
+    fn written(&self) -> Option<&crate::written::Written> {
+        None
     }
 
     /// The W3C `traceparent` of the work this connection does, which
@@ -215,21 +207,37 @@ fn schema_fingerprint(schema: &[&str]) -> String {
     format!("{hash:016x}")
 }
 
-/// Runs `work` in a write transaction, rolling back when it fails.
+/// Runs `work` in a write transaction, rolling back when it fails. The events it
+/// wrote while handling a delivered one are kept with that one's inbox row before the
+/// commit (see [`crate::written`]).
 pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     db.execute(db.dialect().begin(), &[])?;
+    if let Some(written) = db.written() {
+        written.begin();
+    }
+    let rollback = || {
+        let _ = db.execute("ROLLBACK", &[]);
+        if let Some(written) = db.written() {
+            written.rolled_back();
+        }
+    };
     match work() {
-        Ok(value) => match db.execute("COMMIT", &[]) {
-            Ok(_) => Ok(value),
+        Ok(value) => match crate::inbox::keep_outputs(db).and_then(|()| db.execute("COMMIT", &[])) {
+            Ok(_) => {
+                if let Some(written) = db.written() {
+                    written.committed();
+                }
+                Ok(value)
+            }
             // SQLite leaves the transaction open when COMMIT fails (e.g. busy); end it
             // so the connection's next BEGIN works.
             Err(e) => {
-                let _ = db.execute("ROLLBACK", &[]);
+                rollback();
                 Err(e.into())
             }
         },
         Err(e) => {
-            let _ = db.execute("ROLLBACK", &[]);
+            rollback();
             Err(e)
         }
     }
@@ -273,10 +281,6 @@ mod tests {
         fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
             self.statements.borrow_mut().push(statement.to_string());
             self.db.execute(statement, params)
-        }
-        fn outbox_written(&self, _: &str) {}
-        fn take_outbox_written(&self) -> Vec<String> {
-            vec![]
         }
         fn schema_memo(&self) -> Option<&SchemaMemo> {
             Some(&self.memo)

@@ -130,8 +130,8 @@ pub enum Backend {
 /// (so the instance publishes exactly its own after the commit).
 pub struct SpinDatabase {
     backend: Backend,
-    outbox_events: std::cell::RefCell<Vec<String>>,
-    relay_publishes: bool,
+    /// `Some` for a writer that publishes its own events.
+    written: Option<crate::written::Written>,
     traceparent: Option<String>,
     schemas: super::SchemaMemo,
 }
@@ -147,8 +147,7 @@ impl SpinDatabase {
         };
         Ok(Self {
             backend,
-            outbox_events: Default::default(),
-            relay_publishes: true,
+            written: None,
             traceparent: None,
             schemas: Default::default(),
         })
@@ -164,7 +163,7 @@ impl SpinDatabase {
     /// For a component that publishes the events it writes right after its commit
     /// (`outbox::publish_written`): its commits do not wake the relay.
     pub fn publishing_its_own_outbox(mut self) -> Self {
-        self.relay_publishes = false;
+        self.written = Some(Default::default());
         self
     }
 }
@@ -188,16 +187,8 @@ impl Sql for SpinDatabase {
         }
     }
 
-    fn outbox_written(&self, event_id: &str) {
-        self.outbox_events.borrow_mut().push(event_id.to_string());
-    }
-
-    fn take_outbox_written(&self) -> Vec<String> {
-        self.outbox_events.take()
-    }
-
-    fn relay_publishes(&self) -> bool {
-        self.relay_publishes
+    fn written(&self) -> Option<&crate::written::Written> {
+        self.written.as_ref()
     }
 
     fn schema_memo(&self) -> Option<&super::SchemaMemo> {

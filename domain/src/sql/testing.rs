@@ -4,27 +4,26 @@ use super::*;
 
 pub struct MemoryDb(
     pub rusqlite::Connection,
-    std::cell::RefCell<Vec<String>>,
-    /// Whether the relay publishes what it writes (see [`Sql::relay_publishes`]).
-    bool,
+    /// `Some` for a writer that publishes its own events (see [`Sql::written`]).
+    Option<crate::written::Written>,
     /// The trace its work belongs to (see [`Sql::traceparent`]).
     Option<String>,
 );
 
 impl MemoryDb {
     pub fn new(connection: rusqlite::Connection) -> Self {
-        Self(connection, Default::default(), true, None)
+        Self(connection, None, None)
     }
 
     /// As a connection doing the work of the trace `traceparent`.
     pub fn traced(mut self, traceparent: &str) -> Self {
-        self.3 = Some(traceparent.to_string());
+        self.2 = Some(traceparent.to_string());
         self
     }
 
     /// As a writer that publishes its own outbox events.
     pub fn publishing_its_own_outbox(mut self) -> Self {
-        self.2 = false;
+        self.1 = Some(Default::default());
         self
     }
 
@@ -64,20 +63,12 @@ impl Default for MemoryDb {
 }
 
 impl Sql for MemoryDb {
-    fn outbox_written(&self, event_id: &str) {
-        self.1.borrow_mut().push(event_id.to_string());
-    }
-
-    fn take_outbox_written(&self) -> Vec<String> {
-        self.1.take()
-    }
-
-    fn relay_publishes(&self) -> bool {
-        self.2
+    fn written(&self) -> Option<&crate::written::Written> {
+        self.1.as_ref()
     }
 
     fn traceparent(&self) -> Option<String> {
-        self.3.clone()
+        self.2.clone()
     }
 
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {

@@ -113,13 +113,43 @@ pub fn relay_outbox(db: &impl shop_domain::sql::Sql, source: &str) -> Result<(),
     shop_domain::outbox::relay(db, &messaging, source, now).map(drop)
 }
 
-/// Publishes the events this instance wrote to `db`'s outbox now, rather than at the
-/// relay's next tick. A failure is only logged: the rows stay and the relay sends
-/// them later.
-pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) {
-    let published =
-        Messaging::connect().and_then(|messaging| shop_domain::outbox::publish_written(db, &messaging, source));
-    if let Err(e) = published {
-        eprintln!("{source}: outbox left for the relay: {e}");
+/// Publishes the events this instance wrote through `db` now, rather than at the
+/// relay's next tick. `Err` only when some could be neither published nor handed to
+/// the relay: the handler must then fail, so that its message comes back and
+/// [`republish`] sends them.
+pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) -> Result<(), String> {
+    use shop_domain::outbox::Unpublished;
+    let messaging = match Messaging::connect() {
+        Ok(messaging) => messaging,
+        Err(e) => return leave_to_relay(db, source, e),
+    };
+    match shop_domain::outbox::publish_written(db, &messaging, source) {
+        Ok(_) => Ok(()),
+        Err(Unpublished::LeftToRelay(e)) => {
+            eprintln!("{source}: events left for the relay: {e}");
+            Ok(())
+        }
+        Err(Unpublished::Redeliver(e)) => Err(format!("{source}: events not published: {e}")),
     }
+}
+
+/// Hands what this instance wrote to the relay, for want of a messaging client.
+fn leave_to_relay(db: &impl shop_domain::sql::Sql, source: &str, why: String) -> Result<(), String> {
+    struct Refusing(String);
+    impl shop_domain::outbox::Publisher for Refusing {
+        fn publish(&self, _: &str, _: &str, _: &[u8], _: Vec<(String, String)>) -> Result<(), String> {
+            Err(self.0.clone())
+        }
+    }
+    match shop_domain::outbox::publish_written(db, &Refusing(why), source) {
+        Ok(_) | Err(shop_domain::outbox::Unpublished::LeftToRelay(_)) => Ok(()),
+        Err(shop_domain::outbox::Unpublished::Redeliver(e)) => Err(format!("{source}: events not published: {e}")),
+    }
+}
+
+/// Publishes again what handling the delivered event `event_id` wrote: it was handled
+/// before, and this delivery may follow a crash between that commit and its publish.
+pub fn republish(db: &impl shop_domain::sql::Sql, source: &str, event_id: &str) -> Result<(), String> {
+    let messaging = Messaging::connect()?;
+    shop_domain::outbox::republish(db, &messaging, source, event_id).map(drop)
 }

@@ -36,10 +36,12 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         let handled = inventory
             .handle(&envelope.id, &event)
             .map_err(|e| event_kit::Error::Other(e.to_string()))?;
-        if matches!(handled, Handled::Done(_)) {
-            event_kit::publish_outbox(&db, SOURCE);
+        match handled {
+            Handled::Done(_) => event_kit::publish_outbox(&db, SOURCE),
+            Handled::Duplicate => event_kit::republish(&db, SOURCE, &envelope.id),
+            _ => Ok(()),
         }
-        Ok(())
+        .map_err(event_kit::Error::Other)
     }
 }
 
@@ -53,8 +55,7 @@ impl cron::Guest for Handlers {
         inventory.migrate().map_err(|e| cron::Error::Other(e.to_string()))?;
         inventory.expire().map_err(|e| cron::Error::Other(e.to_string()))?;
         // What a crash left in the outbox is `inventory-relay`'s to send.
-        event_kit::publish_outbox(&db, SOURCE);
-        Ok(())
+        event_kit::publish_outbox(&db, SOURCE).map_err(cron::Error::Other)
     }
 }
 

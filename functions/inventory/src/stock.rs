@@ -22,6 +22,7 @@ pub const SCHEMA: &[&str] = &[
         PRIMARY KEY (order_id, sku))",
     "CREATE INDEX IF NOT EXISTS reservations_due ON reservations (state, expires_at)",
     inbox::SCHEMA,
+    inbox::OUTPUTS_COLUMN,
     outbox::SCHEMA,
     outbox::OWN_SCHEMA,
     outbox::TRACE_COLUMNS[0],

@@ -59,10 +59,12 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         let outcome = orders
             .apply(Some(&envelope.id), &event.key(), &event)
             .map_err(|e| event_kit::Error::Other(e.to_string()))?;
-        if matches!(outcome, Outcome::Changed(_)) {
-            event_kit::publish_outbox(&db, SOURCE);
+        match outcome {
+            Outcome::Changed(_) => event_kit::publish_outbox(&db, SOURCE),
+            Outcome::Duplicate => event_kit::republish(&db, SOURCE, &envelope.id),
+            _ => Ok(()),
         }
-        Ok(())
+        .map_err(event_kit::Error::Other)
     }
 }
 
@@ -85,7 +87,9 @@ impl cron::Guest for Handlers {
             Err(e) => problems.push(format!("finding overdue orders: {e}")),
         }
         // What a crash left in the outbox is `orders-relay`'s to send.
-        event_kit::publish_outbox(&db, SOURCE);
+        if let Err(e) = event_kit::publish_outbox(&db, SOURCE) {
+            problems.push(e);
+        }
         match problems.is_empty() {
             true => Ok(()),
             false => Err(failed(problems.join("; "))),

@@ -26,6 +26,7 @@ pub const SCHEMA: &[&str] = &[
         user_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, order_id TEXT NOT NULL,
         PRIMARY KEY (user_id, idempotency_key))",
     inbox::SCHEMA,
+    inbox::OUTPUTS_COLUMN,
     outbox::SCHEMA,
     outbox::OWN_SCHEMA,
     outbox::TRACE_COLUMNS[0],

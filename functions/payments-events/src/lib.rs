@@ -167,10 +167,12 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         let handled = ledger
             .handle(&envelope.id, &event, &ProviderApi::configured(&db))
             .map_err(event_kit::Error::Other)?;
-        if matches!(handled, Handled::Done(_)) {
-            event_kit::publish_outbox(&db, SOURCE);
+        match handled {
+            Handled::Done(_) => event_kit::publish_outbox(&db, SOURCE),
+            Handled::Duplicate => event_kit::republish(&db, SOURCE, &envelope.id),
+            _ => Ok(()),
         }
-        Ok(())
+        .map_err(event_kit::Error::Other)
     }
 }
 

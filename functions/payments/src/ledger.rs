@@ -22,6 +22,7 @@ pub const SCHEMA: &[&str] = &[
         order_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, token TEXT NOT NULL,
         created_at TEXT NOT NULL)",
     inbox::SCHEMA,
+    inbox::OUTPUTS_COLUMN,
     outbox::SCHEMA,
     outbox::OWN_SCHEMA,
     outbox::TRACE_COLUMNS[0],
