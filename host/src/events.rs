@@ -163,11 +163,10 @@ mod tests {
         let none = RuntimeConfig::default();
         let s = KafkaSettings::resolve(&m, &none, None).unwrap();
         assert_eq!((s.brokers.as_deref(), s.partitions), (Some("a:1,b:2"), Some(6)));
-        let runtime = RuntimeConfig {
-            path: None,
-            table: toml::from_str("[kafka]\nbrokers = \"r:9\"\n[kafka.options]\n\"security.protocol\" = \"ssl\"\n")
-                .unwrap(),
-        };
+        let runtime = RuntimeConfig::from_table(
+            None,
+            toml::from_str("[kafka]\nbrokers = \"r:9\"\n[kafka.options]\n\"security.protocol\" = \"ssl\"\n").unwrap(),
+        );
         let s = KafkaSettings::resolve(&m, &runtime, None).unwrap();
         assert_eq!((s.brokers.as_deref(), s.partitions), (Some("r:9"), Some(6)));
         assert_eq!(s.options, vec![("security.protocol".to_string(), "ssl".to_string())]);

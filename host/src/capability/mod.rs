@@ -42,15 +42,14 @@ pub struct Backends {
 
 impl Backends {
     pub fn from_runtime_config(config: &RuntimeConfig, data_dir: &Path) -> anyhow::Result<Self> {
-        let key_value =
-            key_value::KeyValueStores::from_config(config.table("key_value_store"), config.dir(), data_dir)?;
+        let key_value = key_value::KeyValueStores::from_config(&config.key_value_stores, config.dir(), data_dir)?;
         for (label, backend) in key_value.labels() {
             tracing::info!(store = label, backend = backend.kind(), "key-value store");
         }
         let commits = std::sync::Arc::new(commits::CommitSignals::default());
         Ok(Self {
             key_value,
-            sqlite: sqlite::Databases::from_config(config.table("sqlite_database"), config.dir(), data_dir, &commits)?,
+            sqlite: sqlite::Databases::from_config(&config.sqlite_databases, config.dir(), data_dir, &commits)?,
             postgres: postgres::PostgresPools::default(),
             redis: redis::RedisServers::default(),
             commits,

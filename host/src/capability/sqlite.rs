@@ -18,6 +18,7 @@ use super::Backends;
 use super::commits::CommitSignals;
 use super::wal_checkpoint::{self, Checkpointer};
 use crate::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
+use crate::runtime_config::SqliteDatabaseConfig;
 use crate::state::HostState;
 use crate::telemetry::{self, Span};
 
@@ -35,7 +36,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// mode `Normal` survives a crash of this process (SIGKILL included) but not of the
 /// machine: a power loss can drop the last commits. `Full` syncs the log on every
 /// commit, surviving power loss at one fsync per commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     #[default]
     Normal,
@@ -43,25 +45,6 @@ pub enum Synchronous {
 }
 
 impl Synchronous {
-    pub fn parse(value: &str) -> Option<Self> {
-        match value {
-            "normal" => Some(Self::Normal),
-            "full" => Some(Self::Full),
-            _ => None,
-        }
-    }
-
-    /// The `synchronous` key of a runtime-config entry (`key` names it in errors).
-    pub fn from_entry(table: &toml::Table, key: &str) -> anyhow::Result<Self> {
-        match table.get("synchronous") {
-            None => Ok(Self::default()),
-            Some(value) => value
-                .as_str()
-                .and_then(Self::parse)
-                .with_context(|| format!("{key}.synchronous: expected \"normal\" or \"full\"")),
-        }
-    }
-
     pub fn pragma(self) -> &'static str {
         match self {
             Self::Normal => "NORMAL",
@@ -359,28 +342,26 @@ pub struct Databases {
 }
 
 impl Databases {
+    /// The databases of the runtime config's `[sqlite_database.<label>]` entries;
+    /// `default` falls back to `<data_dir>/sqlite_db.db`. Relative `path`s resolve
+    /// against `base_dir` (the runtime config file's directory).
     pub fn from_config(
-        config: Option<&toml::Table>,
+        config: &BTreeMap<String, SqliteDatabaseConfig>,
         base_dir: &Path,
         data_dir: &Path,
         commits: &Arc<CommitSignals>,
     ) -> anyhow::Result<Self> {
         let mut databases = BTreeMap::new();
-        for (label, entry) in config.into_iter().flatten() {
-            let key = format!("sqlite_database.{label}");
-            let table = entry.as_table().with_context(|| format!("{key}: expected a table"))?;
-            match table.get("type").and_then(|t| t.as_str()) {
-                Some("spin") => {}
-                other => anyhow::bail!("{key}.type: expected \"spin\", found {other:?}"),
-            }
-            let path = match table.get("path").and_then(|p| p.as_str()) {
+        for (label, entry) in config {
+            let SqliteDatabaseConfig::Spin { path, synchronous } = entry;
+            let path = match path {
                 Some(p) => base_dir.join(p),
                 None => data_dir.join(format!("sqlite_db_{label}.db")),
             };
-            let synchronous = Synchronous::from_entry(table, &key)?;
+            let key = format!("sqlite_database.{label}");
             databases.insert(
                 label.clone(),
-                Database::open(&path, synchronous, commits.clone()).with_context(|| key.clone())?,
+                Database::open(&path, *synchronous, commits.clone()).with_context(|| key.clone())?,
             );
         }
         if !databases.contains_key("default") {

@@ -19,6 +19,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use super::Backends;
 use super::sqlite::Synchronous;
 use crate::bindings::fermyon::spin::key_value::{self, Error};
+use crate::runtime_config::KeyValueStoreConfig;
 use crate::state::HostState;
 use crate::telemetry::{Kind, Span, TraceCell, finish_with};
 use redis_store::RedisStore;
@@ -177,34 +178,28 @@ pub struct KeyValueStores {
 }
 
 impl KeyValueStores {
-    /// Builds the stores from the runtime config's `[key_value_store.<label>]` tables;
+    /// Builds the stores of the runtime config's `[key_value_store.<label>]` entries;
     /// `default` falls back to `<data_dir>/key_value.db`. Relative `path`s resolve
     /// against `base_dir` (the runtime config file's directory).
-    pub fn from_config(config: Option<&toml::Table>, base_dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+    pub fn from_config(
+        config: &BTreeMap<String, KeyValueStoreConfig>,
+        base_dir: &Path,
+        data_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let mut stores = BTreeMap::new();
-        for (label, entry) in config.into_iter().flatten() {
+        for (label, entry) in config {
             let key = format!("key_value_store.{label}");
-            let table = entry.as_table().with_context(|| format!("{key}: expected a table"))?;
-            let backend = match table.get("type").and_then(|t| t.as_str()) {
-                Some("spin") => {
-                    let path = match table.get("path").and_then(|p| p.as_str()) {
+            let backend = match entry {
+                KeyValueStoreConfig::Spin { path, synchronous } => {
+                    let path = match path {
                         Some(p) => base_dir.join(p),
                         None => data_dir.join("key_value.db"),
                     };
-                    let synchronous = Synchronous::from_entry(table, &key)?;
-                    Backend::Sqlite(SqliteStore::open(&path, label, synchronous).with_context(|| key.clone())?)
+                    Backend::Sqlite(SqliteStore::open(&path, label, *synchronous).with_context(|| key.clone())?)
                 }
-                Some("redis") => {
-                    let url = table
-                        .get("url")
-                        .and_then(|u| u.as_str())
-                        .with_context(|| format!("{key}.url: a redis store needs `url = \"redis://host:port\"`"))?;
+                KeyValueStoreConfig::Redis { url } => {
                     Backend::Redis(RedisStore::new(url).with_context(|| format!("{key}.url"))?)
                 }
-                Some(other) => {
-                    anyhow::bail!("{key}.type: unknown store type `{other}` (expected \"spin\" or \"redis\")")
-                }
-                None => anyhow::bail!("{key}.type: missing (expected \"spin\" or \"redis\")"),
             };
             stores.insert(label.clone(), backend);
         }
