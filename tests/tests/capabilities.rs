@@ -892,7 +892,7 @@ impl Drop for PasswordBroker {
 
 /// Subscribes to `topic` on `port` (with `login`) and returns what the first message
 /// said, once `publish` has run; `mosquitto_sub` is the real subscriber.
-fn received_while(port: u16, login: Option<(&str, &str)>, topic: &str, publish: impl FnOnce()) -> String {
+fn received_while(port: u16, login: Option<(&str, &str)>, topic: &str, publish: impl Fn()) -> String {
     let mut command = std::process::Command::new("mosquitto_sub");
     command.args([
         "-h",
@@ -911,13 +911,22 @@ fn received_while(port: u16, login: Option<(&str, &str)>, topic: &str, publish: 
     if let Some((user, password)) = login {
         command.args(["-u", user, "-P", password]);
     }
-    let subscriber = command
+    let mut subscriber = command
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_sub runs (Debian: apt-get install mosquitto-clients)");
-    // Give the subscription time to reach the broker before the guest publishes.
-    std::thread::sleep(Duration::from_millis(500));
-    publish();
+    // A publish before the subscription reaches the broker is lost, and under load no
+    // fixed pause is enough: the guest publishes again until the subscriber has one
+    // message (`-C 1`) or gives up (`-W`).
+    let deadline = Instant::now() + Duration::from_secs(16);
+    std::thread::sleep(Duration::from_millis(200));
+    while subscriber.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        publish();
+        let waited = Instant::now() + Duration::from_millis(500);
+        while subscriber.try_wait().unwrap().is_none() && Instant::now() < waited {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let output = subscriber.wait_with_output().unwrap();
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
