@@ -59,7 +59,7 @@ pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopE
         }
         return Ok(());
     };
-    if written.handled().is_some() {
+    if written.is_handling() {
         written.push(row, Place::Inbox);
     } else {
         insert(db, "outbox_own", &row)?;
@@ -244,33 +244,18 @@ pub enum Unpublished {
 /// Returns how many were published.
 pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) -> Result<usize, Unpublished> {
     let rows = db.written().map(|w| w.take()).unwrap_or_default();
-    let mut failure = None;
-    let mut published = Vec::new();
-    for (row, place) in &rows {
-        match publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
-            Ok(()) => published.push((row, *place)),
-            Err(e) => {
-                failure = Some(format!("publishing {}: {e}", row.event_id));
-                break;
-            }
-        }
-    }
-    let own: Vec<&OutboxRow> = published
-        .iter()
-        .filter(|(_, place)| *place == Place::OwnOutbox)
-        .map(|(row, _)| *row)
-        .collect();
-    let deleted = delete_published(db, "outbox_own", &own);
-    let Some(failure) = failure else {
+    let (sent, refused) = send_in_order(publisher, source, rows.iter().map(|(row, _)| row));
+    let deleted = delete_published(db, "outbox_own", placed(&rows[..sent], Place::OwnOutbox));
+    let Some(refused) = refused else {
         deleted.map_err(Unpublished::LeftToRelay)?;
-        return Ok(published.len());
+        return Ok(sent);
     };
-    // The rest, from the failed one on: what is only with the inbox goes to the relay.
-    let left: Vec<&OutboxRow> = rows[published.len()..]
-        .iter()
-        .filter(|(_, place)| *place == Place::Inbox)
-        .map(|(row, _)| row)
-        .collect();
+    let failure = format!("publishing {}: {refused}", rows[sent].0.event_id);
+    // The rest, from the refused one on: what is only with the inbox goes to the relay.
+    let left: Vec<&OutboxRow> = placed(&rows[sent..], Place::Inbox).collect();
+    if left.is_empty() {
+        return Err(Unpublished::LeftToRelay(failure)); // already in `outbox_own`
+    }
     let handed = in_transaction(db, || left.iter().try_for_each(|row| insert(db, "outbox_own", row)));
     match handed {
         Ok(()) => Err(Unpublished::LeftToRelay(failure)),
@@ -280,17 +265,37 @@ pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) 
     }
 }
 
+/// The rows of `rows` waiting at `place`.
+fn placed(rows: &[(OutboxRow, Place)], place: Place) -> impl Iterator<Item = &OutboxRow> {
+    rows.iter().filter(move |(_, p)| *p == place).map(|(row, _)| row)
+}
+
 /// Publishes again, in order, the events handling `event_id` wrote (kept with its
 /// inbox row): the message is a redelivery, perhaps because its handler crashed
 /// between its commit and its publish. Consumers dedupe by event id.
 pub fn republish(db: &impl Sql, publisher: &impl Publisher, source: &str, event_id: &str) -> Result<usize, String> {
     let rows = crate::inbox::outputs(db, event_id)?;
-    for row in &rows {
-        publisher
-            .publish(&row.topic, &row.key, &row.payload, headers(row, source))
-            .map_err(|e| format!("publishing {} again: {e}", row.event_id))?;
+    match send_in_order(publisher, source, &rows) {
+        (sent, None) => Ok(sent),
+        (sent, Some(e)) => Err(format!("publishing {} again: {e}", rows[sent].event_id)),
     }
-    Ok(rows.len())
+}
+
+/// Sends `rows` in order, stopping at the first one the broker refuses: how many
+/// went, and why the next one did not.
+fn send_in_order<'a>(
+    publisher: &impl Publisher,
+    source: &str,
+    rows: impl IntoIterator<Item = &'a OutboxRow>,
+) -> (usize, Option<String>) {
+    let mut sent = 0;
+    for row in rows {
+        if let Err(e) = publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
+            return (sent, Some(e));
+        }
+        sent += 1;
+    }
+    (sent, None)
 }
 
 fn publish_rows(
@@ -300,32 +305,26 @@ fn publish_rows(
     table: &str,
     rows: &[OutboxRow],
 ) -> Result<usize, String> {
-    let mut failure = None;
-    let mut published = Vec::new();
-    for row in rows {
-        match publisher.publish(&row.topic, &row.key, &row.payload, headers(row, source)) {
-            Ok(()) => published.push(row),
-            Err(e) => {
-                failure = Some(format!("publishing {table} seq {}: {e}", row.seq));
-                break;
-            }
-        }
-    }
-    delete_published(db, table, &published)?;
-    match failure {
-        Some(e) if published.is_empty() => Err(e),
-        _ => Ok(published.len()),
+    let (sent, refused) = send_in_order(publisher, source, rows);
+    delete_published(db, table, &rows[..sent])?;
+    match refused {
+        Some(e) if sent == 0 => Err(format!("publishing {table} seq {}: {e}", rows[0].seq)),
+        _ => Ok(sent),
     }
 }
 
 /// Deletes the published `rows` from `table`, in one statement: each DELETE on its own
 /// would be a commit.
-fn delete_published(db: &impl Sql, table: &str, rows: &[&OutboxRow]) -> Result<(), String> {
-    if rows.is_empty() {
+fn delete_published<'a>(
+    db: &impl Sql,
+    table: &str,
+    rows: impl IntoIterator<Item = &'a OutboxRow>,
+) -> Result<(), String> {
+    let ids: Vec<SqlValue> = rows.into_iter().map(|row| row.event_id.clone().into()).collect();
+    if ids.is_empty() {
         return Ok(());
     }
-    let placeholders = vec!["?"; rows.len()].join(", ");
-    let ids: Vec<SqlValue> = rows.iter().map(|row| row.event_id.clone().into()).collect();
+    let placeholders = vec!["?"; ids.len()].join(", ");
     db.execute(&format!("DELETE FROM {table} WHERE event_id IN ({placeholders})"), &ids)
         .map(drop)
         .map_err(|e| e.to_string())

@@ -46,6 +46,10 @@ impl Written {
         self.handling.borrow().clone()
     }
 
+    pub(crate) fn is_handling(&self) -> bool {
+        self.handling.borrow().is_some()
+    }
+
     pub(crate) fn push(&self, row: OutboxRow, place: Place) {
         self.rows.borrow_mut().push((row, place));
     }

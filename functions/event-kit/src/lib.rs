@@ -118,32 +118,25 @@ pub fn relay_outbox(db: &impl shop_domain::sql::Sql, source: &str) -> Result<(),
 /// the relay: the handler must then fail, so that its message comes back and
 /// [`republish`] sends them.
 pub fn publish_outbox(db: &impl shop_domain::sql::Sql, source: &str) -> Result<(), String> {
-    use shop_domain::outbox::Unpublished;
-    let messaging = match Messaging::connect() {
-        Ok(messaging) => messaging,
-        Err(e) => return leave_to_relay(db, source, e),
+    use shop_domain::outbox::{Publisher, Unpublished, publish_written};
+    /// For want of a messaging client: every event goes to the relay.
+    struct Refusing(String);
+    impl Publisher for Refusing {
+        fn publish(&self, _: &str, _: &str, _: &[u8], _: Vec<(String, String)>) -> Result<(), String> {
+            Err(self.0.clone())
+        }
+    }
+    let published = match Messaging::connect() {
+        Ok(messaging) => publish_written(db, &messaging, source),
+        Err(e) => publish_written(db, &Refusing(e), source),
     };
-    match shop_domain::outbox::publish_written(db, &messaging, source) {
+    match published {
         Ok(_) => Ok(()),
         Err(Unpublished::LeftToRelay(e)) => {
             eprintln!("{source}: events left for the relay: {e}");
             Ok(())
         }
         Err(Unpublished::Redeliver(e)) => Err(format!("{source}: events not published: {e}")),
-    }
-}
-
-/// Hands what this instance wrote to the relay, for want of a messaging client.
-fn leave_to_relay(db: &impl shop_domain::sql::Sql, source: &str, why: String) -> Result<(), String> {
-    struct Refusing(String);
-    impl shop_domain::outbox::Publisher for Refusing {
-        fn publish(&self, _: &str, _: &str, _: &[u8], _: Vec<(String, String)>) -> Result<(), String> {
-            Err(self.0.clone())
-        }
-    }
-    match shop_domain::outbox::publish_written(db, &Refusing(why), source) {
-        Ok(_) | Err(shop_domain::outbox::Unpublished::LeftToRelay(_)) => Ok(()),
-        Err(shop_domain::outbox::Unpublished::Redeliver(e)) => Err(format!("{source}: events not published: {e}")),
     }
 }
 

@@ -294,7 +294,7 @@ impl postgres::HostConnection for HostState {
         params: Vec<ParameterValue>,
     ) -> Result<RowSet, Error> {
         let session = self.pg_session(&connection)?;
-        run_query(&session, &self.postgres.clone(), &statement, params).await
+        run_query(&session, &self.postgres, &statement, params).await
     }
 
     async fn execute(
@@ -304,7 +304,7 @@ impl postgres::HostConnection for HostState {
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
         let session = self.pg_session(&connection)?;
-        run_execute(&session, &self.postgres.clone(), &statement, params).await
+        run_execute(&session, &self.postgres, &statement, params).await
     }
 
     async fn drop(&mut self, connection: Resource<PgConnection>) -> wasmtime::Result<()> {
