@@ -16,18 +16,13 @@ use shop_broker::Producer;
 use crate::bindings::cron::SpinCronPre;
 use crate::bindings::fermyon::spin as spin2;
 use crate::bindings::messaging::KafkaHandlerPre;
-use crate::bindings::messaging::wasi::messaging as wasi_messaging;
 use crate::bindings::wasi_keyvalue::wasi::keyvalue as wasi_keyvalue;
-use crate::bindings::{key_value3, mqtt3, postgres4, redis3, sqlite3, variables3};
-use crate::capability::Backends;
+use crate::bindings::{key_value3, postgres4, sqlite3};
 use crate::capability::allowed_hosts::AllowedHosts;
 use crate::capability::key_value::SpinKeyValue3;
-use crate::capability::messaging::TopicRules;
-use crate::capability::mqtt::SpinMqtt3;
 use crate::capability::postgres::SpinPostgres4;
-use crate::capability::redis::SpinRedis3;
 use crate::capability::sqlite::v3::SpinSqlite3;
-use crate::capability::variables::{ComponentVariables, SpinVariables3};
+use crate::capability::{Backends, ComponentCapabilities, ComponentContext};
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::Manifest;
 use crate::state::HostState;
@@ -66,13 +61,12 @@ pub struct LoadedComponent {
     pub id: Arc<str>,
     pub exports: Exports,
     pub allowed_hosts: Arc<AllowedHosts>,
-    pub allowed_topics: Arc<TopicRules>,
-    pub producer: Option<Arc<dyn Producer>>,
     pub environment: Vec<(String, String)>,
     pub key_value_stores: Arc<BTreeSet<String>>,
     pub sqlite_databases: Arc<BTreeSet<String>>,
     pub backends: Arc<Backends>,
-    pub variables: ComponentVariables,
+    /// What each registered capability keeps for this component.
+    pub capabilities: ComponentCapabilities,
     pub cache: CacheOutcome,
 }
 
@@ -93,15 +87,8 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     spin2::sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     sqlite3::spin::sqlite::sqlite::add_to_linker::<_, SpinSqlite3>(&mut linker, |s| s)?;
     // Outbound Redis and Postgres (4.2, which also satisfies 4.0 importers).
-    spin2::redis::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    spin2::mqtt::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    mqtt3::spin::mqtt::mqtt::add_to_linker::<_, SpinMqtt3>(&mut linker, |s| s)?;
-    redis3::spin::redis::redis::add_to_linker::<_, SpinRedis3>(&mut linker, |s| s)?;
     postgres4::spin::postgres::postgres::add_to_linker::<_, SpinPostgres4>(&mut linker, |s| s)?;
-    spin2::variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    variables3::spin::variables::variables::add_to_linker::<_, SpinVariables3>(&mut linker, |s| &s.variables)?;
-    wasi_messaging::types::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    wasi_messaging::producer::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+    crate::capability::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -214,19 +201,28 @@ fn load_component(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "component loaded"
     );
-    let allowed = allowed_hosts(&component.allowed_outbound_hosts, context.variables)
-        .with_context(|| format!("component `{id}`"))?;
+    let allowed = Arc::new(
+        allowed_hosts(&component.allowed_outbound_hosts, context.variables)
+            .with_context(|| format!("component `{id}`"))?,
+    );
+    let id: Arc<str> = id.into();
+    let capabilities = ComponentCapabilities::configure(&ComponentContext {
+        id: &id,
+        manifest: component,
+        allowed_hosts: &allowed,
+        variables: context.variables,
+        backends: context.backends,
+        producer: context.producer.as_ref(),
+    })?;
     Ok(LoadedComponent {
-        id: id.into(),
+        id,
         exports,
-        allowed_hosts: Arc::new(allowed),
-        allowed_topics: Arc::new(TopicRules::new(&component.allowed_topics)),
-        producer: context.producer.clone(),
+        allowed_hosts: allowed,
         environment: component.environment.clone().into_iter().collect(),
         key_value_stores: Arc::new(component.key_value_stores.iter().cloned().collect()),
         sqlite_databases: Arc::new(component.sqlite_databases.iter().cloned().collect()),
         backends: context.backends.clone(),
-        variables: ComponentVariables::render(id, &component.variables, context.variables)?,
+        capabilities,
         cache: outcome,
     })
 }

@@ -12,13 +12,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::app::LoadedComponent;
 use crate::capability::key_value::KeyValueAccess;
-use crate::capability::messaging::MessagingAccess;
-use crate::capability::mqtt::MqttAccess;
 use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
 use crate::capability::postgres::PostgresAccess;
-use crate::capability::redis::RedisAccess;
 use crate::capability::sqlite::SqliteAccess;
-use crate::capability::variables::ComponentVariables;
+use crate::capability::{InstanceCapabilities, InstanceContext};
 use crate::guest_output::{GuestOutput, OutputTags, Stream};
 use crate::telemetry::{TraceCell, TraceContext};
 
@@ -77,10 +74,8 @@ pub struct HostState {
     pub key_value: KeyValueAccess,
     pub sqlite: SqliteAccess,
     pub postgres: PostgresAccess,
-    pub redis: RedisAccess,
-    pub variables: ComponentVariables,
-    pub messaging: MessagingAccess,
-    pub mqtt: MqttAccess,
+    /// The state of each registered capability.
+    pub capabilities: InstanceCapabilities,
     pub limiter: MemoryLimiter,
     /// Tags on the guest's stdout/stderr lines.
     pub output_tags: OutputTags,
@@ -139,24 +134,10 @@ impl HostState {
                 allowed: component.allowed_hosts.clone(),
                 backends: component.backends.clone(),
             },
-            redis: RedisAccess {
-                component: component.id.clone(),
-                allowed: component.allowed_hosts.clone(),
-                backends: component.backends.clone(),
-            },
-            variables: component.variables.clone(),
             _live: crate::engine::LiveStore::new(),
-            mqtt: MqttAccess {
-                component: component.id.clone(),
-                allowed: component.allowed_hosts.clone(),
-                trace: trace.clone(),
-                open_count: 0,
-            },
-            messaging: MessagingAccess {
-                component: component.id.clone(),
-                allowed_topics: component.allowed_topics.clone(),
-                producer: component.producer.clone(),
-            },
+            capabilities: component
+                .capabilities
+                .prepare(&InstanceContext { trace: trace.clone() }),
             limiter: MemoryLimiter {
                 max_memory_bytes,
                 probe: Arc::default(),

@@ -13,12 +13,50 @@
 use std::sync::Arc;
 
 use shop_broker::{BrokerError, Message, OutgoingMessage, Producer};
-use wasmtime::component::Resource;
+use wasmtime::component::{Linker, Resource};
 
+use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::bindings::messaging::wasi::messaging::{producer, types};
 use crate::state::HostState;
-use crate::telemetry::{self, Kind, Span};
+use crate::telemetry::{self, Kind, Span, TraceCell};
 use types::Error;
+
+/// Publishing from guests: `wasi:messaging` `types` and `producer`.
+pub struct Messaging;
+
+/// The topics a component may publish to, and the broker it publishes through.
+#[derive(Clone)]
+pub struct MessagingGrant {
+    component: Arc<str>,
+    allowed_topics: Arc<TopicRules>,
+    producer: Option<Arc<dyn Producer>>,
+}
+
+impl Capability for Messaging {
+    type Component = MessagingGrant;
+    type Instance = MessagingAccess;
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        types::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        producer::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        Ok(())
+    }
+
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<MessagingGrant> {
+        Ok(MessagingGrant {
+            component: component.id.clone(),
+            allowed_topics: Arc::new(TopicRules::new(&component.manifest.allowed_topics)),
+            producer: component.producer.cloned(),
+        })
+    }
+
+    fn prepare(grant: &MessagingGrant, instance: &InstanceContext) -> MessagingAccess {
+        MessagingAccess {
+            grant: grant.clone(),
+            trace: instance.trace.clone(),
+        }
+    }
+}
 
 pub const KEY: &str = "kafka.key";
 const CONTENT_TYPE: &str = "content-type";
@@ -47,9 +85,8 @@ impl TopicRules {
 
 /// Per-instance messaging state.
 pub struct MessagingAccess {
-    pub component: Arc<str>,
-    pub allowed_topics: Arc<TopicRules>,
-    pub producer: Option<Arc<dyn Producer>>,
+    grant: MessagingGrant,
+    trace: TraceCell,
 }
 
 /// A connection handle; every client of an instance publishes through the same broker.
@@ -114,17 +151,17 @@ impl GuestMessage {
     }
 }
 
-impl HostState {
+impl CapabilityView<'_, Messaging> {
     fn guest_message(&mut self, message: &Resource<GuestMessage>) -> wasmtime::Result<&mut GuestMessage> {
         Ok(self.table.get_mut(message)?)
     }
 }
 
-impl types::Host for HostState {}
+impl types::Host for CapabilityView<'_, Messaging> {}
 
-impl types::HostClient for HostState {
+impl types::HostClient for CapabilityView<'_, Messaging> {
     async fn connect(&mut self, _name: String) -> wasmtime::Result<Result<Resource<MessagingClient>, Error>> {
-        if self.messaging.producer.is_none() {
+        if self.state.grant.producer.is_none() {
             return Ok(Err(Error::Connection("no broker is configured for this host".into())));
         }
         Ok(Ok(self.table.push(MessagingClient)?))
@@ -140,7 +177,7 @@ impl types::HostClient for HostState {
     }
 }
 
-impl types::HostMessage for HostState {
+impl types::HostMessage for CapabilityView<'_, Messaging> {
     async fn new(&mut self, data: Vec<u8>) -> wasmtime::Result<Resource<GuestMessage>> {
         Ok(self.table.push(GuestMessage {
             data,
@@ -195,7 +232,7 @@ impl types::HostMessage for HostState {
     }
 }
 
-impl producer::Host for HostState {
+impl producer::Host for CapabilityView<'_, Messaging> {
     async fn send(
         &mut self,
         _client: Resource<MessagingClient>,
@@ -203,9 +240,9 @@ impl producer::Host for HostState {
         message: Resource<GuestMessage>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let message = self.table.delete(message)?;
-        let access = &self.messaging;
+        let access = &self.state.grant;
         if !access.allowed_topics.allows(&topic) {
-            let (trace_id, span_id) = telemetry::ids(&self.trace);
+            let (trace_id, span_id) = telemetry::ids(&self.state.trace);
             tracing::warn!(
                 component = %access.component,
                 topic,
@@ -226,7 +263,7 @@ impl producer::Host for HostState {
         // of this producer span.
         let mut outgoing = message.outgoing(&topic);
         let named = telemetry::extract(|name| header(&outgoing.headers, name));
-        let parent = named.as_ref().or(self.trace.get());
+        let parent = named.as_ref().or(self.state.trace.get());
         let mut span = Span::start(format!("publish {topic}"), Kind::Producer, parent, named.is_some());
         if span.recording() {
             span.set("messaging.system", "kafka");

@@ -1,5 +1,11 @@
 //! Host capabilities a component may import, one module each, granted per component
 //! by the manifest.
+//!
+//! Each capability is a [`Capability`]: it adds its interfaces to the linker (its
+//! host functions see only their own state, through a [`CapabilityView`]), checks
+//! what the manifest grants a component and builds that component's configuration
+//! once at load, and prepares each instance's state from it. The list in
+//! [`registry`] is the only place a capability is registered.
 
 pub mod allowed_hosts;
 pub mod bounded_map;
@@ -10,12 +16,19 @@ pub mod mqtt;
 pub mod outbound_http;
 pub mod postgres;
 pub mod redis;
+mod registry;
 pub mod sockets;
 pub mod sqlite;
 pub mod variables;
 pub mod wal_checkpoint;
 
+use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+pub use registry::{ComponentCapabilities, InstanceCapabilities, add_to_linker};
 
 /// The first word of an SQL statement, upper-cased: what the SQLite and PostgreSQL
 /// capabilities read a statement's intent from (write, transaction start or end).
@@ -29,6 +42,75 @@ pub fn leading_keyword(statement: &str) -> String {
 }
 
 use crate::runtime_config::RuntimeConfig;
+use crate::state::HostState;
+use crate::telemetry::TraceCell;
+
+/// One host capability: the interfaces it serves, the configuration it builds for a
+/// component at load, and the state it gives each instance.
+pub trait Capability: Sized + 'static {
+    /// What the capability keeps for one component, built once when it loads.
+    type Component: Send + Sync + 'static;
+    /// What the capability keeps in one instance's store.
+    type Instance: Send + 'static;
+
+    /// Adds the capability's interfaces to the linker; their host functions reach
+    /// the store through [`view`], which yields only this capability's state.
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()>;
+
+    /// Checks what the manifest grants `component` and builds its configuration: an
+    /// error here refuses to start the application.
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<Self::Component>;
+
+    /// The state of one new instance of a component configured as `component`.
+    fn prepare(component: &Self::Component, instance: &InstanceContext) -> Self::Instance;
+}
+
+/// What a capability is told about a component it configures.
+pub struct ComponentContext<'a> {
+    pub id: &'a Arc<str>,
+    pub manifest: &'a crate::manifest::Component,
+    /// Its `allowed_outbound_hosts`, templates rendered.
+    pub allowed_hosts: &'a Arc<allowed_hosts::AllowedHosts>,
+    /// The application's resolved variables.
+    pub variables: &'a crate::variables::Variables,
+    /// The application-wide stores, databases and pools.
+    pub backends: &'a Arc<Backends>,
+    /// The broker guests publish to (`None`: publishing answers a connection error).
+    pub producer: Option<&'a Arc<dyn shop_broker::Producer>>,
+}
+
+/// What a capability is told about an instance it prepares state for.
+pub struct InstanceContext {
+    /// The invocation's trace, for the spans of host calls.
+    pub trace: TraceCell,
+}
+
+/// A capability's slice of an instance's store: its own state and the resource table
+/// the component model keeps the guest's handles in.
+pub struct CapabilityView<'a, C: Capability> {
+    pub state: &'a mut C::Instance,
+    pub table: &'a mut ResourceTable,
+}
+
+/// The [`HasData`] through which a capability's bindings see a [`CapabilityView`].
+pub struct Project<C>(PhantomData<C>);
+
+impl<C: Capability> HasData for Project<C> {
+    type Data<'a> = CapabilityView<'a, C>;
+}
+
+/// The store data of one instance, split for capability `C`.
+pub trait Projects<C: Capability> {
+    fn project(&mut self) -> CapabilityView<'_, C>;
+}
+
+/// The host getter every capability links its interfaces with.
+pub fn view<C: Capability>(state: &mut HostState) -> CapabilityView<'_, C>
+where
+    HostState: Projects<C>,
+{
+    state.project()
+}
 
 /// The application-wide backends behind the capabilities, built once from the
 /// runtime config; components reach them through their per-component grants.

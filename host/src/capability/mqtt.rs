@@ -11,12 +11,50 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use wasmtime::component::Resource;
+use wasmtime::component::{Linker, Resource};
 
 use super::allowed_hosts::{AllowedHosts, default_port};
+use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::bindings::fermyon::spin::mqtt::{self, Error, Qos};
+use crate::bindings::mqtt3::spin::mqtt::mqtt as v3;
 use crate::state::HostState;
 use crate::telemetry::{self, Kind, Span, TraceCell};
+
+/// Outbound MQTT, `fermyon:spin/mqtt@2.0.0` and `spin:mqtt@3.0.0`.
+pub struct Mqtt;
+
+/// Whom a component may publish to.
+pub struct MqttGrant {
+    component: Arc<str>,
+    allowed: Arc<AllowedHosts>,
+}
+
+impl Capability for Mqtt {
+    type Component = MqttGrant;
+    type Instance = MqttAccess;
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        mqtt::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        v3::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        Ok(())
+    }
+
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<MqttGrant> {
+        Ok(MqttGrant {
+            component: component.id.clone(),
+            allowed: component.allowed_hosts.clone(),
+        })
+    }
+
+    fn prepare(grant: &MqttGrant, instance: &InstanceContext) -> MqttAccess {
+        MqttAccess {
+            component: grant.component.clone(),
+            allowed: grant.allowed.clone(),
+            trace: instance.trace.clone(),
+            open_count: 0,
+        }
+    }
+}
 
 /// Most sessions one instance may hold open at once (`too-many-connections` past it).
 const MAX_CONNECTIONS: usize = 16;
@@ -197,9 +235,9 @@ fn publish_span(trace: &TraceCell, component: &str, topic: &str) -> Span {
     span
 }
 
-impl mqtt::Host for HostState {}
+impl mqtt::Host for CapabilityView<'_, Mqtt> {}
 
-impl mqtt::HostConnection for HostState {
+impl mqtt::HostConnection for CapabilityView<'_, Mqtt> {
     async fn open(
         &mut self,
         address: String,
@@ -208,10 +246,10 @@ impl mqtt::HostConnection for HostState {
         keep_alive_interval_in_secs: u64,
     ) -> Result<Resource<MqttConnection>, Error> {
         let connection = self
-            .mqtt
+            .state
             .open(&address, &username, &password, keep_alive_interval_in_secs)
             .await?;
-        self.keep_mqtt(connection)
+        self.keep(connection)
     }
 
     async fn publish(
@@ -221,7 +259,7 @@ impl mqtt::HostConnection for HostState {
         payload: Vec<u8>,
         qos: Qos,
     ) -> Result<(), Error> {
-        let span = publish_span(&self.mqtt.trace, &self.mqtt.component, &topic);
+        let span = publish_span(&self.state.trace, &self.state.component, &topic);
         let session = self
             .table
             .get(&connection)
@@ -232,40 +270,34 @@ impl mqtt::HostConnection for HostState {
     }
 
     async fn drop(&mut self, connection: Resource<MqttConnection>) -> wasmtime::Result<()> {
-        self.close_mqtt(connection)
+        self.close(connection)
     }
 }
 
-impl HostState {
+impl CapabilityView<'_, Mqtt> {
     /// Hands an opened session to the guest (both API generations).
-    fn keep_mqtt(&mut self, connection: MqttConnection) -> Result<Resource<MqttConnection>, Error> {
+    fn keep(&mut self, connection: MqttConnection) -> Result<Resource<MqttConnection>, Error> {
         let resource = self.table.push(connection).map_err(|e| Error::Other(e.to_string()))?;
-        self.mqtt.open_count += 1;
+        self.state.open_count += 1;
         Ok(resource)
     }
 
-    fn close_mqtt(&mut self, connection: Resource<MqttConnection>) -> wasmtime::Result<()> {
+    fn close(&mut self, connection: Resource<MqttConnection>) -> wasmtime::Result<()> {
         let connection = self.table.delete(connection)?;
         let _ = connection.session.client.try_disconnect();
-        self.mqtt.open_count = self.mqtt.open_count.saturating_sub(1);
+        self.state.open_count = self.state.open_count.saturating_sub(1);
         Ok(())
     }
 }
 
 /// spin-sdk 7's `spin:mqtt@3.0.0`: the same sessions behind `async func`s, reached
 /// through wasmtime's store accessor.
-pub struct SpinMqtt3;
-
-impl wasmtime::component::HasData for SpinMqtt3 {
-    type Data<'a> = &'a mut HostState;
-}
-
 mod v3_impl {
     use wasmtime::component::{Accessor, Resource};
 
-    use super::{Error as E2, MqttConnection, Qos as Q2, SpinMqtt3, qos_of};
+    use super::{Error as E2, Mqtt, MqttConnection, Qos as Q2, qos_of};
     use crate::bindings::mqtt3::spin::mqtt::mqtt::{self as v3, Error, Qos};
-    use crate::state::HostState;
+    use crate::capability::{CapabilityView, Project};
     use crate::telemetry;
 
     fn convert(e: E2) -> Error {
@@ -277,15 +309,15 @@ mod v3_impl {
         }
     }
 
-    impl v3::Host for &mut HostState {}
+    impl v3::Host for CapabilityView<'_, Mqtt> {}
 
-    impl v3::HostConnection for &mut HostState {
+    impl v3::HostConnection for CapabilityView<'_, Mqtt> {
         async fn drop(&mut self, c: Resource<MqttConnection>) -> wasmtime::Result<()> {
-            self.close_mqtt(c)
+            self.close(c)
         }
     }
 
-    impl<U> v3::HostConnectionWithStore<U> for SpinMqtt3 {
+    impl<U> v3::HostConnectionWithStore<U> for Project<Mqtt> {
         async fn open(
             store: &Accessor<U, Self>,
             address: String,
@@ -293,12 +325,12 @@ mod v3_impl {
             password: String,
             keep_alive_interval_in_secs: u64,
         ) -> Result<Resource<MqttConnection>, Error> {
-            let access = store.with(|mut view| view.get().mqtt.clone());
+            let access = store.with(|mut view| view.get().state.clone());
             let connection = access
                 .open(&address, &username, &password, keep_alive_interval_in_secs)
                 .await
                 .map_err(convert)?;
-            store.with(|mut view| view.get().keep_mqtt(connection).map_err(convert))
+            store.with(|mut view| view.get().keep(connection).map_err(convert))
         }
 
         async fn publish(
@@ -309,15 +341,14 @@ mod v3_impl {
             qos: Qos,
         ) -> Result<(), Error> {
             let (session, trace, component) = store.with(|mut view| {
-                let state: &mut HostState = view.get();
-                state
-                    .table
+                let view = view.get();
+                view.table
                     .get(&c)
                     .map(|c| {
                         (
                             c.session.clone(),
-                            state.mqtt.trace.clone(),
-                            state.mqtt.component.clone(),
+                            view.state.trace.clone(),
+                            view.state.component.clone(),
                         )
                     })
                     .map_err(|e| Error::Other(e.to_string()))

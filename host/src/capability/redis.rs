@@ -10,13 +10,52 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
-use wasmtime::component::Resource;
+use wasmtime::component::{Linker, Resource};
 
-use super::Backends;
 use super::allowed_hosts::{AllowedHosts, default_port};
 use super::bounded_map::BoundedMap;
+use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::bindings::fermyon::spin::redis::{self, Error, Payload, RedisParameter, RedisResult};
+use crate::bindings::redis3::spin::redis::redis as v3;
 use crate::state::HostState;
+use crate::telemetry::TraceCell;
+
+/// Outbound Redis, `fermyon:spin/redis@2.0.0` and `spin:redis@3.0.0`.
+pub struct Redis;
+
+/// Which servers a component may reach, and the shared connections to them.
+#[derive(Clone)]
+pub struct RedisGrant {
+    component: Arc<str>,
+    allowed: Arc<AllowedHosts>,
+    backends: Arc<Backends>,
+}
+
+impl Capability for Redis {
+    type Component = RedisGrant;
+    type Instance = RedisAccess;
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        redis::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        v3::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        Ok(())
+    }
+
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<RedisGrant> {
+        Ok(RedisGrant {
+            component: component.id.clone(),
+            allowed: component.allowed_hosts.clone(),
+            backends: component.backends.clone(),
+        })
+    }
+
+    fn prepare(grant: &RedisGrant, instance: &InstanceContext) -> RedisAccess {
+        RedisAccess {
+            grant: grant.clone(),
+            trace: instance.trace.clone(),
+        }
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,9 +111,8 @@ impl RedisServers {
 
 /// Per-instance outbound Redis state.
 pub struct RedisAccess {
-    pub component: Arc<str>,
-    pub allowed: Arc<AllowedHosts>,
-    pub backends: Arc<Backends>,
+    grant: RedisGrant,
+    trace: TraceCell,
 }
 
 /// An open connection as the guest holds it.
@@ -138,21 +176,22 @@ fn flatten(value: ::redis::Value, out: &mut Vec<RedisResult>) {
     }
 }
 
-impl HostState {
-    fn redis_connection(&self, connection: &Resource<RedisConnection>) -> Result<ops::Traced, Error> {
+impl CapabilityView<'_, Redis> {
+    fn connection(&self, connection: &Resource<RedisConnection>) -> Result<ops::Traced, Error> {
         self.table
             .get(connection)
             .map(|c| ops::Traced {
                 connection: c.connection.clone(),
-                trace: self.trace.clone(),
+                trace: self.state.trace.clone(),
             })
             .map_err(|e| Error::Other(e.to_string()))
     }
 
     /// The shared server for `address` if this component may reach it.
-    fn redis_server(&self, address: &str) -> Result<SharedRedis, Error> {
-        authorize(address, &self.redis.allowed, &self.trace)?;
-        self.redis.backends.redis.server(&self.redis.component, address)
+    fn server(&self, address: &str) -> Result<SharedRedis, Error> {
+        let grant = &self.state.grant;
+        authorize(address, &grant.allowed, &self.state.trace)?;
+        grant.backends.redis.server(&grant.component, address)
     }
 }
 
@@ -258,11 +297,11 @@ mod ops {
     }
 }
 
-impl redis::Host for HostState {}
+impl redis::Host for CapabilityView<'_, Redis> {}
 
-impl redis::HostConnection for HostState {
+impl redis::HostConnection for CapabilityView<'_, Redis> {
     async fn open(&mut self, address: String) -> Result<Resource<RedisConnection>, Error> {
-        let server = self.redis_server(&address)?;
+        let server = self.server(&address)?;
         let connection = server.connection().await.map_err(Error::Other)?;
         self.table
             .push(RedisConnection { connection })
@@ -270,35 +309,35 @@ impl redis::HostConnection for HostState {
     }
 
     async fn publish(&mut self, c: Resource<RedisConnection>, channel: String, payload: Payload) -> Result<(), Error> {
-        ops::publish(self.redis_connection(&c)?, channel, payload).await
+        ops::publish(self.connection(&c)?, channel, payload).await
     }
 
     async fn get(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Option<Payload>, Error> {
-        ops::get(self.redis_connection(&c)?, key).await
+        ops::get(self.connection(&c)?, key).await
     }
 
     async fn set(&mut self, c: Resource<RedisConnection>, key: String, value: Payload) -> Result<(), Error> {
-        ops::set(self.redis_connection(&c)?, key, value).await
+        ops::set(self.connection(&c)?, key, value).await
     }
 
     async fn incr(&mut self, c: Resource<RedisConnection>, key: String) -> Result<i64, Error> {
-        ops::incr(self.redis_connection(&c)?, key).await
+        ops::incr(self.connection(&c)?, key).await
     }
 
     async fn del(&mut self, c: Resource<RedisConnection>, keys: Vec<String>) -> Result<u32, Error> {
-        ops::del(self.redis_connection(&c)?, keys).await
+        ops::del(self.connection(&c)?, keys).await
     }
 
     async fn sadd(&mut self, c: Resource<RedisConnection>, key: String, values: Vec<String>) -> Result<u32, Error> {
-        ops::sadd(self.redis_connection(&c)?, key, values).await
+        ops::sadd(self.connection(&c)?, key, values).await
     }
 
     async fn smembers(&mut self, c: Resource<RedisConnection>, key: String) -> Result<Vec<String>, Error> {
-        ops::smembers(self.redis_connection(&c)?, key).await
+        ops::smembers(self.connection(&c)?, key).await
     }
 
     async fn srem(&mut self, c: Resource<RedisConnection>, key: String, values: Vec<String>) -> Result<u32, Error> {
-        ops::srem(self.redis_connection(&c)?, key, values).await
+        ops::srem(self.connection(&c)?, key, values).await
     }
 
     async fn execute(
@@ -307,7 +346,7 @@ impl redis::HostConnection for HostState {
         command: String,
         arguments: Vec<RedisParameter>,
     ) -> Result<Vec<RedisResult>, Error> {
-        ops::execute(self.redis_connection(&c)?, command, arguments).await
+        ops::execute(self.connection(&c)?, command, arguments).await
     }
 
     async fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {
@@ -318,18 +357,12 @@ impl redis::HostConnection for HostState {
 
 /// spin-sdk 7's `spin:redis@3.0.0`: the same connections, commands and address rules
 /// behind `async func`s, reached through wasmtime's store accessor.
-pub struct SpinRedis3;
-
-impl wasmtime::component::HasData for SpinRedis3 {
-    type Data<'a> = &'a mut HostState;
-}
-
 mod v3_impl {
     use wasmtime::component::{Accessor, Resource};
 
-    use super::{Error as E2, RedisConnection, RedisParameter as P2, RedisResult as R2, SpinRedis3, ops};
+    use super::{Error as E2, Redis, RedisConnection, RedisParameter as P2, RedisResult as R2, ops};
     use crate::bindings::redis3::spin::redis::redis::{self as v3, Error, RedisParameter, RedisResult};
-    use crate::state::HostState;
+    use crate::capability::{CapabilityView, Project};
 
     fn convert(e: E2) -> Error {
         match e {
@@ -340,22 +373,22 @@ mod v3_impl {
         }
     }
 
-    fn connection<U>(store: &Accessor<U, SpinRedis3>, c: &Resource<RedisConnection>) -> Result<ops::Traced, Error> {
-        store.with(|mut view| view.get().redis_connection(c).map_err(convert))
+    fn connection<U>(store: &Accessor<U, Project<Redis>>, c: &Resource<RedisConnection>) -> Result<ops::Traced, Error> {
+        store.with(|mut view| view.get().connection(c).map_err(convert))
     }
 
-    impl v3::Host for &mut HostState {}
+    impl v3::Host for CapabilityView<'_, Redis> {}
 
-    impl v3::HostConnection for &mut HostState {
+    impl v3::HostConnection for CapabilityView<'_, Redis> {
         async fn drop(&mut self, c: Resource<RedisConnection>) -> wasmtime::Result<()> {
             self.table.delete(c)?;
             Ok(())
         }
     }
 
-    impl<U> v3::HostConnectionWithStore<U> for SpinRedis3 {
+    impl<U> v3::HostConnectionWithStore<U> for Project<Redis> {
         async fn open(store: &Accessor<U, Self>, address: String) -> Result<Resource<RedisConnection>, Error> {
-            let server = store.with(|mut view| view.get().redis_server(&address).map_err(convert))?;
+            let server = store.with(|mut view| view.get().server(&address).map_err(convert))?;
             let connection = server.connection().await.map_err(Error::Other)?;
             store.with(|mut view| {
                 view.get()

@@ -5,13 +5,37 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use wasmtime::component::{Accessor, HasData};
+use wasmtime::component::{Accessor, Linker};
 
+use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
+use crate::bindings::fermyon::spin as spin2;
 use crate::bindings::fermyon::spin::variables::{self, Error};
 use crate::bindings::variables3::spin::variables::variables as v3;
 use crate::manifest::is_valid_variable_name;
 use crate::state::HostState;
 use crate::variables::Variables;
+
+/// Spin variables, 2.0 and 3.0: each instance reads its component's rendered table.
+pub struct SpinVariables;
+
+impl Capability for SpinVariables {
+    type Component = ComponentVariables;
+    type Instance = ComponentVariables;
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        spin2::variables::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        v3::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        Ok(())
+    }
+
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<ComponentVariables> {
+        ComponentVariables::render(component.id, &component.manifest.variables, component.variables)
+    }
+
+    fn prepare(component: &ComponentVariables, _: &InstanceContext) -> ComponentVariables {
+        component.clone()
+    }
+}
 
 /// A component's variables, rendered.
 #[derive(Clone, Default)]
@@ -46,26 +70,19 @@ impl ComponentVariables {
     }
 }
 
-impl variables::Host for HostState {
+impl variables::Host for CapabilityView<'_, SpinVariables> {
     async fn get(&mut self, name: String) -> Result<String, Error> {
-        self.variables.get(&name)
+        self.state.get(&name)
     }
 }
 
-/// spin-sdk 7's `spin:variables@3.0.0`: the same lookup behind an `async func`, so it
-/// is implemented on a marker type that reaches the component's variables through
-/// the store accessor (wasmtime's component-model-async host API).
-pub struct SpinVariables3;
+// spin-sdk 7's `spin:variables@3.0.0`: the same lookup behind an `async func`, reached
+// through the store accessor (wasmtime's component-model-async host API).
+impl v3::Host for CapabilityView<'_, SpinVariables> {}
 
-impl HasData for SpinVariables3 {
-    type Data<'a> = &'a ComponentVariables;
-}
-
-impl v3::Host for &ComponentVariables {}
-
-impl<U> v3::HostWithStore<U> for SpinVariables3 {
+impl<U> v3::HostWithStore<U> for Project<SpinVariables> {
     async fn get(store: &Accessor<U, Self>, name: String) -> Result<String, v3::Error> {
-        store.with(|mut view| view.get().get(&name)).map_err(|e| match e {
+        store.with(|mut view| view.get().state.get(&name)).map_err(|e| match e {
             Error::InvalidName(m) => v3::Error::InvalidName(m),
             Error::Undefined(m) => v3::Error::Undefined(m),
             Error::Provider(m) => v3::Error::Provider(m),

@@ -323,8 +323,8 @@ fn watch_postgres_outboxes(
         let Some(relay) = components.get(&trigger.component) else {
             continue;
         };
-        let address = relay.variables.get("database_url").unwrap_or_default();
-        let Ok(service) = relay.variables.get("database") else {
+        let address = relay.capabilities.variables.get("database_url").unwrap_or_default();
+        let Ok(service) = relay.capabilities.variables.get("database") else {
             continue;
         };
         if !address.starts_with("postgres") {

@@ -138,12 +138,16 @@ fn listen_for_notifications(
     stop: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let url = component.variables.get(&source.url_variable).map_err(|e| {
-        anyhow::anyhow!(
-            "cron trigger of `{}`: run_on_notify.url_variable: {e:?}",
-            trigger.component
-        )
-    })?;
+    let url = component
+        .capabilities
+        .variables
+        .get(&source.url_variable)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cron trigger of `{}`: run_on_notify.url_variable: {e:?}",
+                trigger.component
+            )
+        })?;
     if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
         return Ok(());
     }
