@@ -8,20 +8,14 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime_wasi_http::handler::ProxyPre;
 
 use shop_broker::Producer;
 
 use crate::bindings::cron::SpinCronPre;
-use crate::bindings::fermyon::spin as spin2;
 use crate::bindings::messaging::KafkaHandlerPre;
-use crate::bindings::wasi_keyvalue::wasi::keyvalue as wasi_keyvalue;
-use crate::bindings::{key_value3, postgres4, sqlite3};
 use crate::capability::allowed_hosts::AllowedHosts;
-use crate::capability::key_value::SpinKeyValue3;
-use crate::capability::postgres::SpinPostgres4;
-use crate::capability::sqlite::v3::SpinSqlite3;
 use crate::capability::{Backends, ComponentCapabilities, ComponentContext};
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::Manifest;
@@ -62,32 +56,20 @@ pub struct LoadedComponent {
     pub exports: Exports,
     pub allowed_hosts: Arc<AllowedHosts>,
     pub environment: Vec<(String, String)>,
-    pub key_value_stores: Arc<BTreeSet<String>>,
-    pub sqlite_databases: Arc<BTreeSet<String>>,
     pub backends: Arc<Backends>,
     /// What each registered capability keeps for this component.
     pub capabilities: ComponentCapabilities,
     pub cache: CacheOutcome,
 }
 
-/// Every capability a component may import, one `add_to_linker` per interface family.
+/// Every interface a component may import: WASI and WASI HTTP (wasmtime's own, over
+/// their views of the store), then each registered capability.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
-    // Key-value: Spin 2.0 and 3.0, and wasi:keyvalue, over the same stores.
-    spin2::key_value::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    key_value3::spin::key_value::key_value::add_to_linker::<_, SpinKeyValue3>(&mut linker, |s| s)?;
-    wasi_keyvalue::store::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    wasi_keyvalue::atomics::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    wasi_keyvalue::batch::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    // SQLite: fermyon 2.0, and spin 3.1 (which also satisfies 3.0 importers).
-    spin2::sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-    sqlite3::spin::sqlite::sqlite::add_to_linker::<_, SpinSqlite3>(&mut linker, |s| s)?;
-    // Outbound Redis and Postgres (4.2, which also satisfies 4.0 importers).
-    postgres4::spin::postgres::postgres::add_to_linker::<_, SpinPostgres4>(&mut linker, |s| s)?;
     crate::capability::add_to_linker(&mut linker)?;
     Ok(linker)
 }
@@ -219,8 +201,6 @@ fn load_component(
         exports,
         allowed_hosts: allowed,
         environment: component.environment.clone().into_iter().collect(),
-        key_value_stores: Arc::new(component.key_value_stores.iter().cloned().collect()),
-        sqlite_databases: Arc::new(component.sqlite_databases.iter().cloned().collect()),
         backends: context.backends.clone(),
         capabilities,
         cache: outcome,

@@ -11,10 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::app::LoadedComponent;
-use crate::capability::key_value::KeyValueAccess;
 use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
-use crate::capability::postgres::PostgresAccess;
-use crate::capability::sqlite::SqliteAccess;
 use crate::capability::{InstanceCapabilities, InstanceContext};
 use crate::guest_output::{GuestOutput, OutputTags, Stream};
 use crate::telemetry::{TraceCell, TraceContext};
@@ -71,9 +68,6 @@ pub struct HostState {
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
     pub outbound_http: OutboundHttp,
-    pub key_value: KeyValueAccess,
-    pub sqlite: SqliteAccess,
-    pub postgres: PostgresAccess,
     /// The state of each registered capability.
     pub capabilities: InstanceCapabilities,
     pub limiter: MemoryLimiter,
@@ -117,22 +111,6 @@ impl HostState {
                 allowed: component.allowed_hosts.clone(),
                 local,
                 timeouts: OutboundTimeouts::default(),
-            },
-            key_value: KeyValueAccess {
-                allowed: component.key_value_stores.clone(),
-                backends: component.backends.clone(),
-                open_count: 0,
-            },
-            sqlite: SqliteAccess {
-                component: component.id.clone(),
-                allowed: component.sqlite_databases.clone(),
-                backends: component.backends.clone(),
-                open_count: 0,
-            },
-            postgres: PostgresAccess {
-                component: component.id.clone(),
-                allowed: component.allowed_hosts.clone(),
-                backends: component.backends.clone(),
             },
             _live: crate::engine::LiveStore::new(),
             capabilities: component

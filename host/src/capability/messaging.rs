@@ -356,3 +356,26 @@ mod tests {
         assert_eq!(out.payload, b"{}");
     }
 }
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+    use crate::capability::testing::Fixture;
+    use producer::Host as _;
+    use types::HostClient as _;
+
+    #[tokio::test]
+    async fn without_a_broker_connecting_fails_and_topics_outside_the_grant_are_refused() {
+        let fixture = Fixture::new("messaging", "allowed_topics = [\"shop.orders\"]");
+        let mut instance = fixture.instance::<Messaging>();
+        let mut view = instance.view();
+        assert!(matches!(
+            view.connect("kafka".into()).await.unwrap(),
+            Err(Error::Connection(_))
+        ));
+        let client = view.table.push(MessagingClient).unwrap();
+        let message = view.table.push(GuestMessage::default()).unwrap();
+        let refused = view.send(client, "shop.payments".into(), message).await.unwrap();
+        assert!(matches!(refused, Err(Error::PermissionDenied(m)) if m.contains("allowed_topics")));
+    }
+}

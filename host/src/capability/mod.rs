@@ -138,3 +138,103 @@ impl Backends {
         })
     }
 }
+
+/// What the capabilities' unit tests build components from: a manifest entry, the
+/// embedded backends in a scratch directory, and no wasm.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use wasmtime::component::ResourceTable;
+
+    use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, allowed_hosts::AllowedHosts};
+    use crate::manifest::Manifest;
+    use crate::runtime_config::RuntimeConfig;
+    use crate::variables::Variables;
+
+    /// One component `c`, declared by `component_toml` (the lines of its table).
+    pub struct Fixture {
+        pub manifest: Manifest,
+        pub variables: Variables,
+        pub allowed_hosts: Arc<AllowedHosts>,
+        pub backends: Arc<Backends>,
+        pub id: Arc<str>,
+        dir: PathBuf,
+    }
+
+    impl Fixture {
+        pub fn new(name: &str, component_toml: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("shop-capability-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let manifest = Manifest::parse(
+                Path::new("spin.toml"),
+                &format!(
+                    "spin_manifest_version = 2\n[application]\nname = \"t\"\n[variables]\nwho = {{ default = \"world\" }}\n\
+                     [component.c]\nsource = \"c.wasm\"\n{component_toml}\n"
+                ),
+            )
+            .unwrap();
+            let variables = Variables::resolve(&manifest, |_| None).unwrap();
+            let entries = &manifest.raw.component["c"].allowed_outbound_hosts;
+            let allowed_hosts = Arc::new(crate::app::allowed_hosts(entries, &variables).unwrap());
+            let runtime_config = RuntimeConfig::from_table(None, toml::Table::new());
+            let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &dir).unwrap());
+            Self {
+                manifest,
+                variables,
+                allowed_hosts,
+                backends,
+                id: Arc::from("c"),
+                dir,
+            }
+        }
+
+        pub fn context(&self) -> ComponentContext<'_> {
+            ComponentContext {
+                id: &self.id,
+                manifest: &self.manifest.raw.component["c"],
+                allowed_hosts: &self.allowed_hosts,
+                variables: &self.variables,
+                backends: &self.backends,
+                producer: None,
+            }
+        }
+
+        /// A fresh instance's state for capability `C`, as the store would hold it.
+        pub fn instance<C: Capability>(&self) -> Instance<C> {
+            let component = C::configure(&self.context()).unwrap();
+            Instance {
+                state: C::prepare(
+                    &component,
+                    &InstanceContext {
+                        trace: Default::default(),
+                    },
+                ),
+                table: ResourceTable::new(),
+            }
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// An instance's state and resource table, outside any store.
+    pub struct Instance<C: Capability> {
+        pub state: C::Instance,
+        pub table: ResourceTable,
+    }
+
+    impl<C: Capability> Instance<C> {
+        /// What the capability's host functions see.
+        pub fn view(&mut self) -> CapabilityView<'_, C> {
+            CapabilityView {
+                state: &mut self.state,
+                table: &mut self.table,
+            }
+        }
+    }
+}

@@ -426,3 +426,22 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+    use crate::capability::testing::Fixture;
+    use mqtt::HostConnection as _;
+
+    #[tokio::test]
+    async fn an_instance_reaches_only_granted_brokers() {
+        let fixture = Fixture::new("mqtt", "allowed_outbound_hosts = [\"mqtt://broker.internal:1883\"]");
+        let mut instance = fixture.instance::<Mqtt>();
+        let mut view = instance.view();
+        let refused = view
+            .open("mqtt://elsewhere:1883".into(), "".into(), "".into(), 30)
+            .await;
+        assert!(matches!(refused, Err(Error::InvalidAddress)));
+        assert_eq!(view.state.open_count, 0);
+    }
+}

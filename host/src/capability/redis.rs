@@ -534,3 +534,21 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+    use crate::bindings::fermyon::spin::redis::HostConnection as _;
+    use crate::capability::testing::Fixture;
+
+    #[tokio::test]
+    async fn an_instance_reaches_only_granted_servers() {
+        let fixture = Fixture::new("redis", "allowed_outbound_hosts = [\"redis://cache.internal\"]");
+        let mut instance = fixture.instance::<Redis>();
+        let mut view = instance.view();
+        assert!(matches!(
+            view.open("redis://elsewhere".into()).await,
+            Err(Error::InvalidAddress)
+        ));
+    }
+}

@@ -59,4 +59,7 @@ capabilities! {
     mqtt: super::mqtt::Mqtt,
     redis: super::redis::Redis,
     messaging: super::messaging::Messaging,
+    sqlite: super::sqlite::Sqlite,
+    key_value: super::key_value::KeyValue,
+    postgres: super::postgres::Postgres,
 }

@@ -12,15 +12,55 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
-use wasmtime::component::Resource;
+use wasmtime::component::{Linker, Resource};
 
-use super::Backends;
 use super::commits::CommitSignals;
 use super::wal_checkpoint::{self, Checkpointer};
+use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
+use crate::bindings::sqlite3::spin::sqlite::sqlite as api3;
 use crate::runtime_config::SqliteDatabaseConfig;
 use crate::state::HostState;
-use crate::telemetry::{self, Span};
+use crate::telemetry::{self, Span, TraceCell};
+
+/// Spin SQLite, `fermyon:spin/sqlite@2.0.0` and `spin:sqlite@3.x`.
+pub struct Sqlite;
+
+/// The labels a component may open, and the application's database files.
+#[derive(Clone)]
+pub struct SqliteGrant {
+    component: Arc<str>,
+    allowed: Arc<BTreeSet<String>>,
+    backends: Arc<Backends>,
+}
+
+impl Capability for Sqlite {
+    type Component = SqliteGrant;
+    type Instance = SqliteAccess;
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        sqlite::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        // 3.1, which also satisfies 3.0 importers.
+        api3::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        Ok(())
+    }
+
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<SqliteGrant> {
+        Ok(SqliteGrant {
+            component: component.id.clone(),
+            allowed: Arc::new(component.manifest.sqlite_databases.iter().cloned().collect()),
+            backends: component.backends.clone(),
+        })
+    }
+
+    fn prepare(grant: &SqliteGrant, instance: &InstanceContext) -> SqliteAccess {
+        SqliteAccess {
+            grant: grant.clone(),
+            trace: instance.trace.clone(),
+            open_count: 0,
+        }
+    }
+}
 
 /// Most connections one instance may hold open at once.
 const MAX_OPEN_CONNECTIONS: usize = 64;
@@ -410,24 +450,25 @@ impl OpenDatabase {
     }
 }
 
-/// Per-instance SQLite state: which labels this component may open.
+/// Per-instance SQLite state: which labels this component may open, and how many
+/// connections this instance holds.
 pub struct SqliteAccess {
-    pub component: Arc<str>,
-    pub allowed: Arc<BTreeSet<String>>,
-    pub backends: Arc<Backends>,
-    pub open_count: usize,
+    grant: SqliteGrant,
+    trace: TraceCell,
+    open_count: usize,
 }
 
-impl HostState {
+impl CapabilityView<'_, Sqlite> {
     /// Opens `label` for this instance if the component declared it (both API
     /// generations share this).
-    fn open_sqlite_database(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
-        let access = &self.sqlite;
-        if !access.allowed.contains(&label) {
+    fn open_database(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
+        let access = &self.state;
+        let grant = &access.grant;
+        if !grant.allowed.contains(&label) {
             return Err(Error::AccessDenied);
         }
-        let component = access.component.clone();
-        let Some(database) = access
+        let component = grant.component.clone();
+        let Some(database) = grant
             .backends
             .sqlite
             .databases
@@ -450,36 +491,36 @@ impl HostState {
                 changes: 0,
             })
             .map_err(|e| Error::Io(e.to_string()))?;
-        self.sqlite.open_count += 1;
+        self.state.open_count += 1;
         Ok(resource)
     }
 
     /// The connection's session, and a span for `statement` on it.
-    fn sqlite_database(&self, connection: &Resource<OpenDatabase>, statement: &str) -> Result<(Session, Span), Error> {
+    fn database(&self, connection: &Resource<OpenDatabase>, statement: &str) -> Result<(Session, Span), Error> {
         let open = self.table.get(connection).map_err(|_| Error::InvalidConnection)?;
-        let span = telemetry::database_span(&self.trace, "sqlite", &open.label, statement);
+        let span = telemetry::database_span(&self.state.trace, "sqlite", &open.label, statement);
         Ok((open.database.clone(), span))
     }
 
     /// Remembers what a statement changed on the guest's connection.
-    fn record_sqlite_write(&mut self, connection: &Resource<OpenDatabase>, write: Option<(u64, Option<i64>)>) {
+    fn record_write(&mut self, connection: &Resource<OpenDatabase>, write: Option<(u64, Option<i64>)>) {
         if let Ok(open) = self.table.get_mut(connection) {
             open.record(write);
         }
     }
 
-    fn close_sqlite_database(&mut self, connection: Resource<OpenDatabase>) -> wasmtime::Result<()> {
+    fn close_database(&mut self, connection: Resource<OpenDatabase>) -> wasmtime::Result<()> {
         self.table.delete(connection)?;
-        self.sqlite.open_count = self.sqlite.open_count.saturating_sub(1);
+        self.state.open_count = self.state.open_count.saturating_sub(1);
         Ok(())
     }
 }
 
-impl sqlite::Host for HostState {}
+impl sqlite::Host for CapabilityView<'_, Sqlite> {}
 
-impl sqlite::HostConnection for HostState {
+impl sqlite::HostConnection for CapabilityView<'_, Sqlite> {
     async fn open(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
-        self.open_sqlite_database(label)
+        self.open_database(label)
     }
 
     async fn execute(
@@ -488,14 +529,14 @@ impl sqlite::HostConnection for HostState {
         statement: String,
         parameters: Vec<Value>,
     ) -> Result<QueryResult, Error> {
-        let (database, span) = self.sqlite_database(&connection, &statement)?;
+        let (database, span) = self.database(&connection, &statement)?;
         let executed = telemetry::finish_with(span, database.execute(statement, parameters).await)?;
-        self.record_sqlite_write(&connection, executed.write);
+        self.record_write(&connection, executed.write);
         Ok(executed.result)
     }
 
     async fn drop(&mut self, connection: Resource<OpenDatabase>) -> wasmtime::Result<()> {
-        self.close_sqlite_database(connection)
+        self.close_database(connection)
     }
 }
 
@@ -505,16 +546,10 @@ impl sqlite::HostConnection for HostState {
 pub mod v3 {
     use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
-    use super::{Error as E2, OpenDatabase, QueryResult as Q2, Value as V2};
+    use super::{Error as E2, OpenDatabase, QueryResult as Q2, Sqlite, Value as V2};
     use crate::bindings::sqlite3::spin::sqlite::sqlite::{self as api, Error, QueryResult, RowResult, Value};
-    use crate::state::HostState;
+    use crate::capability::{CapabilityView, Project};
     use crate::telemetry;
-
-    pub struct SpinSqlite3;
-
-    impl wasmtime::component::HasData for SpinSqlite3 {
-        type Data<'a> = &'a mut HostState;
-    }
 
     fn convert_error(e: E2) -> Error {
         match e {
@@ -557,34 +592,37 @@ pub mod v3 {
         (result.columns, rows)
     }
 
-    fn connection_field<T>(state: &HostState, c: &Resource<OpenDatabase>, field: impl Fn(&OpenDatabase) -> T) -> T
+    fn connection_field<T>(
+        view: &CapabilityView<'_, Sqlite>,
+        c: &Resource<OpenDatabase>,
+        field: impl Fn(&OpenDatabase) -> T,
+    ) -> T
     where
         T: Default,
     {
-        state.table.get(c).map(field).unwrap_or_default()
+        view.table.get(c).map(field).unwrap_or_default()
     }
 
     /// Runs a statement for `c` and records what it changed.
     async fn run<U>(
-        store: &Accessor<U, SpinSqlite3>,
+        store: &Accessor<U, Project<Sqlite>>,
         c: &Resource<OpenDatabase>,
         statement: String,
         parameters: Vec<Value>,
     ) -> Result<Q2, Error> {
-        let (database, span) =
-            store.with(|mut view| view.get().sqlite_database(c, &statement).map_err(convert_error))?;
+        let (database, span) = store.with(|mut view| view.get().database(c, &statement).map_err(convert_error))?;
         let parameters = parameters.into_iter().map(to_v2).collect();
         let executed =
             telemetry::finish_with(span, database.execute(statement, parameters).await).map_err(convert_error)?;
-        store.with(|mut view| view.get().record_sqlite_write(c, executed.write));
+        store.with(|mut view| view.get().record_write(c, executed.write));
         Ok(executed.result)
     }
 
-    impl api::Host for &mut HostState {}
+    impl api::Host for CapabilityView<'_, Sqlite> {}
 
-    impl api::HostConnection for &mut HostState {
+    impl api::HostConnection for CapabilityView<'_, Sqlite> {
         async fn open(&mut self, label: String) -> Result<Resource<OpenDatabase>, Error> {
-            self.open_sqlite_database(label).map_err(convert_error)
+            self.open_database(label).map_err(convert_error)
         }
 
         async fn execute(
@@ -593,11 +631,11 @@ pub mod v3 {
             statement: String,
             parameters: Vec<Value>,
         ) -> Result<QueryResult, Error> {
-            let (database, span) = self.sqlite_database(&c, &statement).map_err(convert_error)?;
+            let (database, span) = self.database(&c, &statement).map_err(convert_error)?;
             let parameters = parameters.into_iter().map(to_v2).collect();
             let executed =
                 telemetry::finish_with(span, database.execute(statement, parameters).await).map_err(convert_error)?;
-            self.record_sqlite_write(&c, executed.write);
+            self.record_write(&c, executed.write);
             let (columns, rows) = rows(executed.result);
             Ok(QueryResult { columns, rows })
         }
@@ -611,13 +649,13 @@ pub mod v3 {
         }
 
         async fn drop(&mut self, c: Resource<OpenDatabase>) -> wasmtime::Result<()> {
-            self.close_sqlite_database(c)
+            self.close_database(c)
         }
     }
 
-    impl<U> api::HostConnectionWithStore<U> for SpinSqlite3 {
+    impl<U> api::HostConnectionWithStore<U> for Project<Sqlite> {
         async fn open_async(store: &Accessor<U, Self>, label: String) -> Result<Resource<OpenDatabase>, Error> {
-            store.with(|mut view| view.get().open_sqlite_database(label).map_err(convert_error))
+            store.with(|mut view| view.get().open_database(label).map_err(convert_error))
         }
 
         #[allow(clippy::type_complexity)] // the shape is fixed by the WIT
@@ -642,11 +680,11 @@ pub mod v3 {
         }
 
         async fn last_insert_rowid_async(store: &Accessor<U, Self>, c: Resource<OpenDatabase>) -> i64 {
-            store.with(|mut view| connection_field(view.get(), &c, |o| o.last_insert_rowid))
+            store.with(|mut view| connection_field(&view.get(), &c, |o| o.last_insert_rowid))
         }
 
         async fn changes_async(store: &Accessor<U, Self>, c: Resource<OpenDatabase>) -> u64 {
-            store.with(|mut view| connection_field(view.get(), &c, |o| o.changes))
+            store.with(|mut view| connection_field(&view.get(), &c, |o| o.changes))
         }
     }
 }
@@ -840,5 +878,43 @@ mod tests {
         own.execute("DELETE FROM t".into(), vec![]).await.unwrap();
         assert!(!woken().await, "commits of components it does not watch do not wake it");
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use wasmtime::component::Resource;
+
+    use super::*;
+    use crate::capability::testing::Fixture;
+    use sqlite::HostConnection as _;
+
+    #[tokio::test]
+    async fn an_instance_opens_only_granted_databases_and_sees_its_writes() {
+        let fixture = Fixture::new("sqlite", "sqlite_databases = [\"default\", \"undefined\"]");
+        let mut instance = fixture.instance::<Sqlite>();
+        let mut view = instance.view();
+        assert!(matches!(view.open("orders".into()).await, Err(Error::AccessDenied)));
+        assert!(matches!(
+            view.open("undefined".into()).await,
+            Err(Error::NoSuchDatabase)
+        ));
+        let db = view.open("default".into()).await.unwrap();
+        assert_eq!(view.state.open_count, 1);
+        let again = || Resource::<OpenDatabase>::new_borrow(db.rep());
+        view.execute(again(), "CREATE TABLE t (v)".into(), vec![])
+            .await
+            .unwrap();
+        view.execute(again(), "INSERT INTO t VALUES (?)".into(), vec![Value::Integer(7)])
+            .await
+            .unwrap();
+        assert_eq!(view.table.get(&db).unwrap().changes, 1);
+        let read = view.execute(again(), "SELECT v FROM t".into(), vec![]).await.unwrap();
+        assert_eq!(
+            format!("{:?}", read.rows[0].values),
+            format!("{:?}", [Value::Integer(7)])
+        );
+        view.drop(db).await.unwrap();
+        assert_eq!(view.state.open_count, 0);
     }
 }

@@ -112,3 +112,19 @@ mod tests {
         assert!(matches!(vars.get("Bad-Name"), Err(Error::InvalidName(_))));
     }
 }
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+    use crate::capability::testing::Fixture;
+    use variables::Host as _;
+
+    #[tokio::test]
+    async fn an_instance_reads_its_component_table_rendered() {
+        let fixture = Fixture::new("variables", "[component.c.variables]\ngreeting = \"hello {{ who }}\"");
+        let mut instance = fixture.instance::<SpinVariables>();
+        let mut view = instance.view();
+        assert_eq!(view.get("greeting".into()).await.unwrap(), "hello world");
+        assert!(matches!(view.get("who".into()).await, Err(Error::Undefined(_))));
+    }
+}

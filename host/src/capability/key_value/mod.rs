@@ -14,11 +14,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{Linker, Resource, ResourceTable};
 
-use super::Backends;
 use super::sqlite::Synchronous;
+use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::bindings::fermyon::spin::key_value::{self, Error};
+use crate::bindings::key_value3::spin::key_value::key_value as v3;
+use crate::bindings::wasi_keyvalue::wasi::keyvalue as wasi_keyvalue;
 use crate::runtime_config::KeyValueStoreConfig;
 use crate::state::HostState;
 use crate::telemetry::{Kind, Span, TraceCell, finish_with};
@@ -225,11 +227,51 @@ pub struct OpenStore {
     backend: TracedStore,
 }
 
-/// Per-instance key-value state: which labels this component may open.
+/// Key-value: Spin 2.0 and 3.0, and `wasi:keyvalue`, over the same stores.
+pub struct KeyValue;
+
+/// The labels a component may open, and the application's stores.
+#[derive(Clone)]
+pub struct KeyValueGrant {
+    allowed: Arc<BTreeSet<String>>,
+    backends: Arc<Backends>,
+}
+
+impl Capability for KeyValue {
+    type Component = KeyValueGrant;
+    type Instance = KeyValueAccess;
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        key_value::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        v3::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        wasi_keyvalue::store::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        wasi_keyvalue::atomics::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        wasi_keyvalue::batch::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        Ok(())
+    }
+
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<KeyValueGrant> {
+        Ok(KeyValueGrant {
+            allowed: Arc::new(component.manifest.key_value_stores.iter().cloned().collect()),
+            backends: component.backends.clone(),
+        })
+    }
+
+    fn prepare(grant: &KeyValueGrant, instance: &InstanceContext) -> KeyValueAccess {
+        KeyValueAccess {
+            grant: grant.clone(),
+            trace: instance.trace.clone(),
+            open_count: 0,
+        }
+    }
+}
+
+/// Per-instance key-value state: which labels this component may open, and how many
+/// stores this instance holds.
 pub struct KeyValueAccess {
-    pub allowed: Arc<BTreeSet<String>>,
-    pub backends: Arc<Backends>,
-    pub open_count: usize,
+    grant: KeyValueGrant,
+    trace: TraceCell,
+    open_count: usize,
 }
 
 fn other(e: String) -> Error {
@@ -240,17 +282,17 @@ fn get_store<'a>(table: &'a ResourceTable, store: &Resource<OpenStore>) -> wasmt
     Ok(&table.get(store)?.backend)
 }
 
-impl key_value::Host for HostState {}
+impl key_value::Host for CapabilityView<'_, KeyValue> {}
 
-impl HostState {
-    /// Opens `label` for this instance if the component declared it (both API
-    /// generations share this).
-    fn open_key_value_store(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
-        let kv = &mut self.key_value;
-        if !kv.allowed.contains(&label) {
+impl CapabilityView<'_, KeyValue> {
+    /// Opens `label` for this instance if the component declared it (every API
+    /// generation shares this).
+    fn open_store(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
+        let kv = &self.state;
+        if !kv.grant.allowed.contains(&label) {
             return Err(Error::AccessDenied);
         }
-        let Some(backend) = kv.backends.key_value.stores.get(&label).cloned() else {
+        let Some(backend) = kv.grant.backends.key_value.stores.get(&label).cloned() else {
             return Err(Error::NoSuchStore);
         };
         if kv.open_count >= MAX_OPEN_STORES {
@@ -262,78 +304,65 @@ impl HostState {
                 backend: TracedStore {
                     backend,
                     label: Arc::from(label.as_str()),
-                    trace: self.trace.clone(),
+                    trace: self.state.trace.clone(),
                 },
             })
             .map_err(|e| other(e.to_string()))?;
-        self.key_value.open_count += 1;
+        self.state.open_count += 1;
         Ok(resource)
     }
-}
 
-impl key_value::HostStore for HostState {
-    async fn open(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
-        self.open_key_value_store(label)
-    }
-
-    async fn get(&mut self, store: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, Error> {
-        let backend = get_store(&self.table, &store)
-            .map_err(|e| other(e.to_string()))?
-            .clone();
-        backend.get(key).await.map_err(other)
-    }
-
-    async fn set(&mut self, store: Resource<OpenStore>, key: String, value: Vec<u8>) -> Result<(), Error> {
-        let backend = get_store(&self.table, &store)
-            .map_err(|e| other(e.to_string()))?
-            .clone();
-        backend.set(key, value).await.map_err(other)
-    }
-
-    async fn delete(&mut self, store: Resource<OpenStore>, key: String) -> Result<(), Error> {
-        let backend = get_store(&self.table, &store)
-            .map_err(|e| other(e.to_string()))?
-            .clone();
-        backend.delete(key).await.map_err(other)
-    }
-
-    async fn exists(&mut self, store: Resource<OpenStore>, key: String) -> Result<bool, Error> {
-        let backend = get_store(&self.table, &store)
-            .map_err(|e| other(e.to_string()))?
-            .clone();
-        backend.exists(key).await.map_err(other)
-    }
-
-    async fn get_keys(&mut self, store: Resource<OpenStore>) -> Result<Vec<String>, Error> {
-        let backend = get_store(&self.table, &store)
-            .map_err(|e| other(e.to_string()))?
-            .clone();
-        backend.get_keys().await.map_err(other)
-    }
-
-    async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+    fn close_store(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
         self.table.delete(store)?;
-        self.key_value.open_count = self.key_value.open_count.saturating_sub(1);
+        self.state.open_count = self.state.open_count.saturating_sub(1);
         Ok(())
     }
 }
 
-/// spin-sdk 7's `spin:key-value@3.0.0`: the same stores and access rules behind
-/// `async func`s, implemented on a marker type that reaches the instance state
-/// through wasmtime's store accessor.
-pub struct SpinKeyValue3;
+impl key_value::HostStore for CapabilityView<'_, KeyValue> {
+    async fn open(&mut self, label: String) -> Result<Resource<OpenStore>, Error> {
+        self.open_store(label)
+    }
 
-impl wasmtime::component::HasData for SpinKeyValue3 {
-    type Data<'a> = &'a mut HostState;
+    async fn get(&mut self, store: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, Error> {
+        let backend = get_store(self.table, &store).map_err(|e| other(e.to_string()))?.clone();
+        backend.get(key).await.map_err(other)
+    }
+
+    async fn set(&mut self, store: Resource<OpenStore>, key: String, value: Vec<u8>) -> Result<(), Error> {
+        let backend = get_store(self.table, &store).map_err(|e| other(e.to_string()))?.clone();
+        backend.set(key, value).await.map_err(other)
+    }
+
+    async fn delete(&mut self, store: Resource<OpenStore>, key: String) -> Result<(), Error> {
+        let backend = get_store(self.table, &store).map_err(|e| other(e.to_string()))?.clone();
+        backend.delete(key).await.map_err(other)
+    }
+
+    async fn exists(&mut self, store: Resource<OpenStore>, key: String) -> Result<bool, Error> {
+        let backend = get_store(self.table, &store).map_err(|e| other(e.to_string()))?.clone();
+        backend.exists(key).await.map_err(other)
+    }
+
+    async fn get_keys(&mut self, store: Resource<OpenStore>) -> Result<Vec<String>, Error> {
+        let backend = get_store(self.table, &store).map_err(|e| other(e.to_string()))?.clone();
+        backend.get_keys().await.map_err(other)
+    }
+
+    async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.close_store(store)
+    }
 }
 
+/// spin-sdk 7's `spin:key-value@3.0.0`: the same stores and access rules behind
+/// `async func`s, reaching the instance state through wasmtime's store accessor.
 mod v3_impl {
     use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
-    use super::{OpenStore, SpinKeyValue3, TracedStore};
+    use super::{KeyValue, OpenStore, TracedStore};
     use crate::bindings::fermyon::spin::key_value::Error as E2;
     use crate::bindings::key_value3::spin::key_value::key_value::{self as v3, Error};
-    use crate::state::HostState;
+    use crate::capability::{CapabilityView, Project};
 
     fn convert(e: E2) -> Error {
         match e {
@@ -344,10 +373,12 @@ mod v3_impl {
         }
     }
 
-    fn backend<U>(store: &Accessor<U, SpinKeyValue3>, resource: &Resource<OpenStore>) -> Result<TracedStore, Error> {
+    fn backend<U>(
+        store: &Accessor<U, Project<KeyValue>>,
+        resource: &Resource<OpenStore>,
+    ) -> Result<TracedStore, Error> {
         store.with(|mut view| {
-            let state: &mut HostState = view.get();
-            state
+            view.get()
                 .table
                 .get(resource)
                 .map(|s| s.backend.clone())
@@ -355,19 +386,17 @@ mod v3_impl {
         })
     }
 
-    impl v3::Host for &mut HostState {}
+    impl v3::Host for CapabilityView<'_, KeyValue> {}
 
-    impl v3::HostStore for &mut HostState {
+    impl v3::HostStore for CapabilityView<'_, KeyValue> {
         async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
-            crate::bindings::fermyon::spin::key_value::HostStore::drop(*self, store).await
+            self.close_store(store)
         }
     }
 
-    impl<U> v3::HostStoreWithStore<U> for SpinKeyValue3 {
+    impl<U> v3::HostStoreWithStore<U> for Project<KeyValue> {
         async fn open(store: &Accessor<U, Self>, label: String) -> Result<Resource<OpenStore>, Error> {
-            store
-                .with(|mut view| view.get().open_key_value_store(label))
-                .map_err(convert)
+            store.with(|mut view| view.get().open_store(label)).map_err(convert)
         }
 
         async fn get(
@@ -413,5 +442,31 @@ mod v3_impl {
                 Ok((keys, outcome))
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use wasmtime::component::Resource;
+
+    use super::*;
+    use crate::capability::testing::Fixture;
+    use key_value::HostStore as _;
+
+    #[tokio::test]
+    async fn an_instance_opens_only_granted_stores_and_counts_what_it_holds() {
+        let fixture = Fixture::new("kv", "key_value_stores = [\"default\", \"undefined\"]");
+        let mut instance = fixture.instance::<KeyValue>();
+        let mut view = instance.view();
+        assert!(matches!(view.open("cache".into()).await, Err(Error::AccessDenied)));
+        assert!(matches!(view.open("undefined".into()).await, Err(Error::NoSuchStore)));
+        let store = view.open("default".into()).await.unwrap();
+        assert_eq!(view.state.open_count, 1);
+        let again = || Resource::<OpenStore>::new_borrow(store.rep());
+        view.set(again(), "k".into(), b"v".to_vec()).await.unwrap();
+        assert_eq!(view.get(again(), "k".into()).await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(view.get_keys(again()).await.unwrap(), ["k"]);
+        view.drop(store).await.unwrap();
+        assert_eq!(view.state.open_count, 0);
     }
 }

@@ -7,10 +7,10 @@
 
 use wasmtime::component::Resource;
 
-use super::{OpenStore, TracedStore};
+use super::{KeyValue, OpenStore, TracedStore};
 use crate::bindings::fermyon::spin::key_value::Error as SpinError;
 use crate::bindings::wasi_keyvalue::wasi::keyvalue::{atomics, batch, store};
-use crate::state::HostState;
+use crate::capability::CapabilityView;
 use store::{Error, KeyResponse};
 
 /// A `cas` handle: the key and the value it held when the handle was made.
@@ -24,7 +24,7 @@ fn other(e: impl ToString) -> Error {
     Error::Other(e.to_string())
 }
 
-impl HostState {
+impl CapabilityView<'_, KeyValue> {
     fn bucket(&self, bucket: &Resource<OpenStore>) -> Result<TracedStore, Error> {
         self.table.get(bucket).map(|s| s.backend.clone()).map_err(other)
     }
@@ -36,9 +36,9 @@ impl HostState {
     }
 }
 
-impl store::Host for HostState {
+impl store::Host for CapabilityView<'_, KeyValue> {
     async fn open(&mut self, identifier: String) -> Result<Resource<OpenStore>, Error> {
-        self.open_key_value_store(identifier).map_err(|e| match e {
+        self.open_store(identifier).map_err(|e| match e {
             SpinError::NoSuchStore => Error::NoSuchStore,
             SpinError::AccessDenied => Error::AccessDenied,
             SpinError::StoreTableFull => Error::Other("too many open buckets".into()),
@@ -47,7 +47,7 @@ impl store::Host for HostState {
     }
 }
 
-impl store::HostBucket for HostState {
+impl store::HostBucket for CapabilityView<'_, KeyValue> {
     async fn get(&mut self, bucket: Resource<OpenStore>, key: String) -> Result<Option<Vec<u8>>, Error> {
         self.bucket(&bucket)?.get(key).await.map_err(other)
     }
@@ -70,11 +70,11 @@ impl store::HostBucket for HostState {
     }
 
     async fn drop(&mut self, bucket: Resource<OpenStore>) -> wasmtime::Result<()> {
-        crate::bindings::fermyon::spin::key_value::HostStore::drop(self, bucket).await
+        self.close_store(bucket)
     }
 }
 
-impl atomics::Host for HostState {
+impl atomics::Host for CapabilityView<'_, KeyValue> {
     async fn increment(&mut self, bucket: Resource<OpenStore>, key: String, delta: i64) -> Result<i64, Error> {
         self.bucket(&bucket)?.increment(key, delta).await.map_err(other)
     }
@@ -96,7 +96,7 @@ impl atomics::Host for HostState {
     }
 }
 
-impl atomics::HostCas for HostState {
+impl atomics::HostCas for CapabilityView<'_, KeyValue> {
     async fn new(&mut self, bucket: Resource<OpenStore>, key: String) -> Result<Resource<PendingSwap>, Error> {
         let backend = self.bucket(&bucket)?;
         self.pending_swap(backend, key).await
@@ -112,7 +112,7 @@ impl atomics::HostCas for HostState {
     }
 }
 
-impl batch::Host for HostState {
+impl batch::Host for CapabilityView<'_, KeyValue> {
     async fn get_many(
         &mut self,
         bucket: Resource<OpenStore>,

@@ -19,15 +19,51 @@ mod values;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
-use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
+use wasmtime::component::{Accessor, FutureReader, Linker, Resource, StreamReader};
 
-use super::Backends;
 use super::allowed_hosts::AllowedHosts;
 use super::bounded_map::BoundedMap;
+use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::bindings::postgres4::spin::postgres::postgres::{
     self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
 };
 use crate::state::HostState;
+use crate::telemetry::TraceCell;
+
+/// Outbound PostgreSQL, `spin:postgres@4.2.0` (which also satisfies 4.0 importers).
+pub struct Postgres;
+
+impl Capability for Postgres {
+    type Component = PostgresAccess;
+    type Instance = PostgresInstance;
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        postgres::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
+        Ok(())
+    }
+
+    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<PostgresAccess> {
+        Ok(PostgresAccess {
+            component: component.id.clone(),
+            allowed: component.allowed_hosts.clone(),
+            backends: component.backends.clone(),
+        })
+    }
+
+    fn prepare(access: &PostgresAccess, instance: &InstanceContext) -> PostgresInstance {
+        PostgresInstance {
+            access: access.clone(),
+            trace: instance.trace.clone(),
+        }
+    }
+}
+
+/// Per-instance Postgres state: what the component may reach, and the trace its
+/// connections' statements report to.
+pub struct PostgresInstance {
+    access: PostgresAccess,
+    trace: TraceCell,
+}
 use crate::telemetry;
 use session::PgSession;
 use values::{data_type, db_value, to_sql};
@@ -91,12 +127,12 @@ fn new_pool(config: tokio_postgres::Config) -> Result<Pool, Error> {
     Ok(pool)
 }
 
-/// Per-instance Postgres state.
+/// Which servers a component may reach, and the application's pools.
 #[derive(Clone)]
 pub struct PostgresAccess {
-    pub component: Arc<str>,
-    pub allowed: Arc<AllowedHosts>,
-    pub backends: Arc<Backends>,
+    component: Arc<str>,
+    allowed: Arc<AllowedHosts>,
+    backends: Arc<Backends>,
 }
 
 /// An open connection as the guest holds it.
@@ -160,8 +196,8 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
 }
 
-impl HostState {
-    fn pg_session(&self, connection: &Resource<PgConnection>) -> Result<Arc<PgSession>, Error> {
+impl CapabilityView<'_, Postgres> {
+    fn session(&self, connection: &Resource<PgConnection>) -> Result<Arc<PgSession>, Error> {
         Ok(self
             .table
             .get(connection)
@@ -171,17 +207,15 @@ impl HostState {
     }
 
     /// The pool for `address` if this component may reach it.
-    fn pg_pool(&self, address: &str) -> Result<Pool, Error> {
-        let config = authorize(address, &self.postgres.allowed)?;
-        self.postgres
-            .backends
-            .postgres
-            .pool(&self.postgres.component, address, config)
+    fn pool(&self, address: &str) -> Result<Pool, Error> {
+        let access = &self.state.access;
+        let config = authorize(address, &access.allowed)?;
+        access.backends.postgres.pool(&access.component, address, config)
     }
 
     /// A guest connection on `pool`, starting with `client` (checked out by `open`, so
     /// that `open` reports an unreachable server, as Spin's does).
-    fn pg_push(&mut self, pool: Pool, client: Object, address: &str) -> Result<Resource<PgConnection>, Error> {
+    fn push(&mut self, pool: Pool, client: Object, address: &str) -> Result<Resource<PgConnection>, Error> {
         // postgres://user@host:port/name?options → name
         let database = address
             .split('?')
@@ -193,7 +227,7 @@ impl HostState {
             .to_string();
         self.table
             .push(PgConnection {
-                session: Arc::new(PgSession::new(pool, client, database, self.trace.clone())),
+                session: Arc::new(PgSession::new(pool, client, database, self.state.trace.clone())),
             })
             .map_err(|e| Error::Other(e.to_string()))
     }
@@ -278,13 +312,13 @@ async fn run_execute(
     telemetry::finish_with(span, changed)
 }
 
-impl postgres::Host for HostState {}
+impl postgres::Host for CapabilityView<'_, Postgres> {}
 
-impl postgres::HostConnection for HostState {
+impl postgres::HostConnection for CapabilityView<'_, Postgres> {
     async fn open(&mut self, address: String) -> Result<Resource<PgConnection>, Error> {
-        let pool = self.pg_pool(&address)?;
+        let pool = self.pool(&address)?;
         let client = checkout(pool.clone()).await?;
-        self.pg_push(pool, client, &address)
+        self.push(pool, client, &address)
     }
 
     async fn query(
@@ -293,8 +327,8 @@ impl postgres::HostConnection for HostState {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Result<RowSet, Error> {
-        let session = self.pg_session(&connection)?;
-        run_query(&session, &self.postgres, &statement, params).await
+        let session = self.session(&connection)?;
+        run_query(&session, &self.state.access, &statement, params).await
     }
 
     async fn execute(
@@ -303,8 +337,8 @@ impl postgres::HostConnection for HostState {
         statement: String,
         params: Vec<ParameterValue>,
     ) -> Result<u64, Error> {
-        let session = self.pg_session(&connection)?;
-        run_execute(&session, &self.postgres, &statement, params).await
+        let session = self.session(&connection)?;
+        run_execute(&session, &self.state.access, &statement, params).await
     }
 
     async fn drop(&mut self, connection: Resource<PgConnection>) -> wasmtime::Result<()> {
@@ -313,7 +347,7 @@ impl postgres::HostConnection for HostState {
     }
 }
 
-impl postgres::HostConnectionBuilder for HostState {
+impl postgres::HostConnectionBuilder for CapabilityView<'_, Postgres> {
     async fn new(&mut self, address: String) -> wasmtime::Result<Resource<PgConnectionBuilder>> {
         Ok(self.table.push(PgConnectionBuilder { address })?)
     }
@@ -342,32 +376,30 @@ impl postgres::HostConnectionBuilder for HostState {
     }
 }
 
-/// The `async func` half of 4.2.0 (spin-sdk 7), reached through wasmtime's store
-/// accessor.
-pub struct SpinPostgres4;
-
-impl wasmtime::component::HasData for SpinPostgres4 {
-    type Data<'a> = &'a mut HostState;
-}
+// The `async func` half of 4.2.0 (spin-sdk 7), reached through wasmtime's store
+// accessor.
 
 /// The guest's connection and what its statements report to.
 fn session_of<U>(
-    store: &Accessor<U, SpinPostgres4>,
+    store: &Accessor<U, Project<Postgres>>,
     c: &Resource<PgConnection>,
 ) -> Result<(Arc<PgSession>, PostgresAccess), Error> {
     store.with(|mut view| {
-        let state = view.get();
-        Ok((state.pg_session(c)?, state.postgres.clone()))
+        let view = view.get();
+        Ok((view.session(c)?, view.state.access.clone()))
     })
 }
 
-async fn open_with<U>(store: &Accessor<U, SpinPostgres4>, address: String) -> Result<Resource<PgConnection>, Error> {
-    let pool = store.with(|mut view| view.get().pg_pool(&address))?;
+async fn open_with<U>(
+    store: &Accessor<U, Project<Postgres>>,
+    address: String,
+) -> Result<Resource<PgConnection>, Error> {
+    let pool = store.with(|mut view| view.get().pool(&address))?;
     let client = checkout(pool.clone()).await?;
-    store.with(|mut view| view.get().pg_push(pool, client, &address))
+    store.with(|mut view| view.get().push(pool, client, &address))
 }
 
-impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
+impl<U> postgres::HostConnectionWithStore<U> for Project<Postgres> {
     async fn open_async(store: &Accessor<U, Self>, address: String) -> Result<Resource<PgConnection>, Error> {
         open_with(store, address).await
     }
@@ -406,7 +438,7 @@ impl<U> postgres::HostConnectionWithStore<U> for SpinPostgres4 {
     }
 }
 
-impl<U> postgres::HostConnectionBuilderWithStore<U> for SpinPostgres4 {
+impl<U> postgres::HostConnectionBuilderWithStore<U> for Project<Postgres> {
     async fn build_async(
         store: &Accessor<U, Self>,
         builder: Resource<PgConnectionBuilder>,
@@ -445,5 +477,21 @@ mod tests {
             authorize("not a url ://", &allowed),
             Err(Error::ConnectionFailed(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+    use crate::capability::testing::Fixture;
+    use postgres::HostConnection as _;
+
+    #[tokio::test]
+    async fn an_instance_reaches_only_granted_servers() {
+        let fixture = Fixture::new("postgres", "allowed_outbound_hosts = [\"postgres://db.internal\"]");
+        let mut instance = fixture.instance::<Postgres>();
+        let mut view = instance.view();
+        let refused = view.open("postgres://app@elsewhere/shop".into()).await;
+        assert!(matches!(refused, Err(Error::ConnectionFailed(m)) if m.contains("not permitted")));
     }
 }
