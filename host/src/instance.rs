@@ -2,7 +2,8 @@
 //! capabilities, the linear-memory cap, and a wall-clock deadline enforced on epoch
 //! ticks (yielding to the executor until it passes, then interrupting the guest).
 
-use std::sync::Weak;
+use std::future::Future;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -11,6 +12,7 @@ use wasmtime_wasi_http::handler::ExpirationError;
 use crate::app::LoadedComponent;
 use crate::capability::outbound_http::LocalServices;
 use crate::state::{HostState, InvocationProbe};
+use crate::telemetry::TraceContext;
 
 /// Limits applied to every invocation.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +82,90 @@ impl InvocationFailure {
             InvocationFailure::MemoryLimit
         } else {
             InvocationFailure::Trap
+        }
+    }
+}
+
+/// One invocation of a component by a trigger that calls an export itself (a Kafka
+/// message, a cron firing): a fresh store tagged with the invocation's request id and
+/// trace, and the [`Watch`] that bounds and judges the call.
+pub struct Invocation {
+    pub store: Store<HostState>,
+    pub watch: Watch,
+}
+
+impl Invocation {
+    pub fn new(
+        engine: &Engine,
+        component: &LoadedComponent,
+        limits: RequestLimits,
+        local: Weak<dyn LocalServices>,
+        request_id: &str,
+        trace: &TraceContext,
+    ) -> Self {
+        let probe = Arc::new(InvocationProbe::new(request_id, trace));
+        let started = Instant::now();
+        let mut store = new_store(engine, component, limits, local);
+        let _ = store.data().output_tags.request_id.set(request_id.to_string());
+        let _ = store.data().trace.set(trace.clone());
+        store.data_mut().limiter.probe = probe.clone();
+        Self {
+            store,
+            watch: Watch {
+                probe,
+                started,
+                timeout: limits.timeout,
+            },
+        }
+    }
+}
+
+/// Bounds an invocation's call and says why it failed.
+pub struct Watch {
+    probe: Arc<InvocationProbe>,
+    started: Instant,
+    timeout: Duration,
+}
+
+/// Why an invocation ended without its export's answer.
+#[derive(Debug)]
+pub struct Failed {
+    pub failure: InvocationFailure,
+    /// What wasmtime reported; `None` when the call was abandoned, stuck in a host call
+    /// past the deadline and its grace.
+    pub error: Option<wasmtime::Error>,
+}
+
+impl Failed {
+    /// The failure for a log line or a dead letter: its kind, then wasmtime's account.
+    pub fn describe(&self) -> String {
+        match &self.error {
+            Some(error) => format!("{}: {error:#}", self.failure.kind()),
+            None => format!("{}: abandoned in a host call", self.failure.kind()),
+        }
+    }
+}
+
+impl Watch {
+    /// When the invocation began (its store was made).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Runs `call` (which drives the invocation's store). The epoch deadline
+    /// interrupts guest code; the outer bound (deadline plus [`HARD_KILL_GRACE`]) also
+    /// ends time spent in a host call that never returns.
+    pub async fn run<R>(&self, call: impl Future<Output = wasmtime::Result<R>>) -> Result<R, Failed> {
+        match tokio::time::timeout(self.timeout + HARD_KILL_GRACE, call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(Failed {
+                failure: InvocationFailure::classify(&error, &self.probe, self.started.elapsed(), self.timeout),
+                error: Some(error),
+            }),
+            Err(_) => Err(Failed {
+                failure: InvocationFailure::Timeout,
+                error: None,
+            }),
         }
     }
 }

@@ -11,7 +11,6 @@
 //! as `skipped`).
 
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use chrono::Utc;
 use tokio::sync::watch;
@@ -22,10 +21,9 @@ use wasmtime::Engine;
 use crate::app::LoadedComponent;
 use crate::bindings::cron::fermyon::spin_cron::cron_types::Metadata;
 use crate::capability::outbound_http::LocalServices;
-use crate::instance::{HARD_KILL_GRACE, InvocationFailure, RequestLimits, new_store};
+use crate::instance::{Invocation, RequestLimits};
 use crate::manifest::{CronTrigger, Manifest, NotifySource};
 use crate::metrics::Metrics;
-use crate::state::InvocationProbe;
 use crate::telemetry::{Kind, Span};
 
 struct CronRunner {
@@ -94,12 +92,14 @@ impl CronRunner {
         let mut span = Span::start(format!("cron {}", self.trigger.component), Kind::Internal, None, false);
         span.set("faas.trigger", "timer");
         span.set("shop.component", self.trigger.component.clone());
-        let probe = Arc::new(InvocationProbe::new(&request_id, &span.context));
-        let started = Instant::now();
-        let mut store = new_store(&self.engine, &self.component, self.limits, self.local.clone());
-        let _ = store.data().output_tags.request_id.set(request_id);
-        let _ = store.data().trace.set(span.context.clone());
-        store.data_mut().limiter.probe = probe.clone();
+        let Invocation { mut store, watch } = Invocation::new(
+            &self.engine,
+            &self.component,
+            self.limits,
+            self.local.clone(),
+            &request_id,
+            &span.context,
+        );
         let metadata = Metadata {
             timestamp: scheduled_unix.max(0) as u64,
         };
@@ -108,15 +108,13 @@ impl CronRunner {
             instance.call_handle_cron_event(&mut store, metadata).await
         };
         let _in_flight = crate::metrics::InFlight::new(&self.metrics, &self.trigger.component, "cron");
-        let call = call.instrument(crate::telemetry::log_span(&span.context));
-        let result = match tokio::time::timeout(self.limits.timeout + HARD_KILL_GRACE, call).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(returned))) => Err(format!("handler returned {returned:?}")),
-            Ok(Err(error)) => {
-                let failure = InvocationFailure::classify(&error, &probe, started.elapsed(), self.limits.timeout);
-                Err(format!("{}: {error:#}", failure.kind()))
-            }
-            Err(_) => Err("timeout: abandoned in a host call".into()),
+        let result = match watch
+            .run(call.instrument(crate::telemetry::log_span(&span.context)))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(returned)) => Err(format!("handler returned {returned:?}")),
+            Err(failed) => Err(failed.describe()),
         };
         if let Err(error) = &result {
             span.fail(error.clone());

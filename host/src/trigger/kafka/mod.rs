@@ -6,7 +6,6 @@
 pub mod delivery;
 
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use async_trait::async_trait;
 use shop_broker::{Broker, Message};
@@ -19,10 +18,9 @@ use crate::admin::Readiness;
 use crate::app::LoadedComponent;
 use crate::capability::messaging::GuestMessage;
 use crate::capability::outbound_http::LocalServices;
-use crate::instance::{HARD_KILL_GRACE, InvocationFailure, RequestLimits, new_store};
+use crate::instance::{Invocation, InvocationFailure, RequestLimits};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
-use crate::state::InvocationProbe;
 use crate::telemetry::{self, Kind, Span};
 use delivery::MessageHandler;
 
@@ -56,15 +54,17 @@ impl MessageHandler for ComponentHandler {
             span.set("shop.component", self.component.id.to_string());
             span.set("faas.trigger", "pubsub");
         }
-        let probe = Arc::new(InvocationProbe::new(&request_id, &span.context));
-        let started = Instant::now();
-        let mut store = new_store(&self.engine, &self.component, self.limits, self.local.clone());
-        let _ = store.data().output_tags.request_id.set(request_id.clone());
-        let _ = store.data().trace.set(span.context.clone());
-        store.data_mut().limiter.probe = probe.clone();
+        let invocation = Invocation::new(
+            &self.engine,
+            &self.component,
+            self.limits,
+            self.local.clone(),
+            &request_id,
+            &span.context,
+        );
         let in_flight = crate::metrics::InFlight::new(&self.metrics, &self.component.id, "kafka");
         let result = self
-            .run(message, &mut store, &probe, &request_id, started, &span.context)
+            .run(message, invocation, &request_id, &span.context)
             .instrument(telemetry::log_span(&span.context))
             .await;
         drop(in_flight);
@@ -89,22 +89,20 @@ impl ComponentHandler {
     async fn run(
         &self,
         message: &Message,
-        store: &mut wasmtime::Store<crate::state::HostState>,
-        probe: &InvocationProbe,
+        invocation: Invocation,
         request_id: &str,
-        started: Instant,
         trace: &telemetry::TraceContext,
     ) -> Result<(), String> {
         let Some(pre) = &self.component.exports.messaging else {
             return Err(format!("component `{}` has no message handler", self.component.id));
         };
-        let mut store = store;
+        let Invocation { mut store, watch } = invocation;
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             self.metrics
                 .instantiation_duration
                 .with_label_values(&[&*self.component.id])
-                .observe(started.elapsed().as_secs_f64());
+                .observe(watch.started().elapsed().as_secs_f64());
             // The guest sees this invocation's span as the record's trace context.
             let mut received = GuestMessage::received(message);
             received.metadata.retain(|(name, _)| name != telemetry::TRACEPARENT);
@@ -117,35 +115,30 @@ impl ComponentHandler {
                 .call_handle(&mut store, guest_message)
                 .await
         };
-        // The epoch deadline interrupts guest code; this also bounds time spent in host
-        // calls that never return.
-        let outcome = tokio::time::timeout(self.limits.timeout + HARD_KILL_GRACE, call).await;
-        let failure = match outcome {
-            Ok(Ok(Ok(()))) => return Ok(()),
-            Ok(Ok(Err(returned))) => return Err(format!("handler returned {returned:?}")),
-            Ok(Err(error)) => {
-                let failure = InvocationFailure::classify(&error, probe, started.elapsed(), self.limits.timeout);
-                tracing::debug!(
-                    component = %self.component.id,
-                    request_id,
-                    trace_id = trace.trace_id_hex(),
-                    span_id = trace.span_id_hex(),
-                    error = ?error,
-                    "message handler trapped"
-                );
-                (failure, format!("{error:#}"))
-            }
-            Err(_) => (InvocationFailure::Timeout, "abandoned in a host call".to_string()),
+        let failed = match watch.run(call).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(returned)) => return Err(format!("handler returned {returned:?}")),
+            Err(failed) => failed,
         };
-        let (kind, detail) = failure;
+        if let Some(error) = &failed.error {
+            tracing::debug!(
+                component = %self.component.id,
+                request_id,
+                trace_id = trace.trace_id_hex(),
+                span_id = trace.span_id_hex(),
+                error = ?error,
+                "message handler trapped"
+            );
+        }
         self.metrics
             .component_errors
-            .with_label_values(&[&*self.component.id, kind.kind()])
+            .with_label_values(&[&*self.component.id, failed.failure.kind()])
             .inc();
-        Err(match kind {
-            InvocationFailure::Timeout => format!("timed out after {:?}", self.limits.timeout),
-            InvocationFailure::MemoryLimit => "exceeded the memory limit".into(),
-            InvocationFailure::Trap => format!("trapped: {detail}"),
+        Err(match (failed.failure, &failed.error) {
+            (InvocationFailure::Timeout, _) => format!("timed out after {:?}", self.limits.timeout),
+            (InvocationFailure::MemoryLimit, _) => "exceeded the memory limit".into(),
+            (InvocationFailure::Trap, Some(error)) => format!("trapped: {error:#}"),
+            (InvocationFailure::Trap, None) => "trapped".into(),
         })
     }
 }
