@@ -15,10 +15,30 @@ use wasmtime::component::{Linker, Resource};
 
 use super::allowed_hosts::{AllowedHosts, default_port};
 use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::bindings::fermyon::spin::mqtt::{self, Error, Qos};
-use crate::bindings::mqtt3::spin::mqtt::mqtt as v3;
 use crate::state::HostState;
 use crate::telemetry::{self, Kind, Span, TraceCell};
+use bindings::fermyon::spin::mqtt::{self, Error, Qos};
+use bindings3::spin::mqtt::mqtt as v3;
+
+/// `fermyon:spin/mqtt@2.0.0` (spin-sdk 5).
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/fermyon-spin",
+        world: "fermyon:spin/mqtt-host",
+        imports: { default: async },
+        with: { "fermyon:spin/mqtt.connection": super::MqttConnection },
+    });
+}
+
+/// `spin:mqtt@3.0.0` (spin-sdk 7).
+mod bindings3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-mqtt",
+        world: "spin:mqtt/host",
+        imports: { default: async },
+        with: { "spin:mqtt/mqtt.connection": super::MqttConnection },
+    });
+}
 
 /// Outbound MQTT, `fermyon:spin/mqtt@2.0.0` and `spin:mqtt@3.0.0`.
 pub struct Mqtt;
@@ -295,8 +315,8 @@ impl CapabilityView<'_, Mqtt> {
 mod v3_impl {
     use wasmtime::component::{Accessor, Resource};
 
+    use super::bindings3::spin::mqtt::mqtt::{self as v3, Error, Qos};
     use super::{Error as E2, Mqtt, MqttConnection, Qos as Q2, qos_of};
-    use crate::bindings::mqtt3::spin::mqtt::mqtt::{self as v3, Error, Qos};
     use crate::capability::{CapabilityView, Project};
     use crate::telemetry;
 

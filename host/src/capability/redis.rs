@@ -15,10 +15,32 @@ use wasmtime::component::{Linker, Resource};
 use super::allowed_hosts::{AllowedHosts, default_port};
 use super::bounded_map::BoundedMap;
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::bindings::fermyon::spin::redis::{self, Error, Payload, RedisParameter, RedisResult};
-use crate::bindings::redis3::spin::redis::redis as v3;
+use crate::capability::redis::bindings::fermyon::spin::redis::{self, Error, Payload, RedisParameter, RedisResult};
+use crate::capability::redis::bindings3::spin::redis::redis as v3;
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
+
+/// `fermyon:spin/redis@2.0.0` (spin-sdk 5).
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/fermyon-spin",
+        world: "fermyon:spin/redis-host",
+        imports: { default: async },
+        with: { "fermyon:spin/redis.connection": super::RedisConnection },
+    });
+}
+
+/// `spin:redis@3.0.0`, the outbound Redis API of spin-sdk 7.
+pub(crate) mod bindings3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-redis",
+        world: "spin:redis/host",
+        imports: { default: async },
+        with: {
+            "spin:redis/redis.connection": super::RedisConnection,
+        },
+    });
+}
 
 /// Outbound Redis, `fermyon:spin/redis@2.0.0` and `spin:redis@3.0.0`.
 pub struct Redis;
@@ -361,7 +383,7 @@ mod v3_impl {
     use wasmtime::component::{Accessor, Resource};
 
     use super::{Error as E2, Redis, RedisConnection, RedisParameter as P2, RedisResult as R2, ops};
-    use crate::bindings::redis3::spin::redis::redis::{self as v3, Error, RedisParameter, RedisResult};
+    use crate::capability::redis::bindings3::spin::redis::redis::{self as v3, Error, RedisParameter, RedisResult};
     use crate::capability::{CapabilityView, Project};
 
     fn convert(e: E2) -> Error {
@@ -538,7 +560,7 @@ mod tests {
 #[cfg(test)]
 mod capability_tests {
     use super::*;
-    use crate::bindings::fermyon::spin::redis::HostConnection as _;
+    use crate::capability::redis::bindings::fermyon::spin::redis::HostConnection as _;
     use crate::capability::testing::Fixture;
 
     #[tokio::test]

@@ -17,11 +17,38 @@ use wasmtime::component::{Linker, Resource};
 use super::commits::CommitSignals;
 use super::wal_checkpoint::{self, Checkpointer};
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::bindings::sqlite3::spin::sqlite::sqlite as api3;
+use crate::capability::sqlite::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
+use crate::capability::sqlite::bindings3::spin::sqlite::sqlite as api3;
 use crate::runtime_config::SqliteDatabaseConfig;
 use crate::state::HostState;
 use crate::telemetry::{self, Span, TraceCell};
+
+/// `fermyon:spin/sqlite@2.0.0` (spin-sdk 5).
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/fermyon-spin",
+        world: "fermyon:spin/sqlite-host",
+        imports: { default: async },
+        with: { "fermyon:spin/sqlite.connection": super::OpenDatabase },
+    });
+}
+
+/// `spin:sqlite@3.1.0` (served to 3.0.0 importers too), the SQLite API of spin-sdk 5's
+/// `sqlite3` module and of spin-sdk 7.
+pub(crate) mod bindings3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-sqlite",
+        world: "spin:sqlite/host",
+        imports: {
+            // Creating the row stream can fail (resource table full): trap rather than panic.
+            "spin:sqlite/sqlite.[method]connection.execute-async": async | trappable,
+            default: async,
+        },
+        with: {
+            "spin:sqlite/sqlite.connection": super::OpenDatabase,
+        },
+    });
+}
 
 /// Spin SQLite, `fermyon:spin/sqlite@2.0.0` and `spin:sqlite@3.x`.
 pub struct Sqlite;
@@ -547,7 +574,9 @@ pub mod v3 {
     use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
     use super::{Error as E2, OpenDatabase, QueryResult as Q2, Sqlite, Value as V2};
-    use crate::bindings::sqlite3::spin::sqlite::sqlite::{self as api, Error, QueryResult, RowResult, Value};
+    use crate::capability::sqlite::bindings3::spin::sqlite::sqlite::{
+        self as api, Error, QueryResult, RowResult, Value,
+    };
     use crate::capability::{CapabilityView, Project};
     use crate::telemetry;
 

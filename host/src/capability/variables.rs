@@ -8,12 +8,30 @@ use std::sync::Arc;
 use wasmtime::component::{Accessor, Linker};
 
 use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::bindings::fermyon::spin as spin2;
-use crate::bindings::fermyon::spin::variables::{self, Error};
-use crate::bindings::variables3::spin::variables::variables as v3;
+use crate::capability::variables::bindings::fermyon::spin as spin2;
+use crate::capability::variables::bindings::fermyon::spin::variables::{self, Error};
+use crate::capability::variables::bindings3::spin::variables::variables as v3;
 use crate::manifest::is_valid_variable_name;
 use crate::state::HostState;
 use crate::variables::Variables;
+
+/// `fermyon:spin/variables@2.0.0` (spin-sdk 5).
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/fermyon-spin",
+        world: "fermyon:spin/variables-host",
+        imports: { default: async },
+    });
+}
+
+/// `spin:variables@3.0.0`, the variables API of spin-sdk 7.
+pub(crate) mod bindings3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-variables",
+        world: "spin:variables/host",
+        imports: { default: async },
+    });
+}
 
 /// Spin variables, 2.0 and 3.0: each instance reads its component's rendered table.
 pub struct SpinVariables;

@@ -18,14 +18,57 @@ use wasmtime::component::{Linker, Resource, ResourceTable};
 
 use super::sqlite::Synchronous;
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::bindings::fermyon::spin::key_value::{self, Error};
-use crate::bindings::key_value3::spin::key_value::key_value as v3;
-use crate::bindings::wasi_keyvalue::wasi::keyvalue as wasi_keyvalue;
+use crate::capability::key_value::bindings::fermyon::spin::key_value::{self, Error};
+use crate::capability::key_value::bindings3::spin::key_value::key_value as v3;
+use crate::capability::key_value::wasi_bindings::wasi::keyvalue as wasi_keyvalue;
 use crate::runtime_config::KeyValueStoreConfig;
 use crate::state::HostState;
 use crate::telemetry::{Kind, Span, TraceCell, finish_with};
 use redis_store::RedisStore;
 use sqlite_store::SqliteStore;
+
+/// `fermyon:spin/key-value@2.0.0` (spin-sdk 5).
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/fermyon-spin",
+        world: "fermyon:spin/key-value-host",
+        imports: { default: async },
+        with: { "fermyon:spin/key-value.store": super::OpenStore },
+    });
+}
+
+/// `spin:key-value@3.0.0`, the key-value API of spin-sdk 7.
+pub(crate) mod bindings3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-key-value",
+        world: "spin:key-value/host",
+        imports: {
+            // Creating the stream can fail (resource table full): trap rather than panic.
+            "spin:key-value/key-value.[method]store.get-keys": async | trappable,
+            default: async,
+        },
+        with: {
+            "spin:key-value/key-value.store": super::OpenStore,
+        },
+    });
+}
+
+/// `wasi:keyvalue@0.2.0-draft2` (store, atomics, batch) over Spin's key-value stores.
+pub(crate) mod wasi_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/wasi-keyvalue",
+        world: "wasi:keyvalue/host",
+        imports: {
+            // A swap that lost the race hands the cas resource back inside the error.
+            "wasi:keyvalue/atomics.swap": async | trappable,
+            default: async,
+        },
+        with: {
+            "wasi:keyvalue/store.bucket": super::OpenStore,
+            "wasi:keyvalue/atomics.cas": super::wasi::PendingSwap,
+        },
+    });
+}
 
 /// Most stores one instance may hold open at once (Spin's `store-table-full`).
 const MAX_OPEN_STORES: usize = 64;
@@ -360,8 +403,8 @@ mod v3_impl {
     use wasmtime::component::{Accessor, FutureReader, Resource, StreamReader};
 
     use super::{KeyValue, OpenStore, TracedStore};
-    use crate::bindings::fermyon::spin::key_value::Error as E2;
-    use crate::bindings::key_value3::spin::key_value::key_value::{self as v3, Error};
+    use crate::capability::key_value::bindings::fermyon::spin::key_value::Error as E2;
+    use crate::capability::key_value::bindings3::spin::key_value::key_value::{self as v3, Error};
     use crate::capability::{CapabilityView, Project};
 
     fn convert(e: E2) -> Error {

@@ -17,6 +17,25 @@ pub mod listen;
 mod session;
 mod values;
 
+/// `spin:postgres@4.2.0` (served to 4.0.0 importers too), the outbound PostgreSQL API
+/// of spin-sdk 5's `pg4` module and of spin-sdk 7.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/spin-postgres",
+        world: "spin:postgres/host",
+        imports: {
+            // Creating the row stream can fail (resource table full): trap rather than panic.
+            "spin:postgres/postgres.[method]connection.query-async": async | trappable,
+            "spin:postgres/postgres.[constructor]connection-builder": async | trappable,
+            default: async,
+        },
+        with: {
+            "spin:postgres/postgres.connection": super::PgConnection,
+            "spin:postgres/postgres.connection-builder": super::PgConnectionBuilder,
+        },
+    });
+}
+
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use wasmtime::component::{Accessor, FutureReader, Linker, Resource, StreamReader};
@@ -24,7 +43,7 @@ use wasmtime::component::{Accessor, FutureReader, Linker, Resource, StreamReader
 use super::allowed_hosts::AllowedHosts;
 use super::bounded_map::BoundedMap;
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::bindings::postgres4::spin::postgres::postgres::{
+use crate::capability::postgres::bindings::spin::postgres::postgres::{
     self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
 };
 use crate::state::HostState;

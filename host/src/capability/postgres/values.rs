@@ -13,7 +13,7 @@ use std::error::Error as StdError;
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
-use crate::bindings::postgres4::spin::postgres::postgres::{
+use crate::capability::postgres::bindings::spin::postgres::postgres::{
     DbDataType, DbValue, Error, Interval, ParameterValue, RangeBoundKind,
 };
 
