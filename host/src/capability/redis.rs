@@ -12,11 +12,11 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 use wasmtime::component::{Linker, Resource};
 
+use self::bindings::fermyon::spin::redis::{self, Error, Payload, RedisParameter, RedisResult};
+use self::bindings3::spin::redis::redis as v3;
 use super::allowed_hosts::{AllowedHosts, default_port};
 use super::bounded_map::BoundedMap;
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::capability::redis::bindings::fermyon::spin::redis::{self, Error, Payload, RedisParameter, RedisResult};
-use crate::capability::redis::bindings3::spin::redis::redis as v3;
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
 

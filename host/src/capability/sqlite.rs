@@ -14,11 +14,11 @@ use rusqlite::Connection;
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use wasmtime::component::{Linker, Resource};
 
+use self::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
+use self::bindings3::spin::sqlite::sqlite as api3;
 use super::commits::CommitSignals;
 use super::wal_checkpoint::{self, Checkpointer};
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::capability::sqlite::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::capability::sqlite::bindings3::spin::sqlite::sqlite as api3;
 use crate::runtime_config::SqliteDatabaseConfig;
 use crate::state::HostState;
 use crate::telemetry::{self, Span, TraceCell};

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use wasmtime::component::{Accessor, Linker};
 
+use self::bindings::fermyon::spin as spin2;
+use self::bindings::fermyon::spin::variables::{self, Error};
+use self::bindings3::spin::variables::variables as v3;
 use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::capability::variables::bindings::fermyon::spin as spin2;
-use crate::capability::variables::bindings::fermyon::spin::variables::{self, Error};
-use crate::capability::variables::bindings3::spin::variables::variables as v3;
 use crate::manifest::is_valid_variable_name;
 use crate::state::HostState;
 use crate::variables::Variables;

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use wasmtime::component::{Linker, Resource, ResourceTable};
 
+use self::bindings::fermyon::spin::key_value::{self, Error};
+use self::bindings3::spin::key_value::key_value as v3;
+use self::wasi_bindings::wasi::keyvalue as wasi_keyvalue;
 use super::sqlite::Synchronous;
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::capability::key_value::bindings::fermyon::spin::key_value::{self, Error};
-use crate::capability::key_value::bindings3::spin::key_value::key_value as v3;
-use crate::capability::key_value::wasi_bindings::wasi::keyvalue as wasi_keyvalue;
 use crate::runtime_config::KeyValueStoreConfig;
 use crate::state::HostState;
 use crate::telemetry::{Kind, Span, TraceCell, finish_with};

@@ -7,10 +7,10 @@
 
 use wasmtime::component::Resource;
 
+use super::bindings::fermyon::spin::key_value::Error as SpinError;
+use super::wasi_bindings::wasi::keyvalue::{atomics, batch, store};
 use super::{KeyValue, OpenStore, TracedStore};
 use crate::capability::CapabilityView;
-use crate::capability::key_value::bindings::fermyon::spin::key_value::Error as SpinError;
-use crate::capability::key_value::wasi_bindings::wasi::keyvalue::{atomics, batch, store};
 use store::{Error, KeyResponse};
 
 /// A `cas` handle: the key and the value it held when the handle was made.

@@ -40,12 +40,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::types::ToSql;
 use wasmtime::component::{Accessor, FutureReader, Linker, Resource, StreamReader};
 
+use self::bindings::spin::postgres::postgres::{
+    self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
+};
 use super::allowed_hosts::AllowedHosts;
 use super::bounded_map::BoundedMap;
 use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::capability::postgres::bindings::spin::postgres::postgres::{
-    self, Column, DbError, DbValue, Error, ParameterValue, QueryError, RowSet,
-};
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
 
