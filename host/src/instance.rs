@@ -137,11 +137,16 @@ pub struct Failed {
 }
 
 impl Failed {
-    /// The failure for a log line or a dead letter: its kind, then wasmtime's account.
+    /// The failure for a log line: its kind, then [`Failed::detail`].
     pub fn describe(&self) -> String {
+        format!("{}: {}", self.failure.kind(), self.detail())
+    }
+
+    /// wasmtime's account of the failure, or that the call was abandoned.
+    pub fn detail(&self) -> String {
         match &self.error {
-            Some(error) => format!("{}: {error:#}", self.failure.kind()),
-            None => format!("{}: abandoned in a host call", self.failure.kind()),
+            Some(error) => format!("{error:#}"),
+            None => "abandoned in a host call".into(),
         }
     }
 }

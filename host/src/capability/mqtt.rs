@@ -84,10 +84,10 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What an instance may reach.
 #[derive(Clone)]
 pub struct MqttAccess {
-    pub component: Arc<str>,
-    pub allowed: Arc<AllowedHosts>,
-    pub trace: TraceCell,
-    pub open_count: usize,
+    component: Arc<str>,
+    allowed: Arc<AllowedHosts>,
+    trace: TraceCell,
+    open_count: usize,
 }
 
 /// An open session as the guest holds it.

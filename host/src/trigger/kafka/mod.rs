@@ -134,11 +134,10 @@ impl ComponentHandler {
             .component_errors
             .with_label_values(&[&*self.component.id, failed.failure.kind()])
             .inc();
-        Err(match (failed.failure, &failed.error) {
-            (InvocationFailure::Timeout, _) => format!("timed out after {:?}", self.limits.timeout),
-            (InvocationFailure::MemoryLimit, _) => "exceeded the memory limit".into(),
-            (InvocationFailure::Trap, Some(error)) => format!("trapped: {error:#}"),
-            (InvocationFailure::Trap, None) => "trapped".into(),
+        Err(match failed.failure {
+            InvocationFailure::Timeout => format!("timed out after {:?}", self.limits.timeout),
+            InvocationFailure::MemoryLimit => "exceeded the memory limit".into(),
+            InvocationFailure::Trap => format!("trapped: {}", failed.detail()),
         })
     }
 }
