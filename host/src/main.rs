@@ -117,6 +117,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    capability::sqlite::configure_process();
     let result = match cli.command {
         Command::Up(args) => commands::up::run(args),
         Command::Build { manifest, components } => commands::build::run(&manifest, &components),

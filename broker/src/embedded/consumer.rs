@@ -69,6 +69,11 @@ struct State {
     last_served: Option<TopicPartition>,
     next_epoch: u64,
     closed: bool,
+    /// Whether the next refill must read every partition from the file: after an
+    /// ownership change (an acquired partition may hold records from before this
+    /// process) and on each poll (other processes may have appended). Otherwise only
+    /// what this process published is new, and it is in memory.
+    file_read_due: bool,
 }
 
 /// A partition this consumer may deliver from.
@@ -161,6 +166,7 @@ impl State {
             buffer: VecDeque::new(),
         };
         self.owned.insert(tp, owned);
+        self.file_read_due = true;
     }
 
     /// Stops delivering `partitions` (dropping what was read ahead) and queues the
@@ -224,7 +230,14 @@ impl EmbeddedConsumer {
     /// Reads the next batch of every owned partition whose buffer is empty.
     async fn refill(&self, every_partition: bool) -> Result<bool, BrokerError> {
         let grown = (!every_partition).then_some(&*self.shared.published);
-        let plan = self.shared.state().fetch_plan(grown);
+        let plan = {
+            let mut state = self.shared.state();
+            // Cleared as the plan is taken: an acquire after this sets it again.
+            if every_partition {
+                state.file_read_due = false;
+            }
+            state.fetch_plan(grown)
+        };
         if plan.is_empty() {
             return Ok(false);
         }
@@ -238,7 +251,7 @@ impl EmbeddedConsumer {
             }
         }
         if !from_file.is_empty() {
-            fetched.extend(self.shared.store.with_conn(move |conn| {
+            let read = self.shared.store.with_conn(move |conn| {
                 from_file
                     .into_iter()
                     .map(|fetch| {
@@ -246,7 +259,16 @@ impl EmbeddedConsumer {
                         Ok((fetch, messages))
                     })
                     .collect::<store::StoreResult<Vec<_>>>()
-            })?);
+            });
+            match read {
+                Ok(read) => fetched.extend(read),
+                Err(e) => {
+                    if every_partition {
+                        self.shared.state().file_read_due = true;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(self.shared.state().accept(fetched))
     }
@@ -268,9 +290,11 @@ impl Consumer for EmbeddedConsumer {
         // This process's producers wake the consumer at once; the poll is only for
         // records appended by other processes, so it backs off while nothing comes.
         let mut poll = self.shared.timing.poll_interval;
-        // Read every partition first, after an ownership change and on each poll;
-        // after a local publish, only the partitions that grew.
-        let mut every_partition = true;
+        // Read every partition from the file after an ownership change and on each
+        // poll; otherwise (and after a local publish) only the partitions that grew,
+        // from memory: a consumer called again and again under load does not read
+        // the file for partitions with nothing new.
+        let mut every_partition = self.shared.state().file_read_due;
         loop {
             // Register for wake-ups before looking, so a change between the look and the
             // wait is not missed.

@@ -738,3 +738,23 @@ async fn a_consumer_following_two_writers_gets_every_record_in_order() {
     assert_eq!(payloads, expected);
     assert_nothing_received(&mut rx).await;
 }
+
+/// A consumer kept busy by this process's records (read from memory) still gets what
+/// another process appends to the same file: the poll reads every partition from it.
+#[tokio::test]
+async fn a_consumer_fed_from_memory_still_sees_another_processs_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = open(&dir, "here");
+    let elsewhere = open(&dir, "elsewhere");
+    here.ensure_topic("t", 2).await.unwrap();
+    let consumer = join(&here, "g", "t").await;
+    let payload = |m: Message| String::from_utf8(m.payload).unwrap();
+    for round in 0..3 {
+        publish(&here, "t", 0, 2, &format!("local-{round}")).await;
+        assert_eq!(payload(next_message(&consumer).await), format!("local-{round}"));
+        // On the other partition, which this process has not appended to.
+        publish(&elsewhere, "t", 1, 2, &format!("remote-{round}")).await;
+        assert_eq!(payload(next_message(&consumer).await), format!("remote-{round}"));
+    }
+    expect_quiet(&consumer).await;
+}

@@ -232,6 +232,19 @@ impl Drop for SessionInner {
     }
 }
 
+/// Process-wide SQLite settings, before the first connection (SQLite refuses them
+/// afterwards, and then nothing changes): no memory statistics, which otherwise take
+/// a global mutex around every allocation and free of every connection, the host's
+/// and the embedded log's alike, to count what nobody reads.
+pub fn configure_process() {
+    // SAFETY: `sqlite3_config` with an integer argument, as SQLITE_CONFIG_MEMSTATUS
+    // takes; called before SQLite is initialised it only sets a flag.
+    let code = unsafe { rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int) };
+    if code != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(code, "SQLite was initialised already; memory statistics stay on");
+    }
+}
+
 /// Opens (creating if needed) an embedded database file. WAL lets readers proceed
 /// during writes; the busy timeout makes concurrent writers (other instances, other
 /// processes) wait for the lock instead of failing.

@@ -28,8 +28,16 @@ fn hex_to<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Lower-case hex, written straight into one buffer: ids are formatted several times
+/// per invocation (log tags, `traceparent` headers, spans).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 thread_local! {
@@ -123,12 +131,13 @@ impl TraceContext {
     }
 
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            u8::from(self.sampled)
-        )
+        let mut header = String::with_capacity(55);
+        header.push_str("00-");
+        header.push_str(&self.trace_id_hex());
+        header.push('-');
+        header.push_str(&self.span_id_hex());
+        header.push_str(if self.sampled { "-01" } else { "-00" });
+        header
     }
 
     pub fn trace_id_hex(&self) -> String {
