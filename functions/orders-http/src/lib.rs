@@ -111,8 +111,9 @@ impl Upstream for Services {
 }
 
 /// `GET /orders/{id}?wait_ms=N`: holds the request while the caller's order is
-/// PENDING, up to N ms, looking at its status every few milliseconds, so a client
-/// following a saga needs one request instead of a stream of polls.
+/// PENDING, up to N ms, looking at its status now and then
+/// ([`service::next_poll_pause`]), so a client following a saga needs one request
+/// instead of a stream of polls.
 fn wait_while_pending(request: &service::Request<'_>, orders: &Orders<'_, SpinDatabase>) -> Result<(), ApiError> {
     let Some((order_id, wait_ms)) = service::long_poll(request)? else {
         return Ok(());
@@ -121,7 +122,8 @@ fn wait_while_pending(request: &service::Request<'_>, orders: &Orders<'_, SpinDa
         return Ok(()); // refused by the handler
     }
     orders.migrate().map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_millis(wait_ms);
     let mut pause = std::time::Duration::from_millis(2);
     while std::time::Instant::now() < deadline {
         let status = orders
@@ -131,7 +133,7 @@ fn wait_while_pending(request: &service::Request<'_>, orders: &Orders<'_, SpinDa
             return Ok(());
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        pause = service::next_poll_pause(pause, started.elapsed());
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The orders HTTP API (paths as the gateway forwards them): place an order from the
 //! cart or explicit lines, read one with its history, list mine, cancel.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::json;
 use shop_domain::ShopEvent;
@@ -135,10 +137,24 @@ fn route<D: Sql>(
     }
 }
 
-/// The order if the caller may see it (its customer, or an admin); others get the
-/// same 404 as for an unknown id.
 /// Longest `GET /orders/{id}?wait_ms=` holds a request for a PENDING order.
 pub const MAX_WAIT_MS: u64 = 10_000;
+
+/// A long poll looks at its order at most this often while the saga is young (on
+/// embedded defaults one concludes within [`FAST_POLL_FOR`])…
+const FAST_POLL: Duration = Duration::from_millis(20);
+const FAST_POLL_FOR: Duration = Duration::from_millis(500);
+/// …and then this often: a customer waiting on a slow saga (PostgreSQL and Kafka
+/// under load take a second or more) costs ten reads a second, not fifty.
+const SLOW_POLL: Duration = Duration::from_millis(100);
+
+/// How long a long poll sleeps before its next look at the order, after sleeping
+/// `pause` last time and waiting `waited` in all: doubling from the first pause, up
+/// to [`FAST_POLL`] for [`FAST_POLL_FOR`], then up to [`SLOW_POLL`].
+pub fn next_poll_pause(pause: Duration, waited: Duration) -> Duration {
+    let ceiling = if waited < FAST_POLL_FOR { FAST_POLL } else { SLOW_POLL };
+    (pause * 2).min(ceiling)
+}
 
 /// How long `GET /orders/{id}` may wait for a PENDING order to conclude (`wait_ms`,
 /// 0 to [`MAX_WAIT_MS`]; 0 when absent) and the order it waits for. `None` for other
@@ -420,6 +436,27 @@ mod tests {
             shop.clear_cart("");
         }
         (response.status, response.json_body())
+    }
+
+    #[test]
+    fn a_long_poll_looks_often_at_first_then_every_100_ms() {
+        let mut pause = Duration::from_millis(2);
+        let mut waited = Duration::ZERO;
+        let mut looks = 0;
+        while waited < Duration::from_millis(2_000) {
+            waited += pause;
+            looks += 1;
+            let next = next_poll_pause(pause, waited);
+            let ceiling = if waited < FAST_POLL_FOR { FAST_POLL } else { SLOW_POLL };
+            assert!(
+                next >= pause && next <= ceiling,
+                "{next:?} after {pause:?} at {waited:?}"
+            );
+            pause = next;
+        }
+        assert_eq!(pause, SLOW_POLL);
+        // 2, 4, 8, 16, then 20 ms to half a second; 40, 80, then 100 ms.
+        assert!((35..=45).contains(&looks), "{looks} looks in two seconds");
     }
 
     #[test]
