@@ -28,18 +28,6 @@ fn hex_to<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// Lower-case hex, written straight into one buffer: ids are formatted several times
-/// per invocation (log tags, `traceparent` headers, spans).
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
 thread_local! {
     static RNG: Cell<u64> = Cell::new({
         let seed = uuid::Uuid::new_v4().as_u64_pair();
@@ -141,11 +129,11 @@ impl TraceContext {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        hex::encode(self.trace_id)
     }
 
     pub fn span_id_hex(&self) -> String {
-        hex(&self.span_id)
+        hex::encode(self.span_id)
     }
 }
 
