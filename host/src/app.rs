@@ -11,12 +11,10 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::handler::ProxyPre;
 
-use shop_broker::Producer;
-
 use crate::bindings::cron::SpinCronPre;
 use crate::bindings::messaging::KafkaHandlerPre;
 use crate::capability::allowed_hosts::AllowedHosts;
-use crate::capability::{Backends, ComponentCapabilities, ComponentContext};
+use crate::capability::{AppCapabilities, ComponentCapabilities, ComponentContext};
 use crate::compile_cache::{CacheOutcome, CompileCache};
 use crate::manifest::Manifest;
 use crate::state::HostState;
@@ -55,21 +53,14 @@ pub struct LoadedComponent {
     pub id: Arc<str>,
     pub exports: Exports,
     pub allowed_hosts: Arc<AllowedHosts>,
-    pub environment: Vec<(String, String)>,
-    pub backends: Arc<Backends>,
     /// What each registered capability keeps for this component.
     pub capabilities: ComponentCapabilities,
     pub cache: CacheOutcome,
 }
 
-/// Every interface a component may import: WASI and WASI HTTP (wasmtime's own, over
-/// their views of the store), then each registered capability.
+/// Every interface a component may import: each registered capability's.
 pub fn linker(engine: &Engine) -> anyhow::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     crate::capability::add_to_linker(&mut linker)?;
     Ok(linker)
 }
@@ -115,9 +106,8 @@ pub struct LoadContext<'a> {
     pub engine: &'a Engine,
     pub cache: &'a CompileCache,
     pub variables: &'a Variables,
-    pub backends: &'a Arc<Backends>,
-    /// The broker guests publish to (`None`: publishing answers a connection error).
-    pub producer: Option<Arc<dyn Producer>>,
+    /// Every capability's application-wide state.
+    pub capabilities: &'a AppCapabilities,
 }
 
 /// Loads every component a trigger references, each once.
@@ -188,20 +178,16 @@ fn load_component(
             .with_context(|| format!("component `{id}`"))?,
     );
     let id: Arc<str> = id.into();
-    let capabilities = ComponentCapabilities::configure(&ComponentContext {
+    let capabilities: ComponentCapabilities = context.capabilities.configure_component(&ComponentContext {
         id: &id,
         manifest: component,
         allowed_hosts: &allowed,
         variables: context.variables,
-        backends: context.backends,
-        producer: context.producer.as_ref(),
     })?;
     Ok(LoadedComponent {
         id,
         exports,
         allowed_hosts: allowed,
-        environment: component.environment.clone().into_iter().collect(),
-        backends: context.backends.clone(),
         capabilities,
         cache: outcome,
     })

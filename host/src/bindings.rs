@@ -2,18 +2,17 @@
 //! call into. Each capability binds its own interfaces in its module; the WASI ones
 //! come from wasmtime-wasi / wasmtime-wasi-http.
 
-/// `wasi:messaging@0.2.0-draft`: the `types` and `producer` imports any component may
-/// use, and the `incoming-handler` export of Kafka-triggered components (our
-/// `shop:messaging/kafka-handler` world).
+/// The `wasi:messaging@0.2.0-draft` `incoming-handler` export of Kafka-triggered
+/// components (our `shop:messaging/kafka-handler` world); its imports are the
+/// messaging capability's.
 pub mod messaging {
     wasmtime::component::bindgen!({
         path: "../wit/shop-messaging",
         world: "shop:messaging/kafka-handler",
-        imports: { default: async | trappable },
         exports: { default: async },
         with: {
-            "wasi:messaging/types.client": crate::capability::messaging::MessagingClient,
-            "wasi:messaging/types.message": crate::capability::messaging::GuestMessage,
+            "wasi:messaging/types": crate::capability::messaging::bindings::wasi::messaging::types,
+            "wasi:messaging/producer": crate::capability::messaging::bindings::wasi::messaging::producer,
         },
     });
 }

@@ -5,17 +5,24 @@
 //! creates, `options`, extra librdkafka settings such as `security.protocol`, and
 //! `topic_prefix`, a namespace for the app's topics and groups on a shared cluster).
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
 use shop_broker::Broker;
 use shop_broker::embedded::{EmbeddedBroker, EmbeddedOptions};
 use shop_broker::kafka::{KafkaBroker, KafkaOptions};
 use shop_broker::namespace::Namespaced;
 
-use crate::manifest::Manifest;
-use crate::runtime_config::RuntimeConfig;
+use crate::manifest::{Manifest, Problem, Severity};
+use crate::runtime_config::{RuntimeConfig, read_value};
+
+/// The runtime config's table of Kafka settings.
+pub const RUNTIME_CONFIG_TABLE: &str = "kafka";
+const MANIFEST_TABLE: &str = "application.trigger.kafka";
 
 /// Kafka settings gathered from the manifest and runtime config.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -27,61 +34,124 @@ pub struct KafkaSettings {
     pub topic_prefix: Option<String>,
 }
 
-impl KafkaSettings {
-    fn from_table(table: &toml::Table, origin: &str) -> anyhow::Result<Self> {
-        let brokers = match table.get("brokers") {
-            None => None,
-            Some(toml::Value::String(s)) => Some(s.clone()),
-            Some(toml::Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|b| b.as_str().context("brokers must be strings"))
-                    .collect::<anyhow::Result<Vec<_>>>()?
-                    .join(","),
-            ),
-            Some(_) => anyhow::bail!("{origin}.brokers: expected \"host:port,…\" or a list of them"),
-        };
-        let partitions = match table.get("partitions") {
-            None => None,
-            Some(toml::Value::Integer(n)) if (1..=10_000).contains(n) => Some(*n as i32),
-            Some(other) => anyhow::bail!("{origin}.partitions: expected an integer from 1 to 10000, found {other}"),
-        };
-        let mut options = Vec::new();
-        if let Some(table) = table.get("options") {
-            let table = table
-                .as_table()
-                .with_context(|| format!("{origin}.options: expected a table"))?;
-            for (k, v) in table {
-                let value = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                options.push((k.clone(), value));
+/// `[kafka]` in the runtime config, or `[application.trigger.kafka]` in the manifest.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+struct KafkaTable {
+    brokers: Option<Brokers>,
+    partitions: Option<i64>,
+    /// Extra librdkafka settings; any scalar, passed on as its text.
+    options: BTreeMap<String, toml::Value>,
+    topic_prefix: Option<String>,
+}
+
+/// `brokers`: `"host:port,…"` or a list of `"host:port"`.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+struct Brokers(String);
+
+impl<'de> Deserialize<'de> for Brokers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Brokers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port,…\" or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Brokers, E> {
+                Ok(Brokers(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Brokers, A::Error> {
+                let mut all = Vec::new();
+                while let Some(broker) = seq.next_element::<String>()? {
+                    all.push(broker);
+                }
+                Ok(Brokers(all.join(",")))
             }
         }
-        let topic_prefix = match table.get("topic_prefix") {
-            None => None,
-            Some(toml::Value::String(s)) => Some(s.clone()).filter(|s| !s.is_empty()),
-            Some(other) => anyhow::bail!("{origin}.topic_prefix: expected a string, found {other}"),
-        };
-        Ok(Self {
-            brokers: brokers.filter(|b| !b.trim().is_empty()),
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl KafkaSettings {
+    /// The table at `key` of `file`, typed; warnings for keys it does not know.
+    fn read(table: &toml::Table, file: &str, key: &str) -> Result<(Self, Vec<Problem>), Problem> {
+        let read = read_value::<KafkaTable>(toml::Value::Table(table.clone()), file, key)?;
+        let KafkaTable {
+            brokers,
             partitions,
             options,
             topic_prefix,
-        })
+        } = read.value;
+        let partitions = match partitions {
+            None => None,
+            Some(n) if (1..=10_000).contains(&n) => Some(n as i32),
+            Some(n) => {
+                return Err(Problem {
+                    severity: Severity::Error,
+                    file: file.to_string(),
+                    key: format!("{key}.partitions"),
+                    message: format!("expected an integer from 1 to 10000, found {n}"),
+                });
+            }
+        };
+        let options = options
+            .into_iter()
+            .map(|(k, v)| match v {
+                toml::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect();
+        let settings = Self {
+            brokers: brokers.map(|b| b.0).filter(|b| !b.trim().is_empty()),
+            partitions,
+            options,
+            topic_prefix: topic_prefix.filter(|s| !s.is_empty()),
+        };
+        Ok((settings, read.warnings))
+    }
+
+    /// The manifest's and the runtime config's settings, each typed, and their problems.
+    fn read_both(manifest: &Manifest, runtime: &RuntimeConfig) -> (Self, Self, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let mut read = |table: Option<&toml::Table>, file: String, key: &str| match table {
+            None => Self::default(),
+            Some(table) => match Self::read(table, &file, key) {
+                Ok((settings, warnings)) => {
+                    problems.extend(warnings);
+                    settings
+                }
+                Err(problem) => {
+                    problems.push(problem);
+                    Self::default()
+                }
+            },
+        };
+        let from_manifest = read(
+            manifest.kafka_settings(),
+            manifest.path.display().to_string(),
+            MANIFEST_TABLE,
+        );
+        let runtime_table = runtime.section::<Option<toml::Table>>(RUNTIME_CONFIG_TABLE);
+        let from_runtime = match runtime_table {
+            Ok(table) => read(table.value.as_ref(), runtime.file(), RUNTIME_CONFIG_TABLE),
+            Err(problem) => {
+                problems.push(problem);
+                Self::default()
+            }
+        };
+        (from_manifest, from_runtime, problems)
+    }
+
+    /// Problems in the Kafka settings of the manifest and runtime config.
+    pub fn check(manifest: &Manifest, runtime: &RuntimeConfig) -> Vec<Problem> {
+        Self::read_both(manifest, runtime).2
     }
 
     /// Runtime config wins over the manifest, key by key; `cli_brokers` over both.
     pub fn resolve(manifest: &Manifest, runtime: &RuntimeConfig, cli_brokers: Option<&str>) -> anyhow::Result<Self> {
-        let from_manifest = match manifest.kafka_settings() {
-            Some(t) => Self::from_table(t, "application.trigger.kafka")?,
-            None => Self::default(),
-        };
-        let from_runtime = match runtime.table("kafka") {
-            Some(t) => Self::from_table(t, "kafka")?,
-            None => Self::default(),
-        };
+        let (from_manifest, from_runtime, problems) = Self::read_both(manifest, runtime);
+        crate::runtime_config::first_error(&problems)?;
         Ok(Self {
             brokers: cli_brokers
                 .filter(|b| !b.trim().is_empty())
@@ -178,5 +248,41 @@ mod tests {
         );
         let bad = manifest("[application.trigger.kafka]\npartitions = 0\n");
         assert!(KafkaSettings::resolve(&bad, &none, None).is_err());
+    }
+
+    #[test]
+    fn both_tables_are_typed_and_checked() {
+        let m = manifest("[application.trigger.kafka]\nbrokers = 9092\ntopic_prefix = \"staging.\"\n");
+        let runtime = RuntimeConfig::from_table(
+            Some("rc.toml".into()),
+            toml::from_str("[kafka]\nbrokers = [\"a:1\"]\npartitions = 20000\nlinger = 5\n").unwrap(),
+        );
+        let problems = KafkaSettings::check(&m, &runtime);
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| (p.severity, p.file.as_str(), p.key.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Severity::Error, "spin.toml", "application.trigger.kafka.brokers"),
+                (Severity::Error, "rc.toml", "kafka.partitions"),
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("\"host:port,…\" or a list of them"),
+            "{problems:?}"
+        );
+        let fine = RuntimeConfig::from_table(
+            Some("rc.toml".into()),
+            toml::from_str("[kafka]\nbrokers = [\"a:1\"]\nlinger = 5\n").unwrap(),
+        );
+        let problems = KafkaSettings::check(&manifest("[application.trigger.kafka]\ntopic_prefix = \"s.\"\n"), &fine);
+        assert_eq!(problems.len(), 1, "topic_prefix is known, linger is not: {problems:?}");
+        assert_eq!(
+            (problems[0].severity, problems[0].key.as_str()),
+            (Severity::Warning, "kafka.linger")
+        );
     }
 }

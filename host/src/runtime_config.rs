@@ -1,84 +1,31 @@
-//! Spin's `runtime-config.toml`: which backend serves each key-value store and SQLite
-//! database label, plus this host's `[kafka]`, `[postgres]` and `[redis]` defaults.
-//! This module reads the file once: the store and database entries into typed
-//! configs ([`KeyValueStoreConfig`], [`SqliteDatabaseConfig`]) that both `shop check`
-//! and the capabilities use, each entry on its own so that one bad entry does not
-//! hide the others; the other tables stay for the modules that read them.
+//! Spin's `runtime-config.toml`, read once. Each table belongs to what it configures:
+//! `[key_value_store.<label>]`, `[sqlite_database.<label>]`, `[postgres]` and
+//! `[redis]` to their capabilities, `[kafka]` to the event broker. Each owner reads
+//! its table through [`RuntimeConfig::section`] or [`RuntimeConfig::entries`] into its
+//! own typed config (serde), so `shop check` and the running host accept exactly the
+//! same thing: an entry that does not parse is an error naming its key, a key its type
+//! does not know is a warning, and one bad entry does not hide the others.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::capability::sqlite::Synchronous;
-use crate::manifest::{Manifest, Problem, Severity};
-
-const KNOWN_TABLES: &[&str] = &[
-    "key_value_store",
-    "sqlite_database",
-    "kafka",
-    "postgres",
-    "redis",
-    "variables_provider",
-];
-
-/// `[key_value_store.<label>]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum KeyValueStoreConfig {
-    /// An embedded SQLite file (`path` relative to the runtime config's directory;
-    /// by default `key_value.db` in the data dir).
-    Spin {
-        path: Option<PathBuf>,
-        #[serde(default)]
-        synchronous: Synchronous,
-    },
-    /// A Redis server (`url = "redis://host:port"`).
-    Redis { url: String },
-}
-
-/// `[sqlite_database.<label>]`: only embedded files (`type = "spin"`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SqliteDatabaseConfig {
-    Spin {
-        path: Option<PathBuf>,
-        #[serde(default)]
-        synchronous: Synchronous,
-    },
-}
+use crate::manifest::{Problem, Severity};
 
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
     pub path: Option<PathBuf>,
-    pub table: toml::Table,
-    pub key_value_stores: BTreeMap<String, KeyValueStoreConfig>,
-    pub sqlite_databases: BTreeMap<String, SqliteDatabaseConfig>,
-    /// Entries that did not parse: (key, why).
-    invalid: Vec<(String, String)>,
+    table: toml::Table,
 }
 
-/// Each entry of the top-level table `name` as a `T`, or why not.
-fn entries<T: for<'de> Deserialize<'de>>(
-    table: &toml::Table,
-    name: &str,
-    invalid: &mut Vec<(String, String)>,
-) -> BTreeMap<String, T> {
-    let mut parsed = BTreeMap::new();
-    match table.get(name) {
-        None => {}
-        Some(toml::Value::Table(entries)) => {
-            for (label, entry) in entries {
-                match entry.clone().try_into::<T>() {
-                    Ok(config) => drop(parsed.insert(label.clone(), config)),
-                    Err(e) => invalid.push((format!("{name}.{label}"), e.to_string().trim_end().to_string())),
-                }
-            }
-        }
-        Some(_) => invalid.push((name.to_string(), "expected a table of labelled entries".into())),
-    }
-    parsed
+/// A typed value read from a table, and what it held that the type does not know.
+pub struct Read<T> {
+    pub value: T,
+    /// Warnings, one per unknown key.
+    pub warnings: Vec<Problem>,
 }
 
 impl RuntimeConfig {
@@ -96,19 +43,12 @@ impl RuntimeConfig {
     }
 
     pub fn from_table(path: Option<PathBuf>, table: toml::Table) -> Self {
-        let mut invalid = Vec::new();
-        Self {
-            path,
-            key_value_stores: entries(&table, "key_value_store", &mut invalid),
-            sqlite_databases: entries(&table, "sqlite_database", &mut invalid),
-            table,
-            invalid,
-        }
+        Self { path, table }
     }
 
-    /// A top-level table such as `kafka`, if present.
-    pub fn table(&self, name: &str) -> Option<&toml::Table> {
-        self.table.get(name).and_then(|v| v.as_table())
+    /// The file's name as problems report it.
+    pub fn file(&self) -> String {
+        self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
     }
 
     /// The directory relative paths in the file resolve against.
@@ -119,62 +59,167 @@ impl RuntimeConfig {
         }
     }
 
-    /// Problems in this file, and labels the manifest uses that it does not define.
-    pub fn problems(&self, manifest: &Manifest) -> Vec<Problem> {
-        let file = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        let problem = |severity, file: &str, key: String, message: String| Problem {
-            severity,
-            file: file.to_string(),
-            key,
-            message,
-        };
-        let mut out: Vec<Problem> = self
-            .table
-            .keys()
-            .filter(|k| !KNOWN_TABLES.contains(&k.as_str()))
-            .map(|k| {
-                let message = format!("unknown table (ignored); known: {}", KNOWN_TABLES.join(", "));
-                problem(Severity::Warning, &file, k.clone(), message)
-            })
-            .collect();
-        out.extend(
-            self.invalid
-                .iter()
-                .map(|(key, why)| problem(Severity::Error, &file, key.clone(), why.clone())),
-        );
-        let manifest_file = manifest.path.display().to_string();
-        let undefined = |labels: &[String], defined: &dyn Fn(&str) -> bool| -> Vec<String> {
-            labels
-                .iter()
-                .filter(|l| *l != "default" && !defined(l))
-                .cloned()
-                .collect()
-        };
-        // A label whose entry did not parse is reported above, not as undefined.
-        let written = |table: &str, label: &str| self.table(table).is_some_and(|t| t.contains_key(label));
-        for (id, component) in &manifest.raw.component {
-            for label in undefined(&component.key_value_stores, &|l| written("key_value_store", l)) {
-                out.push(problem(
-                    Severity::Error,
-                    &manifest_file,
-                    format!("component.{id}.key_value_stores"),
-                    format!(
-                        "no key-value store labelled `{label}`: define [key_value_store.{label}] in the runtime config"
-                    ),
-                ));
+    /// The top-level table `[name]` as a `T`; `T::default()` when the file has none.
+    pub fn section<T: DeserializeOwned + Serialize + Default>(&self, name: &str) -> Result<Read<T>, Problem> {
+        match self.table.get(name) {
+            None => Ok(Read {
+                value: T::default(),
+                warnings: Vec::new(),
+            }),
+            Some(value) => read_value(value.clone(), &self.file(), name),
+        }
+    }
+
+    /// Each `[name.<label>]` entry as a `T`, and a problem for each that does not parse
+    /// (the others are still read).
+    pub fn entries<T: DeserializeOwned + Serialize>(&self, name: &str) -> (BTreeMap<String, T>, Vec<Problem>) {
+        let file = self.file();
+        let mut parsed = BTreeMap::new();
+        let mut problems = Vec::new();
+        match self.table.get(name) {
+            None => {}
+            Some(toml::Value::Table(entries)) => {
+                for (label, entry) in entries {
+                    match read_value::<T>(entry.clone(), &file, &format!("{name}.{label}")) {
+                        Ok(read) => {
+                            parsed.insert(label.clone(), read.value);
+                            problems.extend(read.warnings);
+                        }
+                        Err(problem) => problems.push(problem),
+                    }
+                }
             }
-            for label in undefined(&component.sqlite_databases, &|l| written("sqlite_database", l)) {
-                out.push(problem(
-                    Severity::Error,
-                    &manifest_file,
-                    format!("component.{id}.sqlite_databases"),
-                    format!(
-                        "no SQLite database labelled `{label}`: define [sqlite_database.{label}] in the runtime config"
+            Some(_) => problems.push(error(&file, name, "expected a table of labelled entries".into())),
+        }
+        (parsed, problems)
+    }
+
+    /// Top-level tables that nothing in this host reads, given the ones that are read.
+    pub fn unknown_tables(&self, known: &[&str]) -> Vec<Problem> {
+        let file = self.file();
+        self.table
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .map(|k| Problem {
+                severity: Severity::Warning,
+                file: file.clone(),
+                key: k.clone(),
+                message: format!("unknown table (ignored); known: {}", known.join(", ")),
+            })
+            .collect()
+    }
+}
+
+/// A table of labelled entries (`[table.<label>]`) that components name in a
+/// manifest field, such as `[sqlite_database.orders]` and `sqlite_databases`.
+pub struct LabelledTable {
+    pub table: &'static str,
+    /// The manifest field of a component that lists labels.
+    pub field: &'static str,
+    /// What an entry is, for errors.
+    pub noun: &'static str,
+    pub labels: fn(&crate::manifest::Component) -> &[String],
+}
+
+impl LabelledTable {
+    /// Each entry as a `T` and the problems with them; with a manifest also an error
+    /// for each label a component lists that no entry defines (`default` needs none,
+    /// and a label whose entry did not parse is already reported).
+    pub fn read<T: DeserializeOwned + Serialize>(
+        &self,
+        runtime_config: &RuntimeConfig,
+        manifest: Option<&crate::manifest::Manifest>,
+    ) -> (BTreeMap<String, T>, Vec<Problem>) {
+        let (entries, mut problems) = runtime_config.entries::<T>(self.table);
+        let reported = |problems: &[Problem], key: &str| {
+            problems
+                .iter()
+                .any(|p| p.key == key || p.key.starts_with(&format!("{key}.")))
+        };
+        for (id, component) in manifest.iter().flat_map(|m| &m.raw.component) {
+            for label in (self.labels)(component) {
+                let key = format!("{}.{label}", self.table);
+                if label == "default" || entries.contains_key(label) || reported(&problems, &key) {
+                    continue;
+                }
+                problems.push(Problem {
+                    severity: Severity::Error,
+                    file: manifest.map(|m| m.path.display().to_string()).unwrap_or_default(),
+                    key: format!("component.{id}.{}", self.field),
+                    message: format!(
+                        "no {} labelled `{label}`: define [{key}] in the runtime config",
+                        self.noun
                     ),
-                ));
+                });
             }
         }
-        out
+        (entries, problems)
+    }
+}
+
+/// `value` (at `key` of `file`) as a `T`: an error naming the key when it does not
+/// fit, a warning for each key `T` does not know.
+pub fn read_value<T: DeserializeOwned + Serialize>(
+    value: toml::Value,
+    file: &str,
+    key: &str,
+) -> Result<Read<T>, Problem> {
+    let given = value.clone();
+    let typed: T =
+        serde_path_to_error::deserialize(value).map_err(|e: serde_path_to_error::Error<toml::de::Error>| {
+            // The key of the value that did not fit, where the error knows it.
+            let at = match e.path().to_string().as_str() {
+                "." | "" => key.to_string(),
+                path => format!("{key}.{path}"),
+            };
+            error(file, &at, e.inner().message().trim_end().to_string())
+        })?;
+    // What `T` kept, written back: a key given but not kept is one `T` does not know.
+    // (Serde's own hook for ignored keys cannot see inside internally tagged enums.)
+    let kept = toml::Value::try_from(&typed).ok();
+    let mut unknown = Vec::new();
+    unknown_keys(&given, kept.as_ref(), key, &mut unknown);
+    let warnings = unknown
+        .into_iter()
+        .map(|path| Problem {
+            severity: Severity::Warning,
+            file: file.to_string(),
+            key: path,
+            message: "unknown key (ignored)".into(),
+        })
+        .collect();
+    Ok(Read { value: typed, warnings })
+}
+
+/// The keys of `given` (at `path`) that `kept` lacks, nested tables included.
+fn unknown_keys(given: &toml::Value, kept: Option<&toml::Value>, path: &str, out: &mut Vec<String>) {
+    let (toml::Value::Table(given), Some(toml::Value::Table(kept))) = (given, kept) else {
+        return;
+    };
+    for (name, value) in given {
+        let at = format!("{path}.{name}");
+        match kept.get(name) {
+            None => out.push(at),
+            Some(kept) => unknown_keys(value, Some(kept), &at, out),
+        }
+    }
+}
+
+fn error(file: &str, key: &str, message: String) -> Problem {
+    Problem {
+        severity: Severity::Error,
+        file: file.to_string(),
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// The first error among `problems`, as the error that refuses to start the host
+/// (`shop up` reports every problem before it gets here).
+pub fn first_error(problems: &[Problem]) -> anyhow::Result<()> {
+    match problems.iter().find(|p| p.severity == Severity::Error) {
+        Some(p) => Err(anyhow::anyhow!("{p}")),
+        None => Ok(()),
     }
 }
 
@@ -182,11 +227,16 @@ impl RuntimeConfig {
 mod tests {
     use super::*;
 
-    fn manifest(stores: &str) -> Manifest {
-        let text = format!(
-            "spin_manifest_version = 2\n[application]\nname = \"t\"\n[component.c]\nsource = \"c.wasm\"\nkey_value_stores = {stores}\n"
-        );
-        Manifest::parse(Path::new("spin.toml"), &text).unwrap()
+    #[derive(Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(default)]
+    struct Settings {
+        size: u32,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(tag = "type", rename_all = "lowercase")]
+    enum Entry {
+        Spin { path: Option<String> },
     }
 
     fn runtime_config(text: &str) -> RuntimeConfig {
@@ -195,92 +245,48 @@ mod tests {
 
     #[test]
     fn unknown_tables_are_warnings() {
-        let rc = runtime_config("[kafka]\nbrokers = \"x\"\n[mystery]\na = 1\n");
-        let problems = rc.problems(&manifest("[]"));
-        assert_eq!(problems.len(), 1);
+        let problems = runtime_config("[kafka]\nbrokers = \"x\"\n[mystery]\na = 1\n").unknown_tables(&["kafka"]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].key, "mystery");
         assert_eq!(problems[0].severity, Severity::Warning);
     }
 
     #[test]
-    fn store_labels_must_be_defined_and_well_formed() {
-        let rc =
-            runtime_config("[key_value_store.cache]\ntype = \"redis\"\n[key_value_store.odd]\ntype = \"memcached\"\n");
-        let problems = rc.problems(&manifest("[\"default\", \"cache\", \"sessions\"]"));
-        let found = |file: &str, key: &str, words: &str| {
-            problems
-                .iter()
-                .any(|p| p.file == file && p.key == key && p.message.contains(words))
-        };
-        assert!(
-            found("rc.toml", "key_value_store.cache", "missing field `url`"),
-            "{problems:?}"
-        );
-        assert!(
-            found(
-                "rc.toml",
-                "key_value_store.odd",
-                "unknown variant `memcached`, expected `spin` or `redis`"
-            ),
-            "{problems:?}"
-        );
-        assert!(
-            found("spin.toml", "component.c.key_value_stores", "`sessions`"),
-            "{problems:?}"
-        );
-        assert_eq!(problems.len(), 3, "`default` needs no definition: {problems:?}");
+    fn a_section_is_typed_with_unknown_keys_as_warnings() {
+        let rc = runtime_config("[pool]\nsize = 4\nszie = 5\n[bad]\nsize = \"four\"\n");
+        let read = rc.section::<Settings>("pool").unwrap();
+        assert_eq!(read.value, Settings { size: 4 });
+        assert_eq!(read.warnings.len(), 1);
+        assert_eq!(read.warnings[0].key, "pool.szie");
+        assert_eq!(read.warnings[0].severity, Severity::Warning);
+        let bad = rc.section::<Settings>("bad").err().unwrap();
+        assert_eq!((bad.file.as_str(), bad.key.as_str()), ("rc.toml", "bad.size"));
+        assert!(bad.message.contains("invalid type"), "{bad:?}");
+        assert_eq!(rc.section::<Settings>("absent").unwrap().value, Settings::default());
     }
 
     #[test]
-    fn synchronous_is_normal_or_full() {
+    fn each_entry_is_read_on_its_own() {
         let rc = runtime_config(
-            "[sqlite_database.default]\ntype = \"spin\"\nsynchronous = \"full\"\n[key_value_store.default]\ntype = \"spin\"\nsynchronous = \"off\"\n",
+            "[db.a]\ntype = \"spin\"\npath = \"a.db\"\n[db.b]\ntype = \"libsql\"\n[db.c]\ntype = \"spin\"\npaht = \"c.db\"\n",
         );
-        let problems = rc.problems(&manifest("[]"));
-        let found: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.message.as_str())).collect();
-        assert_eq!(found.len(), 1, "{problems:?}");
-        assert_eq!(found[0].0, "key_value_store.default");
-        assert!(
-            found[0]
-                .1
-                .contains("unknown variant `off`, expected `normal` or `full`"),
+        let (entries, problems) = rc.entries::<Entry>("db");
+        assert_eq!(
+            entries["a"],
+            Entry::Spin {
+                path: Some("a.db".into())
+            }
+        );
+        assert_eq!(entries["c"], Entry::Spin { path: None });
+        assert!(!entries.contains_key("b"));
+        let found: Vec<_> = problems.iter().map(|p| (p.severity, p.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [(Severity::Error, "db.b.type"), (Severity::Warning, "db.c.paht")],
             "{problems:?}"
         );
-    }
-
-    /// What `shop check` accepted is what the capabilities are built from.
-    #[test]
-    fn entries_are_read_into_typed_configs() {
-        let rc = runtime_config(
-            "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\nsynchronous = \"full\"\n\
-             [key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
-             [sqlite_database.orders]\ntype = \"spin\"\n\
-             [sqlite_database.remote]\ntype = \"libsql\"\nurl = \"https://x\"\n",
-        );
-        assert_eq!(
-            rc.key_value_stores["default"],
-            KeyValueStoreConfig::Spin {
-                path: Some("kv.db".into()),
-                synchronous: Synchronous::Full
-            }
-        );
-        assert_eq!(
-            rc.key_value_stores["cache"],
-            KeyValueStoreConfig::Redis {
-                url: "redis://127.0.0.1:6379".into()
-            }
-        );
-        assert_eq!(
-            rc.sqlite_databases["orders"],
-            SqliteDatabaseConfig::Spin {
-                path: None,
-                synchronous: Synchronous::Normal
-            }
-        );
-        assert!(!rc.sqlite_databases.contains_key("remote"));
-        let problems = rc.problems(&manifest("[]"));
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].key, "sqlite_database.remote");
         assert!(problems[0].message.contains("unknown variant `libsql`"), "{problems:?}");
+        let (_, problems) = runtime_config("db = 1\n").entries::<Entry>("db");
+        assert_eq!(problems[0].message, "expected a table of labelled entries");
     }
 }

@@ -1,5 +1,5 @@
-//! What a component instance's store holds: WASI contexts, the resource table, the
-//! capabilities granted to it, and the per-request limits.
+//! What a component instance's store holds: the resource table, the state of each
+//! capability granted to it (WASI included), and the per-request limits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,13 +7,12 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::app::LoadedComponent;
-use crate::capability::outbound_http::{LocalServices, OutboundHttp, OutboundTimeouts};
+use crate::capability::outbound_http::LocalServices;
 use crate::capability::{InstanceCapabilities, InstanceContext};
-use crate::guest_output::{GuestOutput, OutputTags, Stream};
+use crate::guest_output::OutputTags;
 use crate::telemetry::{TraceCell, TraceContext};
 
 /// Facts about one invocation that the host learns from inside the store and needs
@@ -64,11 +63,9 @@ impl ResourceLimiter for MemoryLimiter {
 }
 
 pub struct HostState {
-    pub wasi: WasiCtx,
-    pub http: WasiHttpCtx,
+    /// The guest's handles (resources), shared by every capability's view.
     pub table: ResourceTable,
-    pub outbound_http: OutboundHttp,
-    /// The state of each registered capability.
+    /// The state of each registered capability (WASI and `wasi:http` included).
     pub capabilities: InstanceCapabilities,
     pub limiter: MemoryLimiter,
     /// Tags on the guest's stdout/stderr lines.
@@ -96,26 +93,14 @@ impl HostState {
             request_id: Arc::default(),
             trace: trace.clone(),
         };
-        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-        wasi.stdout(GuestOutput::new(output_tags.clone(), Stream::Stdout))
-            .stderr(GuestOutput::new(output_tags.clone(), Stream::Stderr))
-            .envs(&component.environment);
-        crate::capability::sockets::grant(&mut wasi, &component.allowed_hosts);
         Self {
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            outbound_http: OutboundHttp {
-                trace: trace.clone(),
-                component: component.id.clone(),
-                allowed: component.allowed_hosts.clone(),
-                local,
-                timeouts: OutboundTimeouts::default(),
-            },
             _live: crate::engine::LiveStore::new(),
-            capabilities: component
-                .capabilities
-                .prepare(&InstanceContext { trace: trace.clone() }),
+            capabilities: component.capabilities.prepare(&InstanceContext {
+                trace: trace.clone(),
+                output_tags: output_tags.clone(),
+                local,
+            }),
             limiter: MemoryLimiter {
                 max_memory_bytes,
                 probe: Arc::default(),
@@ -125,28 +110,7 @@ impl HostState {
             deadline: Instant::now() + timeout,
         }
     }
-}
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for HostState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.outbound_http,
-        }
-    }
-}
-
-impl HostState {
     /// The accessor `wasmtime-wasi-http`'s handler wants as a plain function pointer.
     pub fn http_view(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpView::http(self)

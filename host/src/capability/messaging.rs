@@ -15,11 +15,25 @@ use std::sync::Arc;
 use shop_broker::{BrokerError, Message, OutgoingMessage, Producer};
 use wasmtime::component::{Linker, Resource};
 
-use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::bindings::messaging::wasi::messaging::{producer, types};
+use self::bindings::wasi::messaging::{producer, types};
+use super::{AppContext, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::state::HostState;
 use crate::telemetry::{self, Kind, Span, TraceCell};
 use types::Error;
+
+/// `wasi:messaging@0.2.0-draft` `types` and `producer`, the imports (world
+/// `shop:messaging/host`); the Kafka trigger's handler world reuses them.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/shop-messaging",
+        world: "shop:messaging/host",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:messaging/types.client": super::MessagingClient,
+            "wasi:messaging/types.message": super::GuestMessage,
+        },
+    });
+}
 
 /// Publishing from guests: `wasi:messaging` `types` and `producer`.
 pub struct Messaging;
@@ -33,8 +47,14 @@ pub struct MessagingGrant {
 }
 
 impl Capability for Messaging {
+    /// The app's broker, if it has one.
+    type App = Option<Arc<dyn Producer>>;
     type Component = MessagingGrant;
     type Instance = MessagingAccess;
+
+    fn configure_app(app: &AppContext<'_>) -> anyhow::Result<Self::App> {
+        Ok(app.producer.clone())
+    }
 
     fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         types::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
@@ -42,11 +62,11 @@ impl Capability for Messaging {
         Ok(())
     }
 
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<MessagingGrant> {
+    fn configure(producer: &Arc<Self::App>, component: &ComponentContext<'_>) -> anyhow::Result<MessagingGrant> {
         Ok(MessagingGrant {
             component: component.id.clone(),
             allowed_topics: Arc::new(TopicRules::new(&component.manifest.allowed_topics)),
-            producer: component.producer.cloned(),
+            producer: producer.as_ref().clone(),
         })
     }
 

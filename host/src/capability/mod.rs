@@ -1,11 +1,12 @@
 //! Host capabilities a component may import, one module each, granted per component
 //! by the manifest.
 //!
-//! Each capability is a [`Capability`]: it adds its interfaces to the linker (its
-//! host functions see only their own state, through a [`CapabilityView`]), checks
-//! what the manifest grants a component and builds that component's configuration
-//! once at load, and prepares each instance's state from it. The list in
-//! [`registry`] is the only place a capability is registered.
+//! Each capability is a [`Capability`]: it checks its runtime-config tables and what
+//! the manifest asks of it (`shop check`), builds its application-wide state (stores,
+//! pools) once at start, adds its interfaces to the linker (its host functions see
+//! only their own state, through a [`CapabilityView`]), builds each component's
+//! configuration once at load, and prepares each instance's state from it. The list
+//! in [`registry`] is the only place a capability is registered.
 
 pub mod allowed_hosts;
 pub mod bounded_map;
@@ -21,6 +22,7 @@ pub mod sockets;
 pub mod sqlite;
 pub mod variables;
 pub mod wal_checkpoint;
+pub mod wasi;
 
 use std::marker::PhantomData;
 use std::path::Path;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
 
-pub use registry::{ComponentCapabilities, InstanceCapabilities, add_to_linker};
+pub use registry::{AppCapabilities, ComponentCapabilities, InstanceCapabilities, add_to_linker};
 
 /// The first word of an SQL statement, upper-cased: what the SQLite and PostgreSQL
 /// capabilities read a statement's intent from (write, transaction start or end).
@@ -41,17 +43,35 @@ pub fn leading_keyword(statement: &str) -> String {
         .collect()
 }
 
+use crate::manifest::{Manifest, Problem};
 use crate::runtime_config::RuntimeConfig;
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
 
-/// One host capability: the interfaces it serves, the configuration it builds for a
-/// component at load, and the state it gives each instance.
+/// One host capability: the interfaces it serves, what it keeps for the whole
+/// application, the configuration it builds for a component at load, and the state it
+/// gives each instance.
 pub trait Capability: Sized + 'static {
+    /// What the capability keeps for the whole application (its stores, pools,
+    /// connections), built once at start from the runtime config.
+    type App: Send + Sync + 'static;
     /// What the capability keeps for one component, built once when it loads.
     type Component: Send + Sync + 'static;
     /// What the capability keeps in one instance's store.
     type Instance: Send + 'static;
+
+    /// The runtime-config tables this capability reads (`shop check` warns of tables
+    /// nothing reads).
+    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &[];
+
+    /// Problems in what the manifest and runtime config ask of this capability, for
+    /// `shop check` and before `shop up` starts anything; an error refuses to start.
+    fn check(_app: &CheckContext<'_>) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    /// Builds the application-wide state from the runtime config.
+    fn configure_app(app: &AppContext<'_>) -> anyhow::Result<Self::App>;
 
     /// Adds the capability's interfaces to the linker; their host functions reach
     /// the store through [`view`], which yields only this capability's state.
@@ -59,10 +79,27 @@ pub trait Capability: Sized + 'static {
 
     /// Checks what the manifest grants `component` and builds its configuration: an
     /// error here refuses to start the application.
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<Self::Component>;
+    fn configure(app: &Arc<Self::App>, component: &ComponentContext<'_>) -> anyhow::Result<Self::Component>;
 
     /// The state of one new instance of a component configured as `component`.
     fn prepare(component: &Self::Component, instance: &InstanceContext) -> Self::Instance;
+}
+
+/// What a capability checks: the manifest and the runtime config, before anything runs.
+pub struct CheckContext<'a> {
+    pub manifest: &'a Manifest,
+    pub runtime_config: &'a RuntimeConfig,
+}
+
+/// What a capability builds its application-wide state from.
+pub struct AppContext<'a> {
+    pub runtime_config: &'a RuntimeConfig,
+    /// Where embedded state lives (`--data-dir`).
+    pub data_dir: &'a Path,
+    /// Told which component committed a write (SQLite and PostgreSQL report here).
+    pub commits: &'a Arc<commits::CommitSignals>,
+    /// The broker guests publish to (`None`: publishing answers a connection error).
+    pub producer: Option<Arc<dyn shop_broker::Producer>>,
 }
 
 /// What a capability is told about a component it configures.
@@ -73,16 +110,16 @@ pub struct ComponentContext<'a> {
     pub allowed_hosts: &'a Arc<allowed_hosts::AllowedHosts>,
     /// The application's resolved variables.
     pub variables: &'a crate::variables::Variables,
-    /// The application-wide stores, databases and pools.
-    pub backends: &'a Arc<Backends>,
-    /// The broker guests publish to (`None`: publishing answers a connection error).
-    pub producer: Option<&'a Arc<dyn shop_broker::Producer>>,
 }
 
 /// What a capability is told about an instance it prepares state for.
 pub struct InstanceContext {
     /// The invocation's trace, for the spans of host calls.
     pub trace: TraceCell,
+    /// Tags on the guest's stdout and stderr lines (the request id is set later).
+    pub output_tags: crate::guest_output::OutputTags,
+    /// Local service chaining, for outbound requests to `*.spin.internal`.
+    pub local: std::sync::Weak<dyn outbound_http::LocalServices>,
 }
 
 /// A capability's slice of an instance's store: its own state and the resource table
@@ -112,33 +149,6 @@ where
     state.project()
 }
 
-/// The application-wide backends behind the capabilities, built once from the
-/// runtime config; components reach them through their per-component grants.
-pub struct Backends {
-    pub key_value: key_value::KeyValueStores,
-    pub sqlite: sqlite::Databases,
-    pub postgres: postgres::PostgresPools,
-    pub redis: redis::RedisServers,
-    pub commits: std::sync::Arc<commits::CommitSignals>,
-}
-
-impl Backends {
-    pub fn from_runtime_config(config: &RuntimeConfig, data_dir: &Path) -> anyhow::Result<Self> {
-        let key_value = key_value::KeyValueStores::from_config(&config.key_value_stores, config.dir(), data_dir)?;
-        for (label, backend) in key_value.labels() {
-            tracing::info!(store = label, backend = backend.kind(), "key-value store");
-        }
-        let commits = std::sync::Arc::new(commits::CommitSignals::default());
-        Ok(Self {
-            key_value,
-            sqlite: sqlite::Databases::from_config(&config.sqlite_databases, config.dir(), data_dir, &commits)?,
-            postgres: postgres::PostgresPools::default(),
-            redis: redis::RedisServers::default(),
-            commits,
-        })
-    }
-}
-
 /// What the capabilities' unit tests build components from: a manifest entry, the
 /// embedded backends in a scratch directory, and no wasm.
 #[cfg(test)]
@@ -148,7 +158,9 @@ pub(crate) mod testing {
 
     use wasmtime::component::ResourceTable;
 
-    use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, allowed_hosts::AllowedHosts};
+    use super::{
+        AppContext, Capability, CapabilityView, ComponentContext, InstanceContext, allowed_hosts::AllowedHosts,
+    };
     use crate::manifest::Manifest;
     use crate::runtime_config::RuntimeConfig;
     use crate::variables::Variables;
@@ -158,7 +170,8 @@ pub(crate) mod testing {
         pub manifest: Manifest,
         pub variables: Variables,
         pub allowed_hosts: Arc<AllowedHosts>,
-        pub backends: Arc<Backends>,
+        pub runtime_config: RuntimeConfig,
+        pub commits: Arc<super::commits::CommitSignals>,
         pub id: Arc<str>,
         dir: PathBuf,
     }
@@ -178,13 +191,12 @@ pub(crate) mod testing {
             let variables = Variables::resolve(&manifest, |_| None).unwrap();
             let entries = &manifest.raw.component["c"].allowed_outbound_hosts;
             let allowed_hosts = Arc::new(crate::app::allowed_hosts(entries, &variables).unwrap());
-            let runtime_config = RuntimeConfig::from_table(None, toml::Table::new());
-            let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &dir).unwrap());
             Self {
                 manifest,
                 variables,
                 allowed_hosts,
-                backends,
+                runtime_config: RuntimeConfig::from_table(None, toml::Table::new()),
+                commits: Arc::default(),
                 id: Arc::from("c"),
                 dir,
             }
@@ -196,19 +208,40 @@ pub(crate) mod testing {
                 manifest: &self.manifest.raw.component["c"],
                 allowed_hosts: &self.allowed_hosts,
                 variables: &self.variables,
-                backends: &self.backends,
-                producer: None,
             }
+        }
+
+        /// Capability `C`'s application state, on embedded backends in the scratch dir.
+        pub fn app<C: Capability>(&self) -> Arc<C::App> {
+            Arc::new(
+                C::configure_app(&AppContext {
+                    runtime_config: &self.runtime_config,
+                    data_dir: &self.dir,
+                    commits: &self.commits,
+                    producer: None,
+                })
+                .unwrap(),
+            )
         }
 
         /// A fresh instance's state for capability `C`, as the store would hold it.
         pub fn instance<C: Capability>(&self) -> Instance<C> {
-            let component = C::configure(&self.context()).unwrap();
+            let component = C::configure(&self.app::<C>(), &self.context()).unwrap();
+            let trace = crate::telemetry::TraceCell::default();
+            // No app serves local service chaining for a fixture's instances.
+            let local: std::sync::Weak<dyn super::outbound_http::LocalServices> =
+                std::sync::Weak::<crate::trigger::http::HttpApp>::new();
             Instance {
                 state: C::prepare(
                     &component,
                     &InstanceContext {
-                        trace: Default::default(),
+                        output_tags: crate::guest_output::OutputTags {
+                            component: self.id.clone(),
+                            request_id: Arc::default(),
+                            trace: trace.clone(),
+                        },
+                        trace,
+                        local,
                     },
                 ),
                 table: ResourceTable::new(),

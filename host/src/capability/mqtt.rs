@@ -14,7 +14,7 @@ use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Out
 use wasmtime::component::{Linker, Resource};
 
 use super::allowed_hosts::{AllowedHosts, default_port};
-use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
+use super::{AppContext, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::state::HostState;
 use crate::telemetry::{self, Kind, Span, TraceCell};
 use bindings::fermyon::spin::mqtt::{self, Error, Qos};
@@ -50,8 +50,13 @@ pub struct MqttGrant {
 }
 
 impl Capability for Mqtt {
+    type App = ();
     type Component = MqttGrant;
     type Instance = MqttAccess;
+
+    fn configure_app(_: &AppContext<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         mqtt::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
@@ -59,7 +64,7 @@ impl Capability for Mqtt {
         Ok(())
     }
 
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<MqttGrant> {
+    fn configure(_: &Arc<()>, component: &ComponentContext<'_>) -> anyhow::Result<MqttGrant> {
         Ok(MqttGrant {
             component: component.id.clone(),
             allowed: component.allowed_hosts.clone(),

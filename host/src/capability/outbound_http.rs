@@ -1,7 +1,9 @@
-//! Outbound HTTP for guests (`wasi:http` 0.2 outgoing-handler and 0.3 client share
-//! this hook): `allowed_outbound_hosts` enforcement, timeouts, and Spin's local service
-//! chaining, where `http://<component>.spin.internal/...` reaches that component
-//! in-process without a socket.
+//! `wasi:http` for guests, as wasmtime-wasi-http implements it, and outbound HTTP
+//! (the 0.2 outgoing-handler and the 0.3 client share this hook):
+//! `allowed_outbound_hosts` enforcement, timeouts, and Spin's local service chaining,
+//! where `http://<component>.spin.internal/...` reaches that component in-process
+//! without a socket. wasmtime-wasi-http's host functions reach the store through
+//! [`WasiHttpView`], which yields this capability's state and the resource table only.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -9,10 +11,76 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::{
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 use super::allowed_hosts::AllowedHosts;
+use super::{AppContext, Capability, ComponentContext, InstanceContext};
+use crate::state::HostState;
 use crate::telemetry::{Kind, Span};
+
+/// `wasi:http` types, the 0.2 outgoing handler and the 0.3 client.
+pub struct WasiHttp;
+
+/// Whom a component may call.
+pub struct HttpGrant {
+    component: Arc<str>,
+    allowed: Arc<AllowedHosts>,
+}
+
+/// One instance's `wasi:http` context and outbound policy.
+pub struct HttpInstance {
+    ctx: WasiHttpCtx,
+    hooks: OutboundHttp,
+}
+
+impl Capability for WasiHttp {
+    type App = ();
+    type Component = HttpGrant;
+    type Instance = HttpInstance;
+
+    fn configure_app(_: &AppContext<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+        Ok(())
+    }
+
+    fn configure(_: &Arc<()>, component: &ComponentContext<'_>) -> anyhow::Result<HttpGrant> {
+        Ok(HttpGrant {
+            component: component.id.clone(),
+            allowed: component.allowed_hosts.clone(),
+        })
+    }
+
+    fn prepare(grant: &HttpGrant, instance: &InstanceContext) -> HttpInstance {
+        HttpInstance {
+            ctx: WasiHttpCtx::new(),
+            hooks: OutboundHttp {
+                trace: instance.trace.clone(),
+                component: grant.component.clone(),
+                allowed: grant.allowed.clone(),
+                local: instance.local.clone(),
+                timeouts: OutboundTimeouts::default(),
+            },
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.capabilities.http.ctx,
+            table: &mut self.table,
+            hooks: &mut self.capabilities.http.hooks,
+        }
+    }
+}
 
 pub type GuestRequest = http::Request<WasiBody>;
 pub type GuestResponse = http::Response<WasiBody>;
@@ -206,5 +274,48 @@ mod tests {
         );
         assert_eq!(destination("self"), Destination::SelfApp);
         assert_eq!(destination("example.com"), Destination::Network);
+    }
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+    use crate::capability::testing::Fixture;
+
+    fn request(uri: &str) -> GuestRequest {
+        let body = http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::builder().uri(uri).body(body).unwrap()
+    }
+
+    async fn send(hooks: &mut OutboundHttp, uri: &str) -> Result<u16, HttpError> {
+        let sent = hooks.send_request(request(uri), None, Box::new(std::future::ready(Ok(()))));
+        Box::into_pin(sent)
+            .await
+            .map(|(response, _)| response.status().as_u16())
+    }
+
+    #[tokio::test]
+    async fn requests_go_only_where_allowed_and_chaining_needs_a_running_app() {
+        let fixture = Fixture::new(
+            "http",
+            "allowed_outbound_hosts = [\"https://api.example\", \"http://*.spin.internal\"]",
+        );
+        let mut instance = fixture.instance::<WasiHttp>();
+        let hooks = &mut instance.state.hooks;
+        assert!(matches!(
+            send(hooks, "https://elsewhere.example/").await,
+            Err(HttpError::HttpRequestDenied)
+        ));
+        assert!(matches!(
+            send(hooks, "http://api.example/").await,
+            Err(HttpError::HttpRequestDenied)
+        ));
+        // Allowed, but this instance belongs to no serving app (the fixture's is gone).
+        assert!(matches!(
+            send(hooks, "http://products.spin.internal/x").await,
+            Err(HttpError::DestinationUnavailable)
+        ));
     }
 }

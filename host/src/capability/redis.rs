@@ -3,7 +3,8 @@
 //! `allowed_outbound_hosts` (scheme `redis`) and serves it from one multiplexed,
 //! self-reconnecting connection per address.
 //!
-//! [`SharedRedis`] is also what the Redis key-value backend uses.
+//! [`SharedRedis`] is also what the Redis key-value backend uses, and
+//! [`RedisSettings`] (the runtime config's `[redis]`) applies to both.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,9 @@ use self::bindings::fermyon::spin::redis::{self, Error, Payload, RedisParameter,
 use self::bindings3::spin::redis::redis as v3;
 use super::allowed_hosts::{AllowedHosts, default_port};
 use super::bounded_map::BoundedMap;
-use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
+use super::{AppContext, Capability, CapabilityView, CheckContext, ComponentContext, InstanceContext, Project, view};
+use crate::manifest::{Problem, Severity};
+use crate::runtime_config::RuntimeConfig;
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
 
@@ -50,12 +53,30 @@ pub struct Redis;
 pub struct RedisGrant {
     component: Arc<str>,
     allowed: Arc<AllowedHosts>,
-    backends: Arc<Backends>,
+    servers: Arc<RedisServers>,
 }
 
 impl Capability for Redis {
+    type App = RedisServers;
     type Component = RedisGrant;
     type Instance = RedisAccess;
+
+    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &["redis"];
+
+    fn check(app: &CheckContext<'_>) -> Vec<Problem> {
+        match RedisSettings::read(app.runtime_config) {
+            Ok((_, warnings)) => warnings,
+            Err(problem) => vec![problem],
+        }
+    }
+
+    fn configure_app(app: &AppContext<'_>) -> anyhow::Result<RedisServers> {
+        let (settings, _) = RedisSettings::read(app.runtime_config).map_err(|p| anyhow::anyhow!("{p}"))?;
+        Ok(RedisServers {
+            servers: BoundedMap::default(),
+            settings,
+        })
+    }
 
     fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         redis::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
@@ -63,11 +84,11 @@ impl Capability for Redis {
         Ok(())
     }
 
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<RedisGrant> {
+    fn configure(servers: &Arc<RedisServers>, component: &ComponentContext<'_>) -> anyhow::Result<RedisGrant> {
         Ok(RedisGrant {
             component: component.id.clone(),
             allowed: component.allowed_hosts.clone(),
-            backends: component.backends.clone(),
+            servers: servers.clone(),
         })
     }
 
@@ -79,8 +100,51 @@ impl Capability for Redis {
     }
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[redis]` in the runtime config: how long the host waits on a Redis server, for
+/// outbound Redis and for Redis key-value stores alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    /// Connecting (a server that does not answer fails the guest's call after this).
+    pub connect_timeout_ms: u64,
+    /// One command's answer.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// The runtime config's `[redis]`, and warnings for keys it does not know.
+    pub fn read(runtime_config: &RuntimeConfig) -> Result<(Self, Vec<Problem>), Problem> {
+        let read = runtime_config.section::<Self>("redis")?;
+        let settings = read.value;
+        for (key, value) in [
+            ("connect_timeout_ms", settings.connect_timeout_ms),
+            ("response_timeout_ms", settings.response_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(Problem {
+                    severity: Severity::Error,
+                    file: runtime_config.file(),
+                    key: format!("redis.{key}"),
+                    message: "expected a number of milliseconds above 0".into(),
+                });
+            }
+        }
+        Ok((settings, read.warnings))
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
 
 /// A Redis server reached through one lazily made connection manager. The first use
 /// connects (bounded by a timeout, so an unreachable server fails the guest's call
@@ -90,24 +154,27 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SharedRedis {
     client: ::redis::Client,
     connection: Arc<OnceCell<ConnectionManager>>,
+    settings: RedisSettings,
 }
 
 impl SharedRedis {
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+    pub fn new(url: &str, settings: RedisSettings) -> anyhow::Result<Self> {
         Ok(Self {
             client: ::redis::Client::open(url)?,
             connection: Arc::new(OnceCell::new()),
+            settings,
         })
     }
 
     pub async fn connection(&self) -> Result<ConnectionManager, String> {
+        let connect_timeout = self.settings.connect_timeout();
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(Duration::from_millis(self.settings.response_timeout_ms)))
             .set_number_of_retries(1);
         self.connection
             .get_or_try_init(|| async {
-                tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_connection_manager_with_config(config))
+                tokio::time::timeout(connect_timeout, self.client.get_connection_manager_with_config(config))
                     .await
                     .map_err(|_| "redis unavailable: connect timed out".to_string())?
                     .map_err(|e| format!("redis unavailable: {e}"))
@@ -118,15 +185,15 @@ impl SharedRedis {
 }
 
 /// Outbound connections by component and address, shared by the component's instances.
-#[derive(Default)]
 pub struct RedisServers {
     servers: BoundedMap<SharedRedis>,
+    settings: RedisSettings,
 }
 
 impl RedisServers {
     fn server(&self, component: &str, address: &str) -> Result<SharedRedis, Error> {
         self.servers.get_or_create(component, address, || {
-            SharedRedis::new(address).map_err(|_| Error::InvalidAddress)
+            SharedRedis::new(address, self.settings).map_err(|_| Error::InvalidAddress)
         })
     }
 }
@@ -213,7 +280,7 @@ impl CapabilityView<'_, Redis> {
     fn server(&self, address: &str) -> Result<SharedRedis, Error> {
         let grant = &self.state.grant;
         authorize(address, &grant.allowed, &self.state.trace)?;
-        grant.backends.redis.server(&grant.component, address)
+        grant.servers.server(&grant.component, address)
     }
 }
 

@@ -1,14 +1,22 @@
 //! The capabilities this host offers: one line each in [`capabilities!`] below. The
-//! macro gives each its field in a component's configuration and in an instance's
-//! store, links it, and splits the store for it.
+//! macro gives each its field in the application's, a component's and an instance's
+//! state, checks and links it, and splits the store for it.
+
+use std::sync::Arc;
 
 use wasmtime::component::Linker;
 
-use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Projects};
+use super::{AppContext, Capability, CapabilityView, CheckContext, ComponentContext, InstanceContext, Projects};
+use crate::manifest::Problem;
 use crate::state::HostState;
 
 macro_rules! capabilities {
     ($($field:ident: $capability:ty),* $(,)?) => {
+        /// Every capability's application-wide state.
+        pub struct AppCapabilities {
+            $(pub $field: Arc<<$capability as Capability>::App>,)*
+        }
+
         /// Every capability's configuration for one component.
         pub struct ComponentCapabilities {
             $(pub $field: <$capability as Capability>::Component,)*
@@ -19,14 +27,34 @@ macro_rules! capabilities {
             $(pub $field: <$capability as Capability>::Instance,)*
         }
 
-        impl ComponentCapabilities {
-            /// Configures each capability for the component, in registration order.
-            pub fn configure(component: &ComponentContext<'_>) -> anyhow::Result<Self> {
+        impl AppCapabilities {
+            /// The runtime-config tables the capabilities read.
+            pub const RUNTIME_CONFIG_TABLES: &[&[&str]] =
+                &[$(<$capability as Capability>::RUNTIME_CONFIG_TABLES,)*];
+
+            /// Every capability's problems with the manifest and runtime config.
+            pub fn check(app: &CheckContext<'_>) -> Vec<Problem> {
+                let mut problems = Vec::new();
+                $(problems.extend(<$capability as Capability>::check(app));)*
+                problems
+            }
+
+            /// Builds each capability's application state, in registration order.
+            pub fn configure(app: &AppContext<'_>) -> anyhow::Result<Self> {
                 Ok(Self {
-                    $($field: <$capability as Capability>::configure(component)?,)*
+                    $($field: Arc::new(<$capability as Capability>::configure_app(app)?),)*
                 })
             }
 
+            /// Configures each capability for the component, in registration order.
+            pub fn configure_component(&self, component: &ComponentContext<'_>) -> anyhow::Result<ComponentCapabilities> {
+                Ok(ComponentCapabilities {
+                    $($field: <$capability as Capability>::configure(&self.$field, component)?,)*
+                })
+            }
+        }
+
+        impl ComponentCapabilities {
             /// Each capability's state for a new instance.
             pub fn prepare(&self, instance: &InstanceContext) -> InstanceCapabilities {
                 InstanceCapabilities {
@@ -55,6 +83,8 @@ macro_rules! capabilities {
 }
 
 capabilities! {
+    wasi: super::wasi::Wasi,
+    http: super::outbound_http::WasiHttp,
     variables: super::variables::SpinVariables,
     mqtt: super::mqtt::Mqtt,
     redis: super::redis::Redis,

@@ -18,8 +18,9 @@ use self::bindings::fermyon::spin::sqlite::{self, Error, QueryResult, RowResult,
 use self::bindings3::spin::sqlite::sqlite as api3;
 use super::commits::CommitSignals;
 use super::wal_checkpoint::{self, Checkpointer};
-use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::runtime_config::SqliteDatabaseConfig;
+use super::{AppContext, Capability, CapabilityView, CheckContext, ComponentContext, InstanceContext, Project, view};
+use crate::manifest::Problem;
+use crate::runtime_config::LabelledTable;
 use crate::state::HostState;
 use crate::telemetry::{self, Span, TraceCell};
 
@@ -58,12 +59,47 @@ pub struct Sqlite;
 pub struct SqliteGrant {
     component: Arc<str>,
     allowed: Arc<BTreeSet<String>>,
-    backends: Arc<Backends>,
+    databases: Arc<Databases>,
 }
 
+/// `[sqlite_database.<label>]` in the runtime config: only embedded files
+/// (`type = "spin"`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SqliteDatabaseConfig {
+    Spin {
+        path: Option<PathBuf>,
+        #[serde(default)]
+        synchronous: Synchronous,
+    },
+}
+
+/// `[sqlite_database.<label>]`, named in components' `sqlite_databases`.
+const DATABASES: LabelledTable = LabelledTable {
+    table: "sqlite_database",
+    field: "sqlite_databases",
+    noun: "SQLite database",
+    labels: |c| &c.sqlite_databases,
+};
+
 impl Capability for Sqlite {
+    type App = Databases;
     type Component = SqliteGrant;
     type Instance = SqliteAccess;
+
+    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &[DATABASES.table];
+
+    fn check(app: &CheckContext<'_>) -> Vec<Problem> {
+        DATABASES
+            .read::<SqliteDatabaseConfig>(app.runtime_config, Some(app.manifest))
+            .1
+    }
+
+    fn configure_app(app: &AppContext<'_>) -> anyhow::Result<Databases> {
+        let (entries, problems) = DATABASES.read::<SqliteDatabaseConfig>(app.runtime_config, None);
+        crate::runtime_config::first_error(&problems)?;
+        Databases::from_config(&entries, app.runtime_config.dir(), app.data_dir, app.commits)
+    }
 
     fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         sqlite::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
@@ -72,11 +108,11 @@ impl Capability for Sqlite {
         Ok(())
     }
 
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<SqliteGrant> {
+    fn configure(databases: &Arc<Databases>, component: &ComponentContext<'_>) -> anyhow::Result<SqliteGrant> {
         Ok(SqliteGrant {
             component: component.id.clone(),
             allowed: Arc::new(component.manifest.sqlite_databases.iter().cloned().collect()),
-            backends: component.backends.clone(),
+            databases: databases.clone(),
         })
     }
 
@@ -103,7 +139,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// mode `Normal` survives a crash of this process (SIGKILL included) but not of the
 /// machine: a power loss can drop the last commits. `Full` syncs the log on every
 /// commit, surviving power loss at one fsync per commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     #[default]
@@ -508,13 +544,7 @@ impl CapabilityView<'_, Sqlite> {
             return Err(Error::AccessDenied);
         }
         let component = grant.component.clone();
-        let Some(database) = grant
-            .backends
-            .sqlite
-            .databases
-            .get(&label)
-            .map(|d| d.session(component))
-        else {
+        let Some(database) = grant.databases.databases.get(&label).map(|d| d.session(component)) else {
             return Err(Error::NoSuchDatabase);
         };
         if access.open_count >= MAX_OPEN_CONNECTIONS {
@@ -958,5 +988,46 @@ mod capability_tests {
         );
         view.drop(db).await.unwrap();
         assert_eq!(view.state.open_count, 0);
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::Manifest;
+    use crate::runtime_config::RuntimeConfig;
+
+    #[test]
+    fn database_labels_must_be_defined_and_entries_embedded_files() {
+        let manifest = Manifest::parse(
+            Path::new("spin.toml"),
+            "spin_manifest_version = 2\n[application]\nname = \"t\"\n[component.c]\nsource = \"c.wasm\"\n\
+             sqlite_databases = [\"default\", \"orders\", \"remote\", \"missing\"]\n",
+        )
+        .unwrap();
+        let text = "[sqlite_database.orders]\ntype = \"spin\"\nsynchronous = \"full\"\n\
+                    [sqlite_database.remote]\ntype = \"libsql\"\nurl = \"https://x\"\n";
+        let runtime_config = RuntimeConfig::from_table(Some("rc.toml".into()), toml::from_str(text).unwrap());
+        let (entries, problems) = DATABASES.read::<SqliteDatabaseConfig>(&runtime_config, Some(&manifest));
+        assert_eq!(
+            entries["orders"],
+            SqliteDatabaseConfig::Spin {
+                path: None,
+                synchronous: Synchronous::Full
+            }
+        );
+        let found: Vec<_> = problems.iter().map(|p| (p.file.as_str(), p.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                ("rc.toml", "sqlite_database.remote.type"),
+                ("spin.toml", "component.c.sqlite_databases")
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("unknown variant `libsql`"), "{problems:?}");
+        assert!(problems[1].message.contains("`missing`"), "{problems:?}");
     }
 }

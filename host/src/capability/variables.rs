@@ -10,7 +10,7 @@ use wasmtime::component::{Accessor, Linker};
 use self::bindings::fermyon::spin as spin2;
 use self::bindings::fermyon::spin::variables::{self, Error};
 use self::bindings3::spin::variables::variables as v3;
-use super::{Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
+use super::{AppContext, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::manifest::is_valid_variable_name;
 use crate::state::HostState;
 use crate::variables::Variables;
@@ -37,8 +37,13 @@ pub(crate) mod bindings3 {
 pub struct SpinVariables;
 
 impl Capability for SpinVariables {
+    type App = ();
     type Component = ComponentVariables;
     type Instance = ComponentVariables;
+
+    fn configure_app(_: &AppContext<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         spin2::variables::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
@@ -46,7 +51,7 @@ impl Capability for SpinVariables {
         Ok(())
     }
 
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<ComponentVariables> {
+    fn configure(_: &Arc<()>, component: &ComponentContext<'_>) -> anyhow::Result<ComponentVariables> {
         ComponentVariables::render(component.id, &component.manifest.variables, component.variables)
     }
 

@@ -6,6 +6,7 @@ pub mod package;
 pub mod up;
 
 use crate::ManifestArgs;
+use crate::capability::{AppCapabilities, CheckContext};
 use crate::manifest::{Manifest, Problem, Severity, validate};
 use crate::runtime_config::RuntimeConfig;
 
@@ -17,7 +18,14 @@ pub fn load_and_check(args: &ManifestArgs) -> anyhow::Result<(Manifest, RuntimeC
         None => RuntimeConfig::default(),
     };
     let mut problems = validate(&manifest);
-    problems.extend(runtime_config.problems(&manifest));
+    let mut known_tables: Vec<&str> = AppCapabilities::RUNTIME_CONFIG_TABLES.concat();
+    known_tables.push(crate::events::RUNTIME_CONFIG_TABLE);
+    problems.extend(runtime_config.unknown_tables(&known_tables));
+    problems.extend(AppCapabilities::check(&CheckContext {
+        manifest: &manifest,
+        runtime_config: &runtime_config,
+    }));
+    problems.extend(crate::events::KafkaSettings::check(&manifest, &runtime_config));
     Ok((manifest, runtime_config, problems))
 }
 

@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 use crate::ManifestArgs;
 use crate::admin::{self, Readiness};
 use crate::app::{LoadContext, LoadedComponent, load_components};
-use crate::capability::Backends;
+use crate::capability::commits::CommitSignals;
 use crate::capability::outbound_http::LocalServices;
+use crate::capability::postgres::PostgresPools;
+use crate::capability::{AppCapabilities, AppContext};
 use crate::compile_cache::CompileCache;
 use crate::component_build::{BuildPolicy, build};
 use crate::engine::{self, EngineOptions, EpochTicker};
@@ -23,9 +26,11 @@ use crate::events::{self, KafkaSettings};
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::runtime_config::RuntimeConfig;
+use crate::trigger::cron::Cron;
 use crate::trigger::http::invoke::RequestLimits;
-use crate::trigger::http::{self, HttpApp};
-use crate::trigger::{cron, kafka};
+use crate::trigger::http::{self, Http, HttpApp};
+use crate::trigger::kafka::Kafka;
+use crate::trigger::{Trigger, TriggerContext};
 use crate::variables::Variables;
 
 #[derive(clap::Args)]
@@ -122,34 +127,39 @@ async fn serve(
         tracing::info!(endpoint, "exporting traces by OTLP/HTTP");
     }
 
-    let backends = Arc::new(Backends::from_runtime_config(&runtime_config, &args.data_dir)?);
-    {
-        let backends = Arc::downgrade(&backends);
-        metrics.at_scrape(move |metrics| {
-            let backends = backends.upgrade();
-            async move {
-                for (service, backlog) in backends.iter().flat_map(|b| b.sqlite.outbox_backlogs()) {
-                    metrics.outbox_backlog.with_label_values(&[service]).set(backlog);
-                }
-            }
-        });
-    }
     let broker = if events::needed(&manifest) {
         let settings = KafkaSettings::resolve(&manifest, &runtime_config, args.kafka_brokers.as_deref())?;
         Some(events::connect(&settings, &args.data_dir)?)
     } else {
         None
     };
+    let commits = Arc::new(CommitSignals::default());
+    let capabilities = AppCapabilities::configure(&AppContext {
+        runtime_config: &runtime_config,
+        data_dir: &args.data_dir,
+        commits: &commits,
+        producer: broker
+            .as_ref()
+            .map(|b| crate::metrics::CountingProducer::wrap(b.producer(), metrics.clone())),
+    })?;
+    {
+        let databases = Arc::downgrade(&capabilities.sqlite);
+        metrics.at_scrape(move |metrics| {
+            let databases = databases.upgrade();
+            async move {
+                for (service, backlog) in databases.iter().flat_map(|d| d.outbox_backlogs()) {
+                    metrics.outbox_backlog.with_label_values(&[service]).set(backlog);
+                }
+            }
+        });
+    }
     let components = load_components(
         &manifest,
         &LoadContext {
             engine: &engine,
             cache: &cache,
             variables: &variables,
-            backends: &backends,
-            producer: broker
-                .as_ref()
-                .map(|b| crate::metrics::CountingProducer::wrap(b.producer(), metrics.clone())),
+            capabilities: &capabilities,
         },
     )?;
     for c in components.values() {
@@ -158,7 +168,7 @@ async fn serve(
             .with_label_values(&[&*c.id, c.cache.as_str()])
             .inc();
     }
-    watch_postgres_outboxes(&manifest, &components, &backends, &metrics);
+    watch_postgres_outboxes(&manifest, &components, &capabilities.postgres, &metrics);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -180,73 +190,58 @@ async fn serve(
 
     // Not ready until serving and every Kafka trigger is subscribed.
     let readiness = Arc::new(Readiness::default());
-    // Event triggers run until `stop` turns true.
+    // Triggers run until `stop` turns true.
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let mut event_tasks = match &broker {
-        Some(broker) => kafka::start(
-            &manifest,
-            kafka::KafkaContext {
-                engine: &engine,
-                components: &components,
-                limits,
-                metrics: metrics.clone(),
-                local: local.clone(),
-                broker: broker.clone(),
-                readiness: readiness.clone(),
-            },
-            stop_rx.clone(),
-        )?,
-        None => tokio::task::JoinSet::new(),
-    };
-    cron::start(
-        &manifest,
-        &engine,
-        &components,
+    let context = TriggerContext {
+        manifest: &manifest,
+        engine: &engine,
+        components: &components,
         limits,
-        &metrics,
-        &local,
-        &stop_rx,
-        &mut event_tasks,
-    )?;
-
-    print_routes(&app, &manifest, &components, listen_addr, admin_listener.local_addr()?);
-
-    let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), readiness.clone()));
-    readiness.set(true);
-    let shutdown = {
-        let readiness = readiness.clone();
-        async move {
-            shutdown_signal().await;
-            readiness.set(false);
-            tracing::info!("shutdown requested");
-            let _ = stop.send(true);
-        }
+        metrics: &metrics,
+        local: &local,
+        commits: &commits,
+        readiness: &readiness,
+        stop: &stop_rx,
     };
     let drain = Duration::from_millis(args.drain_timeout_ms);
-    let body_limits = http::request_body::BodyLimits {
-        max_bytes: args.max_request_body_bytes,
-        timeout: Duration::from_millis(args.request_timeout_ms),
-    };
-    http::serve(
+    // Routes are printed before `app` moves into its trigger, and only once every
+    // trigger has started: "Serving" means serving.
+    let routes = routes_listing(&app, &manifest, &components, listen_addr, admin_listener.local_addr()?);
+    let mut tasks = JoinSet::new();
+    Http {
         app,
         listener,
-        body_limits,
-        http::connections::ConnectionLimits {
+        body_limits: http::request_body::BodyLimits {
+            max_bytes: args.max_request_body_bytes,
+            timeout: Duration::from_millis(args.request_timeout_ms),
+        },
+        connection_limits: http::connections::ConnectionLimits {
             max_per_client: args.max_connections_per_client,
             header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
         },
-        shutdown,
         drain,
-    )
-    .await?;
-    // Kafka workers finish the message in hand and commit; cron runs finish.
-    if tokio::time::timeout(drain, async { while event_tasks.join_next().await.is_some() {} })
+    }
+    .start(&context, &mut tasks)?;
+    if let Some(broker) = &broker {
+        Kafka { broker: broker.clone() }.start(&context, &mut tasks)?;
+    }
+    Cron.start(&context, &mut tasks)?;
+    print!("{routes}");
+
+    let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), readiness.clone()));
+    readiness.set(true);
+    shutdown_signal().await;
+    readiness.set(false);
+    tracing::info!("shutdown requested");
+    let _ = stop.send(true);
+    // The HTTP listener closes and drains its requests (within `drain`); Kafka workers
+    // finish the message in hand and commit; cron runs finish.
+    let margin = Duration::from_secs(1);
+    if tokio::time::timeout(drain + margin, async { while tasks.join_next().await.is_some() {} })
         .await
         .is_err()
     {
-        tracing::warn!(
-            "event triggers did not stop within the drain timeout; uncommitted messages will be redelivered"
-        );
+        tracing::warn!("triggers did not stop within the drain timeout; uncommitted messages will be redelivered");
     }
     admin_task.abort();
     // The batch processor's last export blocks: off the async workers.
@@ -255,17 +250,21 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_routes(
+/// What `shop up` prints once serving: the URL, every route and trigger, the admin
+/// endpoints.
+fn routes_listing(
     app: &HttpApp,
     manifest: &Manifest,
     components: &BTreeMap<String, Arc<LoadedComponent>>,
     listen: SocketAddr,
     admin: SocketAddr,
-) {
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let app_name = &manifest.raw.application.name;
     let version = manifest.raw.application.version.as_deref().unwrap_or("");
-    println!("Serving {app_name} {version} on http://{listen}");
-    println!("Available Routes:");
+    let _ = writeln!(out, "Serving {app_name} {version} on http://{listen}");
+    let _ = writeln!(out, "Available Routes:");
     for route in app.router().routes() {
         let pattern = route.pattern.to_string();
         let (base, wildcard) = match pattern.strip_suffix("...") {
@@ -277,18 +276,17 @@ fn print_routes(
             .and_then(|c| c.exports.http.as_ref())
             .map(|(_, world)| world.as_str())
             .unwrap_or("?");
-        println!("  {}: http://{listen}{base}{wildcard} [{world}]", route.component);
+        let _ = writeln!(out, "  {}: http://{listen}{base}{wildcard} [{world}]", route.component);
     }
     for trigger in manifest.http_triggers() {
         if trigger.route == crate::manifest::HttpRoute::Private {
-            println!(
-                "  {}: private (http://{}.spin.internal only)",
-                trigger.component, trigger.component
-            );
+            let id = &trigger.component;
+            let _ = writeln!(out, "  {id}: private (http://{id}.spin.internal only)");
         }
     }
     for trigger in manifest.kafka_triggers() {
-        println!(
+        let _ = writeln!(
+            out,
             "  {}: kafka {} (group {})",
             trigger.component,
             trigger.topics.join(", "),
@@ -296,9 +294,10 @@ fn print_routes(
         );
     }
     for trigger in manifest.cron_triggers() {
-        println!("  {}: cron \"{}\"", trigger.component, trigger.expression);
+        let _ = writeln!(out, "  {}: cron \"{}\"", trigger.component, trigger.expression);
     }
-    println!("Admin: http://{admin}/healthz /readyz /metrics");
+    let _ = writeln!(out, "Admin: http://{admin}/healthz /readyz /metrics");
+    out
 }
 
 async fn shutdown_signal() {
@@ -316,7 +315,7 @@ async fn shutdown_signal() {
 fn watch_postgres_outboxes(
     manifest: &Manifest,
     components: &BTreeMap<String, Arc<LoadedComponent>>,
-    backends: &Arc<Backends>,
+    pools: &Arc<PostgresPools>,
     metrics: &Metrics,
 ) {
     for trigger in manifest.cron_triggers() {
@@ -330,17 +329,12 @@ fn watch_postgres_outboxes(
         if !address.starts_with("postgres") {
             continue;
         }
-        let (backends, relay) = (Arc::downgrade(backends), relay.clone());
+        let (pools, relay) = (Arc::downgrade(pools), relay.clone());
         metrics.at_scrape(move |metrics| {
-            let (backends, relay, address, service) =
-                (backends.upgrade(), relay.clone(), address.clone(), service.clone());
+            let (pools, relay, address, service) = (pools.upgrade(), relay.clone(), address.clone(), service.clone());
             async move {
-                let Some(backends) = backends else { return };
-                match backends
-                    .postgres
-                    .outbox_backlog(&relay.id, &relay.allowed_hosts, &address)
-                    .await
-                {
+                let Some(pools) = pools else { return };
+                match pools.outbox_backlog(&relay.id, &relay.allowed_hosts, &address).await {
                     Ok(backlog) => metrics.outbox_backlog.with_label_values(&[&service]).set(backlog),
                     Err(e) => tracing::debug!(service, error = %e, "outbox backlog not read"),
                 }

@@ -16,7 +16,6 @@ pub const KAFKA_KEYS: &[&str] = &[
     "event_types",
     "id",
 ];
-pub const KAFKA_APP_KEYS: &[&str] = &["brokers", "partitions", "options"];
 pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id", "run_on_commit", "run_on_notify"];
 
 /// One `[[trigger.kafka]]`: a component handling messages of `topics` in `group`.

@@ -18,11 +18,12 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use wasmtime::Engine;
 
+use super::{Trigger, TriggerContext};
 use crate::app::LoadedComponent;
 use crate::bindings::cron::fermyon::spin_cron::cron_types::Metadata;
 use crate::capability::outbound_http::LocalServices;
 use crate::instance::{Invocation, RequestLimits};
-use crate::manifest::{CronTrigger, Manifest, NotifySource};
+use crate::manifest::{CronTrigger, NotifySource};
 use crate::metrics::Metrics;
 use crate::telemetry::{Kind, Span};
 
@@ -162,51 +163,44 @@ fn listen_for_notifications(
     Ok(())
 }
 
-/// Starts every `[[trigger.cron]]`; they run until `stop` is true.
-#[allow(clippy::too_many_arguments)]
-pub fn start(
-    manifest: &Manifest,
-    engine: &Engine,
-    components: &std::collections::BTreeMap<String, Arc<LoadedComponent>>,
-    limits: RequestLimits,
-    metrics: &Arc<Metrics>,
-    local: &Weak<dyn LocalServices>,
-    stop: &watch::Receiver<bool>,
-    tasks: &mut JoinSet<()>,
-) -> anyhow::Result<()> {
-    for trigger in manifest.cron_triggers() {
-        let component = components
-            .get(&trigger.component)
-            .ok_or_else(|| anyhow::anyhow!("component `{}` is not loaded", trigger.component))?
-            .clone();
-        if component.exports.cron.is_none() {
-            anyhow::bail!(
-                "component `{}` is used by a cron trigger but does not export fermyon:spin-cron's handle-cron-event (it exports {})",
-                trigger.component,
-                component.exports.describe()
-            );
-        }
-        tracing::info!(component = %trigger.component, schedule = %trigger.expression, run_on_commit = ?trigger.run_on_commit, "cron trigger scheduled");
-        let woken = !trigger.run_on_commit.is_empty() || trigger.run_on_notify.is_some();
-        let commits = woken.then(|| Arc::new(tokio::sync::Notify::new()));
-        if let Some(wake) = &commits {
-            for committer in &trigger.run_on_commit {
-                component.backends.commits.watch(committer, wake.clone());
-            }
-            if let Some(source) = &trigger.run_on_notify {
-                listen_for_notifications(&trigger, source, &component, wake.clone(), stop, tasks)?;
-            }
-        }
-        let runner = CronRunner {
-            trigger,
-            commits,
-            engine: engine.clone(),
-            component,
-            limits,
-            metrics: metrics.clone(),
-            local: local.clone(),
-        };
-        tasks.spawn(runner.run(stop.clone()));
+/// The cron trigger: Spin's schedules, and this host's `run_on_commit` and
+/// `run_on_notify` wake-ups.
+pub struct Cron;
+
+impl Trigger for Cron {
+    const TYPE: &'static str = "cron";
+    const EXPORT: &'static str = "fermyon:spin-cron's handle-cron-event";
+
+    fn exported(component: &LoadedComponent) -> bool {
+        component.exports.cron.is_some()
     }
-    Ok(())
+
+    /// Schedules every `[[trigger.cron]]`.
+    fn start(self, context: &TriggerContext<'_>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+        for trigger in context.manifest.cron_triggers() {
+            let component = super::component::<Self>(context.components, &trigger.component)?;
+            tracing::info!(component = %trigger.component, schedule = %trigger.expression, run_on_commit = ?trigger.run_on_commit, "cron trigger scheduled");
+            let woken = !trigger.run_on_commit.is_empty() || trigger.run_on_notify.is_some();
+            let commits = woken.then(|| Arc::new(tokio::sync::Notify::new()));
+            if let Some(wake) = &commits {
+                for committer in &trigger.run_on_commit {
+                    context.commits.watch(committer, wake.clone());
+                }
+                if let Some(source) = &trigger.run_on_notify {
+                    listen_for_notifications(&trigger, source, &component, wake.clone(), context.stop, tasks)?;
+                }
+            }
+            let runner = CronRunner {
+                trigger,
+                commits,
+                engine: context.engine.clone(),
+                component,
+                limits: context.limits,
+                metrics: context.metrics.clone(),
+                local: context.local.clone(),
+            };
+            tasks.spawn(runner.run(context.stop.clone()));
+        }
+        Ok(())
+    }
 }

@@ -6,7 +6,8 @@
 //! minutes on 2 cores, once).
 //!
 //! Usage: `cargo run --release -p shop-tests --bin bench-http [-- SECONDS]`
-//! (needs `wrk`; build the test components first, as `scripts/test` does).
+//! (build the test components first, as `scripts/test` does). The load comes from
+//! `wrk`, installed from Debian's packages when it is not on the PATH.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -14,6 +15,32 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use shop_tests::*;
+
+/// Installs Debian's `wrk` when it is not on the PATH (as root, or through sudo).
+fn ensure_wrk() {
+    let found = Command::new("wrk").arg("--version").output().is_ok();
+    if found {
+        return;
+    }
+    eprintln!("installing wrk (apt-get)");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        let status = command.args(args).status().expect("run apt-get");
+        assert!(status.success(), "apt-get {args:?} failed: install wrk by hand");
+    };
+    apt(&["update", "-qq"]);
+    apt(&["install", "-y", "-qq", "wrk"]);
+}
 
 fn wrk(url: &str, seconds: u64) -> f64 {
     let out = Command::new("wrk")
@@ -94,6 +121,7 @@ fn native_hello() -> String {
 
 fn main() {
     let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    ensure_wrk();
     let dir = TempDir::new("bench");
     let manifest = dir.manifest(&format!(
         "{}{}",

@@ -10,7 +10,7 @@ mod sqlite_store;
 pub mod wasi;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -19,9 +19,11 @@ use wasmtime::component::{Linker, Resource, ResourceTable};
 use self::bindings::fermyon::spin::key_value::{self, Error};
 use self::bindings3::spin::key_value::key_value as v3;
 use self::wasi_bindings::wasi::keyvalue as wasi_keyvalue;
+use super::redis::RedisSettings;
 use super::sqlite::Synchronous;
-use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
-use crate::runtime_config::KeyValueStoreConfig;
+use super::{AppContext, Capability, CapabilityView, CheckContext, ComponentContext, InstanceContext, Project, view};
+use crate::manifest::Problem;
+use crate::runtime_config::LabelledTable;
 use crate::state::HostState;
 use crate::telemetry::{Kind, Span, TraceCell, finish_with};
 use redis_store::RedisStore;
@@ -216,6 +218,29 @@ fn parse_counter(stored: Option<&[u8]>) -> Result<i64, String> {
     }
 }
 
+/// `[key_value_store.<label>]` in the runtime config.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum KeyValueStoreConfig {
+    /// An embedded SQLite file (`path` relative to the runtime config's directory;
+    /// by default `key_value.db` in the data dir).
+    Spin {
+        path: Option<PathBuf>,
+        #[serde(default)]
+        synchronous: Synchronous,
+    },
+    /// A Redis server (`url = "redis://host:port"`).
+    Redis { url: String },
+}
+
+/// `[key_value_store.<label>]`, named in components' `key_value_stores`.
+const STORES: LabelledTable = LabelledTable {
+    table: "key_value_store",
+    field: "key_value_stores",
+    noun: "key-value store",
+    labels: |c| &c.key_value_stores,
+};
+
 /// Every store label the application can open, with its backend.
 #[derive(Clone, Default)]
 pub struct KeyValueStores {
@@ -228,6 +253,7 @@ impl KeyValueStores {
     /// against `base_dir` (the runtime config file's directory).
     pub fn from_config(
         config: &BTreeMap<String, KeyValueStoreConfig>,
+        redis: RedisSettings,
         base_dir: &Path,
         data_dir: &Path,
     ) -> anyhow::Result<Self> {
@@ -243,7 +269,7 @@ impl KeyValueStores {
                     Backend::Sqlite(SqliteStore::open(&path, label, *synchronous).with_context(|| key.clone())?)
                 }
                 KeyValueStoreConfig::Redis { url } => {
-                    Backend::Redis(RedisStore::new(url).with_context(|| format!("{key}.url"))?)
+                    Backend::Redis(RedisStore::new(url, redis).with_context(|| format!("{key}.url"))?)
                 }
             };
             stores.insert(label.clone(), backend);
@@ -277,12 +303,35 @@ pub struct KeyValue;
 #[derive(Clone)]
 pub struct KeyValueGrant {
     allowed: Arc<BTreeSet<String>>,
-    backends: Arc<Backends>,
+    stores: Arc<KeyValueStores>,
 }
 
 impl Capability for KeyValue {
+    type App = KeyValueStores;
     type Component = KeyValueGrant;
     type Instance = KeyValueAccess;
+
+    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &[STORES.table];
+
+    fn check(app: &CheckContext<'_>) -> Vec<Problem> {
+        STORES
+            .read::<KeyValueStoreConfig>(app.runtime_config, Some(app.manifest))
+            .1
+    }
+
+    fn configure_app(app: &AppContext<'_>) -> anyhow::Result<KeyValueStores> {
+        let (entries, problems) = STORES.read::<KeyValueStoreConfig>(app.runtime_config, None);
+        crate::runtime_config::first_error(&problems)?;
+        // `[redis]` is the Redis capability's table, and its problems are reported there.
+        let redis = RedisSettings::read(app.runtime_config)
+            .map(|(s, _)| s)
+            .unwrap_or_default();
+        let stores = KeyValueStores::from_config(&entries, redis, app.runtime_config.dir(), app.data_dir)?;
+        for (label, backend) in stores.labels() {
+            tracing::info!(store = label, backend = backend.kind(), "key-value store");
+        }
+        Ok(stores)
+    }
 
     fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         key_value::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
@@ -293,10 +342,10 @@ impl Capability for KeyValue {
         Ok(())
     }
 
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<KeyValueGrant> {
+    fn configure(stores: &Arc<KeyValueStores>, component: &ComponentContext<'_>) -> anyhow::Result<KeyValueGrant> {
         Ok(KeyValueGrant {
             allowed: Arc::new(component.manifest.key_value_stores.iter().cloned().collect()),
-            backends: component.backends.clone(),
+            stores: stores.clone(),
         })
     }
 
@@ -335,7 +384,7 @@ impl CapabilityView<'_, KeyValue> {
         if !kv.grant.allowed.contains(&label) {
             return Err(Error::AccessDenied);
         }
-        let Some(backend) = kv.grant.backends.key_value.stores.get(&label).cloned() else {
+        let Some(backend) = kv.grant.stores.stores.get(&label).cloned() else {
             return Err(Error::NoSuchStore);
         };
         if kv.open_count >= MAX_OPEN_STORES {
@@ -511,5 +560,93 @@ mod capability_tests {
         assert_eq!(view.get_keys(again()).await.unwrap(), ["k"]);
         view.drop(store).await.unwrap();
         assert_eq!(view.state.open_count, 0);
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::Manifest;
+    use crate::runtime_config::RuntimeConfig;
+
+    fn check(runtime_config: &str, stores: &str) -> Vec<Problem> {
+        let manifest = Manifest::parse(
+            Path::new("spin.toml"),
+            &format!(
+                "spin_manifest_version = 2\n[application]\nname = \"t\"\n[component.c]\nsource = \"c.wasm\"\nkey_value_stores = {stores}\n"
+            ),
+        )
+        .unwrap();
+        let runtime_config = RuntimeConfig::from_table(Some("rc.toml".into()), toml::from_str(runtime_config).unwrap());
+        KeyValue::check(&CheckContext {
+            manifest: &manifest,
+            runtime_config: &runtime_config,
+        })
+    }
+
+    #[test]
+    fn store_labels_must_be_defined_and_well_formed() {
+        let problems = check(
+            "[key_value_store.cache]\ntype = \"redis\"\n[key_value_store.odd]\ntype = \"memcached\"\n",
+            "[\"default\", \"cache\", \"odd\", \"sessions\"]",
+        );
+        let found = |file: &str, key: &str, words: &str| {
+            problems
+                .iter()
+                .any(|p| p.file == file && p.key == key && p.message.contains(words))
+        };
+        assert!(
+            found("rc.toml", "key_value_store.cache", "missing field `url`"),
+            "{problems:?}"
+        );
+        assert!(
+            found(
+                "rc.toml",
+                "key_value_store.odd.type",
+                "unknown variant `memcached`, expected `spin` or `redis`"
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            found("spin.toml", "component.c.key_value_stores", "`sessions`"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            problems.len(),
+            3,
+            "`default` needs no definition, a bad entry is not also undefined: {problems:?}"
+        );
+    }
+
+    #[test]
+    fn entries_are_typed_and_synchronous_is_normal_or_full() {
+        let text = "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\nsynchronous = \"full\"\n\
+                    [key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n\
+                    [key_value_store.fast]\ntype = \"spin\"\nsynchronous = \"off\"\n";
+        let runtime_config = RuntimeConfig::from_table(Some("rc.toml".into()), toml::from_str(text).unwrap());
+        let (entries, problems) = STORES.read::<KeyValueStoreConfig>(&runtime_config, None);
+        assert_eq!(
+            entries["default"],
+            KeyValueStoreConfig::Spin {
+                path: Some("kv.db".into()),
+                synchronous: Synchronous::Full
+            }
+        );
+        assert_eq!(
+            entries["cache"],
+            KeyValueStoreConfig::Redis {
+                url: "redis://127.0.0.1:6379".into()
+            }
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "key_value_store.fast");
+        assert!(
+            problems[0]
+                .message
+                .contains("unknown variant `off`, expected `normal` or `full`"),
+            "{problems:?}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use redis::AsyncCommands as _;
 
-use crate::capability::redis::SharedRedis;
+use crate::capability::redis::{RedisSettings, SharedRedis};
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -11,9 +11,9 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+    pub fn new(url: &str, settings: RedisSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            redis: SharedRedis::new(url)?,
+            redis: SharedRedis::new(url, settings)?,
         })
     }
 

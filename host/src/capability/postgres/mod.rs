@@ -45,7 +45,10 @@ use self::bindings::spin::postgres::postgres::{
 };
 use super::allowed_hosts::AllowedHosts;
 use super::bounded_map::BoundedMap;
-use super::{Backends, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
+use super::commits::CommitSignals;
+use super::{AppContext, Capability, CapabilityView, CheckContext, ComponentContext, InstanceContext, Project, view};
+use crate::manifest::{Problem, Severity};
+use crate::runtime_config::RuntimeConfig;
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
 
@@ -53,19 +56,38 @@ use crate::telemetry::TraceCell;
 pub struct Postgres;
 
 impl Capability for Postgres {
+    type App = PostgresPools;
     type Component = PostgresAccess;
     type Instance = PostgresInstance;
+
+    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &["postgres"];
+
+    fn check(app: &CheckContext<'_>) -> Vec<Problem> {
+        match PostgresSettings::read(app.runtime_config) {
+            Ok((_, warnings)) => warnings,
+            Err(problem) => vec![problem],
+        }
+    }
+
+    fn configure_app(app: &AppContext<'_>) -> anyhow::Result<PostgresPools> {
+        let (settings, _) = PostgresSettings::read(app.runtime_config).map_err(|p| anyhow::anyhow!("{p}"))?;
+        Ok(PostgresPools {
+            pools: BoundedMap::default(),
+            settings,
+            commits: app.commits.clone(),
+        })
+    }
 
     fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         postgres::add_to_linker::<_, Project<Self>>(linker, view::<Self>)?;
         Ok(())
     }
 
-    fn configure(component: &ComponentContext<'_>) -> anyhow::Result<PostgresAccess> {
+    fn configure(pools: &Arc<PostgresPools>, component: &ComponentContext<'_>) -> anyhow::Result<PostgresAccess> {
         Ok(PostgresAccess {
             component: component.id.clone(),
             allowed: component.allowed_hosts.clone(),
-            backends: component.backends.clone(),
+            pools: pools.clone(),
         })
     }
 
@@ -87,18 +109,64 @@ use crate::telemetry;
 use session::PgSession;
 use values::{data_type, db_value, to_sql};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const POOL_SIZE: usize = 16;
+/// `[postgres]` in the runtime config: the pools the host keeps for guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct PostgresSettings {
+    /// Server connections per component and address (guests beyond it wait for one).
+    pub max_connections: usize,
+    /// Connecting, and waiting for a free pooled connection.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl PostgresSettings {
+    /// The runtime config's `[postgres]`, and warnings for keys it does not know.
+    pub fn read(runtime_config: &RuntimeConfig) -> Result<(Self, Vec<Problem>), Problem> {
+        let read = runtime_config.section::<Self>("postgres")?;
+        let settings = read.value;
+        let invalid = [
+            (
+                "max_connections",
+                settings.max_connections == 0 || settings.max_connections > 10_000,
+            ),
+            ("connect_timeout_ms", settings.connect_timeout_ms == 0),
+        ];
+        if let Some((key, _)) = invalid.iter().find(|(_, bad)| *bad) {
+            return Err(Problem {
+                severity: Severity::Error,
+                file: runtime_config.file(),
+                key: format!("postgres.{key}"),
+                message: match *key {
+                    "max_connections" => "expected a number from 1 to 10000".into(),
+                    _ => "expected a number of milliseconds above 0".into(),
+                },
+            });
+        }
+        Ok((settings, read.warnings))
+    }
+}
 
 /// Connection pools by component and address, shared by the component's instances.
-#[derive(Default)]
 pub struct PostgresPools {
     pools: BoundedMap<Pool>,
+    settings: PostgresSettings,
+    /// Told when a guest's write is committed.
+    commits: Arc<CommitSignals>,
 }
 
 impl PostgresPools {
     fn pool(&self, component: &str, address: &str, config: tokio_postgres::Config) -> Result<Pool, Error> {
-        self.pools.get_or_create(component, address, || new_pool(config))
+        self.pools
+            .get_or_create(component, address, || new_pool(config, self.settings))
     }
 
     /// Rows waiting in the transactional outbox of the database at `address`, read
@@ -118,7 +186,8 @@ impl PostgresPools {
     }
 }
 
-fn new_pool(config: tokio_postgres::Config) -> Result<Pool, Error> {
+fn new_pool(config: tokio_postgres::Config, settings: PostgresSettings) -> Result<Pool, Error> {
+    let timeout = Some(Duration::from_millis(settings.connect_timeout_ms));
     // Connections come back to the pool outside any transaction (see
     // `Session::release` and `Drop for Session`), so recycling only checks the
     // connection is still open: a ROLLBACK here would be a round trip per statement.
@@ -136,10 +205,10 @@ fn new_pool(config: tokio_postgres::Config) -> Result<Pool, Error> {
     });
     let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
     let pool = Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .wait_timeout(Some(CONNECT_TIMEOUT))
-        .create_timeout(Some(CONNECT_TIMEOUT))
-        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .max_size(settings.max_connections)
+        .wait_timeout(timeout)
+        .create_timeout(timeout)
+        .recycle_timeout(timeout)
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| Error::ConnectionFailed(e.to_string()))?;
@@ -151,7 +220,7 @@ fn new_pool(config: tokio_postgres::Config) -> Result<Pool, Error> {
 pub struct PostgresAccess {
     component: Arc<str>,
     allowed: Arc<AllowedHosts>,
-    backends: Arc<Backends>,
+    pools: Arc<PostgresPools>,
 }
 
 /// An open connection as the guest holds it.
@@ -229,7 +298,7 @@ impl CapabilityView<'_, Postgres> {
     fn pool(&self, address: &str) -> Result<Pool, Error> {
         let access = &self.state.access;
         let config = authorize(address, &access.allowed)?;
-        access.backends.postgres.pool(&access.component, address, config)
+        access.pools.pool(&access.component, address, config)
     }
 
     /// A guest connection on `pool`, starting with `client` (checked out by `open`, so
@@ -281,9 +350,12 @@ async fn run_query(
 ) -> Result<RowSet, Error> {
     let span = telemetry::database_span(&session.trace, "postgresql", &session.database, statement);
     let rows = session
-        .run(statement, &access.component, &access.backends, async move |client| {
-            query_rows(client, statement, params).await
-        })
+        .run(
+            statement,
+            &access.component,
+            &access.pools.commits,
+            async move |client| query_rows(client, statement, params).await,
+        )
         .await;
     telemetry::finish_with(span, rows)
 }
@@ -322,11 +394,16 @@ async fn run_execute(
 ) -> Result<u64, Error> {
     let span = telemetry::database_span(&session.trace, "postgresql", &session.database, statement);
     let changed = session
-        .run(statement, &access.component, &access.backends, async move |client| {
-            let params = bind(params)?;
-            let prepared = prepare(client, statement).await?;
-            client.execute(&prepared, &refs(&params)).await.map_err(query_error)
-        })
+        .run(
+            statement,
+            &access.component,
+            &access.pools.commits,
+            async move |client| {
+                let params = bind(params)?;
+                let prepared = prepare(client, statement).await?;
+                client.execute(&prepared, &refs(&params)).await.map_err(query_error)
+            },
+        )
         .await;
     telemetry::finish_with(span, changed)
 }

@@ -9,7 +9,7 @@
 use deadpool_postgres::{Object, Pool};
 
 use super::{Error, checkout};
-use crate::capability::Backends;
+use crate::capability::commits::CommitSignals;
 use crate::telemetry::TraceCell;
 
 pub(super) struct PgSession {
@@ -105,7 +105,7 @@ impl PgSession {
         &self,
         statement: &str,
         component: &str,
-        backends: &Backends,
+        commits: &CommitSignals,
         run: impl AsyncFnOnce(&Object) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut held = self.held.lock().await;
@@ -122,9 +122,9 @@ impl PgSession {
                 Effect::RollsBack => held.in_transaction = false,
                 Effect::Commits => {
                     held.in_transaction = false;
-                    backends.commits.committed(component);
+                    commits.committed(component);
                 }
-                Effect::Writes if !held.in_transaction => backends.commits.committed(component),
+                Effect::Writes if !held.in_transaction => commits.committed(component),
                 Effect::Pins => held.pinned = true,
                 Effect::Writes | Effect::Neutral => {}
             }

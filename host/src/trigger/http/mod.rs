@@ -8,7 +8,6 @@ pub mod request_body;
 pub mod router;
 pub mod spin_headers;
 
-use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use wasmtime::Engine;
+
+use super::{Trigger, TriggerContext};
 
 use crate::app::LoadedComponent;
 use crate::capability::outbound_http::{GuestRequest, GuestResponse, LocalServices};
@@ -58,16 +60,7 @@ impl HttpApp {
     ) -> anyhow::Result<Arc<Self>> {
         let mut routes = Vec::new();
         for trigger in manifest.http_triggers() {
-            let component = components
-                .get(&trigger.component)
-                .with_context(|| format!("component `{}` is not loaded", trigger.component))?;
-            if component.exports.http.is_none() {
-                anyhow::bail!(
-                    "component `{}` is used by an HTTP trigger but exports neither wasi:http/incoming-handler@0.2 nor wasi:http/handler@0.3 (it exports {})",
-                    trigger.component,
-                    component.exports.describe()
-                );
-            }
+            super::component::<Http>(components, &trigger.component)?;
             if let HttpRoute::Path(raw) = &trigger.route {
                 let pattern = RoutePattern::parse(raw).map_err(|e| anyhow::anyhow!(e))?;
                 routes.push(Route {
@@ -222,6 +215,43 @@ fn reserved_response(rest: &str) -> GuestResponse {
     }
 }
 
+/// The HTTP trigger: `app`'s routes served on `listener`.
+pub struct Http {
+    pub app: Arc<HttpApp>,
+    pub listener: TcpListener,
+    pub body_limits: BodyLimits,
+    pub connection_limits: ConnectionLimits,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub drain: Duration,
+}
+
+impl Trigger for Http {
+    const TYPE: &'static str = "HTTP";
+    const EXPORT: &'static str = "wasi:http/incoming-handler@0.2 or wasi:http/handler@0.3";
+
+    fn exported(component: &LoadedComponent) -> bool {
+        component.exports.http.is_some()
+    }
+
+    /// Accepts connections until `stop`, then drains (the routes were checked when
+    /// the app was built).
+    fn start(self, context: &TriggerContext<'_>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+        let mut stop = context.stop.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        tasks.spawn(serve(
+            self.app,
+            self.listener,
+            self.body_limits,
+            self.connection_limits,
+            shutdown,
+            self.drain,
+        ));
+        Ok(())
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests up to `drain` to finish. `connection_limits` bound what
 /// one client's connections may hold (their number, and time to send a head).
@@ -232,7 +262,7 @@ pub async fn serve(
     connection_limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
-) -> anyhow::Result<()> {
+) {
     let graceful = GracefulShutdown::new();
     let max_connections_per_client = connection_limits.max_per_client;
     let connections = ClientConnections::new(max_connections_per_client);
@@ -292,5 +322,4 @@ pub async fn serve(
             "in-flight requests did not finish in time; closing"
         );
     }
-    Ok(())
 }

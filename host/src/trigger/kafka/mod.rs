@@ -9,17 +9,15 @@ use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use shop_broker::{Broker, Message};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use wasmtime::Engine;
 
-use crate::admin::Readiness;
+use super::{Trigger, TriggerContext};
 use crate::app::LoadedComponent;
 use crate::capability::messaging::GuestMessage;
 use crate::capability::outbound_http::LocalServices;
 use crate::instance::{Invocation, InvocationFailure, RequestLimits};
-use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::telemetry::{self, Kind, Span};
 use delivery::MessageHandler;
@@ -142,57 +140,43 @@ impl ComponentHandler {
     }
 }
 
-/// Everything the Kafka triggers of an app need.
-pub struct KafkaContext<'a> {
-    pub engine: &'a Engine,
-    pub components: &'a std::collections::BTreeMap<String, Arc<LoadedComponent>>,
-    pub limits: RequestLimits,
-    pub metrics: Arc<Metrics>,
-    pub local: Weak<dyn LocalServices>,
+/// The Kafka trigger over the app's broker (Kafka, or the embedded log).
+pub struct Kafka {
     pub broker: Arc<dyn Broker>,
-    /// Told whether each trigger holds a subscription.
-    pub readiness: Arc<Readiness>,
 }
 
 /// The pause before a failed trigger subscribes again; it doubles while it keeps failing.
 const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Starts every `[[trigger.kafka]]` of the manifest; they run until `stop` is true.
-pub fn start(
-    manifest: &Manifest,
-    context: KafkaContext<'_>,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<JoinSet<()>> {
-    let mut tasks = JoinSet::new();
-    for trigger in manifest.kafka_triggers() {
-        let component = context
-            .components
-            .get(&trigger.component)
-            .ok_or_else(|| anyhow::anyhow!("component `{}` is not loaded", trigger.component))?
-            .clone();
-        if component.exports.messaging.is_none() {
-            anyhow::bail!(
-                "component `{}` is used by a Kafka trigger but does not export wasi:messaging/incoming-handler@0.2.0-draft (it exports {})",
-                trigger.component,
-                component.exports.describe()
-            );
-        }
-        let handler = Arc::new(ComponentHandler {
-            engine: context.engine.clone(),
-            component,
-            limits: context.limits,
-            metrics: context.metrics.clone(),
-            local: context.local.clone(),
-        });
-        tasks.spawn(delivery::supervise(
-            trigger.clone(),
-            context.broker.clone(),
-            handler,
-            context.metrics.clone(),
-            context.readiness.clone(),
-            stop.clone(),
-            RESTART_BACKOFF,
-        ));
+impl Trigger for Kafka {
+    const TYPE: &'static str = "kafka";
+    const EXPORT: &'static str = "wasi:messaging/incoming-handler@0.2.0-draft";
+
+    fn exported(component: &LoadedComponent) -> bool {
+        component.exports.messaging.is_some()
     }
-    Ok(tasks)
+
+    /// Subscribes every `[[trigger.kafka]]`, each supervised: restarted with backoff
+    /// while its subscription fails.
+    fn start(self, context: &TriggerContext<'_>, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+        for trigger in context.manifest.kafka_triggers() {
+            let handler = Arc::new(ComponentHandler {
+                engine: context.engine.clone(),
+                component: super::component::<Self>(context.components, &trigger.component)?,
+                limits: context.limits,
+                metrics: context.metrics.clone(),
+                local: context.local.clone(),
+            });
+            tasks.spawn(delivery::supervise(
+                trigger.clone(),
+                self.broker.clone(),
+                handler,
+                context.metrics.clone(),
+                context.readiness.clone(),
+                context.stop.clone(),
+                RESTART_BACKOFF,
+            ));
+        }
+        Ok(())
+    }
 }
