@@ -48,6 +48,27 @@ pub fn kafka_brokers() -> String {
 /// arrives. No linger: a saga step publishes one record and waits for it.
 pub const KAFKA_CLIENT_OPTIONS: [(&str, &str); 2] = [("fetch.wait.max.ms", "10"), ("linger.ms", "0")];
 
+/// The librdkafka settings of external runs: [`KAFKA_CLIENT_OPTIONS`], or those of
+/// `SHOP_KAFKA_OPTIONS` (`key=value,…`) when set, to compare settings by benchmark.
+pub fn kafka_client_options() -> Vec<(String, String)> {
+    match std::env::var("SHOP_KAFKA_OPTIONS") {
+        Ok(list) => list
+            .split(',')
+            .filter(|pair| !pair.trim().is_empty())
+            .map(|pair| {
+                let (key, value) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("SHOP_KAFKA_OPTIONS: `{pair}` is not key=value"));
+                (key.trim().to_string(), value.trim().to_string())
+            })
+            .collect(),
+        Err(_) => KAFKA_CLIENT_OPTIONS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 /// What a full shop runs on besides its backend's defaults.
 #[derive(Default)]
 pub struct Setup<'a> {
@@ -129,7 +150,7 @@ impl FullShop {
                 "[kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n[kafka.options]\n",
                 brokers.map_or_else(kafka_brokers, str::to_string),
             ));
-            for (key, value) in KAFKA_CLIENT_OPTIONS {
+            for (key, value) in kafka_client_options() {
                 runtime_config.push_str(&format!("{key:?} = {value:?}\n"));
             }
             for db in DATABASES {
@@ -229,10 +250,7 @@ impl FullShop {
             Backend::External => {
                 let options = shop_broker::kafka::KafkaOptions {
                     brokers: kafka_brokers(),
-                    client_options: KAFKA_CLIENT_OPTIONS
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
+                    client_options: kafka_client_options(),
                     ..Default::default()
                 };
                 let kafka = std::sync::Arc::new(shop_broker::kafka::KafkaBroker::connect(options).unwrap());
