@@ -224,6 +224,25 @@ pub(crate) mod testing {
             )
         }
 
+        /// Component `c` as the loader would leave it, with `exports` and every
+        /// capability configured on embedded backends.
+        pub fn loaded(&self, exports: crate::app::Exports) -> crate::app::LoadedComponent {
+            let capabilities = super::AppCapabilities::configure(&AppContext {
+                runtime_config: &self.runtime_config,
+                data_dir: &self.dir,
+                commits: &self.commits,
+                producer: None,
+            })
+            .unwrap();
+            crate::app::LoadedComponent {
+                id: self.id.clone(),
+                exports,
+                allowed_hosts: self.allowed_hosts.clone(),
+                capabilities: capabilities.configure_component(&self.context()).unwrap(),
+                cache: crate::compile_cache::CacheOutcome::Miss,
+            }
+        }
+
         /// A fresh instance's state for capability `C`, as the store would hold it.
         pub fn instance<C: Capability>(&self) -> Instance<C> {
             let component = C::configure(&self.app::<C>(), &self.context()).unwrap();

@@ -73,3 +73,42 @@ pub fn component<T: Trigger>(
     }
     Ok(component.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Exports;
+    use crate::capability::testing::Fixture;
+
+    #[test]
+    fn a_trigger_takes_only_a_loaded_component_with_its_export() {
+        let fixture = Fixture::new("trigger", "");
+        let exports = Exports {
+            http: None,
+            messaging: None,
+            cron: None,
+        };
+        let components = BTreeMap::from([("c".to_string(), Arc::new(fixture.loaded(exports)))]);
+        let refused = |found: anyhow::Result<Arc<LoadedComponent>>| match found {
+            Ok(_) => panic!("the component was taken"),
+            Err(error) => error.to_string(),
+        };
+        assert_eq!(
+            refused(component::<cron::Cron>(&components, "c")),
+            "component `c` is used by a cron trigger but does not export fermyon:spin-cron's handle-cron-event \
+             (it exports nothing a trigger can call)"
+        );
+        assert!(
+            refused(component::<kafka::Kafka>(&components, "c"))
+                .contains("does not export wasi:messaging/incoming-handler@0.2.0-draft"),
+        );
+        assert!(
+            refused(component::<http::Http>(&components, "c"))
+                .contains("does not export wasi:http/incoming-handler@0.2 or wasi:http/handler@0.3"),
+        );
+        assert_eq!(
+            refused(component::<cron::Cron>(&components, "ghost")),
+            "component `ghost` is not loaded"
+        );
+    }
+}
