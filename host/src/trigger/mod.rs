@@ -65,7 +65,7 @@ pub fn component<T: Trigger>(
         .ok_or_else(|| anyhow::anyhow!("component `{id}` is not loaded"))?;
     if !T::exported(component) {
         anyhow::bail!(
-            "component `{id}` is used by a {} trigger but does not export {} (it exports {})",
+            "component `{id}` is used by a [[trigger.{}]] but does not export {} (it exports {})",
             T::TYPE,
             T::EXPORT,
             component.exports.describe()
@@ -95,7 +95,7 @@ mod tests {
         };
         assert_eq!(
             refused(component::<cron::Cron>(&components, "c")),
-            "component `c` is used by a cron trigger but does not export fermyon:spin-cron's handle-cron-event \
+            "component `c` is used by a [[trigger.cron]] but does not export fermyon:spin-cron's handle-cron-event \
              (it exports nothing a trigger can call)"
         );
         assert!(
