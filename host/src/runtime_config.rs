@@ -70,6 +70,30 @@ impl RuntimeConfig {
         }
     }
 
+    /// `[T::TABLE]`, typed and range-checked; warnings for keys it does not know.
+    pub fn settings<T: Settings>(&self) -> Result<Read<T>, Problem> {
+        let read = self.section::<T>(T::TABLE)?;
+        match read.value.out_of_range() {
+            Some((key, expected)) => Err(error(&self.file(), &format!("{}.{key}", T::TABLE), expected.into())),
+            None => Ok(read),
+        }
+    }
+
+    /// The problems of `[T::TABLE]`, for a capability's `check`.
+    pub fn settings_problems<T: Settings>(&self) -> Vec<Problem> {
+        match self.settings::<T>() {
+            Ok(read) => read.warnings,
+            Err(problem) => vec![problem],
+        }
+    }
+
+    /// `[T::TABLE]` as the host starts with it (`shop up` has reported its problems).
+    pub fn settings_to_start<T: Settings>(&self) -> anyhow::Result<T> {
+        self.settings::<T>()
+            .map(|read| read.value)
+            .map_err(|problem| anyhow::anyhow!("{problem}"))
+    }
+
     /// Each `[name.<label>]` entry as a `T`, and a problem for each that does not parse
     /// (the others are still read).
     pub fn entries<T: DeserializeOwned + Serialize>(&self, name: &str) -> (BTreeMap<String, T>, Vec<Problem>) {
@@ -107,6 +131,17 @@ impl RuntimeConfig {
                 message: format!("unknown table (ignored); known: {}", known.join(", ")),
             })
             .collect()
+    }
+}
+
+/// A top-level table of settings, such as `[postgres]`: its name, and the ranges serde
+/// does not check.
+pub trait Settings: DeserializeOwned + Serialize + Default {
+    const TABLE: &'static str;
+
+    /// The first key whose value is out of range, and what it should be.
+    fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
+        None
     }
 }
 

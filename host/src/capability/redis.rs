@@ -18,8 +18,8 @@ use self::bindings3::spin::redis::redis as v3;
 use super::allowed_hosts::{AllowedHosts, default_port};
 use super::bounded_map::BoundedMap;
 use super::{AppContext, Capability, CapabilityView, CheckContext, ComponentContext, InstanceContext, Project, view};
-use crate::manifest::{Problem, Severity};
-use crate::runtime_config::RuntimeConfig;
+use crate::manifest::Problem;
+use crate::runtime_config::Settings;
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
 
@@ -61,20 +61,16 @@ impl Capability for Redis {
     type Component = RedisGrant;
     type Instance = RedisAccess;
 
-    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &["redis"];
+    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &[RedisSettings::TABLE];
 
     fn check(app: &CheckContext<'_>) -> Vec<Problem> {
-        match RedisSettings::read(app.runtime_config) {
-            Ok((_, warnings)) => warnings,
-            Err(problem) => vec![problem],
-        }
+        app.runtime_config.settings_problems::<RedisSettings>()
     }
 
     fn configure_app(app: &AppContext<'_>) -> anyhow::Result<RedisServers> {
-        let (settings, _) = RedisSettings::read(app.runtime_config).map_err(|p| anyhow::anyhow!("{p}"))?;
         Ok(RedisServers {
             servers: BoundedMap::default(),
-            settings,
+            settings: app.runtime_config.settings_to_start()?,
         })
     }
 
@@ -120,27 +116,22 @@ impl Default for RedisSettings {
     }
 }
 
-impl RedisSettings {
-    /// The runtime config's `[redis]`, and warnings for keys it does not know.
-    pub fn read(runtime_config: &RuntimeConfig) -> Result<(Self, Vec<Problem>), Problem> {
-        let read = runtime_config.section::<Self>("redis")?;
-        let settings = read.value;
-        for (key, value) in [
-            ("connect_timeout_ms", settings.connect_timeout_ms),
-            ("response_timeout_ms", settings.response_timeout_ms),
-        ] {
-            if value == 0 {
-                return Err(Problem {
-                    severity: Severity::Error,
-                    file: runtime_config.file(),
-                    key: format!("redis.{key}"),
-                    message: "expected a number of milliseconds above 0".into(),
-                });
-            }
-        }
-        Ok((settings, read.warnings))
-    }
+impl Settings for RedisSettings {
+    const TABLE: &'static str = "redis";
 
+    fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
+        let expected = "expected a number of milliseconds above 0";
+        if self.connect_timeout_ms == 0 {
+            Some(("connect_timeout_ms", expected))
+        } else if self.response_timeout_ms == 0 {
+            Some(("response_timeout_ms", expected))
+        } else {
+            None
+        }
+    }
+}
+
+impl RedisSettings {
     fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }

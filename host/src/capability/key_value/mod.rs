@@ -322,10 +322,8 @@ impl Capability for KeyValue {
     fn configure_app(app: &AppContext<'_>) -> anyhow::Result<KeyValueStores> {
         let (entries, problems) = STORES.read::<KeyValueStoreConfig>(app.runtime_config, None);
         crate::runtime_config::first_error(&problems)?;
-        // `[redis]` is the Redis capability's table, and its problems are reported there.
-        let redis = RedisSettings::read(app.runtime_config)
-            .map(|(s, _)| s)
-            .unwrap_or_default();
+        // `[redis]` is the Redis capability's table (it reports its problems); Redis stores use it too.
+        let redis = app.runtime_config.settings_to_start::<RedisSettings>()?;
         let stores = KeyValueStores::from_config(&entries, redis, app.runtime_config.dir(), app.data_dir)?;
         for (label, backend) in stores.labels() {
             tracing::info!(store = label, backend = backend.kind(), "key-value store");

@@ -47,8 +47,8 @@ use super::allowed_hosts::AllowedHosts;
 use super::bounded_map::BoundedMap;
 use super::commits::CommitSignals;
 use super::{AppContext, Capability, CapabilityView, CheckContext, ComponentContext, InstanceContext, Project, view};
-use crate::manifest::{Problem, Severity};
-use crate::runtime_config::RuntimeConfig;
+use crate::manifest::Problem;
+use crate::runtime_config::Settings;
 use crate::state::HostState;
 use crate::telemetry::TraceCell;
 
@@ -60,20 +60,16 @@ impl Capability for Postgres {
     type Component = PostgresAccess;
     type Instance = PostgresInstance;
 
-    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &["postgres"];
+    const RUNTIME_CONFIG_TABLES: &'static [&'static str] = &[PostgresSettings::TABLE];
 
     fn check(app: &CheckContext<'_>) -> Vec<Problem> {
-        match PostgresSettings::read(app.runtime_config) {
-            Ok((_, warnings)) => warnings,
-            Err(problem) => vec![problem],
-        }
+        app.runtime_config.settings_problems::<PostgresSettings>()
     }
 
     fn configure_app(app: &AppContext<'_>) -> anyhow::Result<PostgresPools> {
-        let (settings, _) = PostgresSettings::read(app.runtime_config).map_err(|p| anyhow::anyhow!("{p}"))?;
         Ok(PostgresPools {
             pools: BoundedMap::default(),
-            settings,
+            settings: app.runtime_config.settings_to_start()?,
             commits: app.commits.clone(),
         })
     }
@@ -128,30 +124,17 @@ impl Default for PostgresSettings {
     }
 }
 
-impl PostgresSettings {
-    /// The runtime config's `[postgres]`, and warnings for keys it does not know.
-    pub fn read(runtime_config: &RuntimeConfig) -> Result<(Self, Vec<Problem>), Problem> {
-        let read = runtime_config.section::<Self>("postgres")?;
-        let settings = read.value;
-        let invalid = [
-            (
-                "max_connections",
-                settings.max_connections == 0 || settings.max_connections > 10_000,
-            ),
-            ("connect_timeout_ms", settings.connect_timeout_ms == 0),
-        ];
-        if let Some((key, _)) = invalid.iter().find(|(_, bad)| *bad) {
-            return Err(Problem {
-                severity: Severity::Error,
-                file: runtime_config.file(),
-                key: format!("postgres.{key}"),
-                message: match *key {
-                    "max_connections" => "expected a number from 1 to 10000".into(),
-                    _ => "expected a number of milliseconds above 0".into(),
-                },
-            });
+impl Settings for PostgresSettings {
+    const TABLE: &'static str = "postgres";
+
+    fn out_of_range(&self) -> Option<(&'static str, &'static str)> {
+        if self.max_connections == 0 || self.max_connections > 10_000 {
+            Some(("max_connections", "expected a number from 1 to 10000"))
+        } else if self.connect_timeout_ms == 0 {
+            Some(("connect_timeout_ms", "expected a number of milliseconds above 0"))
+        } else {
+            None
         }
-        Ok((settings, read.warnings))
     }
 }
 
@@ -589,5 +572,32 @@ mod capability_tests {
         let mut view = instance.view();
         let refused = view.open("postgres://app@elsewhere/shop".into()).await;
         assert!(matches!(refused, Err(Error::ConnectionFailed(m)) if m.contains("not permitted")));
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+    use crate::runtime_config::RuntimeConfig;
+
+    #[test]
+    fn postgres_settings_are_typed_and_range_checked() {
+        let read = |text: &str| {
+            RuntimeConfig::from_table(Some("rc.toml".into()), toml::from_str(text).unwrap())
+                .settings::<PostgresSettings>()
+        };
+        let fine = read("[postgres]\nmax_connections = 4\nmax_conections = 5\n").unwrap();
+        assert_eq!(fine.value.max_connections, 4);
+        assert_eq!(
+            fine.value.connect_timeout_ms,
+            PostgresSettings::default().connect_timeout_ms
+        );
+        assert_eq!(fine.warnings[0].key, "postgres.max_conections");
+        let bad = read("[postgres]\nmax_connections = 0\n").err().unwrap();
+        assert_eq!(
+            (bad.key.as_str(), bad.message.as_str()),
+            ("postgres.max_connections", "expected a number from 1 to 10000")
+        );
+        assert_eq!(read("").unwrap().value, PostgresSettings::default());
     }
 }
