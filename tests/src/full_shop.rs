@@ -410,6 +410,31 @@ impl Api {
         accepted["id"].as_str().unwrap().to_string()
     }
 
+    /// Places an order of `quantity` × `product` with `POST /orders?wait_ms=`, which
+    /// must be accepted: its id and its status when the answer came (PENDING only if
+    /// it did not conclude within `wait_ms`).
+    pub fn place_waiting(
+        &self,
+        token: &str,
+        product: &str,
+        quantity: u32,
+        payment_token: &str,
+        wait_ms: u64,
+    ) -> (String, String) {
+        let (status, accepted) = self.call(
+            "POST",
+            &format!("/orders?wait_ms={wait_ms}"),
+            Some(token),
+            Some(json!({
+                "lines": [{ "product_id": product, "quantity": quantity }],
+                "payment_token": payment_token,
+            })),
+        );
+        assert_eq!(status, 202, "{accepted}");
+        let text = |field: &str| accepted[field].as_str().unwrap().to_string();
+        (text("id"), text("status"))
+    }
+
     /// The status of the order's payment (empty when there is none).
     pub fn payment_status(&self, token: &str, order_id: &str) -> String {
         let (_, payment) = self.call("GET", &format!("/payments/{order_id}"), Some(token), None);

@@ -36,6 +36,26 @@ fn saga_scenarios(backend: Backend, label: &str, redis_db: u8) {
     let id = api.place(&ada, &warm, 1, "tok_ok");
     api.concluded(&ada, &id, SAGA);
 
+    // One request that waits for the outcome: the 202 comes once the order concluded.
+    let (id, status) = api.place_waiting(&ada, &warm, 1, "tok_ok", 10_000);
+    assert_eq!(status, "CONFIRMED", "{}", shop.log());
+    assert_eq!(api.concluded(&ada, &id, SAGA)["status"], "CONFIRMED");
+    // A bad wait is refused before anything is placed.
+    let (_, before) = api.call("GET", "/orders", Some(&ada), None);
+    let (status, refused) = api.call(
+        "POST",
+        "/orders?wait_ms=soon",
+        Some(&ada),
+        Some(json!({ "lines": [{ "product_id": warm, "quantity": 1 }], "payment_token": "tok_ok" })),
+    );
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{refused}"
+    );
+    let (_, after) = api.call("GET", "/orders", Some(&ada), None);
+    assert_eq!((before["total"].as_i64(), after["total"].as_i64()), (Some(2), Some(2)));
+
     // Happy path from the cart: confirmed, stock taken, captured once, notified.
     let (status, cart) = api.call(
         "POST",

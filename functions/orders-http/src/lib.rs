@@ -110,32 +110,35 @@ impl Upstream for Services {
     }
 }
 
-/// `GET /orders/{id}?wait_ms=N`: holds the request while the caller's order is
-/// PENDING, up to N ms, looking at its status now and then
-/// ([`service::next_poll_pause`]), so a client following a saga needs one request
-/// instead of a stream of polls.
-fn wait_while_pending(request: &service::Request<'_>, orders: &Orders<'_, SpinDatabase>) -> Result<(), ApiError> {
-    let Some((order_id, wait_ms)) = service::long_poll(request)? else {
-        return Ok(());
-    };
-    if request.user.is_empty() {
-        return Ok(()); // refused by the handler
-    }
+/// Looks at the status of `order_id` (as `user` sees it) until it is no longer
+/// PENDING or `wait_ms` passed, now and then ([`service::next_poll_pause`]), so a
+/// client following a saga needs one request instead of a stream of polls. An order
+/// `just_placed` is PENDING, so the first look waits a pause. Returns the last status
+/// seen (`None`: not an order the caller may see).
+fn wait_while_pending(
+    orders: &Orders<'_, SpinDatabase>,
+    order_id: &str,
+    user: &str,
+    admin: bool,
+    wait_ms: u64,
+    just_placed: bool,
+) -> Result<Option<String>, ApiError> {
     orders.migrate().map_err(|e| ApiError::unavailable(e.to_string()))?;
     let started = std::time::Instant::now();
     let deadline = started + std::time::Duration::from_millis(wait_ms);
-    let mut pause = std::time::Duration::from_millis(2);
-    while std::time::Instant::now() < deadline {
-        let status = orders
-            .status_of(order_id, request.user, service::is_admin(request))
-            .map_err(ApiError::from)?;
-        if status.as_deref() != Some("PENDING") {
-            return Ok(());
-        }
-        std::thread::sleep(pause);
+    let mut pause = service::FIRST_POLL_PAUSE;
+    if just_placed {
+        std::thread::sleep(pause.min(std::time::Duration::from_millis(wait_ms)));
         pause = service::next_poll_pause(pause, started.elapsed());
     }
-    Ok(())
+    loop {
+        let status = orders.status_of(order_id, user, admin).map_err(ApiError::from)?;
+        if status.as_deref() != Some("PENDING") || std::time::Instant::now() >= deadline {
+            return Ok(status);
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(std::time::Instant::now())));
+        pause = service::next_poll_pause(pause, started.elapsed());
+    }
 }
 
 #[http_component]
@@ -155,12 +158,32 @@ fn handle_http(req: Request) -> Response {
         roles: guest_kit::header(&req, "x-shop-roles"),
         idempotency_key,
     };
-    if let Err(e) = wait_while_pending(&request, &Orders::new(&db, &context)) {
+    let orders = Orders::new(&db, &context);
+    let admin = service::is_admin(&request);
+    // `GET /orders/{id}?wait_ms=N` waits before it reads; `POST /orders?wait_ms=N`
+    // after it placed. A bad `wait_ms` is refused before either.
+    let (long_poll, placement_wait) = match (service::long_poll(&request), service::placement_wait(&request)) {
+        (Ok(long_poll), Ok(placement_wait)) => (long_poll, placement_wait),
+        (Err(e), _) | (_, Err(e)) => return guest_kit::reply(shop_domain::api::Response::error(&e)),
+    };
+    if let Some((order_id, wait_ms)) = long_poll
+        && !request.user.is_empty()
+        && let Err(e) = wait_while_pending(&orders, order_id, request.user, admin, wait_ms, false)
+    {
         return guest_kit::reply(shop_domain::api::Response::error(&e));
     }
-    let (response, effects) = service::handle(&request, &Orders::new(&db, &context), &Services, &guest_kit::new_id);
+    let (response, effects) = service::handle(&request, &orders, &Services, &guest_kit::new_id);
     if effects.from_cart && response.status == 202 {
         Services.clear_cart(request.user);
+    }
+    if let (Some(wait_ms), Some(order_id)) = (placement_wait, &effects.placed) {
+        // The order is placed whatever the wait meets: a failed look keeps the 202
+        // in hand rather than answering an error that invites placing it again.
+        match wait_while_pending(&orders, order_id, request.user, admin, wait_ms, true) {
+            Ok(Some(status)) => return guest_kit::reply(service::placed(order_id, &status)),
+            Ok(None) => {}
+            Err(e) => eprintln!("orders: the wait for {order_id} ended early: {}", e.message),
+        }
     }
     guest_kit::reply(response)
 }

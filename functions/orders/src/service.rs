@@ -65,6 +65,9 @@ impl From<StoreError> for ApiError {
 #[derive(Debug, Default, PartialEq)]
 pub struct Effects {
     pub from_cart: bool,
+    /// The order a `POST /orders` placed (or, for a retry with the same
+    /// `Idempotency-Key`, placed before).
+    pub placed: Option<String>,
 }
 
 pub fn handle<D: Sql>(
@@ -140,8 +143,13 @@ fn route<D: Sql>(
 /// Longest `GET /orders/{id}?wait_ms=` holds a request for a PENDING order.
 pub const MAX_WAIT_MS: u64 = 10_000;
 
-/// A long poll looks at its order at most this often while the saga is young (on
-/// embedded defaults one concludes within [`FAST_POLL_FOR`])…
+/// A long poll looks at its order first at once (it may have concluded, or not be the
+/// caller's), then after this pause: a saga takes at least a few hops of the log, so
+/// looking sooner finds it PENDING (on embedded defaults it concludes in 25–120 ms
+/// depending on load; each look is a statement and a wake-up)…
+pub const FIRST_POLL_PAUSE: Duration = Duration::from_millis(10);
+/// …then at most this often while the saga is young (on embedded defaults one
+/// concludes within [`FAST_POLL_FOR`])…
 const FAST_POLL: Duration = Duration::from_millis(20);
 const FAST_POLL_FOR: Duration = Duration::from_millis(500);
 /// …and then this often: a customer waiting on a slow saga (PostgreSQL and Kafka
@@ -164,8 +172,23 @@ pub fn long_poll<'a>(request: &Request<'a>) -> Result<Option<(&'a str, u64)>, Ap
     let (["orders", id], "GET") = (segments.as_slice(), request.method) else {
         return Ok(None);
     };
-    let Some(value) = request
-        .query
+    Ok(wait_ms(request.query)?.map(|ms| (*id, ms)))
+}
+
+/// How long `POST /orders?wait_ms=N` may hold its 202 for the order it placed to
+/// conclude, so that a customer learns the outcome from one request instead of a
+/// placement and a long poll. `None` for other requests; a bad value is a 400, found
+/// before anything is placed.
+pub fn placement_wait(request: &Request<'_>) -> Result<Option<u64>, ApiError> {
+    match (request.path.trim_end_matches('/'), request.method) {
+        ("/orders", "POST") => wait_ms(request.query),
+        _ => Ok(None),
+    }
+}
+
+/// The query's `wait_ms` (0 to [`MAX_WAIT_MS`]); `None` when absent or 0.
+fn wait_ms(query: &str) -> Result<Option<u64>, ApiError> {
+    let Some(value) = query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find_map(|(name, value)| (name == "wait_ms").then_some(value))
@@ -174,12 +197,18 @@ pub fn long_poll<'a>(request: &Request<'a>) -> Result<Option<(&'a str, u64)>, Ap
     };
     match value.parse::<u64>() {
         Ok(0) => Ok(None),
-        Ok(ms) if ms <= MAX_WAIT_MS => Ok(Some((id, ms))),
+        Ok(ms) if ms <= MAX_WAIT_MS => Ok(Some(ms)),
         _ => Err(ApiError::bad_request(
             "invalid_query",
             format!("`wait_ms` is a number of milliseconds from 0 to {MAX_WAIT_MS}"),
         )),
     }
+}
+
+/// The answer to `POST /orders?wait_ms=` once the wait is over: the placement's 202
+/// with the order's status as it stands then (PENDING when it did not conclude).
+pub fn placed(order_id: &str, status: &str) -> Response {
+    Response::json(202, &json!({ "id": order_id, "status": status }))
 }
 
 /// Whether the caller may see every order.
@@ -258,10 +287,8 @@ fn place<D: Sql>(
         // A retry gets the order it placed, before the (emptied) cart or the
         // catalog is consulted again.
         if let Some(order) = orders.by_idempotency_key(request.user, key)? {
-            return Ok(Response::json(
-                202,
-                &json!({ "id": order.id, "status": status_text(order.status) }),
-            ));
+            effects.placed = Some(order.id.clone());
+            return Ok(placed(&order.id, status_text(order.status)));
         }
     }
     let lines = match &input.lines {
@@ -296,17 +323,15 @@ fn place<D: Sql>(
         .ok_or_else(|| ApiError::bad_request("validation_failed", "the total is too large"))?;
     let order_id = new_id();
     upstream.keep_payment_method(&order_id, request.user, token)?;
-    let placed = ShopEvent::OrderPlaced(OrderPlaced {
+    let event = ShopEvent::OrderPlaced(OrderPlaced {
         order_id,
         user_id: request.user.to_string(),
         lines,
         total: Money { amount, currency },
     });
-    let order = orders.place(placed, request.idempotency_key)?;
-    Ok(Response::json(
-        202,
-        &json!({ "id": order.id, "status": status_text(order.status) }),
-    ))
+    let order = orders.place(event, request.idempotency_key)?;
+    effects.placed = Some(order.id.clone());
+    Ok(placed(&order.id, status_text(order.status)))
 }
 
 /// Explicit lines at the catalog's current prices.
@@ -440,7 +465,7 @@ mod tests {
 
     #[test]
     fn a_long_poll_looks_often_at_first_then_every_100_ms() {
-        let mut pause = Duration::from_millis(2);
+        let mut pause = FIRST_POLL_PAUSE;
         let mut waited = Duration::ZERO;
         let mut looks = 0;
         while waited < Duration::from_millis(2_000) {
@@ -455,13 +480,13 @@ mod tests {
             pause = next;
         }
         assert_eq!(pause, SLOW_POLL);
-        // 2, 4, 8, 16, then 20 ms to half a second; 40, 80, then 100 ms.
+        // 10, then 20 ms to half a second; 40, 80, then 100 ms.
         assert!((35..=45).contains(&looks), "{looks} looks in two seconds");
     }
 
-    #[test]
-    fn wait_ms_asks_to_wait_only_on_one_order() {
-        let request = |method, path, query| Request {
+    /// A request of customer `u-1` without a body.
+    fn bodiless<'a>(method: &'a str, path: &'a str, query: &'a str) -> Request<'a> {
+        Request {
             method,
             path,
             query,
@@ -469,8 +494,12 @@ mod tests {
             user: "u-1",
             roles: "customer",
             idempotency_key: None,
-        };
-        let waits = |method, path, query| long_poll(&request(method, path, query));
+        }
+    }
+
+    #[test]
+    fn wait_ms_asks_to_wait_only_on_one_order() {
+        let waits = |method, path, query| long_poll(&bodiless(method, path, query));
         assert_eq!(waits("GET", "/orders/o-1", "wait_ms=250"), Ok(Some(("o-1", 250))));
         assert_eq!(
             waits("GET", "/orders/o-1", "x=1&wait_ms=10000"),
@@ -484,6 +513,51 @@ mod tests {
             let refused = waits("GET", "/orders/o-1", bad).unwrap_err();
             assert_eq!(refused.status, 400, "{bad}");
         }
+    }
+
+    #[test]
+    fn only_a_placement_waits_after_it_answers() {
+        let waits = |method, path, query| placement_wait(&bodiless(method, path, query));
+        assert_eq!(waits("POST", "/orders", "wait_ms=5000"), Ok(Some(5_000)));
+        assert_eq!(waits("POST", "/orders/", "wait_ms=1"), Ok(Some(1)));
+        assert_eq!(waits("POST", "/orders", ""), Ok(None));
+        assert_eq!(waits("POST", "/orders", "wait_ms=0"), Ok(None));
+        assert_eq!(waits("GET", "/orders", "wait_ms=250"), Ok(None), "lists do not wait");
+        assert_eq!(waits("POST", "/orders/o-1/cancel", "wait_ms=250"), Ok(None));
+        for bad in ["wait_ms=10001", "wait_ms=", "wait_ms=1.5"] {
+            assert_eq!(waits("POST", "/orders", bad).unwrap_err().status, 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_placement_names_the_order_to_wait_for_and_a_retry_the_same_one() {
+        let db = MemoryDb::default();
+        let shop = FakeShop::default();
+        let new_id = || uuid::Uuid::new_v4().to_string();
+        let context = context_at_100(&new_id);
+        let place = |body: &str, key| {
+            let request = Request {
+                method: "POST",
+                path: "/orders",
+                query: "wait_ms=5000",
+                body: body.as_bytes(),
+                user: "u-1",
+                roles: "customer",
+                idempotency_key: Some(key),
+            };
+            handle(&request, &Orders::new(&db, &context), &shop, &new_id)
+        };
+        let body = r#"{"lines": [{"product_id": "p-eur", "quantity": 1}], "payment_token": "tok_ok"}"#;
+        let (first, effects) = place(body, "k-1");
+        assert_eq!(first.status, 202);
+        assert!(effects.placed.is_some());
+        assert_eq!(effects.placed.as_deref(), first.json_body()["id"].as_str());
+        let (retry, again) = place(body, "k-1");
+        assert_eq!(retry.json_body()["id"], first.json_body()["id"]);
+        assert_eq!(again.placed, effects.placed);
+        let (refused, nothing) = place(r#"{"lines": [], "payment_token": "tok_ok"}"#, "k-2");
+        assert_eq!(refused.status, 422, "{}", refused.json_body());
+        assert_eq!(nothing.placed, None);
     }
 
     #[test]

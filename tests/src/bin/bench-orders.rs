@@ -4,6 +4,11 @@
 //! percentiles, for the embedded defaults and for Kafka + PostgreSQL + Redis side by
 //! side, with the ratio between them.
 //!
+//! A customer waits the way the storefront does: `POST /orders?wait_ms=` answers once
+//! the order concluded (so placement and confirmation are one answer), falling back
+//! to `GET /orders/{id}?wait_ms=` if it did not. With `SHOP_BENCH_FLOW=poll` it
+//! places with a plain `POST /orders` (the 202 at once) and then long-polls the order.
+//!
 //! The external run also measures the broker's own ceiling in the same run: as many
 //! closed-loop chains as customers, each of [`HOPS`] produce→consume hops (an order's
 //! critical path), through the same client settings, with no component at all.
@@ -23,6 +28,26 @@ use shop_tests::metric_value;
 /// reserved → authorize requested → authorized → capture requested → captured (with
 /// commit requested → committed beside it) → the order confirmed as the last is read.
 const HOPS: u32 = 7;
+
+/// How a customer learns that its order concluded.
+#[derive(Clone, Copy, Debug)]
+enum Flow {
+    /// `POST /orders?wait_ms=`: one answer, once the order concluded.
+    Wait,
+    /// `POST /orders` (202 at once), then `GET /orders/{id}?wait_ms=`.
+    Poll,
+}
+
+/// How long a placement may hold its answer for the order to conclude.
+const PLACEMENT_WAIT_MS: u64 = 5_000;
+
+fn flow() -> Flow {
+    match std::env::var("SHOP_BENCH_FLOW").as_deref() {
+        Ok("poll") => Flow::Poll,
+        Ok("wait") | Err(_) => Flow::Wait,
+        Ok(other) => panic!("SHOP_BENCH_FLOW is `wait` or `poll`, not `{other}`"),
+    }
+}
 
 struct Run {
     backend: Backend,
@@ -162,7 +187,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
+fn run(backend: Backend, orders: usize, concurrency: usize, flow: Flow) -> Run {
     let label = match backend {
         Backend::Embedded => "bench-orders-embedded",
         Backend::External => "bench-orders-external",
@@ -174,9 +199,10 @@ fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
     let customers: Vec<String> = (0..concurrency)
         .map(|i| api.customer(&format!("load{i}@example.com")))
         .collect();
-    // Warm up every component instance path once.
+    // Warm up every component instance path once, both ways of waiting.
     let warm = api.place(&customers[0], &product, 1, "tok_ok");
     api.concluded(&customers[0], &warm, Duration::from_secs(60));
+    api.place_waiting(&customers[0], &product, 1, "tok_ok", PLACEMENT_WAIT_MS);
 
     let metrics_before = shop.shop().metrics();
     let cpu_before = shop.shop().cpu_time();
@@ -192,10 +218,19 @@ fn run(backend: Backend, orders: usize, concurrency: usize) -> Run {
                     (0..share)
                         .map(|_| {
                             let placed_at = Instant::now();
-                            let id = api.place(token, product, 1, "tok_ok");
+                            let (id, status) = match flow {
+                                Flow::Wait => api.place_waiting(token, product, 1, "tok_ok", PLACEMENT_WAIT_MS),
+                                Flow::Poll => (api.place(token, product, 1, "tok_ok"), "PENDING".to_string()),
+                            };
                             let placement = placed_at.elapsed();
-                            let order = api.concluded(token, &id, Duration::from_secs(300));
-                            (placement, placed_at.elapsed(), order["status"] == "CONFIRMED")
+                            let status = match status.as_str() {
+                                "PENDING" => api.concluded(token, &id, Duration::from_secs(300))["status"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                _ => status,
+                            };
+                            (placement, placed_at.elapsed(), status == "CONFIRMED")
                         })
                         .collect::<Vec<_>>()
                 })
@@ -239,8 +274,16 @@ fn main() {
         "external" => vec![Backend::External],
         _ => vec![Backend::Embedded, Backend::External],
     };
-    println!("{orders} orders, {concurrency} customers at once, each waiting for its order to conclude");
-    let runs: Vec<Run> = backends.into_iter().map(|b| run(b, orders, concurrency)).collect();
+    let flow = flow();
+    let how = match flow {
+        Flow::Wait => "POST /orders?wait_ms= answering once it concluded",
+        Flow::Poll => "POST /orders, then GET /orders/{id}?wait_ms=",
+    };
+    println!("{orders} orders, {concurrency} customers at once, each waiting for its order to conclude ({how})");
+    let runs: Vec<Run> = backends
+        .into_iter()
+        .map(|b| run(b, orders, concurrency, flow))
+        .collect();
     println!(
         "{:<10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12} {:>12}",
         "backend", "orders", "confirmed", "orders/s", "place p50", "place p99", "confirm p50", "confirm p99"
