@@ -340,9 +340,10 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
     );
 }
 
-/// Guests that keep a connection open while they wait (the orders long poll) must not
-/// hold the pool's server connections: more of them than the pool has slots, each
-/// pausing longer than a checkout may wait, all get their statements through. A
+/// Guests that keep a connection open while they wait (the orders long poll, a
+/// placement waiting for its saga after its outbox commit `NOTIFY`d the relay) must
+/// not hold the pool's server connections: more of them than the pool has slots,
+/// each pausing longer than a checkout may wait, all get their statements through. A
 /// transaction, and a session `SET`, keep their server connection across a pause.
 #[test]
 fn idle_guest_connections_do_not_hold_pooled_server_connections() {
@@ -350,9 +351,10 @@ fn idle_guest_connections_do_not_hold_pooled_server_connections() {
     let address = fresh_postgres_database("shop_test_pool_hold");
     let manifest = granted_app(&dir, "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]", "");
     let shop = Shop::start(&manifest, &dir.path().join("data"));
-    // 40 guests against a pool of 16, each pausing 3 s between two statements: holding
-    // the server connection from open would leave most of them waiting past the 5 s
-    // checkout limit. (Inside their transactions they hold one, briefly.)
+    // 40 guests against a pool of 16, each pausing 3 s between two statements and 3 s
+    // after a commit: holding the server connection from open (or from the
+    // transaction's NOTIFY on) would leave most of them waiting past the 5 s checkout
+    // limit. (Inside their transactions they hold one, briefly.)
     let results: Vec<Value> = std::thread::scope(|scope| {
         let holders: Vec<_> = (0..40)
             .map(|_| scope.spawn(|| shop.get_json("/granted/pg-hold?ms=3000&tx_ms=50", &[("x-pg-address", &address)])))
@@ -365,8 +367,10 @@ fn idle_guest_connections_do_not_hold_pooled_server_connections() {
             "second",
             "begin",
             "in_transaction",
+            "notify",
             "still_in_transaction",
             "commit",
+            "after_commit",
             "set",
             "after_set",
         ];

@@ -77,6 +77,9 @@ impl Effect {
             "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "WITH" | "TRUNCATE" => Self::Writes,
             "SELECT" | "VALUES" | "TABLE" | "SHOW" | "EXPLAIN" | "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT"
             | "REVOKE" | "SAVEPOINT" | "RELEASE" | "LOCK" | "ANALYZE" => Self::Neutral,
+            // Sent at its transaction's commit (at once outside one); the connection
+            // keeps nothing of it. The outbox notifies its relay this way.
+            "NOTIFY" => Self::Neutral,
             _ => Self::Pins,
         }
     }
@@ -190,6 +193,7 @@ mod tests {
             ("create local temporary table t (x int)", Effect::Pins),
             ("SET search_path TO shop", Effect::Pins),
             ("LISTEN orders", Effect::Pins),
+            ("NOTIFY shop_outbox", Effect::Neutral),
             ("PREPARE q AS SELECT 1", Effect::Pins),
             ("-- a comment\nBEGIN", Effect::Pins),
             ("/* hint */ SELECT 1", Effect::Pins),

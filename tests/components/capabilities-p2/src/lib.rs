@@ -10,8 +10,9 @@
 //! - `GET /pg-types` with header `x-pg-address`: date/time, uuid, jsonb, numeric,
 //!   range and interval values through Postgres.
 //! - `GET /pg-hold?ms=<n>&tx_ms=<t>` with header `x-pg-address`: keeps one connection
-//!   open for n ms between two statements, then for t ms inside a transaction and
-//!   after a `SET`, and answers which server backend ran each statement.
+//!   open for n ms between two statements, then for t ms inside a transaction (which
+//!   `NOTIFY`s, as an outbox does), n ms after its commit and t ms after a `SET`, and
+//!   answers which server backend ran each statement.
 //! - `GET /sqlite3?db=<label>`: the `spin:sqlite@3.0.0` script (rowid and changes).
 //! - `GET /wasi-kv?store=<label>`: the `wasi:keyvalue` store/atomics/batch script.
 //! - `GET /vars?name=<name>`: `variables::get(name)`.
@@ -174,9 +175,12 @@ fn postgres_hold(address: &str, ms: u64, tx_ms: u64) -> Value {
     let second = backend();
     let begin = show(conn.execute("BEGIN", &[]));
     let in_transaction = backend();
+    let notify = show(conn.execute("NOTIFY shop_pg_hold", &[]));
     pause(tx_ms);
     let still_in_transaction = backend();
     let commit = show(conn.execute("COMMIT", &[]));
+    pause(ms);
+    let after_commit = backend();
     let set = show(conn.execute("SET application_name = 'shop_pg_hold'", &[]));
     pause(tx_ms);
     let after_set = show(conn.query("SHOW application_name", &[]).map(|rs| rs.rows));
@@ -185,8 +189,10 @@ fn postgres_hold(address: &str, ms: u64, tx_ms: u64) -> Value {
         "second": second,
         "begin": begin,
         "in_transaction": in_transaction,
+        "notify": notify,
         "still_in_transaction": still_in_transaction,
         "commit": commit,
+        "after_commit": after_commit,
         "set": set,
         "after_set": after_set,
     })
