@@ -129,7 +129,7 @@ fn wait_while_pending(
     let mut pause = service::FIRST_POLL_PAUSE;
     if just_placed {
         std::thread::sleep(pause.min(std::time::Duration::from_millis(wait_ms)));
-        pause = service::next_poll_pause(pause, started.elapsed());
+        pause = service::next_poll_pause(started.elapsed());
     }
     loop {
         let status = orders.status_of(order_id, user, admin).map_err(ApiError::from)?;
@@ -137,7 +137,7 @@ fn wait_while_pending(
             return Ok(status);
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(std::time::Instant::now())));
-        pause = service::next_poll_pause(pause, started.elapsed());
+        pause = service::next_poll_pause(started.elapsed());
     }
 }
 

@@ -148,20 +148,18 @@ pub const MAX_WAIT_MS: u64 = 10_000;
 /// looking sooner finds it PENDING (on embedded defaults it concludes in 25–120 ms
 /// depending on load; each look is a statement and a wake-up)…
 pub const FIRST_POLL_PAUSE: Duration = Duration::from_millis(10);
-/// …then at most this often while the saga is young (on embedded defaults one
-/// concludes within [`FAST_POLL_FOR`])…
+/// …then after a quarter of the time waited so far, so a look comes at most a
+/// quarter late (on embedded defaults a saga concludes within 25–150 ms: a look every
+/// 20 ms), but not more often than this…
 const FAST_POLL: Duration = Duration::from_millis(20);
-const FAST_POLL_FOR: Duration = Duration::from_millis(500);
-/// …and then this often: a customer waiting on a slow saga (PostgreSQL and Kafka
-/// under load take a second or more) costs ten reads a second, not fifty.
+/// …nor less often than this: a customer waiting on a slow saga (PostgreSQL and
+/// Kafka under load take a second or more) costs ten reads a second, not fifty.
 const SLOW_POLL: Duration = Duration::from_millis(100);
 
-/// How long a long poll sleeps before its next look at the order, after sleeping
-/// `pause` last time and waiting `waited` in all: doubling from the first pause, up
-/// to [`FAST_POLL`] for [`FAST_POLL_FOR`], then up to [`SLOW_POLL`].
-pub fn next_poll_pause(pause: Duration, waited: Duration) -> Duration {
-    let ceiling = if waited < FAST_POLL_FOR { FAST_POLL } else { SLOW_POLL };
-    (pause * 2).min(ceiling)
+/// How long a long poll sleeps before its next look at the order, having waited
+/// `waited` in all: a quarter of that, from [`FAST_POLL`] to [`SLOW_POLL`].
+pub fn next_poll_pause(waited: Duration) -> Duration {
+    (waited / 4).clamp(FAST_POLL, SLOW_POLL)
 }
 
 /// How long `GET /orders/{id}` may wait for a PENDING order to conclude (`wait_ms`,
@@ -467,21 +465,27 @@ mod tests {
     fn a_long_poll_looks_often_at_first_then_every_100_ms() {
         let mut pause = FIRST_POLL_PAUSE;
         let mut waited = Duration::ZERO;
-        let mut looks = 0;
+        let mut looks = Vec::new();
         while waited < Duration::from_millis(2_000) {
             waited += pause;
-            looks += 1;
-            let next = next_poll_pause(pause, waited);
-            let ceiling = if waited < FAST_POLL_FOR { FAST_POLL } else { SLOW_POLL };
+            looks.push(waited.as_millis());
+            let next = next_poll_pause(waited);
             assert!(
-                next >= pause && next <= ceiling,
-                "{next:?} after {pause:?} at {waited:?}"
+                next >= pause && next >= FAST_POLL && next <= SLOW_POLL,
+                "{next:?} at {waited:?}"
             );
+            // A conclusion just after a look is seen at most a quarter of the wait late.
+            assert!(next <= (waited / 4).max(FAST_POLL), "{next:?} at {waited:?}");
             pause = next;
         }
         assert_eq!(pause, SLOW_POLL);
-        // 10, then 20 ms to half a second; 40, 80, then 100 ms.
-        assert!((35..=45).contains(&looks), "{looks} looks in two seconds");
+        assert_eq!(
+            looks[..6],
+            [10, 30, 50, 70, 90, 112],
+            "every 20 ms while a saga is young"
+        );
+        // 24 looks in two seconds instead of the 100 of a look every 20 ms.
+        assert!((20..=28).contains(&looks.len()), "{looks:?}");
     }
 
     /// A request of customer `u-1` without a body.
