@@ -140,7 +140,8 @@ fn route<D: Sql>(
     }
 }
 
-/// Longest `GET /orders/{id}?wait_ms=` holds a request for a PENDING order.
+/// Longest `GET /orders/{id}?wait_ms=` or `POST /orders?wait_ms=` holds its answer for
+/// a PENDING order.
 pub const MAX_WAIT_MS: u64 = 10_000;
 
 /// A long poll looks at its order first at once (it may have concluded, or not be the

@@ -4,9 +4,9 @@
 //! percentiles, for the embedded defaults and for Kafka + PostgreSQL + Redis side by
 //! side, with the ratio between them.
 //!
-//! A customer waits the way the storefront does: `POST /orders?wait_ms=` answers once
-//! the order concluded (so placement and confirmation are one answer), falling back
-//! to `GET /orders/{id}?wait_ms=` if it did not. With `SHOP_BENCH_FLOW=poll` it
+//! A customer waits with one request: `POST /orders?wait_ms=` answers once the order
+//! concluded (so placement and confirmation are one answer, and the placement columns
+//! show that answer), falling back to `GET /orders/{id}?wait_ms=` if it did not. With `SHOP_BENCH_FLOW=poll` it
 //! places with a plain `POST /orders` (the 202 at once) and then long-polls the order.
 //!
 //! The external run also measures the broker's own ceiling in the same run: as many
