@@ -14,6 +14,7 @@ pub const KAFKA_KEYS: &[&str] = &[
     "dead_letter_topic",
     "max_in_flight",
     "event_types",
+    "ordering",
     "id",
 ];
 pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id", "run_on_commit", "run_on_notify"];
@@ -31,13 +32,32 @@ pub struct KafkaTrigger {
     pub retry_backoff: Duration,
     /// Default: `<topic>.dlq` for each message's own topic.
     pub dead_letter_topic: Option<String>,
-    /// Partitions whose messages are handled concurrently.
+    /// Handler calls running at once across the trigger's partitions (and, with
+    /// [`MessageOrdering::Key`], within one).
     pub max_in_flight: usize,
+    /// Which messages must wait for each other.
+    pub ordering: MessageOrdering,
     /// This host's extension: the CloudEvents types (`ce_type` header) the component
     /// acts on. Other typed messages are committed without instantiating it, so a
     /// service sharing a topic with the commands meant for another pays nothing for
     /// them. Messages without `ce_type` always reach the component. Empty: all.
     pub event_types: Vec<String>,
+}
+
+/// `ordering` of a `[[trigger.kafka]]`: which messages of a partition are handled one
+/// after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageOrdering {
+    /// `"partition"` (the default): a partition's messages strictly in offset order,
+    /// one at a time; partitions run side by side.
+    #[default]
+    Partition,
+    /// `"key"`: messages with the same key (and keyless ones among themselves) in
+    /// offset order; messages with different keys run side by side, also within a
+    /// partition. Offsets are still committed only past messages that finished, so
+    /// a crash redelivers from the oldest unfinished one (handlers must be
+    /// idempotent, as at-least-once delivery needs anyway).
+    Key,
 }
 
 impl KafkaTrigger {
@@ -190,6 +210,12 @@ pub fn parse_kafka_trigger(table: &toml::Table, app_name: &str) -> Result<KafkaT
         retry_backoff: Duration::from_millis(integer(table, "retry_backoff_ms", 200, 0, 3_600_000)? as u64),
         dead_letter_topic,
         max_in_flight: integer(table, "max_in_flight", 4, 1, 1024)? as usize,
+        ordering: match table.get("ordering") {
+            None => MessageOrdering::Partition,
+            Some(toml::Value::String(o)) if o == "partition" => MessageOrdering::Partition,
+            Some(toml::Value::String(o)) if o == "key" => MessageOrdering::Key,
+            Some(other) => return Err(format!("`ordering` is \"partition\" or \"key\", found {other}")),
+        },
     })
 }
 
@@ -279,6 +305,9 @@ mod tests {
         assert_eq!((t.max_retries, t.max_in_flight), (3, 4));
         assert_eq!(t.retry_backoff, Duration::from_millis(200));
         assert_eq!(t.dead_letter_topic_for("shop.orders"), "shop.orders.dlq");
+        assert_eq!(t.ordering, MessageOrdering::Partition);
+        let keyed = parse_kafka_trigger(&table("component = \"a\"\ntopics = [\"t\"]\nordering = \"key\""), "app");
+        assert_eq!(keyed.unwrap().ordering, MessageOrdering::Key);
     }
 
     #[test]
@@ -295,6 +324,10 @@ mod tests {
                 "also one of",
             ),
             ("topics = [\"t\"]", "missing `component`"),
+            (
+                "component = \"a\"\ntopics = [\"t\"]\nordering = \"offset\"",
+                "`ordering` is \"partition\" or \"key\", found \"offset\"",
+            ),
         ] {
             let err = parse_kafka_trigger(&table(text), "app").unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");

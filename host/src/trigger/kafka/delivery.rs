@@ -1,33 +1,40 @@
 //! Delivery semantics of a `[[trigger.kafka]]`, independent of what handles a message:
 //!
-//! - one worker per assigned partition handles its messages strictly in offset order;
-//!   partitions run concurrently, at most `max_in_flight` handler calls at a time;
+//! - one worker per assigned partition handles its messages in offset order: all of
+//!   them one at a time (`ordering = "partition"`, the default), or one at a time
+//!   per key, different keys side by side (`ordering = "key"`); partitions run
+//!   concurrently, at most `max_in_flight` handler calls at a time in all;
 //! - a partition's offset is committed only past messages whose handler succeeded (or
-//!   that were dead-lettered); a finished message's offset is committed within
-//!   `COMMIT_INTERVAL` (200 ms) with whatever finished meanwhile, and at once when
-//!   the partition is revoked or the trigger stops;
+//!   that were dead-lettered), never past an unfinished one; a finished message's
+//!   offset is committed within `COMMIT_INTERVAL` (200 ms) with whatever finished
+//!   meanwhile, and at once when the partition is revoked or the trigger stops;
 //! - a failure is retried with exponential backoff up to `max_retries`, then the
 //!   message is published to the dead-letter topic with `x-error`, `x-attempts` and
 //!   `x-original-{topic,partition,offset}` headers; only after that publish succeeded
 //!   is it committed, so nothing is dropped;
-//! - on revocation or shutdown a worker finishes the handler call in hand, commits
+//! - on revocation or shutdown a worker finishes the handler calls in hand, commits
 //!   what it finished and stops; a message it did not finish is not committed and is
-//!   redelivered to whichever member gets the partition next;
+//!   redelivered to whichever member gets the partition next (with key ordering, so
+//!   are the later messages of its partition that finished: handlers are idempotent);
 //! - a subscription that fails (it cannot join, its consumer closes or a worker
 //!   crashes) is started again with backoff, counted and logged as an error, and
 //!   the host reports not ready on `/readyz` until it is subscribed again.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::FutureExt as _;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use shop_broker::{Broker, BrokerError, Consumer, ConsumerEvent, Message, OutgoingMessage, Producer, TopicPartition};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Readiness;
-use crate::manifest::KafkaTrigger;
+use crate::manifest::{KafkaTrigger, MessageOrdering};
 use crate::metrics::Metrics;
 
 /// Messages read ahead per partition before the consumer waits for the worker.
@@ -232,59 +239,162 @@ impl Worker {
     }
 }
 
+/// A partition's messages from its queue to its handler calls: each message starts
+/// once the one before it in its lane finished (see [`Lanes`]); the committed offset
+/// follows the oldest message not finished yet.
 async fn work_partition(
     shared: Arc<Shared>,
     partition: TopicPartition,
     mut queue: mpsc::Receiver<Message>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let trigger = &shared.trigger;
+    let mut lanes = Lanes::new(trigger.ordering);
+    let mut running = FuturesUnordered::new();
     let mut uncommitted: Option<i64> = None;
     // When the oldest finished message not yet committed must be: commits wait up to
     // COMMIT_INTERVAL, idle or busy, so a steady trickle of messages costs a few
     // commits a second instead of one each. A crash in between redelivers at most
     // that much, which handlers skip as already handled (their inbox).
     let mut commit_due: Option<Instant> = None;
-    let trigger = &shared.trigger;
     let lag = shared
         .metrics
         .track_lag(&trigger.component, &trigger.group, &partition, &shared.consumer);
-    loop {
-        let message = match queue.try_recv() {
-            Ok(message) => Some(message),
-            Err(_) => tokio::select! {
-                _ = stopped(&mut stop) => break,
-                message = queue.recv() => match message {
-                    Some(message) => Some(message),
-                    None => break,
-                },
-                () = sleep_until(commit_due) => None,
-            },
-        };
-        let Some(message) = message else {
-            commit(&shared, &partition, uncommitted.take()).await;
-            commit_due = None;
-            continue;
-        };
-        if *stop.borrow() {
-            break;
+    let calls_stop = stop.clone();
+    let start = |message: Message| {
+        let (shared, mut stop) = (shared.clone(), calls_stop.clone());
+        async move {
+            let outcome = deliver(&shared, &message, &mut stop).await;
+            (message, outcome)
         }
-        // Everything before the record in hand is handled.
-        lag.position.store(message.offset, std::sync::atomic::Ordering::Relaxed);
-        match deliver(&shared, &message, &mut stop).await {
-            Outcome::Done => {
-                uncommitted = Some(message.offset + 1);
-                commit_due.get_or_insert_with(|| Instant::now() + COMMIT_INTERVAL);
-                lag.position
-                    .store(message.offset + 1, std::sync::atomic::Ordering::Relaxed);
+        .boxed()
+    };
+    loop {
+        // Read ahead no further than the queue holds.
+        let room = lanes.unfinished() < QUEUE_DEPTH;
+        let event = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            Some(finished) = running.next(), if !running.is_empty() => Event::Finished(finished),
+            message = queue.recv(), if room => match message {
+                Some(message) => Event::Received(message),
+                None => break,
+            },
+            () = sleep_until(commit_due) => Event::CommitDue,
+        };
+        match event {
+            Event::Received(message) => running.extend(lanes.receive(message).map(start)),
+            Event::Finished((message, Outcome::Done)) => {
+                let (next, advanced) = lanes.finish(&message);
+                running.extend(next.map(start));
+                if let Some(offset) = advanced {
+                    uncommitted = Some(offset);
+                    commit_due.get_or_insert_with(|| Instant::now() + COMMIT_INTERVAL);
+                    // Everything before the oldest unfinished message is handled.
+                    lag.position.store(offset, std::sync::atomic::Ordering::Relaxed);
+                }
             }
-            Outcome::Abandoned => break,
+            // Told to stop during a retry: it stays unfinished, so uncommitted.
+            Event::Finished((_, Outcome::Abandoned)) => break,
+            Event::CommitDue => {}
         }
         if commit_due.is_some_and(|due| Instant::now() >= due) {
             commit(&shared, &partition, uncommitted.take()).await;
             commit_due = None;
         }
     }
+    // The calls in hand finish (one in a retry backoff ends at the stop); a message
+    // waiting behind one does not start, so it stays uncommitted.
+    while let Some((message, outcome)) = running.next().await {
+        if let Outcome::Done = outcome
+            && let (_, Some(offset)) = lanes.finish(&message)
+        {
+            uncommitted = Some(offset);
+        }
+    }
     commit(&shared, &partition, uncommitted).await;
+}
+
+enum Event {
+    Received(Message),
+    Finished((Message, Outcome)),
+    CommitDue,
+}
+
+/// The messages of one partition between its queue and their commit. A lane's
+/// messages run one at a time in offset order: with partition ordering the whole
+/// partition is one lane, with key ordering each key is one (and keyless messages
+/// share one).
+struct Lanes {
+    ordering: MessageOrdering,
+    /// Offsets received and not finished (running or waiting).
+    unfinished: BTreeSet<i64>,
+    /// Per lane with a running message, the messages waiting behind it, oldest first.
+    waiting: HashMap<Option<Vec<u8>>, VecDeque<Message>>,
+    /// The offset after the newest message received.
+    next_offset: Option<i64>,
+}
+
+impl Lanes {
+    fn new(ordering: MessageOrdering) -> Self {
+        Lanes {
+            ordering,
+            unfinished: BTreeSet::new(),
+            waiting: HashMap::new(),
+            next_offset: None,
+        }
+    }
+
+    fn lane(&self, message: &Message) -> Option<Vec<u8>> {
+        match self.ordering {
+            MessageOrdering::Partition => None,
+            MessageOrdering::Key => message.key.clone(),
+        }
+    }
+
+    fn unfinished(&self) -> usize {
+        self.unfinished.len()
+    }
+
+    /// Takes in the partition's next message; returns it when it may start now (its
+    /// lane was idle).
+    fn receive(&mut self, message: Message) -> Option<Message> {
+        self.unfinished.insert(message.offset);
+        self.next_offset = Some(message.offset + 1);
+        match self.waiting.entry(self.lane(&message)) {
+            Entry::Occupied(mut behind) => {
+                behind.get_mut().push_back(message);
+                None
+            }
+            Entry::Vacant(idle) => {
+                idle.insert(VecDeque::new());
+                Some(message)
+            }
+        }
+    }
+
+    /// Marks a running message finished. Returns the next message of its lane, to
+    /// start now, and the offset to commit if finishing it moved that forward.
+    fn finish(&mut self, message: &Message) -> (Option<Message>, Option<i64>) {
+        let before = self.committable();
+        self.unfinished.remove(&message.offset);
+        let after = self.committable();
+        let lane = self.lane(message);
+        let next = match self.waiting.get_mut(&lane) {
+            Some(behind) => behind.pop_front(),
+            None => None,
+        };
+        if next.is_none() {
+            self.waiting.remove(&lane);
+        }
+        (next, (after > before).then_some(after))
+    }
+
+    /// The offset to commit: the oldest unfinished message's, or the one after the
+    /// newest received when all finished (0 before any arrived).
+    fn committable(&self) -> i64 {
+        self.unfinished.first().copied().or(self.next_offset).unwrap_or(0)
+    }
 }
 
 /// Resolves at `due`, or never without one.

@@ -61,6 +61,7 @@ fn trigger(topic: &str, max_retries: u32) -> KafkaTrigger {
         dead_letter_topic: None,
         max_in_flight: 3,
         event_types: vec![],
+        ordering: MessageOrdering::Partition,
     }
 }
 
@@ -84,21 +85,31 @@ async fn run_until(
     handler: &Arc<StubHandler>,
     done: impl Fn(&StubHandler) -> bool,
 ) {
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(
-        trigger,
-        broker.clone(),
-        handler.clone() as Arc<dyn MessageHandler>,
-        Arc::new(Metrics::new()),
-        stop_rx,
-        || {},
-    ));
+    let (stop, task) = start(broker, trigger, handler.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done(handler) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// Starts the trigger in the background: stop it by sending `true`, then await it.
+fn start(
+    broker: &Arc<dyn Broker>,
+    trigger: KafkaTrigger,
+    handler: Arc<dyn MessageHandler>,
+) -> (watch::Sender<bool>, JoinHandle<Result<(), BrokerError>>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(run(
+        trigger,
+        broker.clone(),
+        handler,
+        Arc::new(Metrics::new()),
+        stop_rx,
+        || {},
+    ));
+    (stop, task)
 }
 
 /// Every record of `topic` from the start, read by a fresh group.
@@ -121,19 +132,29 @@ async fn read_all(broker: &Arc<dyn Broker>, topic: &str, expected: usize) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_messages_are_handled_once_in_order_per_key() {
-    let (broker, _) = broker("order");
+    for ordering in [MessageOrdering::Partition, MessageOrdering::Key] {
+        handled_once_in_order_per_key(ordering).await;
+    }
+}
+
+async fn handled_once_in_order_per_key(ordering: MessageOrdering) {
+    let (broker, _) = broker(&format!("order-{ordering:?}"));
     let topic = "orders";
+    let trigger = |topic| KafkaTrigger {
+        ordering,
+        ..trigger(topic, 3)
+    };
     broker.ensure_topic(topic, 3).await.unwrap();
     for seq in 0..300 {
         publish(&broker, topic, &format!("key-{}", seq % 7), &format!("ok:{seq}")).await;
     }
     let handler = Arc::new(StubHandler::default());
-    run_until(&broker, trigger(topic, 3), &handler, |h| {
+    run_until(&broker, trigger(topic), &handler, |h| {
         h.handled.lock().unwrap().len() >= 300
     })
     .await;
     let handled = handler.handled.lock().unwrap().clone();
-    assert_eq!(handled.len(), 300, "each message exactly once");
+    assert_eq!(handled.len(), 300, "{ordering:?}: each message exactly once");
     let mut per_key: BTreeMap<Vec<u8>, Vec<u32>> = BTreeMap::new();
     for m in &handled {
         let seq = String::from_utf8_lossy(&m.payload)[3..].parse().unwrap();
@@ -148,7 +169,7 @@ async fn keyed_messages_are_handled_once_in_order_per_key() {
     // Everything was committed: a second run of the same group handles nothing.
     let again = Arc::new(StubHandler::default());
     let started = Instant::now();
-    run_until(&broker, trigger(topic, 3), &again, |_| {
+    run_until(&broker, trigger(topic), &again, |_| {
         started.elapsed() >= Duration::from_millis(800)
     })
     .await;
@@ -403,15 +424,7 @@ async fn an_idle_partition_commits_what_it_handled_without_stopping() {
     let topic = "trickle";
     broker.ensure_topic(topic, 1).await.unwrap();
     let handler = Arc::new(StubHandler::default());
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run(
-        trigger(topic, 3),
-        broker.clone(),
-        handler.clone() as Arc<dyn MessageHandler>,
-        Arc::new(Metrics::new()),
-        stop_rx,
-        || {},
-    ));
+    let (stop, task) = start(&broker, trigger(topic, 3), handler.clone());
     for seq in 0..10 {
         publish(&broker, topic, "k", &format!("ok:{seq}")).await;
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -428,4 +441,158 @@ async fn an_idle_partition_commits_what_it_handled_without_stopping() {
     );
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// Holds every message whose payload is `hold` until [`HoldingHandler::release`].
+#[derive(Default)]
+struct HoldingHandler {
+    released: tokio::sync::Notify,
+    holding: std::sync::atomic::AtomicBool,
+    /// Payloads in the order their calls finished.
+    finished: Mutex<Vec<String>>,
+}
+
+impl HoldingHandler {
+    fn release(&self) {
+        self.holding.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+
+    fn finished(&self) -> Vec<String> {
+        self.finished.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl MessageHandler for HoldingHandler {
+    async fn handle(&self, message: &Message) -> Result<(), String> {
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        if payload.starts_with("hold") {
+            self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+            loop {
+                let released = self.released.notified();
+                if !self.holding.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                released.await;
+            }
+        }
+        self.finished.lock().unwrap().push(payload);
+        Ok(())
+    }
+}
+
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// With key ordering a held message holds back only its own key, and the offset
+/// committed never passes it: a crash would redeliver it (and what follows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_ordering_runs_other_keys_past_a_held_message_and_commits_only_before_it() {
+    let (broker, log) = broker("by-key");
+    let topic = "by-key";
+    broker.ensure_topic(topic, 1).await.unwrap();
+    for (key, payload) in [("a", "hold"), ("b", "b1"), ("a", "a2"), ("c", "c1"), ("b", "b2")] {
+        publish(&broker, topic, key, payload).await;
+    }
+    let handler = Arc::new(HoldingHandler::default());
+    let (stop, task) = start(
+        &broker,
+        KafkaTrigger {
+            ordering: MessageOrdering::Key,
+            ..trigger(topic, 3)
+        },
+        handler.clone(),
+    );
+    wait_for("the other keys", || handler.finished().len() == 3).await;
+    assert_eq!(
+        handler.finished(),
+        ["b1", "c1", "b2"],
+        "a2 waits behind its key's held message"
+    );
+    // Longer than the commit interval: what finished after the held message is not
+    // committed past it.
+    tokio::time::sleep(COMMIT_INTERVAL * 2).await;
+    assert!(committed_offset(&log, "stub-group", topic).unwrap_or(0) == 0);
+
+    handler.release();
+    wait_for("the held key", || handler.finished().len() == 5).await;
+    assert_eq!(handler.finished()[3..], ["hold", "a2"]);
+    wait_for("the commit", || committed_offset(&log, "stub-group", topic) == Some(5)).await;
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Partition ordering (the default) holds the whole partition behind one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_ordering_holds_the_partition_behind_a_held_message() {
+    let (broker, log) = broker("by-partition");
+    let topic = "by-partition";
+    broker.ensure_topic(topic, 1).await.unwrap();
+    for (key, payload) in [("a", "hold"), ("b", "b1")] {
+        publish(&broker, topic, key, payload).await;
+    }
+    let handler = Arc::new(HoldingHandler::default());
+    let (stop, task) = start(&broker, trigger(topic, 3), handler.clone());
+    wait_for("the held message", || {
+        handler.holding.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(handler.finished().is_empty(), "b1 waits behind the held message");
+    handler.release();
+    wait_for("both", || handler.finished().len() == 2).await;
+    assert_eq!(handler.finished(), ["hold", "b1"]);
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(committed_offset(&log, "stub-group", topic), Some(2));
+}
+
+/// Stopping with key ordering: the calls in hand finish, the offset committed stops
+/// before the oldest message that did not, and the next run handles that message and
+/// everything after it again, each key in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_ordering_stopped_mid_way_redelivers_from_the_oldest_unfinished_message() {
+    let (broker, log) = broker("by-key-stop");
+    let topic = "by-key-stop";
+    broker.ensure_topic(topic, 1).await.unwrap();
+    for (key, payload) in [("a", "ok:a0"), ("b", "fail:3"), ("a", "ok:a1"), ("b", "ok:b1")] {
+        publish(&broker, topic, key, payload).await;
+    }
+    let keyed = |retry_backoff| KafkaTrigger {
+        ordering: MessageOrdering::Key,
+        retry_backoff,
+        ..trigger(topic, 10)
+    };
+    let offsets = |h: &StubHandler| -> Vec<i64> { h.handled.lock().unwrap().iter().map(|m| m.offset).collect() };
+    // Key a finishes; key b's first message is in a long retry backoff when the
+    // trigger stops, and its second waits behind it.
+    let first = Arc::new(StubHandler::default());
+    run_until(&broker, keyed(Duration::from_secs(30)), &first, |h| {
+        h.handled.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(offsets(&first), [0, 2]);
+    assert_eq!(
+        committed_offset(&log, "stub-group", topic),
+        Some(1),
+        "not past the unfinished offset 1"
+    );
+
+    let second = Arc::new(StubHandler::default());
+    run_until(&broker, keyed(Duration::from_millis(5)), &second, |h| {
+        h.handled.lock().unwrap().len() == 3
+    })
+    .await;
+    let handled = offsets(&second);
+    assert_eq!(handled.len(), 3, "{handled:?}");
+    assert!(handled.contains(&2), "the finished offset 2 comes again: {handled:?}");
+    let position = |offset| handled.iter().position(|o| *o == offset).unwrap();
+    assert!(position(1) < position(3), "key b in order: {handled:?}");
+    assert_eq!(committed_offset(&log, "stub-group", topic), Some(4));
 }
