@@ -41,12 +41,14 @@ pub fn kafka_brokers() -> String {
     std::env::var("SHOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-/// librdkafka settings of the external runs (`[kafka.options]`). On Tansu a saga hop
-/// took ~80 ms with librdkafka's default `fetch.wait.max.ms` (500) and ~35 ms with 10
-/// (bench-orders, external, 8 customers: 9.2 → 21.3 orders/s): its fetches seem to
-/// wait out the limit even with records there, where Kafka answers as soon as one
-/// arrives. No linger: a saga step publishes one record and waits for it.
-pub const KAFKA_CLIENT_OPTIONS: [(&str, &str); 2] = [("fetch.wait.max.ms", "10"), ("linger.ms", "0")];
+/// librdkafka settings of the external runs (`[kafka.options]`). Tansu holds every
+/// fetch for `fetch.wait.max.ms` even with records waiting (Kafka answers as soon as
+/// one arrives), and each fetch costs it work on every partition it names: with
+/// librdkafka's default (500) a saga hop took ~80 ms; with 10, ~35 ms but the broker
+/// spent 22–24 ms of CPU per order under load; with 50, 10–15 ms (bench-orders,
+/// external, 32 customers: 38–46 orders/s against 30–31 in the same sitting). No
+/// linger: a saga step publishes one record and waits for it (5 ms gained nothing).
+pub const KAFKA_CLIENT_OPTIONS: [(&str, &str); 2] = [("fetch.wait.max.ms", "50"), ("linger.ms", "0")];
 
 /// The librdkafka settings of external runs: [`KAFKA_CLIENT_OPTIONS`], or those of
 /// `SHOP_KAFKA_OPTIONS` (`key=value,…`) when set, to compare settings by benchmark.

@@ -3,6 +3,7 @@
 //! the host as a real process on loopback ports.
 
 pub mod full_shop;
+pub mod process_cpu;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -262,12 +263,7 @@ impl Shop {
 
     /// CPU time the host process has used so far (user + system), from `/proc` (Linux).
     pub fn cpu_time(&self) -> Option<std::time::Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are the 14th
-        // and 15th fields, in clock ticks (100 a second on Linux).
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(std::time::Duration::from_millis(ticks * 10))
+        process_cpu::own(self.child.id())
     }
 
     pub fn metrics(&self) -> String {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use shop_broker::{Broker, ConsumerEvent, OutgoingMessage};
 use shop_tests::full_shop::{Backend, FullShop};
-use shop_tests::metric_value;
+use shop_tests::{metric_value, process_cpu};
 
 /// Hops on an order's critical path, placement to CONFIRMED: reserve requested →
 /// reserved → authorize requested → authorized → capture requested → captured (with
@@ -180,6 +180,34 @@ async fn broker_ceiling(broker: Arc<dyn Broker>, chains: usize, total: usize) ->
     rate
 }
 
+/// CPU time so far of a service beside the host.
+type ServiceCpu = Box<dyn Fn() -> Option<Duration>>;
+
+/// The services of an external run that listen on this machine, so their CPU per order
+/// is reported beside the host's: the Kafka broker (when `SHOP_KAFKA_BROKERS` names a
+/// loopback address) and PostgreSQL with its backends. Those not found (elsewhere, or
+/// not readable) are left out.
+fn local_services() -> Vec<(&'static str, ServiceCpu)> {
+    let broker_port = shop_tests::full_shop::kafka_brokers()
+        .split(',')
+        .next()
+        .and_then(|first| {
+            first
+                .trim()
+                .strip_prefix("127.0.0.1:")
+                .or(first.trim().strip_prefix("localhost:"))
+        })
+        .and_then(|port| port.parse::<u16>().ok());
+    let mut services: Vec<(&'static str, ServiceCpu)> = Vec::new();
+    if let Some(pid) = broker_port.and_then(process_cpu::listening_on) {
+        services.push(("broker", Box::new(move || process_cpu::own(pid))));
+    }
+    if let Some(pid) = process_cpu::listening_on(5432) {
+        services.push(("PostgreSQL", Box::new(move || process_cpu::with_children(pid))));
+    }
+    services
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -206,6 +234,11 @@ fn run(backend: Backend, orders: usize, concurrency: usize, flow: Flow) -> Run {
 
     let metrics_before = shop.shop().metrics();
     let cpu_before = shop.shop().cpu_time();
+    let services = match backend {
+        Backend::Embedded => vec![],
+        Backend::External => local_services(),
+    };
+    let services_before: Vec<Option<Duration>> = services.iter().map(|(_, cpu)| cpu()).collect();
     let started = Instant::now();
     let results: Vec<(Duration, Duration, bool)> = std::thread::scope(|scope| {
         let handles: Vec<_> = customers
@@ -243,6 +276,12 @@ fn run(backend: Backend, orders: usize, concurrency: usize, flow: Flow) -> Run {
     if let (Some(before), Some(after)) = (cpu_before, shop.shop().cpu_time()) {
         let per_order = (after - before).as_secs_f64() * 1000.0 / orders as f64;
         costs.insert(0, ("host CPU ms".to_string(), per_order));
+    }
+    for (i, ((what, cpu), before)) in services.iter().zip(services_before).enumerate() {
+        if let (Some(before), Some(after)) = (before, cpu()) {
+            let per_order = (after - before).as_secs_f64() * 1000.0 / orders as f64;
+            costs.insert((1 + i).min(costs.len()), (format!("{what} CPU ms"), per_order));
+        }
     }
     let mut placement: Vec<Duration> = results.iter().map(|r| r.0).collect();
     let mut to_confirmed: Vec<Duration> = results.iter().filter(|r| r.2).map(|r| r.1).collect();
