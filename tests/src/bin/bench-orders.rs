@@ -279,7 +279,9 @@ fn run(backend: Backend, orders: usize, concurrency: usize, flow: Flow) -> Run {
     }
     for (i, ((what, cpu), before)) in services.iter().zip(services_before).enumerate() {
         if let (Some(before), Some(after)) = (before, cpu()) {
-            let per_order = (after - before).as_secs_f64() * 1000.0 / orders as f64;
+            // Saturating: a backend that exits between two reads of its parent's
+            // totals can be missed once.
+            let per_order = after.saturating_sub(before).as_secs_f64() * 1000.0 / orders as f64;
             costs.insert((1 + i).min(costs.len()), (format!("{what} CPU ms"), per_order));
         }
     }
