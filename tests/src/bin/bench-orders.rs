@@ -202,7 +202,10 @@ fn local_services() -> Vec<(&'static str, ServiceCpu)> {
     if let Some(pid) = broker_port.and_then(process_cpu::listening_on) {
         services.push(("broker", Box::new(move || process_cpu::own(pid))));
     }
-    if let Some(pid) = process_cpu::listening_on(5432) {
+    let postgres_port = shop_tests::POSTGRES_SERVER
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    if let Some(pid) = postgres_port.and_then(process_cpu::listening_on) {
         services.push(("PostgreSQL", Box::new(move || process_cpu::with_children(pid))));
     }
     services

@@ -467,7 +467,7 @@ impl HoldingHandler {
 impl MessageHandler for HoldingHandler {
     async fn handle(&self, message: &Message) -> Result<(), String> {
         let payload = String::from_utf8_lossy(&message.payload).into_owned();
-        if payload.starts_with("hold") {
+        if payload == "hold" {
             self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
             loop {
                 let released = self.released.notified();
