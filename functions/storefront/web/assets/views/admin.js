@@ -15,17 +15,23 @@ function stockRow(product, box) {
     name: "available",
     "aria-label": `Units of ${product.name} available`,
   });
-  const show = (stock) => {
+  // The stock read below can answer after the admin started typing: it then leaves
+  // the field alone, so a quick edit is not replaced by the old level.
+  let edited = false;
+  available.addEventListener("input", () => {
+    edited = true;
+  });
+  const show = (stock, { keepEdit = false } = {}) => {
     level.textContent = String(stock.available);
     reserved.textContent = String(stock.reserved);
-    available.value = stock.available;
+    if (!(keepEdit && edited)) available.value = stock.available;
   };
   api("GET", `/inventory/${encodeURIComponent(product.sku)}`)
-    .then(show)
+    .then((stock) => show(stock, { keepEdit: true }))
     .catch((error) => {
       level.textContent = error.status === 404 ? "0" : "?";
       reserved.textContent = error.status === 404 ? "0" : "?";
-      available.value = 0;
+      if (!edited) available.value = 0;
     });
   const form = h(
     "form",
