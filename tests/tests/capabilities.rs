@@ -327,6 +327,20 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
         json!({ "ok": "1" }),
         "NULL binds to any column type: {result}"
     );
+    // The host holds a BEGIN back until the transaction's first statement: that
+    // statement still runs inside the transaction.
+    assert_eq!(
+        result["transactions"],
+        json!({
+            "begin": true, "insert": true, "rollback": true,
+            "begin_again": true, "insert_again": true, "commit": true,
+            "begin_empty": true, "commit_empty": true,
+            "begin_failing": true, "failing": false, "rollback_failing": true,
+            "rolled_back_rows": { "ok": "[[DbValue::Int64(0)]]" },
+            "committed_rows": { "ok": "[[DbValue::Int64(1)]]" },
+        }),
+        "{result}"
+    );
     // The script ends with an open transaction holding an uncommitted row; the next
     // guest on that pooled connection must not be inside it.
     let again = script("granted");

@@ -338,6 +338,10 @@ async fn run_query(
             &access.component,
             &access.pools.commits,
             async move |client| query_rows(client, statement, params).await,
+            || RowSet {
+                columns: Vec::new(),
+                rows: Vec::new(),
+            },
         )
         .await;
     telemetry::finish_with(span, rows)
@@ -386,6 +390,7 @@ async fn run_execute(
                 let prepared = prepare(client, statement).await?;
                 client.execute(&prepared, &refs(&params)).await.map_err(query_error)
             },
+            || 0,
         )
         .await;
     telemetry::finish_with(span, changed)

@@ -8,7 +8,7 @@
 
 use deadpool_postgres::{Object, Pool};
 
-use super::{Error, checkout};
+use super::{Error, checkout, query_error};
 use crate::capability::commits::CommitSignals;
 use crate::telemetry::TraceCell;
 
@@ -33,6 +33,10 @@ struct Held {
     /// a transaction (see [`Effect::Pins`]): it keeps that connection until it drops
     /// its own.
     pinned: bool,
+    /// The guest's `BEGIN`, not sent yet: it goes to the server together with the
+    /// transaction's first statement (one round trip instead of two, for both this
+    /// host and the server), or never, when the transaction ends before one.
+    deferred_begin: Option<String>,
 }
 
 /// What a statement that succeeded did, as far as holding its server connection and
@@ -94,6 +98,7 @@ impl PgSession {
                 client: Some(client),
                 in_transaction: false,
                 pinned: false,
+                deferred_begin: None,
             }),
             database,
             trace,
@@ -103,24 +108,56 @@ impl PgSession {
     /// Runs `statement` through `run` on the guest's server connection (checked out
     /// for it if none is held), follows the guest's transaction through it, reports
     /// to the commit signals when a write of `component` became visible, and gives the
-    /// server connection back unless a transaction is open.
+    /// server connection back unless a transaction is open. A `BEGIN` is held back
+    /// until the transaction's first statement; what the guest sees for a statement
+    /// that was never sent is `unsent()`.
     pub(super) async fn run<T>(
         &self,
         statement: &str,
         component: &str,
         commits: &CommitSignals,
         run: impl AsyncFnOnce(&Object) -> Result<T, Error>,
+        unsent: impl FnOnce() -> T,
     ) -> Result<T, Error> {
+        let effect = Effect::of(statement);
         let mut held = self.held.lock().await;
         if held.client.is_none() {
+            // Checked out now, even for a held-back BEGIN, so that a full pool or an
+            // unreachable server fails the BEGIN as it would on Spin.
             held.client = Some(checkout(self.pool.clone()).await?);
         }
+        // Only a lone BEGIN: sent later on its own, a `BEGIN; …` would run the rest too.
+        let lone = !statement.trim().trim_end_matches(';').contains(';');
+        if effect == Effect::Begins && lone && !held.in_transaction {
+            held.deferred_begin = Some(statement.to_string());
+            held.in_transaction = true;
+            return Ok(unsent());
+        }
+        let deferred_begin = held.deferred_begin.take();
         // The client stays in `held` while the statement runs: if the guest's call is
         // dropped halfway (trap, deadline), `Drop` finds it there and rolls it back.
         let client = held.client.as_ref().expect("checked out above");
-        let result = run(client).await;
+        let result = match (deferred_begin, &effect) {
+            // The transaction ends before anything was sent in it: nothing to send.
+            (Some(_), Effect::Commits | Effect::RollsBack) => {
+                held.in_transaction = false;
+                if !held.pinned {
+                    held.client = None;
+                }
+                return Ok(unsent());
+            }
+            (Some(begin), _) => match with_begin(client, &begin, run).await {
+                Ok(result) => result,
+                Err(begin_failed) => {
+                    // No transaction is open on the server.
+                    held.in_transaction = false;
+                    Err(begin_failed)
+                }
+            },
+            (None, _) => run(client).await,
+        };
         if result.is_ok() {
-            match Effect::of(statement) {
+            match effect {
                 Effect::Begins => held.in_transaction = true,
                 Effect::RollsBack => held.in_transaction = false,
                 Effect::Commits => {
@@ -140,6 +177,27 @@ impl PgSession {
     }
 }
 
+/// Sends `begin`, then the statement of `run` without waiting for the BEGIN's answer:
+/// the connection keeps their order, so the statement runs inside the transaction.
+/// `Err`: the BEGIN failed (the statement's own outcome is moot then).
+async fn with_begin<T>(
+    client: &Object,
+    begin: &str,
+    run: impl AsyncFnOnce(&Object) -> Result<T, Error>,
+) -> Result<Result<T, Error>, Error> {
+    let mut begun = std::pin::pin!(client.batch_execute(begin));
+    // tokio-postgres queues a request on its first poll, so this puts the BEGIN on
+    // the connection ahead of anything `run` sends.
+    let first_poll = futures::poll!(begun.as_mut());
+    let result = run(client).await;
+    let begun = match first_poll {
+        std::task::Poll::Ready(begun) => begun,
+        std::task::Poll::Pending => begun.await,
+    };
+    begun.map_err(query_error)?;
+    Ok(result)
+}
+
 impl Drop for PgSession {
     fn drop(&mut self) {
         // A guest that trapped, timed out or simply never committed leaves its
@@ -150,6 +208,9 @@ impl Drop for PgSession {
         let Some(client) = held.client.take() else {
             return;
         };
+        if held.deferred_begin.is_some() && !held.pinned {
+            return; // nothing of the transaction reached the server: pool it as it is
+        }
         if held.pinned {
             drop(Object::take(client));
             return;

@@ -155,9 +155,46 @@ fn postgres_script(address: &str) -> Value {
             &[P::DbNull, P::DbNull, P::DbNull],
         )),
     });
+    let mut result = result;
+    result["transactions"] = postgres_transactions(&conn);
     let _ = conn.execute("BEGIN", &[]);
     let _ = conn.execute("INSERT INTO shop_pg_script (t) VALUES ('uncommitted')", &[]);
     result
+}
+
+/// Transactions as a guest sees them: a rolled-back write is gone, a committed one
+/// stays, an empty one and one whose first statement failed end cleanly.
+fn postgres_transactions(conn: &spin_sdk::pg4::Connection) -> Value {
+    let count = |t: &str| {
+        show(
+            conn.query(
+                "SELECT count(*) FROM shop_pg_script WHERE t = $1",
+                &[spin_sdk::pg4::ParameterValue::Str(t.into())],
+            )
+            .map(|rs| rs.rows),
+        )
+    };
+    let steps = [
+        ("begin", "BEGIN"),
+        ("insert", "INSERT INTO shop_pg_script (t) VALUES ('rolled back')"),
+        ("rollback", "ROLLBACK"),
+        ("begin_again", "BEGIN"),
+        ("insert_again", "INSERT INTO shop_pg_script (t) VALUES ('committed')"),
+        ("commit", "COMMIT"),
+        ("begin_empty", "BEGIN"),
+        ("commit_empty", "COMMIT"),
+        ("begin_failing", "BEGIN"),
+        ("failing", "SELEKT 1"),
+        ("rollback_failing", "ROLLBACK"),
+    ];
+    let mut outcome = serde_json::Map::new();
+    for (step, statement) in steps {
+        let ok = conn.execute(statement, &[]).is_ok();
+        outcome.insert(step.into(), json!(ok));
+    }
+    outcome.insert("rolled_back_rows".into(), count("rolled back"));
+    outcome.insert("committed_rows".into(), count("committed"));
+    Value::Object(outcome)
 }
 
 /// One guest connection kept open across pauses: once between plain statements, once
