@@ -42,39 +42,56 @@ pub const NOTIFY_CHANNEL: &str = "shop_outbox";
 /// the commit, kept with the inbox row of the message being handled or in
 /// `outbox_own` (see [`crate::written`]).
 pub fn record(db: &impl Sql, event_id: String, created_at: String, event: &ShopEvent) -> Result<(), SqlError> {
-    let row = OutboxRow {
-        seq: 0,
-        event_id,
-        topic: event.topic().to_string(),
-        key: event.key().to_string(),
-        event_type: event.event_type().to_string(),
-        payload: event.to_json(),
-        created_at,
-        traceparent: db.traceparent(),
-    };
+    record_all(db, [(event_id, created_at, event)])
+}
+
+/// Appends `events` in order (id, creation time, event), as [`record`] does one, with
+/// one statement (and on PostgreSQL one `NOTIFY`) for them all.
+pub fn record_all<'e>(
+    db: &impl Sql,
+    events: impl IntoIterator<Item = (String, String, &'e ShopEvent)>,
+) -> Result<(), SqlError> {
+    let traceparent = db.traceparent();
+    let rows: Vec<OutboxRow> = events
+        .into_iter()
+        .map(|(event_id, created_at, event)| OutboxRow {
+            seq: 0,
+            event_id,
+            topic: event.topic().to_string(),
+            key: event.key().to_string(),
+            event_type: event.event_type().to_string(),
+            payload: event.to_json(),
+            created_at,
+            traceparent: traceparent.clone(),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     let Some(written) = db.written() else {
-        insert(db, "outbox", &row)?;
+        insert(db, "outbox", &rows)?;
         if db.dialect() == crate::sql::Dialect::Postgres {
             db.execute(&format!("NOTIFY {NOTIFY_CHANNEL}"), &[])?;
         }
         return Ok(());
     };
-    if written.is_handling() {
-        written.push(row, Place::Inbox);
+    let place = if written.is_handling() {
+        Place::Inbox
     } else {
-        insert(db, "outbox_own", &row)?;
-        written.push(row, Place::OwnOutbox);
+        insert(db, "outbox_own", &rows)?;
+        Place::OwnOutbox
+    };
+    for row in rows {
+        written.push(row, place);
     }
     Ok(())
 }
 
-fn insert(db: &impl Sql, table: &str, row: &OutboxRow) -> Result<(), SqlError> {
-    db.execute(
-        &format!(
-            "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at, traceparent) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)"
-        ),
-        &[
+/// Inserts `rows` into `table` (`outbox` or `outbox_own`) in order, in one statement.
+fn insert<'r>(db: &impl Sql, table: &str, rows: impl IntoIterator<Item = &'r OutboxRow>) -> Result<(), SqlError> {
+    let mut params = Vec::new();
+    for row in rows {
+        params.extend([
             row.event_id.clone().into(),
             row.topic.clone().into(),
             row.key.clone().into(),
@@ -82,7 +99,17 @@ fn insert(db: &impl Sql, table: &str, row: &OutboxRow) -> Result<(), SqlError> {
             SqlValue::Blob(row.payload.clone()),
             row.created_at.clone().into(),
             row.traceparent.clone().into(),
-        ],
+        ]);
+    }
+    if params.is_empty() {
+        return Ok(());
+    }
+    db.execute(
+        &format!(
+            "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at, traceparent) VALUES {}",
+            crate::sql::value_rows(params.len() / 7, 7)
+        ),
+        &params,
     )?;
     Ok(())
 }
@@ -256,7 +283,7 @@ pub fn publish_written(db: &impl Sql, publisher: &impl Publisher, source: &str) 
     if left.is_empty() {
         return Err(Unpublished::LeftToRelay(failure)); // already in `outbox_own`
     }
-    let handed = in_transaction(db, || left.iter().try_for_each(|row| insert(db, "outbox_own", row)));
+    let handed = in_transaction(db, || insert(db, "outbox_own", left.iter().copied()));
     match handed {
         Ok(()) => Err(Unpublished::LeftToRelay(failure)),
         Err(e) => Err(Unpublished::Redeliver(format!(
@@ -447,6 +474,38 @@ mod tests {
         assert_eq!((envelope.id.as_str(), envelope.source.as_str()), ("e4", "/products"));
         assert_eq!(envelope.subject.as_deref(), Some("p4"));
         assert!(headers.contains(&("content-type".into(), "application/json".into())));
+    }
+
+    /// Several events recorded in one statement keep their order, in the outbox and
+    /// in `outbox_own`, and one that is already there fails them all.
+    #[test]
+    fn events_recorded_together_are_published_in_order() {
+        let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
+        let events = [deleted("p1"), deleted("p2"), deleted("p3")];
+        let together = |ids: [&'static str; 3]| {
+            ids.into_iter()
+                .zip(&events)
+                .map(|(id, e)| (id.to_string(), "t".to_string(), e))
+        };
+        let relayed = MemoryDb::default();
+        migrate(&relayed, &[SCHEMA, OWN_SCHEMA]).unwrap();
+        record_all(&relayed, together(["e1", "e2", "e3"])).unwrap();
+        assert!(record_all(&relayed, together(["e4", "e2", "e5"])).is_err(), "e2 twice");
+        let sent = Flaky::accepting(10);
+        assert_eq!(relay(&relayed, &sent, "/products", WRITTEN), Ok(3));
+        assert_eq!(sent.keys(), ["p1", "p2", "p3"]);
+
+        let own = MemoryDb::default().publishing_its_own_outbox();
+        migrate(&own, &[SCHEMA, OWN_SCHEMA]).unwrap();
+        record_all(&own, together(["e1", "e2", "e3"])).unwrap();
+        let sent = Flaky::accepting(10);
+        assert_eq!(publish_written(&own, &sent, "/products"), Ok(3));
+        assert_eq!(sent.keys(), ["p1", "p2", "p3"]);
+        assert_eq!(
+            pending(&own, 10, "9999").unwrap().len(),
+            0,
+            "published rows are deleted"
+        );
     }
 
     #[test]

@@ -191,6 +191,13 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
     Ok(())
 }
 
+/// The `VALUES` list of a multi-row insert: `rows` tuples of `columns` placeholders,
+/// `(?, ?), (?, ?)`, so that several rows cost one statement.
+pub fn value_rows(rows: usize, columns: usize) -> String {
+    let tuple = format!("({})", vec!["?"; columns].join(", "));
+    vec![tuple; rows].join(", ")
+}
+
 fn is_add_column(statement: &str) -> bool {
     statement.starts_with("ALTER TABLE") && statement.contains(" ADD COLUMN ")
 }
@@ -247,6 +254,12 @@ pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -
 mod tests {
     use super::testing::MemoryDb;
     use super::*;
+
+    #[test]
+    fn value_rows_lists_placeholder_tuples() {
+        assert_eq!(value_rows(1, 2), "(?, ?)");
+        assert_eq!(value_rows(3, 1), "(?), (?), (?)");
+    }
 
     #[test]
     fn a_schema_is_applied_once_and_again_when_it_changes() {

@@ -197,34 +197,47 @@ impl<'a, D: Sql> Orders<'a, D> {
     fn append(&self, order_id: &str, prior: Option<Order>, events: Vec<ShopEvent>) -> Result<Order, StoreError> {
         let ctx = self.context;
         let version = prior.as_ref().map_or(0, |o| o.version);
-        let mut appended = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let event_id = (ctx.new_id)();
-            let seq = version + 1 + i as i64;
-            self.db.execute(
-                "INSERT INTO order_events (order_id, seq, event_id, event_type, payload, at, time) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-                &[
-                    order_id.into(),
-                    seq.into(),
-                    event_id.clone().into(),
-                    event.event_type().into(),
-                    SqlValue::Blob(event.to_json()),
-                    ctx.now.into(),
-                    ctx.now_text.clone().into(),
-                ],
-            )?;
-            if publishes(&event) {
-                outbox::record(self.db, event_id.clone(), ctx.now_text.clone(), &event)?;
-            }
-            appended.push(Recorded {
-                seq,
-                event_id,
+        let appended: Vec<Recorded> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| Recorded {
+                seq: version + 1 + i as i64,
+                event_id: (ctx.new_id)(),
                 at: ctx.now,
                 time: ctx.now_text.clone(),
                 event,
-            });
+            })
+            .collect();
+        // One statement for the events, one for those that are published: an order
+        // step appends two or three.
+        let mut params = Vec::with_capacity(appended.len() * 7);
+        for recorded in &appended {
+            params.extend([
+                order_id.into(),
+                recorded.seq.into(),
+                recorded.event_id.clone().into(),
+                recorded.event.event_type().into(),
+                SqlValue::Blob(recorded.event.to_json()),
+                recorded.at.into(),
+                recorded.time.clone().into(),
+            ]);
         }
+        if !appended.is_empty() {
+            self.db.execute(
+                &format!(
+                    "INSERT INTO order_events (order_id, seq, event_id, event_type, payload, at, time) VALUES {}",
+                    shop_domain::sql::value_rows(appended.len(), 7)
+                ),
+                &params,
+            )?;
+        }
+        outbox::record_all(
+            self.db,
+            appended
+                .iter()
+                .filter(|recorded| publishes(&recorded.event))
+                .map(|recorded| (recorded.event_id.clone(), ctx.now_text.clone(), &recorded.event)),
+        )?;
         let order = match prior {
             Some(prior) => Some(prior.then(&appended)),
             None => Order::fold(&appended),
