@@ -207,7 +207,11 @@ impl<'a, D: Sql> Inventory<'a, D> {
             )));
         }
         // Take each line with a conditional UPDATE; if any falls short, undo them all.
-        self.db.execute("SAVEPOINT reserve", &[])?;
+        // A single line that falls short took nothing: no savepoint to go back to.
+        let undoable = wanted.len() > 1;
+        if undoable {
+            self.db.execute("SAVEPOINT reserve", &[])?;
+        }
         let mut shortages = Vec::new();
         for (sku, quantity) in &wanted {
             let taken = self.db.execute(
@@ -224,8 +228,10 @@ impl<'a, D: Sql> Inventory<'a, D> {
             }
         }
         if !shortages.is_empty() {
-            self.db.execute("ROLLBACK TO SAVEPOINT reserve", &[])?;
-            self.db.execute("RELEASE SAVEPOINT reserve", &[])?;
+            if undoable {
+                self.db.execute("ROLLBACK TO SAVEPOINT reserve", &[])?;
+                self.db.execute("RELEASE SAVEPOINT reserve", &[])?;
+            }
             return Ok(ShopEvent::InventoryRejected(Self::result(
                 order,
                 Some("out of stock"),
@@ -245,7 +251,9 @@ impl<'a, D: Sql> Inventory<'a, D> {
                 ],
             )?;
         }
-        self.db.execute("RELEASE SAVEPOINT reserve", &[])?;
+        if undoable {
+            self.db.execute("RELEASE SAVEPOINT reserve", &[])?;
+        }
         Ok(ShopEvent::InventoryReserved(Self::result(order, None, vec![])))
     }
 
@@ -467,6 +475,29 @@ mod tests {
             published,
             ["rejected", "reserved", "reserved", "committed", "released", "released"]
         );
+    }
+
+    /// One line reserves without a savepoint: falling short takes nothing, fitting
+    /// takes it all.
+    #[test]
+    fn a_single_line_reserves_whole_or_not_at_all() {
+        let db = MemoryDb::default();
+        let ctx = context(1000);
+        let inventory = Inventory::new(&db, &ctx);
+        inventory.migrate().unwrap();
+        inventory.set_available("MUG", 2).unwrap();
+        let short = ShopEvent::InventoryReserveRequested(command("o-1", vec![line("MUG", 3)]));
+        let ShopEvent::InventoryRejected(rejected) = done(inventory.handle("e-1", &short)) else {
+            panic!("three mugs out of two")
+        };
+        assert_eq!(rejected.shortages, ["MUG"]);
+        assert_eq!(levels(&inventory, "MUG"), (2, 0));
+        let fits = ShopEvent::InventoryReserveRequested(command("o-2", vec![line("MUG", 2)]));
+        assert!(matches!(
+            done(inventory.handle("e-2", &fits)),
+            ShopEvent::InventoryReserved(_)
+        ));
+        assert_eq!(levels(&inventory, "MUG"), (0, 2));
     }
 
     #[test]

@@ -141,19 +141,17 @@ impl<'a, D: Sql> Ledger<'a, D> {
     /// Keeps `token` for the authorization of `order_id`, placed by `user_id`. Handing
     /// over the same token again is a no-op.
     pub fn keep_payment_method(&self, order_id: &str, user_id: &str, token: &str) -> Result<(), KeepRefused> {
-        self.db.execute(
+        // One statement: the row kept, whether this call or an earlier one kept it
+        // (the no-op update makes a conflicting insert return the row that is there).
+        let rows = self.db.execute(
             "INSERT INTO payment_methods (order_id, user_id, token, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (order_id) DO NOTHING",
+             ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id RETURNING user_id, token",
             &[
                 order_id.into(),
                 user_id.into(),
                 token.into(),
                 self.context.now_text.clone().into(),
             ],
-        )?;
-        let rows = self.db.execute(
-            "SELECT user_id, token FROM payment_methods WHERE order_id = ?",
-            &[order_id.into()],
         )?;
         let kept = rows.first().map(|r| {
             let text = |i: usize| r.get(i).and_then(SqlValue::text).unwrap_or_default();
@@ -206,11 +204,14 @@ impl<'a, D: Sql> Ledger<'a, D> {
             }
             if let Some(payment) = &change.write {
                 self.save(payment)?;
-                // Answered: the token has served its one purpose.
-                self.db.execute(
-                    "DELETE FROM payment_methods WHERE order_id = ?",
-                    &[payment.order_id.clone().into()],
-                )?;
+                // Answered: the token has served its one purpose (a capture comes after
+                // the authorization that already dropped it).
+                if !matches!(event, ShopEvent::PaymentCaptureRequested(_)) {
+                    self.db.execute(
+                        "DELETE FROM payment_methods WHERE order_id = ?",
+                        &[payment.order_id.clone().into()],
+                    )?;
+                }
             }
             outbox::record(
                 self.db,
