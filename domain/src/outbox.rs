@@ -90,7 +90,9 @@ pub fn record_all<'e>(
 /// Inserts `rows` into `table` (`outbox` or `outbox_own`) in order, in one statement.
 fn insert<'r>(db: &impl Sql, table: &str, rows: impl IntoIterator<Item = &'r OutboxRow>) -> Result<(), SqlError> {
     let mut params = Vec::new();
+    let mut count = 0;
     for row in rows {
+        count += 1;
         params.extend([
             row.event_id.clone().into(),
             row.topic.clone().into(),
@@ -101,13 +103,13 @@ fn insert<'r>(db: &impl Sql, table: &str, rows: impl IntoIterator<Item = &'r Out
             row.traceparent.clone().into(),
         ]);
     }
-    if params.is_empty() {
+    if count == 0 {
         return Ok(());
     }
     db.execute(
         &format!(
             "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at, traceparent) VALUES {}",
-            crate::sql::value_rows(params.len() / 7, 7)
+            crate::sql::value_rows(count, params.len() / count)
         ),
         &params,
     )?;
