@@ -89,31 +89,21 @@ pub fn record_all<'e>(
 
 /// Inserts `rows` into `table` (`outbox` or `outbox_own`) in order, in one statement.
 fn insert<'r>(db: &impl Sql, table: &str, rows: impl IntoIterator<Item = &'r OutboxRow>) -> Result<(), SqlError> {
-    let mut params = Vec::new();
-    let mut count = 0;
-    for row in rows {
-        count += 1;
-        params.extend([
-            row.event_id.clone().into(),
-            row.topic.clone().into(),
-            row.key.clone().into(),
-            row.event_type.clone().into(),
-            SqlValue::Blob(row.payload.clone()),
-            row.created_at.clone().into(),
-            row.traceparent.clone().into(),
-        ]);
-    }
-    if count == 0 {
-        return Ok(());
-    }
-    db.execute(
-        &format!(
-            "INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at, traceparent) VALUES {}",
-            crate::sql::value_rows(count, params.len() / count)
-        ),
-        &params,
-    )?;
-    Ok(())
+    crate::sql::insert_rows(
+        db,
+        &format!("INSERT INTO {table} (event_id, topic, event_key, event_type, payload, created_at, traceparent)"),
+        rows.into_iter().map(|row| {
+            [
+                row.event_id.clone().into(),
+                row.topic.clone().into(),
+                row.key.clone().into(),
+                row.event_type.clone().into(),
+                SqlValue::Blob(row.payload.clone()),
+                row.created_at.clone().into(),
+                row.traceparent.clone().into(),
+            ]
+        }),
+    )
 }
 
 /// Every event in the outbox, decoded (for tests and tools).

@@ -191,11 +191,22 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
     Ok(())
 }
 
-/// The `VALUES` list of a multi-row insert: `rows` tuples of `columns` placeholders,
-/// `(?, ?), (?, ?)`, so that several rows cost one statement.
-pub fn value_rows(rows: usize, columns: usize) -> String {
-    let tuple = format!("({})", vec!["?"; columns].join(", "));
-    vec![tuple; rows].join(", ")
+/// Inserts `rows` with one statement, `insert` being the statement up to its
+/// `VALUES` (`INSERT INTO t (a, b)`), so that several rows cost one round trip.
+/// Nothing is run for no rows.
+pub fn insert_rows<const COLUMNS: usize>(
+    db: &impl Sql,
+    insert: &str,
+    rows: impl IntoIterator<Item = [SqlValue; COLUMNS]>,
+) -> Result<(), SqlError> {
+    let params: Vec<SqlValue> = rows.into_iter().flatten().collect();
+    if params.is_empty() {
+        return Ok(());
+    }
+    let tuple = format!("({})", vec!["?"; COLUMNS].join(", "));
+    let values = vec![tuple; params.len() / COLUMNS].join(", ");
+    db.execute(&format!("{insert} VALUES {values}"), &params)?;
+    Ok(())
 }
 
 fn is_add_column(statement: &str) -> bool {
@@ -256,9 +267,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn value_rows_lists_placeholder_tuples() {
-        assert_eq!(value_rows(1, 2), "(?, ?)");
-        assert_eq!(value_rows(3, 1), "(?), (?), (?)");
+    fn rows_inserted_together_arrive_in_order() {
+        let db = MemoryDb::default();
+        db.execute("CREATE TABLE t (n INTEGER, s TEXT)", &[]).unwrap();
+        let rows = |ns: &[i64]| {
+            ns.iter()
+                .map(|n| [SqlValue::Integer(*n), n.to_string().into()])
+                .collect::<Vec<_>>()
+        };
+        insert_rows(&db, "INSERT INTO t (n, s)", rows(&[])).unwrap();
+        insert_rows(&db, "INSERT INTO t (n, s)", rows(&[3, 1, 2])).unwrap();
+        let stored = db.execute("SELECT n, s FROM t ORDER BY rowid", &[]).unwrap();
+        assert_eq!(stored, rows(&[3, 1, 2]).into_iter().map(Vec::from).collect::<Vec<_>>());
     }
 
     #[test]

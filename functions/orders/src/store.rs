@@ -5,7 +5,7 @@
 
 use shop_domain::ShopEvent;
 use shop_domain::events::OrderTimedOut;
-use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
+use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, insert_rows, migrate};
 use shop_domain::types::OrderStatus;
 use shop_domain::{inbox, outbox};
 
@@ -210,27 +210,21 @@ impl<'a, D: Sql> Orders<'a, D> {
             .collect();
         // One statement for the events, one for those that are published: an order
         // step appends two or three.
-        let mut params = Vec::with_capacity(appended.len() * 7);
-        for recorded in &appended {
-            params.extend([
-                order_id.into(),
-                recorded.seq.into(),
-                recorded.event_id.clone().into(),
-                recorded.event.event_type().into(),
-                SqlValue::Blob(recorded.event.to_json()),
-                recorded.at.into(),
-                recorded.time.clone().into(),
-            ]);
-        }
-        if !appended.is_empty() {
-            self.db.execute(
-                &format!(
-                    "INSERT INTO order_events (order_id, seq, event_id, event_type, payload, at, time) VALUES {}",
-                    shop_domain::sql::value_rows(appended.len(), 7)
-                ),
-                &params,
-            )?;
-        }
+        insert_rows(
+            self.db,
+            "INSERT INTO order_events (order_id, seq, event_id, event_type, payload, at, time)",
+            appended.iter().map(|recorded| {
+                [
+                    order_id.into(),
+                    recorded.seq.into(),
+                    recorded.event_id.clone().into(),
+                    recorded.event.event_type().into(),
+                    SqlValue::Blob(recorded.event.to_json()),
+                    recorded.at.into(),
+                    recorded.time.clone().into(),
+                ]
+            }),
+        )?;
         outbox::record_all(
             self.db,
             appended
