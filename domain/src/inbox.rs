@@ -1,13 +1,13 @@
 //! Exactly-once effects on at-least-once delivery: a handler records each event id it
-//! has handled in the same transaction as the state change, and skips an id it has
-//! seen (a redelivery, or a relay publishing the same outbox row twice). The events
-//! the handling wrote are kept with its row (see [`crate::written`]), so that a
-//! redelivery can publish them again.
+//! has handled in the same transaction as the state change ([`handle_once`]), and a
+//! redelivery (or a relay publishing the same outbox row twice) changes nothing. The
+//! events the handling wrote are kept with its row (see [`crate::written`]), so that
+//! a redelivery can publish them again.
 
 use serde_json::{Value, json};
 
 use crate::outbox::OutboxRow;
-use crate::sql::{Sql, SqlError, SqlValue};
+use crate::sql::{Sql, SqlError, SqlValue, in_transaction, schema_fingerprint};
 
 pub const SCHEMA: &str =
     "CREATE TABLE IF NOT EXISTS inbox (event_id TEXT PRIMARY KEY, handled_at TEXT NOT NULL, outputs BLOB)";
@@ -16,38 +16,83 @@ pub const SCHEMA: &str =
 /// no-op where the column is there: see [`crate::sql::migrate`]).
 pub const OUTPUTS_COLUMN: &str = "ALTER TABLE inbox ADD COLUMN outputs BLOB";
 
-/// Records `event_id`; false when it was recorded before (run it inside the
-/// transaction whose effects it guards).
-pub fn first_time(db: &impl Sql, event_id: &str, now: &str) -> Result<bool, SqlError> {
-    let inserted = db.execute(
-        "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-        &[event_id.into(), now.into()],
-    )?;
-    if !inserted.is_empty()
-        && let Some(written) = db.written()
-    {
-        written.handling(event_id);
+/// Runs `work` once per `event_id`: in one transaction that ends by recording the id
+/// together with the events `work` wrote (one statement, where claiming the id first
+/// and storing the events last took two). `None`: the id was recorded before, and
+/// nothing `work` did stays.
+///
+/// A redelivered event thus runs its handler again before it is found out, against
+/// the state its first handling left; whatever that run decides is rolled back, and
+/// when it fails, the inbox is asked whether the event was handled before. So `work`
+/// must only change the database (a call to the outside world belongs before, behind
+/// [`handled_before`]). Two deliveries of one id at once both run; the later insert
+/// waits for the earlier one's commit and then finds the id.
+///
+/// The same statement tells whether `schema` is applied: if not, nothing is committed
+/// and the error says so, for [`crate::sql::with_schema`] to apply it and run again.
+pub fn handle_once<T, E: From<SqlError>>(
+    db: &impl Sql,
+    schema: &[&str],
+    event_id: &str,
+    now: &str,
+    work: impl FnOnce() -> Result<T, E>,
+) -> Result<Option<T>, E> {
+    let attempt = in_transaction(db, || {
+        if let Some(written) = db.written() {
+            written.handling(event_id);
+        }
+        let value = work().map_err(Attempt::Failed)?;
+        let outputs = db
+            .written()
+            .map(|written| written.for_inbox())
+            .filter(|rows| !rows.is_empty())
+            .map(|rows| SqlValue::Blob(encode(&rows)));
+        let recorded = db.execute(
+            "INSERT INTO inbox (event_id, handled_at, outputs) VALUES (?, ?, ?) \
+             ON CONFLICT (event_id) DO NOTHING \
+             RETURNING (SELECT COUNT(*) FROM shop_schema WHERE fingerprint = ?)",
+            &[
+                event_id.into(),
+                now.into(),
+                outputs.unwrap_or(SqlValue::Null),
+                schema_fingerprint(schema).into(),
+            ],
+        )?;
+        match recorded.first().and_then(|row| row.first()).map(SqlValue::integer) {
+            None => Err(Attempt::HandledBefore),
+            Some(Some(1..)) => Ok(value),
+            Some(_) => Err(Attempt::Failed(
+                SqlError::Other("the service's schema is not applied yet".into()).into(),
+            )),
+        }
+    });
+    match attempt {
+        Ok(value) => Ok(Some(value)),
+        Err(Attempt::HandledBefore) => Ok(None),
+        Err(Attempt::Failed(e)) => match handled_before(db, event_id) {
+            Ok(true) => Ok(None),
+            _ => Err(e),
+        },
     }
-    Ok(!inserted.is_empty())
 }
 
-/// Stores the events the open transaction wrote while handling its event with that
-/// event's inbox row (`in_transaction` calls it before the commit).
-pub(crate) fn keep_outputs(db: &impl Sql) -> Result<(), SqlError> {
-    let Some(written) = db.written() else {
-        return Ok(());
-    };
-    let (Some(event_id), rows) = (written.handled(), written.for_inbox()) else {
-        return Ok(());
-    };
-    if rows.is_empty() {
-        return Ok(());
+/// Why [`handle_once`]'s transaction was rolled back.
+enum Attempt<E> {
+    Failed(E),
+    HandledBefore,
+}
+
+impl<E: From<SqlError>> From<SqlError> for Attempt<E> {
+    fn from(e: SqlError) -> Self {
+        Attempt::Failed(e.into())
     }
-    db.execute(
-        "UPDATE inbox SET outputs = ? WHERE event_id = ?",
-        &[SqlValue::Blob(encode(&rows)), event_id.into()],
-    )?;
-    Ok(())
+}
+
+/// Whether `event_id` was handled (and committed) before: for a handler that must
+/// not repeat a call to the outside world, asked before it makes one.
+pub fn handled_before(db: &impl Sql, event_id: &str) -> Result<bool, SqlError> {
+    let rows = db.execute("SELECT 1 FROM inbox WHERE event_id = ?", &[event_id.into()])?;
+    Ok(!rows.is_empty())
 }
 
 /// The events handling `event_id` wrote, in order (none when it wrote none, or was
@@ -112,12 +157,36 @@ mod tests {
     use crate::sql::testing::MemoryDb;
 
     #[test]
-    fn an_event_id_counts_once() {
+    fn an_event_id_changes_the_database_once() {
         let db = MemoryDb::default();
-        migrate(&db, &[SCHEMA]).unwrap();
-        assert_eq!(first_time(&db, "e-1", "t"), Ok(true));
-        assert_eq!(first_time(&db, "e-1", "t"), Ok(false));
-        assert_eq!(first_time(&db, "e-2", "t"), Ok(true));
+        let schema = [SCHEMA, "CREATE TABLE IF NOT EXISTS counter (n INTEGER)"];
+        migrate(&db, &schema).unwrap();
+        db.execute("INSERT INTO counter (n) VALUES (0)", &[]).unwrap();
+        let count = || db.execute("SELECT n FROM counter", &[]).unwrap()[0][0].integer();
+        let bump = |fail: bool| {
+            handle_once(&db, &schema, "e-1", "t", || {
+                db.execute("UPDATE counter SET n = n + 1", &[])?;
+                match fail {
+                    true => Err(SqlError::Other("the handler failed".into())),
+                    false => count().ok_or(SqlError::Other("no count".into())),
+                }
+            })
+        };
+        // A failure before the first handling leaves no trace, the id included.
+        assert_eq!(bump(true), Err(SqlError::Other("the handler failed".into())));
+        assert_eq!((count(), handled_before(&db, "e-1")), (Some(0), Ok(false)));
+        assert_eq!(bump(false), Ok(Some(1)));
+        assert_eq!(handled_before(&db, "e-1"), Ok(true));
+        // Redelivered: the handler ran again, and what it did is gone; so is a
+        // failure it met on the state the first handling left.
+        assert_eq!(bump(false), Ok(None));
+        assert_eq!(bump(true), Ok(None));
+        assert_eq!(count(), Some(1));
+        let other = handle_once(&db, &schema, "e-2", "t", || {
+            db.execute("UPDATE counter SET n = n + 1", &[])
+        });
+        assert_eq!(other.map(|done| done.is_some()), Ok(true));
+        assert_eq!(count(), Some(2));
     }
 
     #[test]

@@ -541,21 +541,20 @@ mod tests {
     #[test]
     fn a_handlers_events_are_kept_with_its_inbox_row_and_published_again_on_redelivery() {
         let db = MemoryDb::default().publishing_its_own_outbox();
-        migrate(&db, &[SCHEMA, OWN_SCHEMA, crate::inbox::SCHEMA]).unwrap();
+        let schema = [SCHEMA, OWN_SCHEMA, crate::inbox::SCHEMA];
+        migrate(&db, &schema).unwrap();
         let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
         let at = || crate::time::rfc3339(WRITTEN);
         let handle = |message: &str, fail: bool| {
-            in_transaction(&db, || {
-                if !crate::inbox::first_time(&db, message, &at())? {
-                    return Ok(false);
-                }
+            crate::inbox::handle_once(&db, &schema, message, &at(), || {
                 record(&db, format!("{message}-a"), at(), &deleted("p1"))?;
                 record(&db, format!("{message}-b"), at(), &deleted("p2"))?;
                 match fail {
                     true => Err(SqlError::Other("the handler failed".into())),
-                    false => Ok(true),
+                    false => Ok(()),
                 }
             })
+            .map(|done| done.is_some())
         };
         // A failed attempt leaves nothing to publish, anywhere.
         assert!(handle("m1", true).is_err());
@@ -589,17 +588,17 @@ mod tests {
     #[test]
     fn a_handlers_unpublished_events_are_left_to_the_relay() {
         let db = MemoryDb::default().publishing_its_own_outbox();
-        migrate(&db, &[SCHEMA, OWN_SCHEMA, crate::inbox::SCHEMA]).unwrap();
+        let schema = [SCHEMA, OWN_SCHEMA, crate::inbox::SCHEMA];
+        migrate(&db, &schema).unwrap();
         let deleted = |id: &str| ShopEvent::ProductDeleted(ProductDeleted { product_id: id.into() });
         let at = || crate::time::rfc3339(WRITTEN);
-        in_transaction(&db, || {
-            assert!(crate::inbox::first_time(&db, "m1", &at())?);
+        let handled = crate::inbox::handle_once(&db, &schema, "m1", &at(), || {
             for p in ["p1", "p2", "p3"] {
                 record(&db, format!("e-{p}"), at(), &deleted(p))?;
             }
             Ok::<_, SqlError>(())
-        })
-        .unwrap();
+        });
+        assert_eq!(handled, Ok(Some(())));
         let flaky = Flaky::accepting(1);
         assert!(matches!(
             publish_written(&db, &flaky, "/products"),

@@ -1,9 +1,9 @@
 //! The events one connection wrote, remembered until its writer publishes them right
 //! after the commit ([`crate::outbox::publish_written`]).
 //!
-//! Events written while handling a delivered message (after [`crate::inbox::first_time`]
-//! in the same transaction) are not outbox rows: they are kept with that message's
-//! inbox row, in the same transaction ([`crate::inbox::keep_outputs`]). Publishing them
+//! Events written while handling a delivered message (inside
+//! [`crate::inbox::handle_once`]) are not outbox rows: they are kept with that
+//! message's inbox row, written with them at the end of the same transaction. Publishing them
 //! then needs no read and no delete (a commit of its own), and a redelivery of the
 //! message publishes them again from there ([`crate::outbox::republish`]), which covers
 //! a crash between the commit and the publish. Other events (a cron handler's) go to
@@ -40,10 +40,6 @@ impl Written {
     /// The open transaction handles the delivered event `event_id`.
     pub(crate) fn handling(&self, event_id: &str) {
         *self.handling.borrow_mut() = Some(event_id.to_string());
-    }
-
-    pub(crate) fn handled(&self) -> Option<String> {
-        self.handling.borrow().clone()
     }
 
     pub(crate) fn is_handling(&self) -> bool {

@@ -150,11 +150,32 @@ impl SchemaMemo {
 
 /// Creates what `schema` describes (each statement idempotent, SQLite type names).
 ///
-/// Every instance of a service calls this on each request or message, so the usual
-/// case is one indexed read: a schema already applied is recorded by its fingerprint
+/// Every instance of a service calls this on each request (a message handler only
+/// when its work failed: [`with_schema`]), so the usual case is one indexed read: a schema already applied is recorded by its fingerprint
 /// in `shop_schema`, and only a new or changed schema runs its statements. With a
 /// [`SchemaMemo`] the read is of every fingerprint, once per connection.
 pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
+    apply_schema(db, schema).map(drop)
+}
+
+/// Runs `work` without looking at `schema` first, for a handler whose transaction
+/// finds out at its end whether `schema` is applied ([`crate::inbox::handle_once`]
+/// fails it otherwise): a message then costs no read of `shop_schema`. When `work`
+/// fails, `schema` is applied if it was not, and `work` runs again.
+pub fn with_schema<T, E>(db: &impl Sql, schema: &[&str], mut work: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    match work() {
+        Err(e) => match apply_schema(db, schema) {
+            Ok(true) => work(),
+            // Applied already (or the database is out of reach): `work` failed for
+            // another reason, which is the one to tell.
+            _ => Err(e),
+        },
+        done => done,
+    }
+}
+
+/// [`migrate`], telling whether it ran the schema's statements (false: applied before).
+fn apply_schema(db: &impl Sql, schema: &[&str]) -> Result<bool, SqlError> {
     let fingerprint = schema_fingerprint(schema);
     let applied = match db.schema_memo() {
         Some(memo) => memo.knows(db, &fingerprint),
@@ -167,7 +188,7 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
             .is_ok_and(|rows| !rows.is_empty()),
     };
     if applied {
-        return Ok(());
+        return Ok(false);
     }
     let record = ["CREATE TABLE IF NOT EXISTS shop_schema (fingerprint TEXT PRIMARY KEY)"];
     for statement in schema.iter().chain(&record) {
@@ -188,7 +209,7 @@ pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
     if let Some(memo) = db.schema_memo() {
         memo.applied(fingerprint);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Inserts `rows` with one statement, `insert` being the statement up to its
@@ -213,8 +234,9 @@ fn is_add_column(statement: &str) -> bool {
     statement.starts_with("ALTER TABLE") && statement.contains(" ADD COLUMN ")
 }
 
-/// A stable digest of a schema's statements (64-bit FNV-1a, hex).
-fn schema_fingerprint(schema: &[&str]) -> String {
+/// A stable digest of a schema's statements (64-bit FNV-1a, hex), under which
+/// `shop_schema` records it applied.
+pub(crate) fn schema_fingerprint(schema: &[&str]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for statement in schema {
         for byte in statement.bytes().chain([0]) {
@@ -225,9 +247,7 @@ fn schema_fingerprint(schema: &[&str]) -> String {
     format!("{hash:016x}")
 }
 
-/// Runs `work` in a write transaction, rolling back when it fails. The events it
-/// wrote while handling a delivered one are kept with that one's inbox row before the
-/// commit (see [`crate::written`]).
+/// Runs `work` in a write transaction, rolling back when it fails.
 pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     db.execute(db.dialect().begin(), &[])?;
     if let Some(written) = db.written() {
@@ -240,7 +260,7 @@ pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -
         }
     };
     match work() {
-        Ok(value) => match crate::inbox::keep_outputs(db).and_then(|()| db.execute("COMMIT", &[])) {
+        Ok(value) => match db.execute("COMMIT", &[]) {
             Ok(_) => {
                 if let Some(written) = db.written() {
                     written.committed();
@@ -363,6 +383,59 @@ mod tests {
         ];
         migrate(&next, &changed).unwrap();
         next.execute("SELECT z FROM c", &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A message handler reads no `shop_schema` of its own: its transaction's last
+    /// statement says whether the schema is applied, and a missing or changed one is
+    /// applied before anything commits.
+    #[test]
+    fn a_handler_applies_its_schema_only_when_it_is_missing_or_changed() {
+        let path = std::env::temp_dir().join(format!("shop-schema-handler-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let open = || Remembering {
+            db: MemoryDb::new(rusqlite::Connection::open(&path).unwrap()),
+            ..Default::default()
+        };
+        let v1 = [crate::inbox::SCHEMA, "CREATE TABLE IF NOT EXISTS counted (n INTEGER)"];
+        let v2 = [
+            crate::inbox::SCHEMA,
+            "CREATE TABLE IF NOT EXISTS counted (n INTEGER)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS counted_once ON counted (n)",
+        ];
+        let handle = |db: &Remembering, schema: &[&str], event_id: &str, n: i64| {
+            with_schema(db, schema, || {
+                crate::inbox::handle_once(db, schema, event_id, "t", || {
+                    db.execute("INSERT INTO counted (n) VALUES (?)", &[n.into()])
+                })
+            })
+            .map(|done| done.is_some())
+        };
+        // A new database: the handler fails, the schema is applied, it runs again.
+        assert_eq!(handle(&open(), &v1, "e-1", 1), Ok(true));
+
+        // Applied: a handler's statements are its own and the inbox row's.
+        let next = open();
+        assert_eq!(handle(&next, &v1, "e-2", 2), Ok(true));
+        let statements = next.statements.take();
+        assert!(
+            statements
+                .iter()
+                .all(|s| !s.contains("shop_schema") || s.starts_with("INSERT INTO inbox"))
+        );
+        assert_eq!(
+            statements.len(),
+            4,
+            "BEGIN, the insert, the inbox row, COMMIT: {statements:?}"
+        );
+
+        // Changed (a unique index the handler's insert now breaks): found out at the
+        // end, applied, and the handler's second run is refused by it.
+        let changed = open();
+        assert!(matches!(handle(&changed, &v2, "e-3", 2), Err(SqlError::Conflict(_))));
+        let rows = changed.execute("SELECT COUNT(*) FROM counted", &[]).unwrap();
+        assert_eq!(rows, vec![vec![SqlValue::Integer(2)]], "nothing of e-3 committed");
+        assert_eq!(crate::inbox::handled_before(&changed, "e-3"), Ok(false));
         let _ = std::fs::remove_file(&path);
     }
 

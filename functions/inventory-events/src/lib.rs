@@ -30,9 +30,6 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
             .traced(&event_kit::traceparent(&message));
         let context = context().map_err(event_kit::Error::Other)?;
         let inventory = Inventory::new(&db, &context);
-        inventory
-            .migrate()
-            .map_err(|e| event_kit::Error::Other(e.to_string()))?;
         let handled = inventory
             .handle(&envelope.id, &event)
             .map_err(|e| event_kit::Error::Other(e.to_string()))?;

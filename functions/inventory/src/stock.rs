@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use shop_domain::ShopEvent;
 use shop_domain::events::{InventoryCommand, InventoryResult};
-use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
+use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate, with_schema};
 use shop_domain::types::StockLevel;
 use shop_domain::{inbox, outbox};
 
@@ -131,22 +131,23 @@ impl<'a, D: Sql> Inventory<'a, D> {
         Ok(self.level(sku)?.expect("the row just written"))
     }
 
-    /// Handles one delivered event exactly once.
+    /// Handles one delivered event exactly once, applying the schema first only when
+    /// it is not (no need to [`Self::migrate`] before).
     pub fn handle(&self, event_id: &str, event: &ShopEvent) -> Result<Handled, SqlError> {
         let Some(command) = command_of(event) else {
             return Ok(Handled::Ignored);
         };
-        in_transaction(self.db, || {
-            if !inbox::first_time(self.db, event_id, &self.context.now_text)? {
-                return Ok(Handled::Duplicate);
-            }
-            let outcome = match event {
-                ShopEvent::InventoryReserveRequested(_) => self.reserve(command)?,
-                ShopEvent::InventoryReleaseRequested(_) => self.release(command, None)?,
-                _ => self.commit(command)?,
-            };
-            self.record(&outcome)?;
-            Ok(Handled::Done(Box::new(outcome)))
+        with_schema(self.db, SCHEMA, || {
+            let handled = inbox::handle_once(self.db, SCHEMA, event_id, &self.context.now_text, || {
+                let outcome = match event {
+                    ShopEvent::InventoryReserveRequested(_) => self.reserve(command)?,
+                    ShopEvent::InventoryReleaseRequested(_) => self.release(command, None)?,
+                    _ => self.commit(command)?,
+                };
+                self.record(&outcome)?;
+                Ok(Handled::Done(Box::new(outcome)))
+            })?;
+            Ok(handled.unwrap_or(Handled::Duplicate))
         })
     }
 

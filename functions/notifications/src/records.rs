@@ -6,7 +6,7 @@
 use serde::Serialize;
 use shop_domain::ShopEvent;
 use shop_domain::inbox;
-use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
+use shop_domain::sql::{Sql, SqlError, SqlValue, migrate};
 
 use crate::messages::{Address, Contact, Draft, otp_message, render};
 
@@ -83,11 +83,7 @@ impl<'a, D: Sql> Records<'a, D> {
 
     pub fn handle(&self, event_id: &str, event: &ShopEvent, channels: &impl Channels) -> Result<Handled, String> {
         let sql = |e: SqlError| e.to_string();
-        let seen = self
-            .db
-            .execute("SELECT 1 FROM inbox WHERE event_id = ?", &[event_id.into()])
-            .map_err(sql)?;
-        if !seen.is_empty() {
+        if inbox::handled_before(self.db, event_id).map_err(sql)? {
             return Ok(Handled::Duplicate);
         }
         let user_id = match event {
@@ -126,14 +122,12 @@ impl<'a, D: Sql> Records<'a, D> {
                 .map_err(sql)?;
         }
         let channel = channels.send(&draft)?;
-        in_transaction(self.db, || {
-            if !inbox::first_time(self.db, event_id, &self.now_text)? {
-                return Ok(Handled::Duplicate);
-            }
+        let handled = inbox::handle_once(self.db, SCHEMA, event_id, &self.now_text, || {
             self.insert(&(self.new_id)(), event_id, &draft, channel)?;
             Ok(Handled::Sent(channel))
         })
-        .map_err(sql)
+        .map_err(sql)?;
+        Ok(handled.unwrap_or(Handled::Duplicate))
     }
 
     /// Sends a login code handed over by the users service, and records the message

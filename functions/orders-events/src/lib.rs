@@ -55,7 +55,6 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         }
         let (db, context) = open(&event_kit::traceparent(&message)).map_err(event_kit::Error::Other)?;
         let orders = Orders::new(&db, &context);
-        orders.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;
         let outcome = orders
             .apply(Some(&envelope.id), &event.key(), &event)
             .map_err(|e| event_kit::Error::Other(e.to_string()))?;

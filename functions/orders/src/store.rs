@@ -5,7 +5,7 @@
 
 use shop_domain::ShopEvent;
 use shop_domain::events::OrderTimedOut;
-use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, insert_rows, migrate};
+use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, insert_rows, migrate, with_schema};
 use shop_domain::types::OrderStatus;
 use shop_domain::{inbox, outbox};
 
@@ -311,15 +311,22 @@ impl<'a, D: Sql> Orders<'a, D> {
 
     /// Lets `incoming` act on its order: loads it, decides, appends, in one
     /// transaction with the inbox entry for `event_id` (when it came from the broker).
+    /// The schema is applied first only when it is not (no need to [`Self::migrate`]
+    /// before).
     pub fn apply(&self, event_id: Option<&str>, order_id: &str, incoming: &ShopEvent) -> Result<Outcome, StoreError> {
+        with_schema(self.db, SCHEMA, || self.apply_retrying(event_id, order_id, incoming))
+    }
+
+    /// [`Self::apply`], again while it loses a race to append.
+    fn apply_retrying(
+        &self,
+        event_id: Option<&str>,
+        order_id: &str,
+        incoming: &ShopEvent,
+    ) -> Result<Outcome, StoreError> {
         let mut attempts = 0;
         loop {
-            let result = in_transaction(self.db, || {
-                if let Some(id) = event_id
-                    && !inbox::first_time(self.db, id, &self.context.now_text)?
-                {
-                    return Ok(Outcome::Duplicate);
-                }
+            let act = || {
                 let Some(order) = self.load(order_id)? else {
                     return Ok(Outcome::UnknownOrder);
                 };
@@ -328,7 +335,12 @@ impl<'a, D: Sql> Orders<'a, D> {
                     return Ok(Outcome::Unchanged(order));
                 }
                 self.append(order_id, Some(order), events).map(Outcome::Changed)
-            });
+            };
+            let result = match event_id {
+                Some(id) => inbox::handle_once(self.db, SCHEMA, id, &self.context.now_text, act)
+                    .map(|done| done.unwrap_or(Outcome::Duplicate)),
+                None => in_transaction(self.db, act),
+            };
             attempts += 1;
             match result {
                 Err(StoreError::Conflict) if attempts < APPEND_ATTEMPTS => continue,

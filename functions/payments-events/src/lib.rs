@@ -163,7 +163,6 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
             .traced(&event_kit::traceparent(&message));
         let context = context();
         let ledger = Ledger::new(&db, &context);
-        ledger.migrate().map_err(|e| event_kit::Error::Other(e.to_string()))?;
         let handled = ledger
             .handle(&envelope.id, &event, &ProviderApi::configured(&db))
             .map_err(event_kit::Error::Other)?;

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use shop_domain::ShopEvent;
 use shop_domain::events::{PaymentCommand, PaymentResult};
-use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, migrate};
+use shop_domain::sql::{Sql, SqlError, SqlValue, migrate, with_schema};
 use shop_domain::types::Money;
 use shop_domain::{inbox, outbox};
 
@@ -175,20 +175,28 @@ impl<'a, D: Sql> Ledger<'a, D> {
             .map(str::to_string))
     }
 
-    fn seen(&self, event_id: &str) -> Result<bool, SqlError> {
-        let rows = self
-            .db
-            .execute("SELECT 1 FROM inbox WHERE event_id = ?", &[event_id.into()])?;
-        Ok(!rows.is_empty())
-    }
-
-    /// Handles one delivered command exactly once. `Err` leaves nothing changed.
+    /// Handles one delivered command exactly once. `Err` leaves nothing changed. The
+    /// schema is applied first only when it is not (no need to [`Self::migrate`]
+    /// before): the provider may then be asked twice, which its idempotency key
+    /// answers the same.
     pub fn handle(&self, event_id: &str, event: &ShopEvent, provider: &impl Provider) -> Result<Handled, String> {
         let Some(command) = command_of(event) else {
             return Ok(Handled::Ignored);
         };
+        with_schema(self.db, SCHEMA, || {
+            self.handle_command(event_id, event, command, provider)
+        })
+    }
+
+    fn handle_command(
+        &self,
+        event_id: &str,
+        event: &ShopEvent,
+        command: &PaymentCommand,
+        provider: &impl Provider,
+    ) -> Result<Handled, String> {
         let sql = |e: SqlError| e.to_string();
-        if self.seen(event_id).map_err(sql)? {
+        if inbox::handled_before(self.db, event_id).map_err(sql)? {
             return Ok(Handled::Duplicate);
         }
         let existing = self.payment(&command.order_id).map_err(sql)?;
@@ -198,10 +206,7 @@ impl<'a, D: Sql> Ledger<'a, D> {
             ShopEvent::PaymentCaptureRequested(_) => self.capture(command, existing, provider)?,
             _ => self.void_or_refund(command, existing, provider)?,
         };
-        in_transaction(self.db, || {
-            if !inbox::first_time(self.db, event_id, &self.context.now_text)? {
-                return Ok(Handled::Duplicate);
-            }
+        let handled = inbox::handle_once(self.db, SCHEMA, event_id, &self.context.now_text, || {
             if let Some(payment) = &change.write {
                 self.save(payment)?;
                 // Answered: the token has served its one purpose (a capture comes after
@@ -221,7 +226,8 @@ impl<'a, D: Sql> Ledger<'a, D> {
             )?;
             Ok(Handled::Done(Box::new(change.announce.clone())))
         })
-        .map_err(sql)
+        .map_err(sql)?;
+        Ok(handled.unwrap_or(Handled::Duplicate))
     }
 
     fn save(&self, p: &Payment) -> Result<(), SqlError> {
