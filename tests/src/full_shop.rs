@@ -41,6 +41,16 @@ pub fn kafka_brokers() -> String {
     std::env::var("SHOP_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// Where the machine's PostgreSQL keeps its socket, for the external backend's
+/// `[postgres] local_socket_dir`: `SHOP_POSTGRES_SOCKET_DIR` (empty: none, TCP), or
+/// Debian's `/var/run/postgresql` when the server's socket is there.
+pub fn postgres_socket_dir() -> Option<PathBuf> {
+    match std::env::var("SHOP_POSTGRES_SOCKET_DIR") {
+        Ok(dir) => Some(PathBuf::from(dir)).filter(|dir| !dir.as_os_str().is_empty()),
+        Err(_) => Some(PathBuf::from("/var/run/postgresql")).filter(|dir| dir.join(".s.PGSQL.5432").exists()),
+    }
+}
+
 /// librdkafka settings of the external runs (`[kafka.options]`). Tansu holds every
 /// fetch for `fetch.wait.max.ms` even with records waiting (Kafka answers as soon as
 /// one arrives), and each fetch costs it work on every partition it names: with
@@ -154,6 +164,14 @@ impl FullShop {
             ));
             for (key, value) in kafka_client_options() {
                 runtime_config.push_str(&format!("{key:?} = {value:?}\n"));
+            }
+            // The services' addresses stay `postgres://…@127.0.0.1:5432/…` (what the
+            // allow list names); the host reaches that server through its socket.
+            if let Some(dir) = postgres_socket_dir() {
+                runtime_config.push_str(&format!(
+                    "[postgres]\nlocal_socket_dir = {:?}\n",
+                    dir.display().to_string()
+                ));
             }
             for db in DATABASES {
                 let url = fresh_postgres_database(&format!("shop_{label}_{db}"));

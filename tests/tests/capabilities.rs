@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -352,6 +353,51 @@ fn postgres_values_round_trip_and_addresses_are_checked() {
         err.contains("ConnectionFailed") && err.contains("not permitted"),
         "{denied}"
     );
+}
+
+/// With `[postgres] local_socket_dir` a guest's loopback address is served through
+/// the server's socket; the allow list still judges the address the guest named.
+#[test]
+fn a_loopback_server_is_reached_through_its_socket_when_configured() {
+    let socket_dir = "/var/run/postgresql";
+    assert!(
+        Path::new(socket_dir).join(".s.PGSQL.5432").exists(),
+        "PostgreSQL must keep its socket in {socket_dir} for this test"
+    );
+    let dir = TempDir::new("pg-socket");
+    let manifest = granted_app(
+        &dir,
+        "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]",
+        "allowed_outbound_hosts = [\"postgres://db.example:5432\"]",
+    );
+    // Not `runtime-config.toml`, which a shop beside it would read unasked.
+    let runtime_config = dir.path().join("socket.toml");
+    std::fs::write(
+        &runtime_config,
+        format!("[postgres]\nlocal_socket_dir = {socket_dir:?}\n"),
+    )
+    .unwrap();
+    let open = |args: Vec<String>, data: &str| {
+        let shop = Shop::start_with(
+            &manifest,
+            ShopOptions {
+                data_dir: &dir.path().join(data),
+                args,
+                env: vec![],
+            },
+        );
+        let granted = shop.get_json("/granted/pg-open", &[("x-pg-address", POSTGRES)]);
+        let ungranted = shop.get_json("/ungranted/pg-open", &[("x-pg-address", POSTGRES)]);
+        (granted, ungranted)
+    };
+    let (over_tcp, _) = open(vec![], "tcp");
+    assert_eq!(over_tcp["server"], json!("127.0.0.1"), "{over_tcp}");
+    let args = vec!["--runtime-config-file".into(), runtime_config.display().to_string()];
+    let (local, ungranted) = open(args, "socket");
+    assert_eq!(local["select"], json!({ "ok": "1" }), "{local}");
+    assert_eq!(local["server"], json!("socket"), "{local}");
+    let err = ungranted["open"]["err"].as_str().unwrap_or_default();
+    assert!(err.contains("not permitted"), "{ungranted}");
 }
 
 /// Guests that keep a connection open while they wait (the orders long poll, a

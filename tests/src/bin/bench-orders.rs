@@ -224,6 +224,12 @@ fn run(backend: Backend, orders: usize, concurrency: usize, flow: Flow) -> Run {
         Backend::External => "bench-orders-external",
     };
     let shop = FullShop::start(backend, label, 12, &[]);
+    if backend == Backend::External {
+        match shop_tests::full_shop::postgres_socket_dir() {
+            Some(dir) => println!("external: PostgreSQL through its socket in {}", dir.display()),
+            None => println!("external: PostgreSQL over TCP"),
+        }
+    }
     let api = shop.api();
     let admin = api.admin();
     let product = api.product(&admin, "BENCH", 100, 1_000_000);

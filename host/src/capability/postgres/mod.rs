@@ -9,6 +9,8 @@
 #![allow(clippy::result_large_err)]
 
 use std::error::Error as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,13 +108,19 @@ use session::PgSession;
 use values::{data_type, db_value, to_sql};
 
 /// `[postgres]` in the runtime config: the pools the host keeps for guests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct PostgresSettings {
     /// Server connections per component and address (guests beyond it wait for one).
     pub max_connections: usize,
     /// Connecting, and waiting for a free pooled connection.
     pub connect_timeout_ms: u64,
+    /// Where the servers on this machine keep their sockets (`/var/run/postgresql`
+    /// on Debian). An address naming a loopback host is then served through
+    /// `<dir>/.s.PGSQL.<port>` instead of TCP: the same server, without a TCP stack
+    /// on both ends of every round trip. The guest and the allow list still see the
+    /// address it named. Unset: TCP.
+    pub local_socket_dir: Option<PathBuf>,
 }
 
 impl Default for PostgresSettings {
@@ -120,6 +128,7 @@ impl Default for PostgresSettings {
         Self {
             max_connections: 16,
             connect_timeout_ms: 5_000,
+            local_socket_dir: None,
         }
     }
 }
@@ -132,6 +141,8 @@ impl Settings for PostgresSettings {
             Some(("max_connections", "expected a number from 1 to 10000"))
         } else if self.connect_timeout_ms == 0 {
             Some(("connect_timeout_ms", "expected a number of milliseconds above 0"))
+        } else if self.local_socket_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
+            Some(("local_socket_dir", "expected an absolute directory path"))
         } else {
             None
         }
@@ -149,7 +160,7 @@ pub struct PostgresPools {
 impl PostgresPools {
     fn pool(&self, component: &str, address: &str, config: tokio_postgres::Config) -> Result<Pool, Error> {
         self.pools
-            .get_or_create(component, address, || new_pool(config, self.settings))
+            .get_or_create(component, address, || new_pool(config, &self.settings))
     }
 
     /// Rows waiting in the transactional outbox of the database at `address`, read
@@ -169,7 +180,7 @@ impl PostgresPools {
     }
 }
 
-fn new_pool(config: tokio_postgres::Config, settings: PostgresSettings) -> Result<Pool, Error> {
+fn new_pool(config: tokio_postgres::Config, settings: &PostgresSettings) -> Result<Pool, Error> {
     let timeout = Some(Duration::from_millis(settings.connect_timeout_ms));
     // Connections come back to the pool outside any transaction (see
     // `Session::release` and `Drop for Session`), so recycling only checks the
@@ -186,6 +197,10 @@ fn new_pool(config: tokio_postgres::Config, settings: PostgresSettings) -> Resul
         Some(o) if !o.is_empty() => format!("{o} -c client_min_messages=error"),
         _ => "-c client_min_messages=error".to_string(),
     });
+    let config = match settings.local_socket_dir.as_deref() {
+        Some(dir) => through_local_socket(&config, dir).unwrap_or(config),
+        None => config,
+    };
     let manager = Manager::from_config(config, tokio_postgres::NoTls, recycling);
     let pool = Pool::builder(manager)
         .max_size(settings.max_connections)
@@ -196,6 +211,47 @@ fn new_pool(config: tokio_postgres::Config, settings: PostgresSettings) -> Resul
         .build()
         .map_err(|e| Error::ConnectionFailed(e.to_string()))?;
     Ok(pool)
+}
+
+/// `config` with its one loopback host replaced by the server's socket in `dir`
+/// (`None`: it names another host, or several). The rest of the address (user,
+/// password, database, options…) carries over.
+fn through_local_socket(config: &tokio_postgres::Config, dir: &Path) -> Option<tokio_postgres::Config> {
+    use tokio_postgres::config::Host;
+    let loopback = |host: &str| host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let ([Host::Tcp(host)], [] | [_]) = (config.get_hosts(), config.get_ports()) else {
+        return None;
+    };
+    if !loopback(host) || !config.get_hostaddrs().iter().all(IpAddr::is_loopback) {
+        return None;
+    }
+    let mut local = tokio_postgres::Config::new();
+    local
+        .host_path(dir)
+        .port(config.get_ports().first().copied().unwrap_or(5432))
+        // No TLS over a socket (as libpq): the host connects without it anyway.
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .target_session_attrs(config.get_target_session_attrs())
+        .channel_binding(config.get_channel_binding());
+    if let Some(user) = config.get_user() {
+        local.user(user);
+    }
+    if let Some(password) = config.get_password() {
+        local.password(password);
+    }
+    if let Some(dbname) = config.get_dbname() {
+        local.dbname(dbname);
+    }
+    if let Some(options) = config.get_options() {
+        local.options(options);
+    }
+    if let Some(name) = config.get_application_name() {
+        local.application_name(name);
+    }
+    if let Some(timeout) = config.get_connect_timeout() {
+        local.connect_timeout(*timeout);
+    }
+    Some(local)
 }
 
 /// Which servers a component may reach, and the application's pools.
@@ -543,6 +599,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_loopback_address_can_be_served_through_the_local_socket() {
+        use tokio_postgres::config::Host;
+        let dir = Path::new("/var/run/postgresql");
+        let parse = |address: &str| tokio_postgres::Config::from_str(address).unwrap();
+        let local = through_local_socket(
+            &parse("postgres://app:secret@127.0.0.1:5433/shop?application_name=orders&options=-c%20x%3D1"),
+            dir,
+        )
+        .unwrap();
+        assert_eq!(local.get_hosts(), [Host::Unix(dir.to_path_buf())]);
+        assert_eq!(local.get_ports(), [5433]);
+        assert_eq!(
+            (local.get_user(), local.get_password(), local.get_dbname()),
+            (Some("app"), Some(&b"secret"[..]), Some("shop"))
+        );
+        assert_eq!(
+            (local.get_application_name(), local.get_options()),
+            (Some("orders"), Some("-c x=1"))
+        );
+        let local = through_local_socket(&parse("host=localhost user=app"), dir).unwrap();
+        assert_eq!(local.get_ports(), [5432]);
+        for elsewhere in [
+            "postgres://app@db.internal/shop",
+            "postgres://app@10.0.0.1:5432/shop",
+            "host=127.0.0.1,db.internal user=app",
+            "host=127.0.0.1 hostaddr=10.0.0.1 user=app",
+        ] {
+            assert!(through_local_socket(&parse(elsewhere), dir).is_none(), "{elsewhere}");
+        }
+    }
+
+    #[test]
     fn addresses_are_checked_against_allowed_hosts() {
         let allowed = AllowedHosts::parse(["postgres://db.internal:5432"]).unwrap();
         assert!(authorize("postgres://app@db.internal/shop", &allowed).is_ok());
@@ -598,6 +686,13 @@ mod settings_tests {
             PostgresSettings::default().connect_timeout_ms
         );
         assert_eq!(fine.warnings[0].key, "postgres.max_conections");
+        let bad = read("[postgres]\nlocal_socket_dir = \"run/postgresql\"\n")
+            .err()
+            .unwrap();
+        assert_eq!(
+            (bad.key.as_str(), bad.message.as_str()),
+            ("postgres.local_socket_dir", "expected an absolute directory path")
+        );
         let bad = read("[postgres]\nmax_connections = 0\n").err().unwrap();
         assert_eq!(
             (bad.key.as_str(), bad.message.as_str()),

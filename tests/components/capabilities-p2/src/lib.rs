@@ -6,7 +6,8 @@
 //! - `GET /sqlite?db=<label>`: the SQLite script on that database.
 //! - `GET /pg` with header `x-pg-address`: the Postgres script against that server.
 //! - `GET /redis` with header `x-redis-address`: the outbound Redis script.
-//! - `GET /pg-open` with header `x-pg-address`: opens a connection and runs `SELECT 1`.
+//! - `GET /pg-open` with header `x-pg-address`: opens a connection, runs `SELECT 1` and
+//!   asks the server its own address on that connection (`socket` over a socket).
 //! - `GET /pg-types` with header `x-pg-address`: date/time, uuid, jsonb, numeric,
 //!   range and interval values through Postgres.
 //! - `GET /pg-hold?ms=<n>&tx_ms=<t>` with header `x-pg-address`: keeps one connection
@@ -105,7 +106,16 @@ fn sqlite_script(label: &str) -> Value {
 fn postgres_open(address: &str) -> Value {
     match spin_sdk::pg4::Connection::open(address) {
         Ok(conn) => {
-            json!({ "open": { "ok": "opened" }, "select": show(conn.query("SELECT 1", &[]).map(|r| r.rows.len())) })
+            // The server's address as it sees this connection: none over a socket.
+            let server = conn.query("SELECT COALESCE(host(inet_server_addr()), 'socket')", &[]);
+            json!({
+                "open": { "ok": "opened" },
+                "select": show(conn.query("SELECT 1", &[]).map(|r| r.rows.len())),
+                "server": match server.as_ref().map(|r| r.rows.first().and_then(|row| row.first())) {
+                    Ok(Some(spin_sdk::pg4::DbValue::Str(address))) => json!(address),
+                    other => json!(format!("{other:?}")),
+                },
+            })
         }
         Err(e) => json!({ "open": { "err": format!("{e:?}") } }),
     }
