@@ -151,9 +151,10 @@ impl SchemaMemo {
 /// Creates what `schema` describes (each statement idempotent, SQLite type names).
 ///
 /// Every instance of a service calls this on each request (a message handler only
-/// when its work failed: [`with_schema`]), so the usual case is one indexed read: a schema already applied is recorded by its fingerprint
-/// in `shop_schema`, and only a new or changed schema runs its statements. With a
-/// [`SchemaMemo`] the read is of every fingerprint, once per connection.
+/// when its work failed: [`with_schema`]), so the usual case is one indexed read: a
+/// schema already applied is recorded by its fingerprint in `shop_schema`, and only a
+/// new or changed schema runs its statements. With a [`SchemaMemo`] the read is of
+/// every fingerprint, once per connection.
 pub fn migrate(db: &impl Sql, schema: &[&str]) -> Result<(), SqlError> {
     apply_schema(db, schema).map(drop)
 }

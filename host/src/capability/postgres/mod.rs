@@ -141,8 +141,17 @@ impl Settings for PostgresSettings {
             Some(("max_connections", "expected a number from 1 to 10000"))
         } else if self.connect_timeout_ms == 0 {
             Some(("connect_timeout_ms", "expected a number of milliseconds above 0"))
-        } else if self.local_socket_dir.as_ref().is_some_and(|dir| !dir.is_absolute()) {
-            Some(("local_socket_dir", "expected an absolute directory path"))
+        } else if self
+            .local_socket_dir
+            .as_ref()
+            .is_some_and(|dir| !dir.is_absolute() || !dir.is_dir())
+        {
+            // Checked here, not at the first guest's connection, whose error would
+            // not name the socket.
+            Some((
+                "local_socket_dir",
+                "expected the absolute path of an existing directory",
+            ))
         } else {
             None
         }
@@ -686,13 +695,22 @@ mod settings_tests {
             PostgresSettings::default().connect_timeout_ms
         );
         assert_eq!(fine.warnings[0].key, "postgres.max_conections");
-        let bad = read("[postgres]\nlocal_socket_dir = \"run/postgresql\"\n")
-            .err()
-            .unwrap();
+        let socket_dir = |dir: &str| read(&format!("[postgres]\nlocal_socket_dir = {dir:?}\n"));
+        let here = std::env::temp_dir();
         assert_eq!(
-            (bad.key.as_str(), bad.message.as_str()),
-            ("postgres.local_socket_dir", "expected an absolute directory path")
+            socket_dir(&here.display().to_string()).unwrap().value.local_socket_dir,
+            Some(here.clone())
         );
+        for bad in ["run/postgresql", &here.join("shop-no-such-dir").display().to_string()] {
+            let bad = socket_dir(bad).err().unwrap();
+            assert_eq!(
+                (bad.key.as_str(), bad.message.as_str()),
+                (
+                    "postgres.local_socket_dir",
+                    "expected the absolute path of an existing directory"
+                )
+            );
+        }
         let bad = read("[postgres]\nmax_connections = 0\n").err().unwrap();
         assert_eq!(
             (bad.key.as_str(), bad.message.as_str()),
