@@ -221,14 +221,46 @@ pub fn insert_rows<const COLUMNS: usize>(
     insert: &str,
     rows: impl IntoIterator<Item = [SqlValue; COLUMNS]>,
 ) -> Result<(), SqlError> {
+    if let Some((statement, params)) = rows_insert(insert, rows) {
+        db.execute(&statement, &params)?;
+    }
+    Ok(())
+}
+
+/// The statement [`insert_rows`] runs and its parameters (`None` for no rows), to run
+/// with another one ([`execute_together`]).
+pub fn rows_insert<const COLUMNS: usize>(
+    insert: &str,
+    rows: impl IntoIterator<Item = [SqlValue; COLUMNS]>,
+) -> Option<(String, Vec<SqlValue>)> {
     let params: Vec<SqlValue> = rows.into_iter().flatten().collect();
     if params.is_empty() {
-        return Ok(());
+        return None;
     }
     let tuple = format!("({})", vec!["?"; COLUMNS].join(", "));
     let values = vec![tuple; params.len() / COLUMNS].join(", ");
-    db.execute(&format!("{insert} VALUES {values}"), &params)?;
-    Ok(())
+    Some((format!("{insert} VALUES {values}"), params))
+}
+
+/// Runs the write `first`, then `then` (each a statement and its parameters; `then`
+/// must not read what `first` writes), in one round trip where the dialect allows:
+/// on PostgreSQL `first` becomes a data-modifying `WITH` of `then`, and fails the
+/// whole statement as it would have failed alone. Returns `then`'s rows.
+pub fn execute_together(
+    db: &impl Sql,
+    first: (String, Vec<SqlValue>),
+    then: (&str, Vec<SqlValue>),
+) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+    match db.dialect() {
+        Dialect::Postgres => {
+            let statement = format!("WITH written_first AS ({}) {}", first.0, then.0);
+            db.execute(&statement, &[first.1, then.1].concat())
+        }
+        Dialect::Sqlite => {
+            db.execute(&first.0, &first.1)?;
+            db.execute(then.0, &then.1)
+        }
+    }
 }
 
 fn is_add_column(statement: &str) -> bool {
@@ -438,6 +470,41 @@ mod tests {
         assert_eq!(rows, vec![vec![SqlValue::Integer(2)]], "nothing of e-3 committed");
         assert_eq!(crate::inbox::handled_before(&changed, "e-3"), Ok(false));
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Two writes in one round trip on PostgreSQL, one after the other on SQLite, with
+    /// the parameters in the order of their placeholders.
+    #[test]
+    fn writes_run_together_where_the_dialect_allows() {
+        struct Recording(Dialect, std::cell::RefCell<Vec<(String, Vec<SqlValue>)>>);
+        impl Sql for Recording {
+            fn dialect(&self) -> Dialect {
+                self.0
+            }
+            fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {
+                self.1.borrow_mut().push((statement.to_string(), params.to_vec()));
+                Ok(vec![])
+            }
+        }
+        let rows = rows_insert("INSERT INTO e (n)", [[SqlValue::Integer(1)], [SqlValue::Integer(2)]]).unwrap();
+        let then = ("UPDATE p SET n = ?", vec![SqlValue::Integer(3)]);
+        let postgres = Recording(Dialect::Postgres, Default::default());
+        execute_together(&postgres, rows.clone(), then.clone()).unwrap();
+        assert_eq!(
+            postgres.1.take(),
+            [(
+                "WITH written_first AS (INSERT INTO e (n) VALUES (?), (?)) UPDATE p SET n = ?".to_string(),
+                vec![SqlValue::Integer(1), SqlValue::Integer(2), SqlValue::Integer(3)]
+            )]
+        );
+        let sqlite = Recording(Dialect::Sqlite, Default::default());
+        execute_together(&sqlite, rows.clone(), then.clone()).unwrap();
+        assert_eq!(
+            sqlite.1.take(),
+            [rows, (then.0.to_string(), then.1)],
+            "one after the other"
+        );
+        assert_eq!(rows_insert::<1>("INSERT INTO e (n)", []), None);
     }
 
     #[test]

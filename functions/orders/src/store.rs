@@ -5,7 +5,7 @@
 
 use shop_domain::ShopEvent;
 use shop_domain::events::OrderTimedOut;
-use shop_domain::sql::{Sql, SqlError, SqlValue, in_transaction, insert_rows, migrate, with_schema};
+use shop_domain::sql::{Sql, SqlError, SqlValue, execute_together, in_transaction, migrate, rows_insert, with_schema};
 use shop_domain::types::OrderStatus;
 use shop_domain::{inbox, outbox};
 
@@ -208,10 +208,7 @@ impl<'a, D: Sql> Orders<'a, D> {
                 event,
             })
             .collect();
-        // One statement for the events, one for those that are published: an order
-        // step appends two or three.
-        insert_rows(
-            self.db,
+        let events = rows_insert(
             "INSERT INTO order_events (order_id, seq, event_id, event_type, payload, at, time)",
             appended.iter().map(|recorded| {
                 [
@@ -224,7 +221,17 @@ impl<'a, D: Sql> Orders<'a, D> {
                     recorded.time.clone().into(),
                 ]
             }),
-        )?;
+        )
+        .ok_or_else(|| StoreError::Failed(format!("order {order_id}: no events to append")))?;
+        let order = match prior {
+            Some(prior) => Some(prior.then(&appended)),
+            None => Order::fold(&appended),
+        }
+        .ok_or_else(|| StoreError::Failed(format!("order {order_id} has no OrderPlaced")))?;
+        // The events and the projection they make in one round trip (on PostgreSQL);
+        // a concurrent append of the same `seq` fails both.
+        execute_together(self.db, events, self.projection(&order))?;
+        // Those events that are published: one statement more.
         outbox::record_all(
             self.db,
             appended
@@ -232,23 +239,18 @@ impl<'a, D: Sql> Orders<'a, D> {
                 .filter(|recorded| publishes(&recorded.event))
                 .map(|recorded| (recorded.event_id.clone(), ctx.now_text.clone(), &recorded.event)),
         )?;
-        let order = match prior {
-            Some(prior) => Some(prior.then(&appended)),
-            None => Order::fold(&appended),
-        }
-        .ok_or_else(|| StoreError::Failed(format!("order {order_id} has no OrderPlaced")))?;
-        self.project(&order)?;
         Ok(order)
     }
 
-    fn project(&self, order: &Order) -> Result<(), SqlError> {
-        self.db.execute(
+    /// The upsert of `order`'s row in the `orders` projection.
+    fn projection(&self, order: &Order) -> (&'static str, Vec<SqlValue>) {
+        (
             "INSERT INTO orders (id, user_id, status, step, total_amount, currency, reason, deadline, version, \
              created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, step = excluded.step, \
              reason = excluded.reason, deadline = excluded.deadline, version = excluded.version, \
              updated_at = excluded.updated_at",
-            &[
+            vec![
                 order.id.clone().into(),
                 order.user_id.clone().into(),
                 status_text(order.status).into(),
@@ -261,8 +263,7 @@ impl<'a, D: Sql> Orders<'a, D> {
                 order.created_at.clone().into(),
                 order.updated_at.clone().into(),
             ],
-        )?;
-        Ok(())
+        )
     }
 
     /// The order a customer already placed with `idempotency_key`.
