@@ -131,8 +131,10 @@ impl Store {
     /// wrote meanwhile, and no writer of this process ever waits in SQLite's busy
     /// handler for another. The caller that finds the writing connection free runs the
     /// queue on its own thread: a batch takes tens of microseconds, less than waking a
-    /// writer thread and being woken by it cost on every publish. Resolves once the
-    /// transaction committed; `f`'s error undoes only its own work.
+    /// writer thread and being woken by it cost on every publish. Only a writer of
+    /// another process sharing the file can make that thread wait, in SQLite's busy
+    /// handler (as a guest's SQLite statement can). Resolves once the transaction
+    /// committed; `f`'s error undoes only its own work.
     pub async fn write<T, F>(&self, f: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,

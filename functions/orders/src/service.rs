@@ -150,9 +150,10 @@ pub const MAX_WAIT_MS: u64 = 10_000;
 /// depending on load; each look is a statement and a wake-up)…
 pub const FIRST_POLL_PAUSE: Duration = Duration::from_millis(20);
 /// …then after a third of the time waited so far, so a look comes at most a third
-/// late, but not more often than this: on embedded defaults under load a look every
-/// 20 ms cost 4 % more host CPU per order than this pace (`bench-orders 3000 32
-/// embedded`, four alternating pairs) for the same latency…
+/// late, but not more often than this: on embedded defaults under load the former
+/// pace (after 10 ms, then a quarter of the wait, at least 20 ms apart) cost 4 % more
+/// host CPU per order for the same latency (`bench-orders 3000 32 embedded`, four
+/// alternating pairs)…
 const FAST_POLL: Duration = Duration::from_millis(30);
 /// …nor less often than this: a customer waiting on a slow saga (PostgreSQL and
 /// Kafka under load take a second or more) costs ten reads a second, not fifty.
