@@ -39,7 +39,7 @@ pub fn handle_once<T, E: From<SqlError>>(
 ) -> Result<Option<T>, E> {
     let attempt = in_transaction(db, || {
         if let Some(written) = db.written() {
-            written.handling(event_id);
+            written.handling();
         }
         let value = work().map_err(Attempt::Failed)?;
         let outputs = db

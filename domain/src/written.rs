@@ -3,8 +3,8 @@
 //!
 //! Events written while handling a delivered message (inside
 //! [`crate::inbox::handle_once`]) are not outbox rows: they are kept with that
-//! message's inbox row, written with them at the end of the same transaction. Publishing them
-//! then needs no read and no delete (a commit of its own), and a redelivery of the
+//! message's inbox row, written with them at the end of the same transaction.
+//! Publishing them then needs no read and no delete (a commit of its own), and a redelivery of the
 //! message publishes them again from there ([`crate::outbox::republish`]), which covers
 //! a crash between the commit and the publish. Other events (a cron handler's) go to
 //! `outbox_own` as before, where the relay finds what a crash left.
@@ -25,8 +25,8 @@ pub enum Place {
 #[derive(Default, Debug)]
 pub struct Written {
     rows: RefCell<Vec<(OutboxRow, Place)>>,
-    /// The delivered event the open transaction handles.
-    handling: RefCell<Option<String>>,
+    /// Whether the open transaction handles a delivered event.
+    handling: Cell<bool>,
     /// How many rows there were when the open transaction began.
     begun_at: Cell<usize>,
 }
@@ -34,16 +34,16 @@ pub struct Written {
 impl Written {
     pub(crate) fn begin(&self) {
         self.begun_at.set(self.rows.borrow().len());
-        self.handling.take();
+        self.handling.set(false);
     }
 
-    /// The open transaction handles the delivered event `event_id`.
-    pub(crate) fn handling(&self, event_id: &str) {
-        *self.handling.borrow_mut() = Some(event_id.to_string());
+    /// The open transaction handles a delivered event.
+    pub(crate) fn handling(&self) {
+        self.handling.set(true);
     }
 
     pub(crate) fn is_handling(&self) -> bool {
-        self.handling.borrow().is_some()
+        self.handling.get()
     }
 
     pub(crate) fn push(&self, row: OutboxRow, place: Place) {
@@ -60,13 +60,13 @@ impl Written {
     }
 
     pub(crate) fn committed(&self) {
-        self.handling.take();
+        self.handling.set(false);
     }
 
     /// Forgets what the open transaction wrote: it was never committed.
     pub(crate) fn rolled_back(&self) {
         self.rows.borrow_mut().truncate(self.begun_at.get());
-        self.handling.take();
+        self.handling.set(false);
     }
 
     /// Every row written since the last call, in order.
