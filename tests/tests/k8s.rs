@@ -1,6 +1,6 @@
 //! `k8s/` with no cluster: every overlay renders with `kubectl kustomize`, and what it
-//! renders validates strictly (custom resources against the operators' CRD schemas in
-//! `../shared/k8s-crds`, core kinds against the Kubernetes API models) and its
+//! renders validates strictly (custom resources against the operators' CRD schemas kept
+//! in `tests/k8s/crds`, core kinds against the Kubernetes API models) and its
 //! references resolve (tests/k8s/validate.py). The tools come from PyPI, pinned, via
 //! scripts/k8s-tools.
 
@@ -18,13 +18,15 @@ fn tools() -> PathBuf {
     PathBuf::from(shop_tests::tool_script("k8s-tools").concat())
 }
 
+/// The pinned CRD schemas (tests/k8s/crds/README.md names their sources), or another
+/// set named by `SHOP_K8S_CRDS` to validate against newer operator releases.
 fn crds() -> PathBuf {
     let dir = std::env::var_os("SHOP_K8S_CRDS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/k8s-crds"));
+        .unwrap_or_else(|| repo().join("tests/k8s/crds"));
     assert!(
         dir.join("spin-operator").is_dir(),
-        "the CRD schemas are not at {} (set SHOP_K8S_CRDS)",
+        "the CRD schemas are not at {}",
         dir.display()
     );
     dir
