@@ -1,6 +1,7 @@
 //! Runs `[component.X.build]` commands the way Spin does (`sh -c`, in the manifest's
 //! directory joined with `workdir`, environment inherited), with a progress line per
 //! component. `shop up` builds only what is missing or stale; `shop build` builds all.
+//! Rust targets the commands need are added before the first command runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::Context as _;
 
 use crate::manifest::{Component, Manifest};
+use crate::rust_target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildPolicy {
@@ -73,6 +75,21 @@ pub fn build(manifest: &Manifest, policy: BuildPolicy, only: &[String]) -> anyho
         if let Some(reason) = reason {
             todo.push((id, build, reason));
         }
+    }
+    // A missing Rust target would fail the first cargo command minutes in: add it first.
+    let dirs: Vec<_> = todo
+        .iter()
+        .map(|(id, build, _)| (id.as_str(), workdir(manifest, build.workdir.as_deref()), *build))
+        .collect();
+    let builds = dirs.iter().flat_map(|(id, dir, build)| {
+        build
+            .command
+            .commands()
+            .into_iter()
+            .map(move |c| (*id, dir.as_path(), c))
+    });
+    for need in rust_target::needs(builds) {
+        rust_target::ensure(&rust_target::Tools::default(), &need)?;
     }
     let total = todo.len();
     for (n, (id, build, reason)) in todo.into_iter().enumerate() {

@@ -14,6 +14,7 @@ mod instance;
 mod manifest;
 mod metrics;
 mod runtime_config;
+mod rust_target;
 mod state;
 mod telemetry;
 mod trigger;

@@ -1,5 +1,7 @@
 //! What a newcomer does first: the README's run command in a fresh checkout with no
-//! component built, and what `shop up` shows a person at a terminal.
+//! component built, on a toolchain that lacks the wasm target (rustup added the pinned
+//! toolchain before the repository asked for the target), and what `shop up` shows a
+//! person at a terminal.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -88,7 +90,77 @@ fn newcomer_target() -> PathBuf {
     dir
 }
 
-/// Runs `command` with `sh -c` in its own process group, killed when dropped.
+/// The wasm target the components build for (spin.toml's build commands).
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// A rustup home holding the toolchain these tests run with, minus [`WASM_TARGET`]: a
+/// machine where rustup installed the pinned toolchain before anyone asked for the
+/// target. Files are hard links into the real toolchain except the ones rustup rewrites
+/// when it adds a target, which are copies, so nothing done there reaches the original.
+fn rustup_home_without_wasm_target(dir: &Path) -> PathBuf {
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(repo_root())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .output()
+            .unwrap_or_else(|e| panic!("{program} must be installed for this test: {e}"));
+        assert!(out.status.success(), "{program} {args:?} failed");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // The name rustup resolves rust-toolchain.toml to, and where that toolchain lives
+    // (a toolchain directory may be a link to another).
+    let name = run("rustup", &["show", "active-toolchain"]);
+    let name = name.split_whitespace().next().unwrap().to_string();
+    let sysroot = std::fs::canonicalize(run("rustc", &["--print", "sysroot"])).unwrap();
+    let home = dir.join("rustup");
+    let toolchain = home.join("toolchains").join(name);
+    std::fs::create_dir_all(toolchain.parent().unwrap()).unwrap();
+    let linked = Command::new("cp")
+        .arg("-al")
+        .arg(&sysroot)
+        .arg(&toolchain)
+        .status()
+        .unwrap();
+    if !linked.success() {
+        let _ = std::fs::remove_dir_all(&toolchain);
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&sysroot)
+            .arg(&toolchain)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "copying {}", sysroot.display());
+    }
+    let rustlib = toolchain.join("lib/rustlib");
+    for entry in std::fs::read_dir(&rustlib).unwrap().flatten() {
+        if entry.file_type().unwrap().is_file() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            std::fs::remove_file(entry.path()).unwrap(); // unlink first: never write through a link
+            std::fs::write(entry.path(), bytes).unwrap();
+        }
+    }
+    let _ = std::fs::remove_dir_all(rustlib.join(WASM_TARGET));
+    let _ = std::fs::remove_file(rustlib.join(format!("manifest-rust-std-{WASM_TARGET}")));
+    let components = std::fs::read_to_string(rustlib.join("components")).unwrap();
+    let kept: String = components
+        .lines()
+        .filter(|l| *l != format!("rust-std-{WASM_TARGET}"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(rustlib.join("components"), kept).unwrap();
+    // rustup's own record of the toolchain's components, one `[[components]]` table each.
+    let config = std::fs::read_to_string(rustlib.join("multirust-config.toml")).unwrap();
+    let mut tables = config.split("[[components]]");
+    let mut kept = tables.next().unwrap().to_string();
+    for table in tables.filter(|t| !t.contains(&format!("target = \"{WASM_TARGET}\""))) {
+        kept.push_str("[[components]]");
+        kept.push_str(table);
+    }
+    std::fs::write(rustlib.join("multirust-config.toml"), kept).unwrap();
+    home
+}
+
 /// A child process group, killed when dropped, and the file where a command that left
 /// the group (`script` starts its command in a session of its own) wrote its pid.
 struct Group(std::process::Child, Option<std::path::PathBuf>);
@@ -115,6 +187,21 @@ fn readme_run_command_serves_a_fresh_checkout() {
     std::os::unix::fs::symlink(newcomer_target(), clone.join("target")).unwrap();
     let gateway = clone.join("target/wasm32-wasip2/release/gateway.wasm");
     assert!(!gateway.exists(), "the checkout must start with no component built");
+    let rustup_home = rustup_home_without_wasm_target(dir.path());
+    let target_libdir = |home: &Path| {
+        let out = Command::new("rustc")
+            .args(["--print", "target-libdir", "--target", WASM_TARGET])
+            .current_dir(&clone)
+            .env("RUSTUP_HOME", home)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .output()
+            .unwrap();
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    };
+    assert!(
+        !target_libdir(&rustup_home).exists(),
+        "the newcomer's toolchain must start without {WASM_TARGET}"
+    );
 
     let (port, admin_port) = (free_port(), free_port());
     let command = format!(
@@ -126,6 +213,9 @@ fn readme_run_command_serves_a_fresh_checkout() {
         .arg("-c")
         .arg(&command)
         .current_dir(&clone)
+        .env("RUSTUP_HOME", &rustup_home)
+        // rust-toolchain.toml picks the toolchain, as in a shell, not the one running us.
+        .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUST_BACKTRACE")
         .env("CARGO_TERM_COLOR", "never")
@@ -166,6 +256,14 @@ fn readme_run_command_serves_a_fresh_checkout() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(gateway.exists(), "`shop up` built the gateway");
+    let added = format!("adding it with `rustup target add {WASM_TARGET}`");
+    assert_eq!(
+        stderr.text().matches(&added).count(),
+        1,
+        "one line says the target is added:\n{}",
+        stderr.text()
+    );
+    assert!(target_libdir(&rustup_home).is_dir(), "rustup added {WASM_TARGET}");
     assert!(stdout.text().contains("Serving shop"), "{}", stdout.text());
     // What the README says to open in a browser: the storefront, built by `shop up` too.
     let storefront = client.get(format!("http://127.0.0.1:{port}/")).send().unwrap();
