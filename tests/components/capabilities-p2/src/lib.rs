@@ -24,6 +24,7 @@
 //! - `GET /mqtt?topic=<t>` with headers `x-mqtt-address`, `x-mqtt-username`,
 //!   `x-mqtt-password`: opens `fermyon:spin/mqtt` and publishes `hello from wasm` to
 //!   the topic at least once, or returns the error.
+#![cfg(target_arch = "wasm32")]
 
 use serde_json::{Value, json};
 use spin_sdk::http::{Request, Response};

@@ -1,4 +1,5 @@
 //! Test component (WASI P2, spin-sdk 5): calls chain-back (or `?target=<url>`) over outbound HTTP and reports the answer.
+#![cfg(target_arch = "wasm32")]
 
 use serde_json::{Value, json};
 use spin_sdk::http::{Request, Response, send};

@@ -1,6 +1,7 @@
 //! Test component (WASI P2, spin-sdk 5): a Spin cron handler that records every tick in
 //! the SQLite `default` database (`ticks`), so tests can count and time the ticks.
 //! When the variable `fail` is "true" it still records the tick, then returns an error.
+#![cfg(target_arch = "wasm32")]
 
 use spin_sdk::sqlite::{Connection, Value};
 use std::time::{SystemTime, UNIX_EPOCH};

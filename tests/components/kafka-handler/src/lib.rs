@@ -220,6 +220,8 @@ impl Guest for KafkaHandler {
     }
 }
 
+// The export's symbols link only for wasm32; natively the crate keeps its unit tests.
+#[cfg(target_arch = "wasm32")]
 export!(KafkaHandler);
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Test component: a `wasi:messaging` incoming handler that accepts every message
 //! without touching it, so a benchmark measures the trigger and the host alone.
+#![cfg(target_arch = "wasm32")]
 
 spin_sdk::wit_bindgen::generate!({
     world: "kafka-handler",

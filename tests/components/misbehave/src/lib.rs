@@ -1,5 +1,6 @@
 //! Test component (WASI P2, spin-sdk 5): traps, spins forever, exhausts memory or sleeps
 //! on request, to test the host's limits and graceful shutdown.
+#![cfg(target_arch = "wasm32")]
 
 use std::hint::black_box;
 

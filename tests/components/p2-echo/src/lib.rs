@@ -1,4 +1,5 @@
 //! Test component (WASI P2, spin-sdk 5): echoes method, URI, headers and body length as JSON.
+#![cfg(target_arch = "wasm32")]
 
 use serde_json::{Map, Value, json};
 use spin_sdk::http::{IncomingRequest, Response};

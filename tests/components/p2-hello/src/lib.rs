@@ -1,4 +1,5 @@
 //! Benchmark component (WASI P2, spin-sdk 5): answers every request with `hello from p2`.
+#![cfg(target_arch = "wasm32")]
 
 use spin_sdk::http::{IncomingRequest, Response};
 use spin_sdk::http_component;
