@@ -260,6 +260,49 @@ def cross_check(docs, spin):
     if watched != groups:
         problems.append(f"KEDA watches {watched}, but the host's Kafka triggers consume {groups}")
 
+    # KEDA's scaler runs in KEDA's namespace: a bare Service name does not resolve there.
+    # A group with no committed offset counts a whole topic as lag under `earliest`, so
+    # the first deploy would jump to the most replicas.
+    bootstraps = {f"{cluster}-kafka-bootstrap" for cluster in by_kind.get("Kafka", {})}
+    for scaled in by_kind.get("ScaledObject", {}).values():
+        namespace = scaled["metadata"].get("namespace")
+        for trigger in scaled["spec"]["triggers"]:
+            if trigger["type"] != "kafka":
+                continue
+            meta = trigger["metadata"]
+            for address in meta["bootstrapServers"].split(","):
+                labels = address.rsplit(":", 1)[0].split(".")
+                if len(labels) < 3 or labels[0] not in bootstraps or labels[1] != namespace or labels[2] != "svc":
+                    problem(scaled, f"trigger {trigger.get('name')}: bootstrapServers {address} does not resolve from KEDA's namespace (write <cluster>-kafka-bootstrap.{namespace}.svc:<port>)")
+            if meta.get("offsetResetPolicy") == "earliest":
+                problem(scaled, f"trigger {trigger.get('name')}: offsetResetPolicy earliest counts a whole topic as lag until the group commits (the first deploy scales to the maximum)")
+
+    # Apply order: spin-operator's webhook refuses a SpinApp whose executor does not
+    # exist yet, so the executor must come first in what `kubectl apply` reads.
+    position = {(doc["kind"], doc["metadata"]["name"]): i for i, doc in enumerate(docs)}
+    for app in by_kind.get("SpinApp", {}).values():
+        executor = ("SpinAppExecutor", app["spec"]["executor"])
+        if executor in position and position[executor] > position[("SpinApp", app["metadata"]["name"])]:
+            problem(app, f"comes before its executor {executor[1]}: the first apply fails (spin-operator's webhook refuses it)")
+
+    # A PodDisruptionBudget whose minAvailable reaches the fewest replicas its pods can
+    # have blocks every node drain.
+    fewest = {}
+    for name, deployment in by_kind.get("Deployment", {}).items():
+        fewest[name] = deployment["spec"].get("replicas", 1)
+    for kind, field in (("HorizontalPodAutoscaler", "minReplicas"), ("ScaledObject", "minReplicaCount")):
+        for scaler in by_kind.get(kind, {}).values():
+            target = scaler["spec"]["scaleTargetRef"]["name"]
+            if target in fewest:
+                fewest[target] = min(fewest[target], scaler["spec"].get(field, 1))
+    for pdb in by_kind.get("PodDisruptionBudget", {}).values():
+        minimum = pdb["spec"].get("minAvailable")
+        wanted = pdb["spec"].get("selector", {}).get("matchLabels", {})
+        for name, deployment in by_kind.get("Deployment", {}).items():
+            labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+            if isinstance(minimum, int) and wanted and all(labels.get(k) == v for k, v in wanted.items()) and minimum >= fewest[name]:
+                problem(pdb, f"minAvailable {minimum} with as few as {fewest[name]} replicas of {name} blocks every node drain (use maxUnavailable)")
+
 
 def main():
     parser = argparse.ArgumentParser()

@@ -65,21 +65,19 @@ fn render(tools: &Path, overlay: &str) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// (passed, report) of the validator on `manifests`.
-fn validate(tools: &Path, manifests: &str) -> (bool, String) {
+/// Runs one of tests/k8s/'s scripts with the tools' Python, `stdin` on its input:
+/// (succeeded, stdout and stderr).
+fn python_script(tools: &Path, script: &str, args: &[&std::ffi::OsStr], stdin: &str) -> (bool, String) {
     use std::io::Write;
     let mut child = Command::new(tools.join("python"))
-        .arg(repo().join("tests/k8s/validate.py"))
-        .arg("--crds")
-        .arg(crds())
-        .arg("--spin-toml")
-        .arg(repo().join("spin.toml"))
+        .arg(repo().join("tests/k8s").join(script))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(manifests.as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
@@ -87,6 +85,18 @@ fn validate(tools: &Path, manifests: &str) -> (bool, String) {
         String::from_utf8_lossy(&output.stderr)
     );
     (output.status.success(), report)
+}
+
+/// (passed, report) of the validator on `manifests`.
+fn validate(tools: &Path, manifests: &str) -> (bool, String) {
+    let (crds, spin_toml) = (crds(), repo().join("spin.toml"));
+    let args = [
+        "--crds".as_ref(),
+        crds.as_os_str(),
+        "--spin-toml".as_ref(),
+        spin_toml.as_os_str(),
+    ];
+    python_script(tools, "validate.py", &args, manifests)
 }
 
 #[test]
@@ -152,6 +162,24 @@ fn the_validator_refuses_what_a_cluster_or_the_shop_would() {
             "name: shop-web\n            port:",
             "backend Service shop-web",
         ),
+        (
+            "a Kafka address KEDA's namespace cannot resolve",
+            "bootstrapServers: shop-kafka-bootstrap.shop-dev.svc:9092",
+            "bootstrapServers: shop-kafka-bootstrap:9092",
+            "does not resolve from KEDA's namespace",
+        ),
+        (
+            "lag counted from the start of a topic",
+            "offsetResetPolicy: latest",
+            "offsetResetPolicy: earliest",
+            "offsetResetPolicy earliest",
+        ),
+        (
+            "a disruption budget that blocks drains",
+            "maxUnavailable: 1",
+            "minAvailable: 1",
+            "blocks every node drain",
+        ),
     ] {
         assert!(rendered.contains(from), "{change}: the rendering has no `{from}`");
         let (passed, report) = validate(&tools, &rendered.replacen(from, to, 1));
@@ -161,6 +189,114 @@ fn the_validator_refuses_what_a_cluster_or_the_shop_would() {
             "{change}: expected `{expected}` in\n{report}"
         );
     }
+}
+
+/// `kubectl apply` creates objects in the order it reads them: a SpinApp before its
+/// executor is refused by spin-operator's webhook on the first apply.
+#[test]
+fn the_executor_is_applied_before_the_spin_app() {
+    let tools = tools();
+    let rendered = render(&tools, "dev");
+    let (passed, report) = validate(&tools, &rendered);
+    assert!(passed, "{report}");
+    let documents: Vec<&str> = rendered.split("\n---\n").collect();
+    let executor = documents
+        .iter()
+        .position(|d| d.contains("kind: SpinAppExecutor\n"))
+        .expect("an executor");
+    let mut reordered: Vec<&str> = documents.clone();
+    let moved = reordered.remove(executor);
+    reordered.push(moved);
+    let (passed, report) = validate(&tools, &reordered.join("\n---\n"));
+    assert!(!passed && report.contains("comes before its executor"), "{report}");
+}
+
+/// What tests/k8s/pod.py derives from `rendered` for one workload (`args`), in `out`.
+fn pod(tools: &Path, rendered: &str, args: &[&str], out: &Path) -> serde_json::Value {
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    all.push(out.as_os_str());
+    let (passed, report) = python_script(tools, "pod.py", &all, rendered);
+    assert!(passed, "pod.py {args:?}: {report}");
+    serde_json::from_str(&std::fs::read_to_string(out.join("pod.json")).unwrap()).unwrap()
+}
+
+/// `shop package` of the repository's app (its components from the test build) into
+/// `out`: `out/app` is the HTTP half's image, `out/host/app` the host image's app.
+fn package(out: &Path) {
+    let wasm_dir = shop_tests::wasm("gateway").parent().unwrap().to_path_buf();
+    let manifest = std::fs::read_to_string(repo().join("spin.toml")).unwrap().replace(
+        "source = \"target/wasm32-wasip2/release/",
+        &format!("source = \"{}/", wasm_dir.display()),
+    );
+    let source = out.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("spin.toml"), manifest).unwrap();
+    let (status, stdout, stderr) = shop_tests::run_shop(&[
+        "package",
+        "--file",
+        source.join("spin.toml").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(status.success(), "shop package: {stdout}{stderr}");
+}
+
+/// `shop check` of `manifest` with `runtime_config`: (passed, what it printed).
+fn check(manifest: &Path, runtime_config: &Path) -> (bool, String) {
+    let (status, stdout, stderr) = shop_tests::run_shop(&[
+        "check",
+        "--file",
+        manifest.to_str().unwrap(),
+        "--runtime-config-file",
+        runtime_config.to_str().unwrap(),
+    ]);
+    (status.success(), format!("{stdout}{stderr}"))
+}
+
+/// Each half's app with exactly the runtime config its workload gets from the rendered
+/// overlay passes `shop check`, which refuses what Spin refuses when it loads an app
+/// (undefined SQLite databases and key-value stores, allowed hosts that are no hosts
+/// with the variables' defaults).
+#[test]
+fn each_half_loads_with_the_runtime_config_the_overlay_gives_it() {
+    let tools = tools();
+    let dir = TempDir::new("k8s-check");
+    let images = dir.path().join("images");
+    package(&images);
+    for overlay in ["dev", "prod"] {
+        let rendered = render(&tools, overlay);
+        let host_dir = dir.path().join(overlay).join("host");
+        let host = pod(&tools, &rendered, &["deployment", "shop-host", "shop"], &host_dir);
+        let args: Vec<&str> = host["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let config = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--runtime-config-file="))
+            .expect("the host is given a runtime config");
+        let (passed, report) = check(
+            &images.join("host/app/spin.toml"),
+            &host_dir.join("files").join(config.trim_start_matches('/')),
+        );
+        assert!(passed, "{overlay}: the host half with its runtime config:\n{report}");
+
+        let app_dir = dir.path().join(overlay).join("app");
+        pod(&tools, &rendered, &["spinapp", "shop"], &app_dir);
+        let (passed, report) = check(&images.join("app/spin.toml"), &app_dir.join("runtime-config.toml"));
+        assert!(passed, "{overlay}: the HTTP half with its runtime config:\n{report}");
+    }
+    // What the overlays had before: no SQLite database defined for the services.
+    let bare = dir.path().join("bare-runtime-config.toml");
+    std::fs::write(
+        &bare,
+        "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://shop-redis:6379\"\n",
+    )
+    .unwrap();
+    let (passed, report) = check(&images.join("app/spin.toml"), &bare);
+    assert!(!passed && report.contains("products"), "{report}");
 }
 
 /// The images the manifests run are the ones scripts/images builds: `shop-app` and

@@ -23,6 +23,7 @@ fn saga_scenarios(backend: Backend, label: &str, redis_db: u8) {
             ("SPIN_VARIABLE_PAYMENT_TIMEOUT_SECS", "4"),
             ("SPIN_VARIABLE_SANDBOX_SLOW_MS", "8000"),
             ("SPIN_VARIABLE_MAIL_API_URL", &mail_url),
+            ("SPIN_VARIABLE_MAIL_API_HOST", &mail_api),
         ],
     );
     let api = shop.api();

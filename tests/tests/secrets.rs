@@ -50,7 +50,10 @@ fn no_token_or_code_outside_its_owner() {
         Backend::Embedded,
         "secrets",
         0,
-        &[("SPIN_VARIABLE_MAIL_API_URL", &mail_api)],
+        &[
+            ("SPIN_VARIABLE_MAIL_API_URL", &mail_api),
+            ("SPIN_VARIABLE_MAIL_API_HOST", &mail_api),
+        ],
     );
     let api = shop.api();
     let admin = api.admin();

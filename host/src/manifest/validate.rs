@@ -330,10 +330,21 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
     for (i, host) in component.allowed_outbound_hosts.iter().enumerate() {
         let k = format!("{key}.allowed_outbound_hosts[{i}]");
         check_template(c, k.clone(), host);
-        if !host.contains("{{")
-            && let Err(e) = allowed_hosts::check_entry(host)
+        if !host.contains("{{") {
+            if let Err(e) = allowed_hosts::check_entry(host) {
+                c.error(k, e);
+            }
+        } else if let Some(rendered) = render_with_defaults(manifest, host)
+            && let Err(e) = allowed_hosts::check_entry(&rendered)
         {
-            c.error(k, e);
+            // Spin's loader renders each entry with the variables' defaults and refuses
+            // the whole app when one is not a host, whatever values a deployment sets.
+            c.error(
+                k,
+                format!(
+                    "with the variables' defaults this is `{rendered}`, which Spin refuses when it loads the app ({e}); give each variable in it a default that makes `scheme://host[:port]`"
+                ),
+            );
         }
     }
     for (i, topic) in component.allowed_topics.iter().enumerate() {
@@ -341,6 +352,15 @@ fn validate_component(c: &mut Collector, manifest: &Manifest, id: &str, componen
             c.error(format!("{key}.allowed_topics[{i}]"), e);
         }
     }
+}
+
+/// `text` with every variable at its `[variables]` default, or `None` when one has no
+/// default (Spin then leaves the entry to be checked when it is used).
+fn render_with_defaults(manifest: &Manifest, text: &str) -> Option<String> {
+    Template::parse(text)
+        .ok()?
+        .render(|name| manifest.raw.variables.get(name)?.default.clone())
+        .ok()
 }
 
 #[cfg(test)]
@@ -368,6 +388,37 @@ mod tests {
             "{HEADER}[variables]\napi = {{ default = \"x\" }}\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"web.wasm\"\nallowed_outbound_hosts = [\"https://{{{{ api }}}}\"]\nvariables = {{ v = \"{{{{ api }}}}\" }}\n[component.web.build]\ncommand = \"true\"\n"
         );
         assert_eq!(errors(&toml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn outbound_host_templates_must_make_hosts_with_the_defaults_as_spin_loads_them() {
+        let app = |variables: &str, hosts: &str| {
+            format!(
+                "{HEADER}[variables]\n{variables}\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"web.wasm\"\nallowed_outbound_hosts = {hosts}\n[component.web.build]\ncommand = \"true\"\n"
+            )
+        };
+        // An empty default (a deployment would set the real URL) and a URL with a path.
+        let errs = errors(&app(
+            "mail = { default = \"\" }\napi = { default = \"https://api.example.com/v1\" }",
+            "[\"{{ mail }}\", \"{{ api }}\"]",
+        ));
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("component.web.allowed_outbound_hosts[0]: with the variables' defaults this is ``"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("`https://api.example.com/v1`") && errs[1].contains("path"),
+            "{errs:?}"
+        );
+        // Valid defaults pass; a variable without a default is left for run time, as Spin does.
+        assert_eq!(
+            errors(&app(
+                "mail = { default = \"https://mail.invalid\" }\nport = { required = true }",
+                "[\"{{ mail }}\", \"https://api.example.com:{{ port }}\"]",
+            )),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
