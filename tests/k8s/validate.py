@@ -285,6 +285,76 @@ def cross_check(docs, spin):
         if executor in position and position[executor] > position[("SpinApp", app["metadata"]["name"])]:
             problem(app, f"comes before its executor {executor[1]}: the first apply fails (spin-operator's webhook refuses it)")
 
+    # Strimzi: annotations it no longer reads, node sizing, and the node layout Kafka
+    # advises once there is more than one node.
+    pools = list(by_kind.get("KafkaNodePool", {}).values())
+    for cluster in by_kind.get("Kafka", {}).values():
+        for annotation in ("strimzi.io/kraft", "strimzi.io/node-pools"):
+            if annotation in cluster["metadata"].get("annotations", {}):
+                problem(cluster, f"annotation {annotation} is ignored by Strimzi since 0.48 (KRaft and node pools are all it knows)")
+        mine = [p for p in pools if p["metadata"].get("labels", {}).get("strimzi.io/cluster") == cluster["metadata"]["name"]]
+        nodes = sum(p["spec"].get("replicas", 0) for p in mine)
+        brokers = sum(p["spec"].get("replicas", 0) for p in mine if "broker" in p["spec"].get("roles", []))
+        for pool in mine:
+            if nodes > 1 and {"controller", "broker"} <= set(pool["spec"].get("roles", [])):
+                problem(pool, f"combines controller and broker roles in a {nodes}-node cluster (Kafka advises dedicated controllers)")
+        if brokers >= 3 and "rack" not in cluster["spec"]["kafka"]:
+            problem(cluster, f"{brokers} brokers without rack awareness: replicas may share a zone")
+    for pool in pools:
+        if "memory" not in pool["spec"].get("resources", {}).get("limits", {}):
+            problem(pool, "no memory limit")
+        if "-Xmx" not in pool["spec"].get("jvmOptions", {}):
+            problem(pool, "no JVM heap size (-Xmx): the JVM sizes it from the node, not the container")
+
+    # Security: the shop's own pods meet Pod Security `restricted` (and keep their root
+    # filesystem read-only); namespaces say which level is enforced.
+    for kind in ("Deployment", "StatefulSet"):
+        for workload in by_kind.get(kind, {}).values():
+            pod = workload["spec"]["template"]["spec"]
+            pod_context = pod.get("securityContext", {})
+            for container in pod.get("containers", []) + pod.get("initContainers", []):
+                context = container.get("securityContext", {})
+                merged = {**pod_context, **context}
+                where = f"container {container['name']}"
+                if merged.get("runAsNonRoot") is not True or merged.get("runAsUser") == 0:
+                    problem(workload, f"{where} may run as root (set runAsNonRoot and a non-zero runAsUser)")
+                if context.get("allowPrivilegeEscalation") is not False:
+                    problem(workload, f"{where} allows privilege escalation")
+                if "ALL" not in context.get("capabilities", {}).get("drop", []):
+                    problem(workload, f"{where} keeps Linux capabilities (drop ALL)")
+                if merged.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+                    problem(workload, f"{where} has no seccomp profile")
+                if context.get("readOnlyRootFilesystem") is not True:
+                    problem(workload, f"{where} can write its root filesystem")
+                if "livenessProbe" in container and "startupProbe" not in container:
+                    problem(workload, f"{where} has a liveness probe but no startup probe: a slow start gets it killed")
+    for namespace in by_kind.get("Namespace", {}).values():
+        if "pod-security.kubernetes.io/enforce" not in namespace["metadata"].get("labels", {}):
+            problem(namespace, "no Pod Security Admission level is enforced (pod-security.kubernetes.io/enforce)")
+
+    # Egress: every pod of the shop's own is under a policy that limits where it connects.
+    def selects(selector, labels):
+        if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+            return False
+        for expression in selector.get("matchExpressions", []):
+            value, values = labels.get(expression["key"]), expression.get("values", [])
+            operator = expression["operator"]
+            if (operator == "In" and value not in values) or (operator == "NotIn" and value in values) \
+                    or (operator == "Exists" and value is None) or (operator == "DoesNotExist" and value is not None):
+                return False
+        return True
+    egress = [p["spec"]["podSelector"] for p in by_kind.get("NetworkPolicy", {}).values() if "Egress" in p["spec"].get("policyTypes", [])]
+    for labels in pod_labels:
+        if not any(selects(selector, labels) for selector in egress):
+            problems.append(f"pods {labels} have no egress NetworkPolicy: they may connect anywhere")
+
+    # SpinApp probes: Spin's own health path, not a route that runs components.
+    for app in by_kind.get("SpinApp", {}).values():
+        for check in ("liveness", "readiness"):
+            path = app["spec"].get("checks", {}).get(check, {}).get("httpGet", {}).get("path")
+            if path != "/.well-known/spin/health":
+                problem(app, f"the {check} check probes {path}, not Spin's /.well-known/spin/health")
+
     # A PodDisruptionBudget whose minAvailable reaches the fewest replicas its pods can
     # have blocks every node drain.
     fewest = {}

@@ -46,12 +46,18 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// `kubectl kustomize` of `overlay`, on a copy of k8s/ where prod's secrets.env is its
-/// committed example (an operator writes the real one).
+/// committed example and its signing key a new one (an operator writes both).
 fn render(tools: &Path, overlay: &str) -> String {
     let dir = TempDir::new(&format!("k8s-{overlay}"));
     copy_dir(&repo().join("k8s"), &dir.path().join("k8s"));
     let prod = dir.path().join("k8s/overlays/prod");
     std::fs::copy(prod.join("secrets.env.example"), prod.join("secrets.env")).unwrap();
+    let key = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(prod.join("jwt-signing-key.pem"))
+        .output()
+        .expect("openssl must be installed for this test");
+    assert!(key.status.success(), "openssl genpkey: {}", String::from_utf8_lossy(&key.stderr));
     let output = Command::new(tools.join("kubectl"))
         .arg("kustomize")
         .arg(dir.path().join("k8s/overlays").join(overlay))
@@ -180,6 +186,60 @@ fn the_validator_refuses_what_a_cluster_or_the_shop_would() {
             "minAvailable: 1",
             "blocks every node drain",
         ),
+        (
+            "a writable root filesystem",
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFilesystem: false",
+            "can write its root filesystem",
+        ),
+        (
+            "a container that may run as root",
+            "runAsNonRoot: true",
+            "runAsNonRoot: false",
+            "may run as root",
+        ),
+        (
+            "a SpinApp probed through its components",
+            "path: /.well-known/spin/health",
+            "path: /",
+            "not Spin's /.well-known/spin/health",
+        ),
+        (
+            "a namespace without Pod Security Admission",
+            "pod-security.kubernetes.io/enforce:",
+            "pod-security.kubernetes.io/enforce-version:",
+            "no Pod Security Admission level is enforced",
+        ),
+        (
+            "pods whose connections nothing limits",
+            "  policyTypes:\n  - Egress",
+            "  policyTypes:\n  - Ingress",
+            "have no egress NetworkPolicy",
+        ),
+        (
+            "annotations Strimzi no longer reads",
+            "kind: Kafka\nmetadata:\n  labels:",
+            "kind: Kafka\nmetadata:\n  annotations:\n    strimzi.io/kraft: enabled\n  labels:",
+            "is ignored by Strimzi since 0.48",
+        ),
+        (
+            "a Kafka node whose heap the JVM guesses",
+            "    -Xms: 512m\n    -Xmx: 512m\n",
+            "    -Xms: 512m\n",
+            "no JVM heap size",
+        ),
+        (
+            "combined controllers and brokers on three nodes",
+            "    -Xmx: 512m\n  replicas: 1\n",
+            "    -Xmx: 512m\n  replicas: 3\n",
+            "combines controller and broker roles in a 3-node cluster",
+        ),
+        (
+            "a liveness probe without a startup probe",
+            "startupProbe:",
+            "startupProbx:",
+            "no startup probe",
+        ),
     ] {
         assert!(rendered.contains(from), "{change}: the rendering has no `{from}`");
         let (passed, report) = validate(&tools, &rendered.replacen(from, to, 1));
@@ -277,6 +337,14 @@ fn each_half_loads_with_the_runtime_config_the_overlay_gives_it() {
             .iter()
             .find_map(|a| a.strip_prefix("--runtime-config-file="))
             .expect("the host is given a runtime config");
+        // The signing key reaches the host as a PEM with its line breaks.
+        let key = host["env"]["SPIN_VARIABLE_JWT_SIGNING_KEY"].as_str().unwrap();
+        if overlay == "prod" {
+            assert!(
+                key.starts_with("-----BEGIN PRIVATE KEY-----\n") && !key.contains("\\n"),
+                "prod's signing key as the host gets it: {key:?}"
+            );
+        }
         let (passed, report) = check(
             &images.join("host/app/spin.toml"),
             &host_dir.join("files").join(config.trim_start_matches('/')),
