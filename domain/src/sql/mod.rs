@@ -89,6 +89,56 @@ impl SqlError {
             SqlError::Other(message)
         }
     }
+
+    /// Classifies a PostgreSQL error that reached the guest as text only. Spin 3 hands
+    /// an error raised while a query's rows are read (an `INSERT … RETURNING`'s unique
+    /// violation among them) to the guest as its driver's debug text, without the
+    /// SQLSTATE: a unique violation (23505) or a duplicate table or object from two
+    /// sessions creating the same schema (42P07, 42710) is then known by its words
+    /// (PostgreSQL's English messages, its default).
+    pub fn from_postgres_text(text: String) -> Self {
+        const SIGNS: [&str; 5] = [
+            "duplicate key value violates unique constraint",
+            "already exists",
+            // The driver's debug form of the codes, where the text has it.
+            "SqlState(E23505)",
+            "SqlState(E42P07)",
+            "SqlState(E42710)",
+        ];
+        if SIGNS.iter().any(|sign| text.contains(sign)) {
+            SqlError::Conflict(text)
+        } else {
+            SqlError::Other(text)
+        }
+    }
+}
+
+/// Whether a PostgreSQL `statement` may hand back rows. Only a change that starts
+/// with its verb and has no `RETURNING` is known to return none; anything else
+/// (queries, `WITH`, a leading comment) counts as returning rows.
+#[cfg_attr(not(feature = "spin"), allow(dead_code))]
+pub(crate) fn returns_rows(statement: &str) -> bool {
+    const CHANGES: [&str; 13] = [
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "CREATE",
+        "ALTER",
+        "DROP",
+        "TRUNCATE",
+        "LOCK",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+    ];
+    let upper = statement.trim_start().to_ascii_uppercase();
+    let first = upper.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    !CHANGES.contains(&first)
+        || upper
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .any(|word| word == "RETURNING")
 }
 
 pub trait Sql {
@@ -311,6 +361,49 @@ pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -
             rollback();
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::SqlError;
+
+    #[test]
+    fn postgres_conflicts_are_known_from_their_text_alone() {
+        // What Spin 3.6 hands a guest for an error while reading rows: the driver's
+        // debug text, with no SQLSTATE field.
+        let unique = "db error: ERROR: duplicate key value violates unique constraint \"users_email_key\"\nDETAIL: Key (email)=(ada@example.com) already exists.";
+        assert!(matches!(
+            SqlError::from_postgres_text(unique.into()),
+            SqlError::Conflict(_)
+        ));
+        let table = "Error { kind: Db, cause: Some(DbError { severity: \"ERROR\", code: SqlState(E42P07), message: \"relation \\\"users\\\" already exists\" }) }";
+        assert!(matches!(
+            SqlError::from_postgres_text(table.into()),
+            SqlError::Conflict(_)
+        ));
+        let other = "db error: ERROR: column \"emial\" does not exist";
+        assert!(matches!(SqlError::from_postgres_text(other.into()), SqlError::Other(_)));
+        let closed = "connection closed";
+        assert!(matches!(
+            SqlError::from_postgres_text(closed.into()),
+            SqlError::Other(_)
+        ));
+    }
+
+    #[test]
+    fn only_a_plain_change_is_known_to_return_no_rows() {
+        use super::returns_rows;
+        assert!(!returns_rows("INSERT INTO users (id) VALUES ($1)"));
+        assert!(!returns_rows("  update stock SET n = n - 1 WHERE sku = $1"));
+        assert!(!returns_rows("CREATE TABLE IF NOT EXISTS t (id TEXT)"));
+        assert!(returns_rows("INSERT INTO users (id) VALUES ($1) RETURNING id"));
+        assert!(returns_rows("UPDATE t SET n = 1\nRETURNING n, id"));
+        assert!(returns_rows("SELECT 1"));
+        assert!(returns_rows(
+            "WITH moved AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM moved"
+        ));
+        assert!(returns_rows("-- a comment first\nINSERT INTO t VALUES (1)"));
     }
 }
 

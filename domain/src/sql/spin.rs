@@ -82,21 +82,27 @@ impl SpinPostgres {
                 SqlValue::Null => ParameterValue::DbNull,
             })
             .collect();
-        let rows = self
-            .0
-            .query(&Dialect::Postgres.placeholders(statement), &params)
-            .map_err(|e| match e {
-                // A unique violation; and, from two sessions running the same
-                // `CREATE … IF NOT EXISTS` at once, the loser's duplicate table (42P07)
-                // or object (42710): someone else got there first.
-                PgError::QueryFailed(QueryError::DbError(db))
-                    if matches!(db.code.as_str(), "23505" | "42P07" | "42710") =>
-                {
-                    SqlError::Conflict(db.message)
-                }
-                other => SqlError::Other(format!("{other:?}")),
-            })?
-            .rows;
+        let failed = |e: PgError| match e {
+            // A unique violation; and, from two sessions running the same
+            // `CREATE … IF NOT EXISTS` at once, the loser's duplicate table (42P07)
+            // or object (42710): someone else got there first.
+            PgError::QueryFailed(QueryError::DbError(db))
+                if matches!(db.code.as_str(), "23505" | "42P07" | "42710") =>
+            {
+                SqlError::Conflict(db.message)
+            }
+            // Spin reports an error met while reading rows as text alone.
+            PgError::QueryFailed(QueryError::Text(text)) => SqlError::from_postgres_text(text),
+            other => SqlError::Other(format!("{other:?}")),
+        };
+        let statement = Dialect::Postgres.placeholders(statement);
+        // A statement that returns no rows goes through `execute`, whose errors keep
+        // their SQLSTATE on every Spin.
+        if !super::returns_rows(&statement) {
+            self.0.execute(&statement, &params).map_err(failed)?;
+            return Ok(Vec::new());
+        }
+        let rows = self.0.query(&statement, &params).map_err(failed)?.rows;
         rows.into_iter()
             .map(|row| {
                 row.into_iter()
