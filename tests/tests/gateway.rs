@@ -55,6 +55,44 @@ fn requests_beyond_the_rate_get_429_with_retry_after_then_recover() {
     assert_eq!(get().status().as_u16(), 200, "recovers");
 }
 
+/// Behind a trusted proxy (here: loopback, where the test's requests come from) each
+/// customer the proxy names has a bucket of their own; a client that is not a trusted
+/// proxy cannot pick its bucket by writing the header.
+#[test]
+fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    let get = |base: &str, forwarded_for: &str| {
+        client()
+            .get(format!("{base}/products"))
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let dir = TempDir::new("gateway-proxy");
+    let limits = "rate_limit_burst = \"3\"\nrate_limit_per_minute = \"1\"";
+    let shop = Shop::start(
+        &app(&dir, &format!("{limits}\ntrusted_proxies = \"127.0.0.0/8, ::1\"")),
+        &dir.path().join("data"),
+    );
+    let ada: Vec<u16> = (0..4).map(|_| get(&shop.base, "198.51.100.1")).collect();
+    assert_eq!(ada, [200, 200, 200, 429], "one customer's burst");
+    assert_eq!(
+        get(&shop.base, "198.51.100.2"),
+        200,
+        "another customer behind the same proxy"
+    );
+    // A forged entry before the proxy's own does not buy a new bucket.
+    assert_eq!(get(&shop.base, "6.6.6.6, 198.51.100.1"), 429);
+    drop(shop);
+
+    // Without trusted proxies the header is the client's own words: one bucket.
+    let dir = TempDir::new("gateway-no-proxy");
+    let shop = Shop::start(&app(&dir, limits), &dir.path().join("data"));
+    let statuses: Vec<u16> = (1..=4).map(|i| get(&shop.base, &format!("198.51.100.{i}"))).collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+}
+
 #[test]
 fn cors_answers_configured_origins_only_and_bodies_are_capped() {
     let dir = TempDir::new("gateway-cors");

@@ -2,12 +2,13 @@
 //!
 //! It answers JSON errors itself, verifies bearer tokens against the
 //! issuer's JWKS (variables `jwt_issuer`, `jwt_audience`, `jwks_url`), enforces each
-//! route's role, limits request rates per client address and per user (token buckets
-//! in key-value), answers CORS for configured origins, caps request bodies, sets the
+//! route's role, limits request rates per client address (the one trusted proxies
+//! name, variable `trusted_proxies`) and per user (token buckets in key-value), answers CORS for configured origins, caps request bodies, sets the
 //! browser security headers, and forwards to the private services (the storefront
 //! among them) over local service chaining.
 
 pub mod auth;
+pub mod client;
 pub mod cors;
 pub mod keys;
 pub mod limits;
@@ -250,12 +251,21 @@ mod adapter {
     }
 
     async fn route(req: &Request) -> Response {
-        // `spin-client-addr` is set by the host from the connection, not by the client.
-        let client = req
-            .header("spin-client-addr")
-            .and_then(|v| v.as_str())
-            .and_then(|a| a.rsplit_once(':').map(|(ip, _)| ip.to_string()))
-            .unwrap_or_else(|| "unknown".into());
+        // `spin-client-addr` is set by the host from the connection, not by the client;
+        // behind trusted proxies the client is the one they name.
+        let trusted = crate::client::trusted_proxies(&variable("trusted_proxies", "")).unwrap_or_else(|e| {
+            eprintln!("gateway: trusted_proxies ignored: {e}");
+            Vec::new()
+        });
+        let header = |name: &str| req.header(name).and_then(|v| v.as_str());
+        let client = crate::client::client_address(
+            header("spin-client-addr"),
+            header("forwarded"),
+            header("x-forwarded-for"),
+            &trusted,
+        )
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "unknown".into());
         if let Some(wait) = rate_limited(&format!("ratelimit:client:{client}")) {
             return too_many(wait);
         }
