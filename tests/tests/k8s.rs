@@ -53,11 +53,22 @@ fn render(tools: &Path, overlay: &str) -> String {
     let prod = dir.path().join("k8s/overlays/prod");
     std::fs::copy(prod.join("secrets.env.example"), prod.join("secrets.env")).unwrap();
     let key = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(prod.join("jwt-signing-key.pem"))
         .output()
         .expect("openssl must be installed for this test");
-    assert!(key.status.success(), "openssl genpkey: {}", String::from_utf8_lossy(&key.stderr));
+    assert!(
+        key.status.success(),
+        "openssl genpkey: {}",
+        String::from_utf8_lossy(&key.stderr)
+    );
     let output = Command::new(tools.join("kubectl"))
         .arg("kustomize")
         .arg(dir.path().join("k8s/overlays").join(overlay))
