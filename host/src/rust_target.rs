@@ -236,12 +236,28 @@ mod tests {
         };
         std::fs::write(
             &rustup,
-            format!("#!/bin/sh\necho \"$@\" >> {}/rustup.log\n{install}\n", dir.display()),
+            format!(
+                "#!/bin/sh\n[ \"$1\" = --probe ] && exit 0\necho \"$@\" >> {}/rustup.log\n{install}\n",
+                dir.display()
+            ),
         )
         .unwrap();
         for script in [&rustc, &rustup] {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // A process another test forks while the script was open for writing holds
+            // that descriptor until it execs, and exec then fails with "Text file busy".
+            let runs = (0..200).any(|_| {
+                let busy = Command::new(script)
+                    .arg("--probe")
+                    .output()
+                    .is_err_and(|e| e.raw_os_error() == Some(26));
+                if busy {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                !busy
+            });
+            assert!(runs, "{} stayed busy", script.display());
         }
         Tools {
             rustc: rustc.into(),

@@ -3,9 +3,10 @@
 //! It answers JSON errors itself, verifies bearer tokens against the
 //! issuer's JWKS (variables `jwt_issuer`, `jwt_audience`, `jwks_url`), enforces each
 //! route's role, limits request rates per client address (the one trusted proxies
-//! name, variable `trusted_proxies`) and per user (token buckets in key-value), answers CORS for configured origins, caps request bodies, sets the
-//! browser security headers, and forwards to the private services (the storefront
-//! among them) over local service chaining.
+//! name, variable `trusted_proxies`) and per user (token buckets in key-value),
+//! answers CORS for configured origins, caps request bodies, sets the browser
+//! security headers, and forwards to the private services (the storefront among
+//! them) over local service chaining.
 
 pub mod auth;
 pub mod client;
