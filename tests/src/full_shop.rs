@@ -302,7 +302,8 @@ pub fn wait_for(timeout: Duration, condition: impl Fn() -> bool) -> bool {
     condition()
 }
 
-fn flush_redis(db: u8) {
+/// Empties Redis database `db` on the machine's server.
+pub fn flush_redis(db: u8) {
     use std::io::{Read, Write};
     let mut redis = std::net::TcpStream::connect("127.0.0.1:6379")
         .unwrap_or_else(|e| panic!("Redis must run on 127.0.0.1:6379 for this test: {e}"));

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use shop_tests::TempDir;
 
@@ -291,6 +292,11 @@ fn pod(tools: &Path, rendered: &str, args: &[&str], out: &Path) -> serde_json::V
     serde_json::from_str(&std::fs::read_to_string(out.join("pod.json")).unwrap()).unwrap()
 }
 
+/// The strings of a JSON array (a container's args).
+fn strings(array: &serde_json::Value) -> Vec<&str> {
+    array.as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect()
+}
+
 /// `shop package` of the repository's app (its components from the test build) into
 /// `out`: `out/app` is the HTTP half's image, `out/host/app` the host image's app.
 fn package(out: &Path) {
@@ -338,12 +344,7 @@ fn each_half_loads_with_the_runtime_config_the_overlay_gives_it() {
         let rendered = render(&tools, overlay);
         let host_dir = dir.path().join(overlay).join("host");
         let host = pod(&tools, &rendered, &["deployment", "shop-host", "shop"], &host_dir);
-        let args: Vec<&str> = host["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap())
-            .collect();
+        let args = strings(&host["args"]);
         let config = args
             .iter()
             .find_map(|a| a.strip_prefix("--runtime-config-file="))
@@ -413,4 +414,183 @@ fn the_manifests_name_the_images_scripts_images_builds() {
             "{overlay} moves both images to its registry: {images:?}"
         );
     }
+}
+
+/// Loopback stand-ins for the Services the dev overlay names, as one rewrite applied to
+/// every value a workload gets (environment, variables, runtime config): PostgreSQL,
+/// Redis (a database of its own) and Kafka (Tansu). Database names and Kafka topics get
+/// a prefix of this run's, so nothing is shared with another test.
+struct StandIns {
+    run: String,
+    redis_db: u8,
+}
+
+impl StandIns {
+    fn rewrite(&self, text: &str) -> String {
+        text.replace("@shop-postgres:5432/shop_", &format!("@127.0.0.1:5432/{}_", self.run))
+            .replace("shop-postgres:5432", "127.0.0.1:5432")
+            .replace(
+                "redis://shop-redis:6379",
+                &format!("redis://127.0.0.1:6379/{}", self.redis_db),
+            )
+            .replace("shop-kafka-bootstrap:9092", &shop_tests::full_shop::kafka_brokers())
+    }
+}
+
+/// The arguments of a rendered container for `shop up` here: its paths mapped into
+/// `paths` (`/config` → …), and without the listen addresses and data directory,
+/// which the harness gives (loopback ports and a directory of the test's).
+fn mapped_args(args: &[&str], paths: &[(&str, &Path)]) -> Vec<String> {
+    args.iter()
+        .filter(|a| {
+            **a != "up"
+                && !["--file=", "--listen=", "--admin-listen=", "--data-dir="]
+                    .iter()
+                    .any(|f| a.starts_with(f))
+        })
+        .map(|arg| {
+            let (flag, value) = arg.split_once('=').unwrap_or((arg, ""));
+            match paths.iter().find(|(from, _)| value.starts_with(from)) {
+                Some((from, to)) => format!("{flag}={}{}", to.display(), &value[from.len()..]),
+                None => arg.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The dev overlay as a cluster would run it, on this machine: the host half is `shop`
+/// with the Deployment's args, environment and mounted runtime config, on the host
+/// image's app; the HTTP half is the SpinApp's app under `shop up` with the SpinApp's
+/// runtime config and variables. Only Service names are rewritten to loopback
+/// stand-ins. An order placed through the HTTP half's gateway is confirmed by the
+/// saga the host half runs.
+#[test]
+fn the_dev_overlay_takes_an_order_with_both_halves_as_rendered() {
+    use shop_tests::full_shop::Api;
+    let tools = tools();
+    let rendered = render(&tools, "dev");
+    let dir = TempDir::new("k8s-box");
+    let images = dir.path().join("images");
+    package(&images);
+    let stand_ins = StandIns {
+        run: format!("box{}", std::process::id()),
+        redis_db: 15,
+    };
+    shop_tests::full_shop::flush_redis(stand_ins.redis_db);
+    shop_tests::psql(
+        "postgres",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'shop') THEN CREATE ROLE shop LOGIN; END IF; END $$",
+    );
+    let init = std::fs::read_to_string(repo().join("k8s/base/create-databases.sql")).unwrap();
+    for line in init.lines().filter(|l| l.trim_start().starts_with("CREATE DATABASE")) {
+        let name = line.split_whitespace().nth(2).unwrap().trim_end_matches(';');
+        let ours = name.replacen("shop_", &format!("{}_", stand_ins.run), 1);
+        shop_tests::fresh_postgres_database(&ours);
+        shop_tests::psql("postgres", &format!("ALTER DATABASE {ours} OWNER TO shop"));
+    }
+
+    // The host half, as the Deployment runs it.
+    let host_dir = dir.path().join("host");
+    let host = pod(&tools, &rendered, &["deployment", "shop-host", "shop"], &host_dir);
+    let config = host_dir.join("files/config/runtime-config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        stand_ins.rewrite(&text).replace(
+            "[kafka]\n",
+            &format!("[kafka]\ntopic_prefix = \"{}.\"\n", stand_ins.run),
+        ),
+    )
+    .unwrap();
+    let args = strings(&host["args"]);
+    let data = dir.path().join("host-data");
+    let env: Vec<(String, String)> = host["env"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), stand_ins.rewrite(v.as_str().unwrap())))
+        .collect();
+    let host_half = shop_tests::Shop::start_with(
+        &images.join("host/app/spin.toml"),
+        shop_tests::ShopOptions {
+            data_dir: &data,
+            args: mapped_args(
+                &args,
+                &[
+                    ("/config", &host_dir.join("files/config")),
+                    ("/data", &data),
+                    ("/app", &images.join("host/app")),
+                ],
+            ),
+            env,
+        },
+    );
+
+    // The HTTP half, as the SpinApp runs it.
+    let app_dir = dir.path().join("app");
+    let app = pod(&tools, &rendered, &["spinapp", "shop"], &app_dir);
+    let spin_config = app_dir.join("runtime-config.toml");
+    let text = std::fs::read_to_string(&spin_config).unwrap();
+    std::fs::write(&spin_config, stand_ins.rewrite(&text)).unwrap();
+    let variables: Vec<(String, String)> = app["variables"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                format!("SPIN_VARIABLE_{}", k.to_uppercase()),
+                stand_ins.rewrite(v.as_str().unwrap()),
+            )
+        })
+        .collect();
+    let http_half = shop_tests::Shop::start_with(
+        &images.join("app/spin.toml"),
+        shop_tests::ShopOptions {
+            data_dir: &dir.path().join("app-data"),
+            args: vec![
+                "--no-build".into(),
+                "--runtime-config-file".into(),
+                spin_config.display().to_string(),
+            ],
+            env: variables.clone(),
+        },
+    );
+
+    let api = Api {
+        base: http_half.base.clone(),
+    };
+    let setting = |name: &str| {
+        variables
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let admin = api.login(
+        &setting("SPIN_VARIABLE_ADMIN_EMAIL"),
+        &setting("SPIN_VARIABLE_ADMIN_PASSWORD"),
+    );
+    let mug = api.product(&admin, "MUG-K8S", 1250, 5);
+    let ada = api.customer("ada@example.com");
+    let id = api.place(&ada, &mug, 2, "tok_ok");
+    let order = api.concluded(&ada, &id, Duration::from_secs(60));
+    assert_eq!(
+        order["status"],
+        "CONFIRMED",
+        "{order}\nhost half:\n{}\nHTTP half:\n{}",
+        host_half.stderr.text(),
+        http_half.stderr.text()
+    );
+    assert_eq!(api.stock(&admin, "MUG-K8S"), (3, 0));
+    // The saga ran in the host half: it handled the records, the HTTP half has no
+    // Kafka trigger at all.
+    let handled = |shop: &shop_tests::Shop| {
+        shop.metrics()
+            .lines()
+            .filter(|l| l.starts_with("shop_kafka_messages_handled_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(handled(&host_half) >= 4.0, "{}", host_half.metrics());
+    assert_eq!(handled(&http_half), 0.0);
 }
