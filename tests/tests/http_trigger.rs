@@ -458,11 +458,7 @@ fn outbound_http_follows_allowed_outbound_hosts() {
             "chain-front",
             "allowed_outbound_hosts = [\"http://10.0.0.0/8:*\"]"
         ),
-        component(
-            "all",
-            "chain-front",
-            "allowed_outbound_hosts = [\"insecure:allow-all\"]"
-        ),
+        component("all", "chain-front", "allowed_outbound_hosts = [\"*://*:*\"]"),
     ));
     let shop = Shop::start(&manifest, &dir.path().join("data"));
     let call = |route: &str, target_port: u16| -> (u16, Value) {

@@ -1,14 +1,15 @@
 //! Spin's `allowed_outbound_hosts` grammar: `scheme://host[:port]`, where the scheme,
 //! the host (whole, or a leading `*.` label) and the port (number, `a..b` range, or
 //! `*`) may be wildcards, the host may be an IP range in CIDR notation
-//! (`tcp://10.0.0.0/8:5432`, matched by IP literals in it), plus `insecure:allow-all`.
-//! An omitted port means the scheme's well-known port.
+//! (`tcp://10.0.0.0/8:5432`, matched by IP literals in it). An omitted port means the
+//! scheme's well-known port. Spin 2's `insecure:allow-all` is refused, as Spin 3
+//! refuses it (`*://*:*` allows everything).
 
 use std::fmt;
 use std::net::IpAddr;
 
-/// The entry that allows every destination.
-pub const ALLOW_ALL: &str = "insecure:allow-all";
+/// Spin 2's entry for every destination, which Spin 3 refuses when it loads an app.
+const SPIN2_ALLOW_ALL: &str = "insecure:allow-all";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
@@ -237,7 +238,6 @@ fn split_host_port(s: &str) -> (&str, Option<&str>) {
 /// A component's full outbound policy.
 #[derive(Debug, Clone, Default)]
 pub struct AllowedHosts {
-    allow_all: bool,
     patterns: Vec<AllowedHostPattern>,
 }
 
@@ -246,25 +246,23 @@ impl AllowedHosts {
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut out = Self::default();
         for e in entries {
-            if e == ALLOW_ALL {
-                out.allow_all = true;
-            } else {
-                out.patterns.push(AllowedHostPattern::parse(e)?);
-            }
+            check_entry(e)?;
+            out.patterns.push(AllowedHostPattern::parse(e)?);
         }
         Ok(out)
     }
 
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        self.allow_all || self.patterns.iter().any(|p| p.matches(scheme, host, port))
+        self.patterns.iter().any(|p| p.matches(scheme, host, port))
     }
 }
 
-/// Checks one rendered entry as the manifest validation does: a pattern, or
-/// `insecure:allow-all`.
+/// Checks one rendered entry as the manifest validation does.
 pub fn check_entry(entry: &str) -> Result<(), String> {
     match entry {
-        ALLOW_ALL => Ok(()),
+        SPIN2_ALLOW_ALL => Err(format!(
+            "`{SPIN2_ALLOW_ALL}` is refused by Spin 3: write `*://*:*` to allow every destination"
+        )),
         pattern => AllowedHostPattern::parse(pattern).map(drop),
     }
 }
@@ -304,11 +302,7 @@ mod tests {
         ));
         assert!(allows("http://localhost:8000..8002", "http", "localhost", Some(8001)));
         assert!(!allows("http://localhost:8000..8002", "http", "localhost", Some(8002)));
-        assert!(
-            AllowedHosts::parse(["insecure:allow-all"])
-                .unwrap()
-                .allows("ftp", "x", Some(1))
-        );
+        assert!(AllowedHosts::parse(["*://*:*"]).unwrap().allows("ftp", "x", Some(1)));
     }
 
     #[test]
@@ -351,10 +345,12 @@ mod tests {
     }
 
     #[test]
-    fn allow_all_is_a_valid_entry_and_allows_anything() {
-        assert_eq!(check_entry(ALLOW_ALL), Ok(()));
+    fn spin2_allow_all_is_refused_and_wildcards_allow_anything() {
+        let refused = check_entry("insecure:allow-all").unwrap_err();
+        assert!(refused.contains("*://*:*"), "{refused}");
+        assert!(AllowedHosts::parse(["insecure:allow-all"]).is_err());
         assert!(check_entry("insecure:allow-some").is_err());
-        let all = AllowedHosts::parse([ALLOW_ALL]).unwrap();
+        let all = AllowedHosts::parse(["*://*:*"]).unwrap();
         assert!(all.allows("tcp", "203.0.113.9", Some(9)));
     }
 

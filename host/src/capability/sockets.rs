@@ -1,6 +1,6 @@
 //! `wasi:sockets` (TCP and UDP) as Spin grants it: a component may connect to, or send
 //! datagrams to, the addresses its `allowed_outbound_hosts` names with the `tcp://` or
-//! `udp://` scheme (an IP, a CIDR range, or `*`; `insecure:allow-all` allows every
+//! `udp://` scheme (an IP, a CIDR range, or `*`; `*://*:*` allows every
 //! address). Nothing else: no listening, no accepting, no binds to a chosen address
 //! (the implicit bind of a connect or send, to the unspecified address, is fine).
 //! Everything denied fails in the guest with `access-denied`.
@@ -80,7 +80,7 @@ mod tests {
 
     #[test]
     fn no_listening_and_only_implicit_binds() {
-        let allowed = policy(&["insecure:allow-all"]);
+        let allowed = policy(&["*://*:*"]);
         assert!(permitted(&allowed, address("0.0.0.0:0"), SocketAddrUse::TcpBind));
         assert!(permitted(&allowed, address("[::]:0"), SocketAddrUse::UdpBind));
         assert!(!permitted(&allowed, address("127.0.0.1:8080"), SocketAddrUse::TcpBind));
