@@ -52,6 +52,10 @@ pub fn run(manifest_args: &ManifestArgs, out: &Path) -> anyhow::Result<ExitCode>
          FROM scratch\nCOPY . /\n",
     )?;
     write_context(&manifest, &table, &out.join("host/app"))?;
+    // What Spin (or shop) would refuse when it loads an image's app is refused now,
+    // not at a pod's start.
+    check_packaged(&out.join("app"))?;
+    check_packaged(&out.join("host/app"))?;
     let shop = std::env::current_exe().context("where is this shop binary")?;
     let bin = out.join("host/rootfs/usr/local/bin");
     std::fs::create_dir_all(&bin)?;
@@ -61,6 +65,27 @@ pub fn run(manifest_args: &ManifestArgs, out: &Path) -> anyhow::Result<ExitCode>
     println!("  app:  {} HTTP components (spin.toml + .wasm)", component_count(&app));
     println!("  host: {} components and the shop binary", component_count(&table));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The manifest checks of `shop check` on the packaged app in `dir` (its runtime
+/// config is the deployment's, so only the manifest is judged here).
+fn check_packaged(dir: &Path) -> anyhow::Result<()> {
+    let manifest = Manifest::load(&dir.join("spin.toml"))?;
+    let errors: Vec<_> = crate::manifest::validate(&manifest)
+        .into_iter()
+        .filter(|p| p.severity == crate::manifest::Severity::Error)
+        .collect();
+    for error in &errors {
+        eprintln!("{error}");
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{}: {} error(s); fix the manifest before packaging it",
+            dir.join("spin.toml").display(),
+            errors.len()
+        );
+    }
+    Ok(())
 }
 
 fn component_count(table: &toml::Table) -> usize {
@@ -168,5 +193,23 @@ source = "relay.wasm"
         assert_eq!(components, ["web"]);
         assert!(half["application"].get("trigger").is_none());
         assert_eq!(half["application"]["name"].as_str(), Some("shop"));
+    }
+
+    #[test]
+    fn a_packaged_app_spin_would_refuse_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("shop-package-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("web.wasm"), b"").unwrap();
+        let app = |hosts: &str| {
+            format!(
+                "spin_manifest_version = 2\n[application]\nname = \"t\"\n[variables]\nmail = {{ default = \"\" }}\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"web\"\n[component.web]\nsource = \"web.wasm\"\nallowed_outbound_hosts = {hosts}\n"
+            )
+        };
+        std::fs::write(dir.join("spin.toml"), app("[\"https://mail.example.com\"]")).unwrap();
+        check_packaged(&dir).unwrap();
+        std::fs::write(dir.join("spin.toml"), app("[\"{{ mail }}\"]")).unwrap();
+        let error = check_packaged(&dir).unwrap_err().to_string();
+        assert!(error.contains("1 error(s)"), "{error}");
     }
 }
