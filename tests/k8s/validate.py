@@ -212,6 +212,14 @@ def cross_check(docs, spin):
                 name = path["backend"]["service"]["name"]
                 if name not in services:
                     problem(ingress, f"backend Service {name} is not defined")
+    # Outside a laptop cluster (any host not under localtest.me) the Ingress serves
+    # every host over TLS.
+    for ingress in by_kind.get("Ingress", {}).values():
+        secured = {h for t in ingress["spec"].get("tls", []) for h in t.get("hosts", [])}
+        for rule in ingress["spec"].get("rules", []):
+            host = rule.get("host", "")
+            if not host.endswith(".localtest.me") and host not in secured:
+                problem(ingress, f"host {host} is served without TLS")
     for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
         for scaler in by_kind.get(kind, {}).values():
             target = scaler["spec"]["scaleTargetRef"]["name"]

@@ -247,6 +247,12 @@ fn the_validator_refuses_what_a_cluster_or_the_shop_would() {
             "combines controller and broker roles in a 3-node cluster",
         ),
         (
+            "a public host over plain HTTP",
+            "host: shop.localtest.me",
+            "host: shop.example.org",
+            "host shop.example.org is served without TLS",
+        ),
+        (
             "a liveness probe without a startup probe",
             "startupProbe:",
             "startupProbx:",
