@@ -79,16 +79,17 @@ pub fn build(manifest: &Manifest, policy: BuildPolicy, only: &[String]) -> anyho
     // A missing Rust target would fail the first cargo command minutes in: add it first.
     let dirs: Vec<_> = todo
         .iter()
-        .map(|(id, build, _)| (id.as_str(), workdir(manifest, build.workdir.as_deref()), *build))
+        .map(|(_, build, _)| workdir(manifest, build.workdir.as_deref()))
         .collect();
-    let builds = dirs.iter().flat_map(|(id, dir, build)| {
+    let commands = todo.iter().zip(&dirs).flat_map(|((id, build, _), dir)| {
+        let id = id.as_str();
         build
             .command
             .commands()
             .into_iter()
-            .map(move |c| (*id, dir.as_path(), c))
+            .map(move |c| (id, dir.as_path(), c))
     });
-    for need in rust_target::needs(builds) {
+    for need in rust_target::needs(commands) {
         rust_target::ensure(&rust_target::Tools::default(), &need)?;
     }
     let total = todo.len();

@@ -113,6 +113,11 @@ pub fn default_port(scheme: &str) -> Option<u16> {
 
 impl AllowedHostPattern {
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text == SPIN2_ALLOW_ALL {
+            return Err(format!(
+                "`{SPIN2_ALLOW_ALL}` is refused by Spin 3: write `*://*:*` to allow every destination"
+            ));
+        }
         let raw = text.to_string();
         let (scheme, rest) = text
             .split_once("://")
@@ -246,7 +251,6 @@ impl AllowedHosts {
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut out = Self::default();
         for e in entries {
-            check_entry(e)?;
             out.patterns.push(AllowedHostPattern::parse(e)?);
         }
         Ok(out)
@@ -259,12 +263,7 @@ impl AllowedHosts {
 
 /// Checks one rendered entry as the manifest validation does.
 pub fn check_entry(entry: &str) -> Result<(), String> {
-    match entry {
-        SPIN2_ALLOW_ALL => Err(format!(
-            "`{SPIN2_ALLOW_ALL}` is refused by Spin 3: write `*://*:*` to allow every destination"
-        )),
-        pattern => AllowedHostPattern::parse(pattern).map(drop),
-    }
+    AllowedHostPattern::parse(entry).map(drop)
 }
 
 #[cfg(test)]
