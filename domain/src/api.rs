@@ -8,6 +8,8 @@ pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (a 429 or 503 that will pass).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -16,7 +18,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -90,9 +98,13 @@ impl Response {
     }
 
     pub fn error(e: &ApiError) -> Self {
+        let mut headers = vec![("content-type".into(), "application/json".into())];
+        if let Some(seconds) = e.retry_after {
+            headers.push(("retry-after".into(), seconds.to_string()));
+        }
         Self {
             status: e.status,
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers,
             body: e.body(),
         }
     }

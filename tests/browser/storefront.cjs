@@ -228,6 +228,19 @@ async function codeLogin(browser, customer) {
   await form.getByLabel("Code").fill(code);
   await form.getByRole("button", { name: "Sign in with the code" }).click();
   await page.getByText(`Welcome, ${customer.name}.`).waitFor();
+  // The first code that came back from the address proved it: the password set at
+  // registration (anyone could have set it) is gone, and the customer chooses one.
+  await page.getByText("Your address is confirmed").waitFor();
+
+  step("set a password after the address was confirmed, then sign in with it");
+  await menu(page, "Account");
+  await page.getByRole("heading", { name: "Password" }).waitFor();
+  await everyControlIsLabelled(page, "password");
+  await page.getByLabel("New password").fill(customer.password);
+  await page.getByRole("button", { name: "Change my password" }).click();
+  await page.getByText("Your password is changed").waitFor();
+  await shot(page, "password-changed-desktop");
+  await signIn(page, customer.email, customer.password);
   check(problems.length === 0, problems.join("\n"));
   await context.close();
 }

@@ -52,6 +52,10 @@ fn kv_app(dir: &TempDir) -> std::path::PathBuf {
 
 /// Starts the key-value app with its `default` store mapped to Redis at `url`.
 fn start_on_redis(dir: &TempDir, url: &str) -> Shop {
+    start_on_redis_with(dir, url, vec![])
+}
+
+fn start_on_redis_with(dir: &TempDir, url: &str, env: Vec<(String, String)>) -> Shop {
     let runtime_config = dir.path().join("runtime-config.toml");
     std::fs::write(
         &runtime_config,
@@ -63,7 +67,7 @@ fn start_on_redis(dir: &TempDir, url: &str) -> Shop {
         ShopOptions {
             data_dir: &dir.path().join("data"),
             args: vec!["--runtime-config-file".into(), runtime_config.display().to_string()],
-            env: vec![],
+            env,
         },
     )
 }
@@ -217,6 +221,23 @@ fn wasi_keyvalue_store_atomics_and_batch_on_the_embedded_store_and_redis() {
     assert!(redis(&["PING"]).starts_with("+PONG"));
     let shop = start_on_redis(&dir, &format!("redis://{REDIS}/{REDIS_DB}"));
     assert_wasi_key_value_semantics(&shop);
+}
+
+/// Spin 3.6's Redis store reports a swap that wrote as `CasFailed` (its `UNWATCH <key>`
+/// is refused by Redis); the host reproduces that on request so that components can be
+/// tested against the Spin SpinKube ships.
+#[test]
+fn redis_swaps_can_be_reported_lost_after_writing_as_spin_3_6_does() {
+    let dir = TempDir::new("wasi-kv-redis-spin-cas");
+    let shop = start_on_redis_with(
+        &dir,
+        &format!("redis://{REDIS}/{REDIS_DB}"),
+        vec![("SHOP_EMULATE_SPIN_REDIS_CAS".into(), "1".into())],
+    );
+    let mut expected = expected_wasi_key_value_script();
+    // The swap wrote `first` (the stale swap after it sees it) yet reported failure.
+    expected["swap"] = json!({ "err": "\"failed\"" });
+    assert_eq!(shop.get_json("/granted/wasi-kv?store=default", &[]), expected);
 }
 
 #[test]

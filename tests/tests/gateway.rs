@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use shop_tests::*;
 
 fn app(dir: &TempDir, variables: &str) -> std::path::PathBuf {
+    app_with_runtime_config(dir, variables, "")
+}
+
+fn app_with_runtime_config(dir: &TempDir, variables: &str, runtime_config: &str) -> std::path::PathBuf {
     std::fs::write(
         dir.path().join("runtime-config.toml"),
-        "[sqlite_database.products]\ntype = \"spin\"\n",
+        format!("[sqlite_database.products]\ntype = \"spin\"\n{runtime_config}"),
     )
     .unwrap();
     dir.manifest(&format!(
@@ -39,6 +43,32 @@ fn requests_beyond_the_rate_get_429_with_retry_after_then_recover() {
         &app(&dir, "rate_limit_burst = \"5\"\nrate_limit_per_minute = \"60\""),
         &dir.path().join("data"),
     );
+    assert_burst_then_429_then_recovery(&shop);
+}
+
+/// Spin 3.6's Redis store reports every swap that wrote as lost (the host reproduces
+/// that on request); the buckets must still fill and empty as elsewhere.
+#[test]
+fn rate_limits_hold_on_redis_as_spin_3_6_runs_it() {
+    let dir = TempDir::new("gateway-rate-spin-redis");
+    shop_tests::full_shop::flush_redis(6);
+    let manifest = app_with_runtime_config(
+        &dir,
+        "rate_limit_burst = \"5\"\nrate_limit_per_minute = \"60\"",
+        "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/6\"\n",
+    );
+    let shop = Shop::start_with(
+        &manifest,
+        ShopOptions {
+            data_dir: &dir.path().join("data"),
+            args: vec![],
+            env: vec![("SHOP_EMULATE_SPIN_REDIS_CAS".into(), "1".into())],
+        },
+    );
+    assert_burst_then_429_then_recovery(&shop);
+}
+
+fn assert_burst_then_429_then_recovery(shop: &Shop) {
     let get = || client().get(format!("{}/products", shop.base)).send().unwrap();
     let statuses: Vec<u16> = (0..5).map(|_| get().status().as_u16()).collect();
     assert_eq!(statuses, [200; 5], "the burst is allowed");

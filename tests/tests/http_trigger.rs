@@ -199,12 +199,24 @@ fn routes_pick_the_most_specific_match_and_set_spin_headers() {
     let echo: Value = r.json().unwrap();
     assert_eq!(header(&echo, "x-request-id"), "req-123");
 
-    // Spin's reserved health endpoint.
-    let r = client()
-        .get(format!("{}/.well-known/spin/health", shop.base))
-        .send()
-        .unwrap();
-    assert_eq!((r.status().as_u16(), r.text().unwrap()), (200, "OK".to_string()));
+    // Spin's reserved endpoints, answered by the host itself with headers that keep
+    // browsers from rendering, framing or sniffing them.
+    for (path, status) in [("health", 200), ("info", 200), ("nope", 404)] {
+        let r = client()
+            .get(format!("{}/.well-known/spin/{path}", shop.base))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert!(
+            header("content-security-policy").contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        if path == "health" {
+            assert_eq!(r.text().unwrap(), "OK");
+        }
+    }
 }
 
 #[test]
@@ -730,4 +742,75 @@ fn a_request_head_that_does_not_arrive_in_time_loses_its_connection() {
     // A prompt client is served as ever.
     let status = client().get(format!("{}/hello", shop.base)).send().unwrap().status();
     assert_eq!(status.as_u16(), 200);
+}
+
+/// A connection that never sends a byte is closed after the header timeout, and so
+/// is an HTTP/2 connection that opens and then sends no request (hostile clients
+/// would hold sockets otherwise); an HTTP/1 keep-alive connection closes when the
+/// next request head does not come; a connection waiting on a slow answer is never
+/// cut.
+#[test]
+fn silent_and_idle_connections_are_closed_busy_ones_are_not() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("idle-connections");
+    let shop = start_with_args(
+        &misbehave_and_hello(&dir),
+        &dir,
+        &[
+            "--header-read-timeout-ms",
+            "500",
+            "--idle-connection-timeout-ms",
+            "1000",
+        ],
+    );
+    let address = shop.base.trim_start_matches("http://").to_string();
+    let closed_within = |stream: &mut std::net::TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let read = stream.read_to_end(&mut rest);
+        assert!(read.is_ok(), "the host closed the connection: {read:?}");
+        (started.elapsed(), rest)
+    };
+
+    let mut silent = std::net::TcpStream::connect(&address).unwrap();
+    let (waited, _) = closed_within(&mut silent);
+    assert!(waited < Duration::from_secs(3), "a silent connection held {waited:?}");
+
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then
+    // nothing. The host answers with its own SETTINGS and, idle, closes.
+    let mut h2 = std::net::TcpStream::connect(&address).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let (waited, frames) = closed_within(&mut h2);
+    assert!(frames.len() >= 9 && frames[3] == 4, "the host spoke HTTP/2: {frames:?}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "an idle HTTP/2 connection held {waited:?}"
+    );
+
+    let mut idle = std::net::TcpStream::connect(&address).unwrap();
+    idle.write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let (waited, answer) = closed_within(&mut idle);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "an idle keep-alive connection held {waited:?}"
+    );
+
+    // A request taking longer than both timeouts keeps its connection to the end.
+    let mut busy = std::net::TcpStream::connect(&address).unwrap();
+    busy.write_all(b"GET /bad/sleep?ms=2500 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let (_, answer) = closed_within(&mut busy);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 }

@@ -58,16 +58,17 @@ async fn handle_cart(req: &Request) -> Result<Response, Refusal> {
     let key = format!("cart:{user}");
     let now = now_ms();
     let mut stored = StoredCart::load(store.get(&key).ok().flatten().as_deref(), now);
+    // Removing lines always applies (it is how a cart that cannot be priced is
+    // mended); any other change is kept only if the cart can still be priced.
+    let mut store_unpriced = false;
+    let changed = change.is_some();
     if let Some(change) = change {
+        store_unpriced = matches!(change, cart::Change::Remove { .. } | cart::Change::Clear);
         let exists = match &change {
             cart::Change::Add { product_id, .. } => product(product_id).await?.is_some(),
             _ => true,
         };
         cart::apply(&mut stored, change, exists, now)?;
-        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
-        store
-            .set(&key, &bytes)
-            .map_err(|e| (503, "unavailable", format!("key-value: {e:?}")))?;
     }
     let mut products = HashMap::new();
     for line in &stored.lines {
@@ -75,7 +76,14 @@ async fn handle_cart(req: &Request) -> Result<Response, Refusal> {
             products.insert(p.id.clone(), p);
         }
     }
-    let view = cart::priced(user, &stored, &products, "EUR")?;
+    let view = cart::priced(user, &stored, &products, "EUR");
+    if changed && (view.is_ok() || store_unpriced) {
+        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
+        store
+            .set(&key, &bytes)
+            .map_err(|e| (503, "unavailable", format!("key-value: {e:?}")))?;
+    }
+    let view = view?;
     Ok(json(200, serde_json::to_string(&view).unwrap_or_default()))
 }
 

@@ -144,7 +144,8 @@ pub fn key_id(token: &str) -> Option<String> {
 /// `memo` remembers for its subject.
 pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn TokenMemory) -> Result<Principal, Refusal> {
     let invalid = |why: String| Refusal::Unauthenticated(format!("invalid token: {why}"));
-    let header = decode_header(token).map_err(|e| invalid(e.to_string()))?;
+    let library = |e: jsonwebtoken::errors::Error| invalid(describe(&e).into());
+    let header = decode_header(token).map_err(library)?;
     if header.alg != Algorithm::RS256 {
         return Err(invalid(format!("algorithm {:?} is not accepted", header.alg)));
     }
@@ -155,21 +156,19 @@ pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn TokenMe
     }
     .ok_or_else(|| invalid("signed with an unknown key".into()))?;
     let digest = hex(&Sha256::digest(token.as_bytes()));
-    let unverified: Claims = insecure_decode_claims(token).map_err(|e| invalid(e.to_string()))?;
+    let unverified: Claims = insecure_decode_claims(token).map_err(library)?;
     let claims = if memo.recall(&unverified.sub).as_deref() == Some(digest.as_str()) {
         check_claims(&unverified, rules, now_secs()).map_err(invalid)?;
         unverified
     } else {
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(e.to_string()))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(library)?;
         let mut validation = Validation::new(Algorithm::RS256);
         validation.set_issuer(&[&rules.issuer]);
         validation.set_audience(&[&rules.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
-        let claims = decode::<Claims>(token, &key, &validation)
-            .map_err(|e| invalid(e.to_string()))?
-            .claims;
+        let claims = decode::<Claims>(token, &key, &validation).map_err(library)?.claims;
         memo.remember(&claims.sub, &digest);
         claims
     };
@@ -192,18 +191,37 @@ pub fn verify(token: &str, keys: &JwkSet, rules: &TokenRules, memo: &dyn TokenMe
     })
 }
 
+/// What is wrong with a token, in the gateway's words: the library's own messages
+/// name its internals (serde variants, base64 offsets) and are not for clients.
+fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidSignature => "the signature does not match",
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::ImmatureSignature => "not valid yet",
+        ErrorKind::InvalidIssuer => "issued by another issuer",
+        ErrorKind::InvalidAudience => "meant for another audience",
+        ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "its algorithm is not accepted",
+        ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat | ErrorKind::InvalidEcdsaKey => {
+            "its signing key cannot be used"
+        }
+        _ => "not a well-formed JWT",
+    }
+}
+
 /// The claim checks `decode` makes, for a token whose signature was verified before.
 fn check_claims(claims: &Claims, rules: &TokenRules, now: u64) -> Result<(), String> {
     match claims.exp {
         None => return Err("missing `exp`".into()),
-        Some(exp) if exp + LEEWAY_SECS < now => return Err("ExpiredSignature".into()),
+        Some(exp) if exp + LEEWAY_SECS < now => return Err("expired".into()),
         Some(_) => {}
     }
     if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
-        return Err("ImmatureSignature".into());
+        return Err("not valid yet".into());
     }
     if claims.iss.as_deref() != Some(rules.issuer.as_str()) {
-        return Err("InvalidIssuer".into());
+        return Err("issued by another issuer".into());
     }
     let audience_ok = match &claims.aud {
         Some(Audience::One(aud)) => *aud == rules.audience,
@@ -211,7 +229,7 @@ fn check_claims(claims: &Claims, rules: &TokenRules, now: u64) -> Result<(), Str
         None => false,
     };
     if !audience_ok {
-        return Err("InvalidAudience".into());
+        return Err("meant for another audience".into());
     }
     Ok(())
 }
@@ -239,7 +257,10 @@ pub fn authorize(
         return Ok(None);
     }
     let token = bearer(authorization)?;
-    let keys = keys(key_id(token)).map_err(|e| Refusal::Unauthenticated(format!("cannot load signing keys: {e}")))?;
+    let keys = keys(key_id(token)).map_err(|e| {
+        eprintln!("gateway: cannot load signing keys: {e}");
+        Refusal::Unavailable("the keys that verify tokens cannot be loaded now; try again shortly".into())
+    })?;
     let principal = verify(token, &keys, rules, memo)?;
     if !principal.may(access) {
         return Err(Refusal::Forbidden(
@@ -297,19 +318,26 @@ pub mod tests {
             b64url(br#"{"alg":"none","typ":"JWT"}"#),
             b64url(claims(&["admin"]).to_string().as_bytes())
         );
-        for (name, token) in [
-            ("expired", issuer.token(expired)),
-            ("not yet valid", issuer.token(future)),
-            ("wrong audience", issuer.token(wrong_audience)),
-            ("wrong issuer", issuer.token(wrong_issuer)),
-            ("wrong key", other.token(claims(&["admin"]))),
-            ("alg none", unsigned),
-            ("garbage", "not.a.token".into()),
+        let bad_algorithm = format!("{}.x.y", b64url(br#"{"alg":"XX999","typ":"JWT"}"#));
+        // Each is refused in the gateway's words, never the library's (which name
+        // serde variants and base64 offsets).
+        for (token, why) in [
+            (issuer.token(expired), "expired"),
+            (issuer.token(future), "not valid yet"),
+            (issuer.token(wrong_audience), "meant for another audience"),
+            (issuer.token(wrong_issuer), "issued by another issuer"),
+            (other.token(claims(&["admin"])), "the signature does not match"),
+            (unsigned, "not a well-formed JWT"),
+            (bad_algorithm, "not a well-formed JWT"),
+            ("not.a.token".into(), "not a well-formed JWT"),
+            ("a.b.c.d".into(), "not a well-formed JWT"),
         ] {
-            assert!(
-                matches!(verify_token(&token), Err(Refusal::Unauthenticated(_))),
-                "{name} must be refused"
-            );
+            match verify_token(&token) {
+                Err(Refusal::Unauthenticated(message)) => {
+                    assert_eq!(message, format!("invalid token: {why}"), "{token}");
+                }
+                other => panic!("{token} must be refused: {other:?}"),
+            }
         }
     }
 
@@ -430,10 +458,7 @@ pub mod tests {
         verify(&short, &issuer.jwks, &rules(), &memo).unwrap();
         let later = now() + LEEWAY_SECS + 5;
         let unverified: Claims = insecure_decode_claims(&short).unwrap();
-        assert_eq!(
-            check_claims(&unverified, &rules(), later),
-            Err("ExpiredSignature".into())
-        );
+        assert_eq!(check_claims(&unverified, &rules(), later), Err("expired".into()));
         let other_audience = TokenRules {
             issuer: "https://auth.shop".into(),
             audience: "elsewhere".into(),

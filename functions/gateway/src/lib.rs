@@ -17,6 +17,7 @@ pub mod routes;
 pub mod security;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod waits;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter {
@@ -25,13 +26,14 @@ mod adapter {
     use spin_sdk::http_component;
     use spin_sdk::key_value::Store;
 
-    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+    use spin_sdk::wit::wasi::keyvalue::store;
 
     use crate::auth::{NoMemo, Principal, Refusal, TokenMemory, TokenRules, authorize};
     use crate::cors;
     use crate::keys::{self, CACHE_KEY, Cached};
     use crate::limits::{self, Bucket, Rate, Take};
     use crate::routes::{Decision, decide};
+    use crate::waits;
 
     /// Response headers of a service worth passing on.
     const PASSED_HEADERS: &[&str] = &[
@@ -123,8 +125,82 @@ mod adapter {
         }
     }
 
+    /// Places a long poll holds in the wait budgets (see `waits`); dropping it gives
+    /// them back.
+    struct WaitLease {
+        id: String,
+        held: Vec<String>,
+    }
+
+    impl WaitLease {
+        /// Places in every budget of `customer` at `client` for a wait of `wait_ms`, or
+        /// `None` when one is full or the store cannot count (the poll then answers at
+        /// once, which costs nothing to hold).
+        fn take(customer: &str, client: &str, wait_ms: u64) -> Option<WaitLease> {
+            let bucket = store::open("default").ok()?;
+            let mut lease = WaitLease {
+                id: guest_kit::new_id(),
+                held: Vec::new(),
+            };
+            let maxima = [
+                ("max_waits_per_customer", waits::DEFAULT_PER_CUSTOMER),
+                ("max_waits_per_client", waits::DEFAULT_PER_CLIENT),
+            ];
+            for (key, (variable, default)) in waits::budget_keys(customer, client).into_iter().zip(maxima) {
+                let max: usize = variable_or(variable, default);
+                if max == 0 {
+                    continue;
+                }
+                let taken = (0..5).find_map(|_| {
+                    let cell = guest_kit::kv::read::<waits::Leases>(&bucket, &key).ok()?;
+                    let current = cell.current().cloned().unwrap_or_default();
+                    let Some(next) = current.take(&lease.id, max, now_ms(), wait_ms) else {
+                        return Some(false);
+                    };
+                    cell.swap(&next).ok()?.then_some(true)
+                });
+                if taken != Some(true) {
+                    return None; // `lease` drops, giving back what it took
+                }
+                lease.held.push(key);
+            }
+            Some(lease)
+        }
+    }
+
+    impl Drop for WaitLease {
+        fn drop(&mut self) {
+            let Ok(bucket) = store::open("default") else { return };
+            for key in &self.held {
+                for _ in 0..5 {
+                    let Ok(cell) = guest_kit::kv::read::<waits::Leases>(&bucket, key) else {
+                        break;
+                    };
+                    let next = cell.current().cloned().unwrap_or_default().release(&self.id, now_ms());
+                    if !matches!(cell.swap(&next), Ok(false)) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     async fn forward(service: &str, req: &Request, caller: Option<Principal>, client: &str) -> Response {
-        let query = match req.query() {
+        // A long poll (the orders service's) waits only with a place in every wait
+        // budget; else it answers now.
+        let mut query = req.query().to_string();
+        let _lease = match waits::requested_wait_ms(&query).filter(|_| service == "orders") {
+            Some(wait_ms) => {
+                let customer = caller.as_ref().map_or("anonymous", |c| c.subject.as_str());
+                let lease = WaitLease::take(customer, client, wait_ms);
+                if lease.is_none() {
+                    query = waits::without_wait(&query);
+                }
+                lease
+            }
+            None => None,
+        };
+        let query = match query.as_str() {
             "" => String::new(),
             q => format!("?{q}"),
         };
@@ -170,6 +246,11 @@ mod adapter {
         reply.body(response.into_body()).build()
     }
 
+    /// A whole-number variable (0 included), else `default`.
+    fn variable_or(name: &str, default: usize) -> usize {
+        variable(name, "").trim().parse().unwrap_or(default)
+    }
+
     fn number(name: &str, default: f64) -> f64 {
         variable(name, "")
             .parse()
@@ -186,25 +267,36 @@ mod adapter {
             capacity: number("rate_limit_burst", 100.0),
             per_second: number("rate_limit_per_minute", 600.0) / 60.0,
         };
+        take_token(key, rate)
+    }
+
+    /// Takes a token from the bucket all registrations share: each costs a password
+    /// hash, and many addresses registering at once must not take the CPU every
+    /// customer's login needs.
+    fn registrations_limited() -> Option<u64> {
+        let per_minute = number("registrations_per_minute", 300.0);
+        let rate = Rate {
+            capacity: (per_minute / 15.0).max(1.0),
+            per_second: per_minute / 60.0,
+        };
+        take_token("ratelimit:registrations", rate)
+    }
+
+    fn take_token(key: &str, rate: Rate) -> Option<u64> {
         let bucket = store::open("default").ok()?;
         for _ in 0..5 {
-            let cas = atomics::Cas::new(&bucket, key).ok()?;
-            let current = cas
-                .current()
-                .ok()
-                .flatten()
-                .and_then(|b| serde_json::from_slice::<Bucket>(&b).ok());
-            let (outcome, next) = match limits::take(current, rate, now_ms()) {
+            let cell = guest_kit::kv::read::<Bucket>(&bucket, key).ok()?;
+            let (outcome, next) = match limits::take(cell.current().copied(), rate, now_ms()) {
                 Take::Allowed(next) => (None, next),
                 Take::Limited {
                     retry_after_secs,
                     bucket,
                 } => (Some(retry_after_secs), bucket),
             };
-            match atomics::swap(cas, &serde_json::to_vec(&next).unwrap_or_default()) {
-                Ok(()) => return outcome,
-                Err(atomics::CasError::CasFailed(_)) => continue,
-                Err(atomics::CasError::StoreError(_)) => return None,
+            match cell.swap(&next) {
+                Ok(true) => return outcome,
+                Ok(false) => continue,
+                Err(_) => return None,
             }
         }
         None
@@ -277,6 +369,12 @@ mod adapter {
                 "payload_too_large",
                 &format!("request bodies are limited to {max_body} bytes"),
             );
+        }
+        if *req.method() == Method::Post
+            && req.path().trim_end_matches('/') == "/auth/register"
+            && let Some(wait) = registrations_limited()
+        {
+            return too_many(wait);
         }
         let (service, access) = match decide(&req.method().to_string(), req.path()) {
             Decision::Reply(reply) => {

@@ -86,11 +86,15 @@ pub fn decide(method: &str, path: &str) -> Decision {
         | "/auth/logout"
         | "/auth/otp/request"
         | "/auth/otp/verify"
+        | "/auth/password/reset"
         | "/auth/service-token" => {
             return forward_if(&["POST"], method, path, "users", Access::Public);
         }
         "/.well-known/jwks.json" => return forward_if(&["GET"], method, path, "users", Access::Public),
         "/users/me" => return forward_if(&["GET", "PATCH"], method, path, "users", Access::Customer),
+        "/users/me/password" | "/users/me/email/verify" | "/users/me/phone/verify" => {
+            return forward_if(&["POST"], method, path, "users", Access::Customer);
+        }
         _ => {}
     }
     if let Some(id) = path.strip_prefix("/users/")

@@ -58,3 +58,5 @@ pub fn open_database(
 ) -> Result<shop_domain::sql::spin::SpinDatabase, String> {
     shop_domain::sql::spin::SpinDatabase::open_configured(label).map(|db| db.traced(header(request, "traceparent")))
 }
+
+pub mod kv;

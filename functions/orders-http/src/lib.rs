@@ -68,6 +68,19 @@ impl Upstream for Services {
 
     fn cart(&self, user_id: &str) -> Result<Vec<OrderLine>, ApiError> {
         let response = call(Method::Get, "http://cart.spin.internal/cart".into(), Some(user_id))?;
+        if *response.status() == 409 {
+            // A cart that cannot be priced (e.g. mixed currencies) is the customer's to
+            // mend, not an outage.
+            let why: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+            return Err(ApiError::new(
+                409,
+                "cart_conflict",
+                format!(
+                    "the cart cannot be ordered: {}",
+                    why["error"]["message"].as_str().unwrap_or("it cannot be priced")
+                ),
+            ));
+        }
         if *response.status() != 200 {
             return Err(ApiError::new(
                 503,
@@ -100,6 +113,16 @@ impl Upstream for Services {
                 "unavailable",
                 format!("payments did not keep the payment method (it answered {status})"),
             )),
+        }
+    }
+
+    fn forget_payment_method(&self, order_id: &str, user_id: &str) {
+        let url = format!("http://payments.spin.internal/payment-methods/{order_id}");
+        if let Err(e) = call(Method::Delete, url, Some(user_id)) {
+            eprintln!(
+                "orders: the unused payment token of {order_id} stays until payments sweeps it: {}",
+                e.message
+            );
         }
     }
 

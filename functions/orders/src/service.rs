@@ -36,6 +36,8 @@ pub trait Upstream {
     /// Hands the order's payment token to the payments service, which keeps it for
     /// the authorization: the token is in no event, no topic and no answer.
     fn keep_payment_method(&self, order_id: &str, user_id: &str, token: &str) -> Result<(), ApiError>;
+    /// Withdraws the token of an order that was not placed after all (best effort).
+    fn forget_payment_method(&self, order_id: &str, user_id: &str);
 }
 
 pub const MAX_LINES: usize = 50;
@@ -57,8 +59,23 @@ struct PlaceOrder {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::unavailable(e)
+        match e {
+            StoreError::TooManyPending(max) => too_many_pending(max),
+            other => ApiError::unavailable(other),
+        }
     }
+}
+
+/// A customer's orders in flight are bounded: each one's payment may hold a handler
+/// of the payments service for as long as the provider takes, and one customer's
+/// many must not stall everyone else's checkout.
+fn too_many_pending(max: i64) -> ApiError {
+    ApiError::new(
+        429,
+        "too_many_pending_orders",
+        format!("{max} of your orders are still in progress: place this one when one of them concludes"),
+    )
+    .with_retry_after(2)
 }
 
 /// What the adapter does after the answer: clear the cart an order was placed from.
@@ -287,10 +304,17 @@ fn place<D: Sql>(
         }
         // A retry gets the order it placed, before the (emptied) cart or the
         // catalog is consulted again.
-        if let Some(order) = orders.by_idempotency_key(request.user, key)? {
+        if let Some((order, digest)) = orders.by_idempotency_key(request.user, key)? {
+            same_request(digest.as_deref(), request.body)?;
             effects.placed = Some(order.id.clone());
             return Ok(placed(&order.id, status_text(order.status)));
         }
+    }
+    // Checked early to spare payments a token in the common case; the placement's
+    // transaction checks again, exactly.
+    let max_pending = orders.context().max_pending_per_customer;
+    if max_pending > 0 && orders.pending_count(request.user)? >= max_pending {
+        return Err(too_many_pending(max_pending));
     }
     let lines = match &input.lines {
         Some(lines) => priced(lines, upstream)?,
@@ -325,14 +349,45 @@ fn place<D: Sql>(
     let order_id = new_id();
     upstream.keep_payment_method(&order_id, request.user, token)?;
     let event = ShopEvent::OrderPlaced(OrderPlaced {
-        order_id,
+        order_id: order_id.clone(),
         user_id: request.user.to_string(),
         lines,
         total: Money { amount, currency },
     });
-    let order = orders.place(event, request.idempotency_key)?;
+    let digest = request_digest(request.body);
+    let placement = orders.place(event, request.idempotency_key.map(|key| (key, digest.as_str())));
+    if placement.is_err() {
+        // Not placed: its token is not needed.
+        upstream.forget_payment_method(&order_id, request.user);
+    }
+    let (order, placed_digest) = placement?;
+    if order.id != order_id {
+        // Another request with this key placed its order first: this one's token is
+        // not needed (best effort: payments sweeps it within the hour otherwise).
+        upstream.forget_payment_method(&order_id, request.user);
+        same_request(placed_digest.as_deref(), request.body)?;
+    }
     effects.placed = Some(order.id.clone());
     Ok(placed(&order.id, status_text(order.status)))
+}
+
+/// A digest of a placement's body, kept with its idempotency key.
+fn request_digest(body: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuses a request that reuses an idempotency key with another body (422, as
+/// common idempotency-key implementations answer).
+fn same_request(kept: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
+    match kept {
+        Some(kept) if kept != request_digest(body) => Err(ApiError::new(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with another request: use a new key for a new order",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Explicit lines at the catalog's current prices.
@@ -341,6 +396,17 @@ fn priced(lines: &[LineInput], upstream: &impl Upstream) -> Result<Vec<OrderLine
         return Err(ApiError::bad_request(
             "validation_failed",
             format!("at most {MAX_LINES} lines"),
+        ));
+    }
+    // One line per product: repeating a product would add up past the per-line cap.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(repeated) = lines.iter().find(|l| !seen.insert(l.product_id.as_str())) {
+        return Err(ApiError::bad_request(
+            "validation_failed",
+            format!(
+                "product {} is in more than one line: give its whole quantity (1 to {MAX_QUANTITY}) in one",
+                repeated.product_id
+            ),
         ));
     }
     lines
@@ -424,6 +490,11 @@ mod tests {
                 .push((order_id.into(), user_id.into(), token.into()));
             Ok(())
         }
+        fn forget_payment_method(&self, order_id: &str, _: &str) {
+            self.payment_methods
+                .borrow_mut()
+                .retain(|(order, _, _)| order != order_id);
+        }
     }
 
     fn context_at_100(new_id: &dyn Fn() -> String) -> Context<'_> {
@@ -436,6 +507,7 @@ mod tests {
                 payment_secs: 30,
                 completion_secs: 30,
             },
+            max_pending_per_customer: 5,
         }
     }
 
@@ -565,6 +637,37 @@ mod tests {
         let (refused, nothing) = place(r#"{"lines": [], "payment_token": "tok_ok"}"#, "k-2");
         assert_eq!(refused.status, 422, "{}", refused.json_body());
         assert_eq!(nothing.placed, None);
+
+        // The same key with another request is not answered with the first order.
+        let other = r#"{"lines": [{"product_id": "p-eur", "quantity": 7}], "payment_token": "tok_ok"}"#;
+        let (reused, none) = place(other, "k-1");
+        assert_eq!(
+            (reused.status, reused.json_body()["error"]["code"].as_str()),
+            (422, Some("idempotency_key_reused"))
+        );
+        assert_eq!(none.placed, None);
+        assert_eq!(place(other, "k-3").0.status, 202, "a new key places it");
+        assert_eq!(shop.payment_methods.borrow().len(), 2, "one token per order placed");
+    }
+
+    #[test]
+    fn a_product_may_not_be_repeated_across_lines() {
+        let db = MemoryDb::default();
+        let shop = FakeShop::default();
+        let line = r#"{"product_id": "p-eur", "quantity": 100}"#;
+        let body = format!(r#"{{"lines": [{line}, {line}], "payment_token": "tok_ok"}}"#);
+        let (status, refused) = call(&db, &shop, ("POST", "/orders", "u-1"), &body, None);
+        assert_eq!(status, 400, "{refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than one line")
+        );
+        assert!(
+            shop.payment_methods.borrow().is_empty(),
+            "nothing kept for a refused order"
+        );
     }
 
     #[test]

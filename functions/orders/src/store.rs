@@ -25,6 +25,9 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS idempotency_keys (
         user_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, order_id TEXT NOT NULL,
         PRIMARY KEY (user_id, idempotency_key))",
+    // A digest of the request that first used the key: the same key with another
+    // request is refused rather than answered with the first one's order.
+    "ALTER TABLE idempotency_keys ADD COLUMN request_digest TEXT",
     inbox::SCHEMA,
     inbox::OUTPUTS_COLUMN,
     outbox::SCHEMA,
@@ -41,6 +44,8 @@ pub struct Context<'a> {
     pub now_text: String,
     pub new_id: &'a dyn Fn() -> String,
     pub timeouts: Timeouts,
+    /// Orders one customer may have PENDING at once (0: no limit).
+    pub max_pending_per_customer: i64,
 }
 
 impl<'a> Context<'a> {
@@ -60,6 +65,7 @@ impl<'a> Context<'a> {
                 payment_secs: number("payment_timeout_secs", 30)?,
                 completion_secs: number("completion_timeout_secs", 30)?,
             },
+            max_pending_per_customer: number("max_pending_orders_per_customer", 5)?,
         })
     }
 }
@@ -68,6 +74,8 @@ impl<'a> Context<'a> {
 pub enum StoreError {
     /// Another writer appended to the same order first.
     Conflict,
+    /// The customer has this many orders PENDING already: nothing was placed.
+    TooManyPending(i64),
     Failed(String),
 }
 
@@ -84,6 +92,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Conflict => f.write_str("concurrent update, retries exhausted"),
+            StoreError::TooManyPending(max) => write!(f, "{max} orders of this customer are PENDING"),
             StoreError::Failed(m) => f.write_str(m),
         }
     }
@@ -136,6 +145,10 @@ fn status_of(text: &str) -> OrderStatus {
 impl<'a, D: Sql> Orders<'a, D> {
     pub fn new(db: &'a D, context: &'a Context<'a>) -> Self {
         Self { db, context }
+    }
+
+    pub fn context(&self) -> &Context<'a> {
+        self.context
     }
 
     pub fn migrate(&self) -> Result<(), SqlError> {
@@ -266,21 +279,46 @@ impl<'a, D: Sql> Orders<'a, D> {
         )
     }
 
-    /// The order a customer already placed with `idempotency_key`.
-    pub fn by_idempotency_key(&self, user_id: &str, idempotency_key: &str) -> Result<Option<Order>, StoreError> {
+    /// How many orders of `user_id` are PENDING.
+    pub fn pending_count(&self, user_id: &str) -> Result<i64, StoreError> {
         let rows = self.db.execute(
-            "SELECT order_id FROM idempotency_keys WHERE user_id = ? AND idempotency_key = ?",
+            "SELECT COUNT(*) FROM orders WHERE user_id = ? AND status = 'PENDING'",
+            &[user_id.into()],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(SqlValue::integer)
+            .unwrap_or(0))
+    }
+
+    /// The order a customer already placed with `idempotency_key`, and the digest of
+    /// the request that placed it (`None` for keys kept before digests were).
+    pub fn by_idempotency_key(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<(Order, Option<String>)>, StoreError> {
+        let rows = self.db.execute(
+            "SELECT order_id, request_digest FROM idempotency_keys WHERE user_id = ? AND idempotency_key = ?",
             &[user_id.into(), idempotency_key.into()],
         )?;
-        match rows.first().and_then(|r| r.first()).and_then(SqlValue::text) {
-            Some(order_id) => self.load(order_id),
+        let Some(row) = rows.first() else { return Ok(None) };
+        let digest = row.get(1).and_then(SqlValue::text).map(str::to_string);
+        match row.first().and_then(SqlValue::text) {
+            Some(order_id) => Ok(self.load(order_id)?.map(|order| (order, digest))),
             None => Ok(None),
         }
     }
 
     /// Records a new order (OrderPlaced and its first command). With an idempotency
-    /// key the customer used before, nothing is written and that order is returned.
-    pub fn place(&self, placed: ShopEvent, idempotency_key: Option<&str>) -> Result<Order, StoreError> {
+    /// key (and the digest of its request) the customer used before, nothing is
+    /// written and that order is returned with the digest it was placed with.
+    pub fn place(
+        &self,
+        placed: ShopEvent,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<(Order, Option<String>), StoreError> {
         let ShopEvent::OrderPlaced(details) = &placed else {
             return Err(StoreError::Failed("place needs an OrderPlaced".into()));
         };
@@ -289,14 +327,15 @@ impl<'a, D: Sql> Orders<'a, D> {
             lines: details.lines.clone(),
         });
         in_transaction(self.db, || {
-            if let Some(key) = idempotency_key {
+            if let Some((key, digest)) = idempotency {
                 let claimed = self.db.execute(
-                    "INSERT INTO idempotency_keys (user_id, idempotency_key, order_id) VALUES (?, ?, ?) \
-                     ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING order_id",
+                    "INSERT INTO idempotency_keys (user_id, idempotency_key, order_id, request_digest) \
+                     VALUES (?, ?, ?, ?) ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING order_id",
                     &[
                         details.user_id.clone().into(),
                         key.into(),
                         details.order_id.clone().into(),
+                        digest.into(),
                     ],
                 )?;
                 if claimed.is_empty() {
@@ -306,7 +345,24 @@ impl<'a, D: Sql> Orders<'a, D> {
                         .ok_or_else(|| StoreError::Failed(format!("idempotency key {key} names no order")));
                 }
             }
-            self.append(&details.order_id, None, vec![placed.clone(), reserve.clone()])
+            // Counted inside the placement's transaction, so parallel placements of one
+            // customer take turns: SQLite's writers are serialized already, and on
+            // PostgreSQL a transaction lock on the customer does it.
+            let max_pending = self.context.max_pending_per_customer;
+            if max_pending > 0 {
+                if self.db.dialect() == shop_domain::sql::Dialect::Postgres {
+                    // (Wrapped: the lock function returns `void`, a type no client maps.)
+                    self.db.execute(
+                        "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext(?))) AS locked",
+                        &[format!("orders-pending:{}", details.user_id).into()],
+                    )?;
+                }
+                if self.pending_count(&details.user_id)? >= max_pending {
+                    return Err(StoreError::TooManyPending(max_pending));
+                }
+            }
+            let order = self.append(&details.order_id, None, vec![placed.clone(), reserve.clone()])?;
+            Ok((order, idempotency.map(|(_, digest)| digest.to_string())))
         })
     }
 
@@ -437,6 +493,7 @@ mod tests {
                 payment_secs: 10,
                 completion_secs: 10,
             },
+            max_pending_per_customer: 5,
         }
     }
 
@@ -466,13 +523,35 @@ mod tests {
         })
     }
 
+    /// The pending limit is checked inside the placement's transaction: a sixth
+    /// order of a customer with five PENDING is not placed, nor its key claimed.
+    #[test]
+    fn a_customer_with_the_most_orders_pending_places_no_more() {
+        let db = MemoryDb::default();
+        let ctx = context(100);
+        let orders = Orders::new(&db, &ctx);
+        orders.migrate().unwrap();
+        for i in 0..5 {
+            orders.place(placed(&format!("o-{i}"), "u-1"), None).unwrap();
+        }
+        assert_eq!(
+            orders.place(placed("o-6", "u-1"), Some(("key-6", "d"))),
+            Err(StoreError::TooManyPending(5))
+        );
+        assert_eq!(orders.by_idempotency_key("u-1", "key-6").unwrap(), None);
+        assert_eq!(orders.pending_count("u-1").unwrap(), 5);
+        orders
+            .place(placed("o-7", "u-2"), None)
+            .expect("another customer places");
+    }
+
     #[test]
     fn placing_records_the_order_its_first_command_and_the_projection() {
         let db = MemoryDb::default();
         let ctx = context(100);
         let orders = Orders::new(&db, &ctx);
         orders.migrate().unwrap();
-        let order = orders.place(placed("o-1", "u-1"), Some("key-1")).unwrap();
+        let (order, _) = orders.place(placed("o-1", "u-1"), Some(("key-1", "d-1"))).unwrap();
         assert_eq!((order.version, order.status), (2, OrderStatus::Pending));
         let types: Vec<&str> = orders
             .history("o-1")
@@ -488,9 +567,13 @@ mod tests {
             .collect();
         assert_eq!(published, types, "both leave through the outbox");
 
-        let again = orders.place(placed("o-2", "u-1"), Some("key-1")).unwrap();
-        assert_eq!(again.id, "o-1", "the same key: the first order");
-        let other_user = orders.place(placed("o-3", "u-2"), Some("key-1")).unwrap();
+        let (again, digest) = orders.place(placed("o-2", "u-1"), Some(("key-1", "d-2"))).unwrap();
+        assert_eq!(
+            (again.id.as_str(), digest.as_deref()),
+            ("o-1", Some("d-1")),
+            "the same key: the first order, with its request's digest"
+        );
+        let (other_user, _) = orders.place(placed("o-3", "u-2"), Some(("key-1", "d-1"))).unwrap();
         assert_eq!(other_user.id, "o-3", "keys are per customer");
         let (mine, total) = orders.list("u-1", 1, 10).unwrap();
         assert_eq!((mine.len(), total), (1, 1));

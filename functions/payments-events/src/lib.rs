@@ -16,8 +16,10 @@ const DATABASE: &str = "payments";
 const SOURCE: &str = "/payments";
 
 fn context() -> Context<'static> {
+    let now = guest_kit::now_secs();
     Context {
-        now_text: shop_domain::time::rfc3339(guest_kit::now_secs()),
+        now,
+        now_text: shop_domain::time::rfc3339(now),
         new_id: &guest_kit::new_id,
     }
 }

@@ -12,8 +12,10 @@ use spin_sdk::http_component;
 const DATABASE: &str = "payments";
 
 fn context() -> Context<'static> {
+    let now = guest_kit::now_secs();
     Context {
-        now_text: shop_domain::time::rfc3339(guest_kit::now_secs()),
+        now,
+        now_text: shop_domain::time::rfc3339(now),
         new_id: &guest_kit::new_id,
     }
 }

@@ -10,6 +10,9 @@ use shop_domain::sql::{Sql, SqlError, SqlValue, migrate, with_schema};
 use shop_domain::types::Money;
 use shop_domain::{inbox, outbox};
 
+/// How long a kept payment token may wait for its order's first payment command.
+pub const PAYMENT_METHOD_TTL_SECS: i64 = 3600;
+
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS payments (
         order_id TEXT PRIMARY KEY, payment_id TEXT NOT NULL, user_id TEXT,
@@ -17,7 +20,9 @@ pub const SCHEMA: &[&str] = &[
         provider_reference TEXT, reason TEXT, updated_at TEXT NOT NULL)",
     // The payment token for an order's authorization, handed over by the orders
     // service at placement: it stays here and never travels on a topic. It is deleted
-    // once the authorization is answered.
+    // once any payment command of its order is answered, when the orders service
+    // withdraws it, and at the latest an hour after it was kept (an order cancelled
+    // before its authorization never asks for it).
     "CREATE TABLE IF NOT EXISTS payment_methods (
         order_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, token TEXT NOT NULL,
         created_at TEXT NOT NULL)",
@@ -76,6 +81,8 @@ pub struct Payment {
 }
 
 pub struct Context<'a> {
+    /// Unix seconds, and the same instant as RFC 3339 text.
+    pub now: i64,
     pub now_text: String,
     pub new_id: &'a dyn Fn() -> String,
 }
@@ -141,6 +148,12 @@ impl<'a, D: Sql> Ledger<'a, D> {
     /// Keeps `token` for the authorization of `order_id`, placed by `user_id`. Handing
     /// over the same token again is a no-op.
     pub fn keep_payment_method(&self, order_id: &str, user_id: &str, token: &str) -> Result<(), KeepRefused> {
+        // Tokens nobody asked for within the hour go, here rather than on a timer:
+        // every placement passes by.
+        self.db.execute(
+            "DELETE FROM payment_methods WHERE created_at < ?",
+            &[shop_domain::time::rfc3339(self.context.now - PAYMENT_METHOD_TTL_SECS).into()],
+        )?;
         // One statement: the row kept, whether this call or an earlier one kept it
         // (the no-op update makes a conflicting insert return the row that is there).
         let rows = self.db.execute(
@@ -161,6 +174,16 @@ impl<'a, D: Sql> Ledger<'a, D> {
             Some((true, true)) => Ok(()),
             _ => Err(KeepRefused::Conflict),
         }
+    }
+
+    /// Withdraws the token kept for `order_id` by `user_id` (an order that was never
+    /// placed after all); another customer's token is left alone.
+    pub fn forget_payment_method(&self, order_id: &str, user_id: &str) -> Result<(), SqlError> {
+        self.db.execute(
+            "DELETE FROM payment_methods WHERE order_id = ? AND user_id = ?",
+            &[order_id.into(), user_id.into()],
+        )?;
+        Ok(())
     }
 
     fn payment_token(&self, order_id: &str) -> Result<Option<String>, SqlError> {
@@ -209,15 +232,13 @@ impl<'a, D: Sql> Ledger<'a, D> {
         let handled = inbox::handle_once(self.db, SCHEMA, event_id, &self.context.now_text, || {
             if let Some(payment) = &change.write {
                 self.save(payment)?;
-                // Answered: the token has served its one purpose (a capture comes after
-                // the authorization that already dropped it).
-                if !matches!(event, ShopEvent::PaymentCaptureRequested(_)) {
-                    self.db.execute(
-                        "DELETE FROM payment_methods WHERE order_id = ?",
-                        &[payment.order_id.clone().into()],
-                    )?;
-                }
             }
+            // Answered: the token has served its one purpose, or (a void or refund, an
+            // order cancelled before its authorization) never will.
+            self.db.execute(
+                "DELETE FROM payment_methods WHERE order_id = ?",
+                &[command.order_id.clone().into()],
+            )?;
             outbox::record(
                 self.db,
                 (self.context.new_id)(),
@@ -484,6 +505,7 @@ mod tests {
         let db = MemoryDb::default();
         let new_id = sequential_ids();
         let context = Context {
+            now: 0,
             now_text: "t".into(),
             new_id: &new_id,
         };
@@ -503,6 +525,44 @@ mod tests {
             Handled::Done(event) => event.event_type(),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// No token stays for good: an answered command drops it (a void for an order
+    /// never authorized too), its owner may withdraw it, and an hour after it was
+    /// kept the next placement sweeps it.
+    #[test]
+    fn payment_tokens_go_when_answered_withdrawn_or_left_for_an_hour() {
+        let db = MemoryDb::default();
+        let new_id = sequential_ids();
+        let at = |now: i64| Context {
+            now,
+            now_text: shop_domain::time::rfc3339(now),
+            new_id: &new_id,
+        };
+        let (placed, later) = (at(1_800_000_000), at(1_800_000_000 + PAYMENT_METHOD_TTL_SECS + 1));
+        let ledger = Ledger::new(&db, &placed);
+        ledger.migrate().unwrap();
+        for order in ["o-left", "o-void", "o-gone"] {
+            ledger.keep_payment_method(order, "u-1", "tok_ok").unwrap();
+        }
+        let void = ShopEvent::PaymentVoidRequested(command("o-void"));
+        ledger.handle("e-1", &void, &FakeProvider::default()).unwrap();
+        assert_eq!(ledger.payment_token("o-void").unwrap(), None, "answered");
+
+        ledger.forget_payment_method("o-gone", "u-2").unwrap();
+        assert!(
+            ledger.payment_token("o-gone").unwrap().is_some(),
+            "not another's to withdraw"
+        );
+        ledger.forget_payment_method("o-gone", "u-1").unwrap();
+        assert_eq!(ledger.payment_token("o-gone").unwrap(), None, "withdrawn");
+
+        assert!(ledger.payment_token("o-left").unwrap().is_some());
+        Ledger::new(&db, &later)
+            .keep_payment_method("o-next", "u-1", "tok_ok")
+            .unwrap();
+        assert_eq!(ledger.payment_token("o-left").unwrap(), None, "swept after an hour");
+        assert!(ledger.payment_token("o-next").unwrap().is_some());
     }
 
     #[test]

@@ -102,7 +102,15 @@ fn route<D: Sql>(request: &Request<'_>, services: &Services<'_, D>) -> Result<Re
                 Err(KeepRefused::Sql(e)) => Err(e.into()),
             }
         }
-        (["payment-methods", _], _) => Err(ApiError::method_not_allowed("PUT")),
+        // The orders service withdraws a token whose order was not placed after all.
+        (["payment-methods", order_id], "DELETE") => {
+            if request.user.is_empty() {
+                return Err(ApiError::new(401, "unauthorized", "no user placing this order"));
+            }
+            services.ledger.forget_payment_method(order_id, request.user)?;
+            Ok(Response::json(200, &json!({ "order_id": order_id })))
+        }
+        (["payment-methods", _], _) => Err(ApiError::method_not_allowed("PUT, DELETE")),
         (["sandbox", "authorizations"], "POST") => {
             let input: Authorization = ApiError::parse(request.body)?;
             if input.amount.amount <= 0 || input.idempotency_key.is_empty() {
@@ -166,6 +174,7 @@ mod tests {
         let db = MemoryDb::default();
         let new_id = || uuid::Uuid::new_v4().to_string();
         let context = Context {
+            now: 0,
             now_text: "t".into(),
             new_id: &new_id,
         };

@@ -50,8 +50,18 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> 
 }
 
 /// Lower-cased, trimmed, and plausibly an address (one `@`, a dot in the domain).
+/// Only ASCII: look-alikes (full-width letters, Cyrillic twins, zero-width marks)
+/// would otherwise register as accounts distinct from the real address; a domain
+/// with other letters is written in its `xn--` form.
 pub fn normalize_email(email: &str) -> Result<String, Refusal> {
     let email = email.trim().to_ascii_lowercase();
+    if !email.is_ascii() {
+        return Err(refuse(
+            400,
+            "validation_failed",
+            "`email` must be ASCII (an internationalized domain in its xn-- form)",
+        ));
+    }
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
@@ -62,6 +72,22 @@ pub fn normalize_email(email: &str) -> Result<String, Refusal> {
         Ok(email)
     } else {
         Err(refuse(400, "validation_failed", "`email` is not a valid address"))
+    }
+}
+
+/// A phone number as codes are sent to it: 6 to 20 digits, an optional leading `+`,
+/// spaces dropped.
+pub fn normalize_phone(phone: &str) -> Result<String, Refusal> {
+    let phone: String = phone.chars().filter(|c| !c.is_whitespace()).collect();
+    let digits = phone.strip_prefix('+').unwrap_or(&phone);
+    if (6..=20).contains(&phone.len()) && digits.chars().all(|c| c.is_ascii_digit()) {
+        Ok(phone)
+    } else {
+        Err(refuse(
+            400,
+            "validation_failed",
+            "`phone` must be 6 to 20 digits with an optional leading +",
+        ))
     }
 }
 
@@ -94,6 +120,12 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
+/// A hash no password is known to match, with the parameters real hashes have: a
+/// login for an unknown address checks against it, so it takes as long as one for a
+/// known address (the answer time does not tell which addresses have accounts).
+pub const UNMATCHABLE_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$ozCxXs5f5qJraEqDD/BMpw$qsJOO3CMea+Y49PpW6aQ2IfPKsFqwWhpuYoUMtxtNYo";
+
 pub fn password_matches(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
@@ -112,6 +144,8 @@ mod tests {
         assert!(!password_matches("wrong horse", &hash));
         assert_ne!(hash, hash_password("correct horse"), "salted");
         assert!(!password_matches("x", "not a hash"));
+        assert!(UNMATCHABLE_HASH.starts_with(&hash[..hash.find("$v=19$m=19456,t=2,p=1$").unwrap() + 22]));
+        assert!(!password_matches("correct horse", UNMATCHABLE_HASH));
     }
 
     #[test]
@@ -119,6 +153,16 @@ mod tests {
         assert_eq!(normalize_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
         for bad in ["", "ada", "@x.com", "a@b", "a@@b.com", "a b@c.com", "a@.com"] {
             assert!(normalize_email(bad).is_err(), "{bad}");
+        }
+        // Look-alikes of ada@example.com: a zero-width space, full-width letters, a
+        // Cyrillic `а`.
+        for look_alike in ["ada\u{200b}@example.com", "ａｄａ@example.com", "\u{430}da@example.com"] {
+            assert!(normalize_email(look_alike).is_err(), "{look_alike}");
+        }
+        assert!(normalize_email("ada@xn--bcher-kva.example").is_ok());
+        assert_eq!(normalize_phone(" +44 1234 5678 ").unwrap(), "+4412345678");
+        for bad in ["", "+", "12345", "1+23456789", "+12345678901234567890", "12345a"] {
+            assert!(normalize_phone(bad).is_err(), "{bad}");
         }
         assert!(check_password("short").is_err());
         assert!(check_password("long enough").is_ok());

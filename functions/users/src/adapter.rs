@@ -92,22 +92,14 @@ fn swap_json<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq>(
     current: Option<&T>,
     next: &T,
 ) -> Result<bool, String> {
-    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+    use spin_sdk::wit::wasi::keyvalue::store;
     let unavailable = |e: store::Error| format!("key-value store: {e:?}");
     let bucket = store::open("default").map_err(unavailable)?;
-    let cas = atomics::Cas::new(&bucket, key).map_err(unavailable)?;
-    let read = cas
-        .current()
-        .map_err(unavailable)?
-        .and_then(|bytes| serde_json::from_slice::<T>(&bytes).ok());
-    if read.as_ref() != current {
+    let cell = guest_kit::kv::read::<T>(&bucket, key).map_err(unavailable)?;
+    if cell.current() != current {
         return Ok(false);
     }
-    match atomics::swap(cas, &serde_json::to_vec(next).unwrap_or_default()) {
-        Ok(()) => Ok(true),
-        Err(atomics::CasError::CasFailed(_)) => Ok(false),
-        Err(atomics::CasError::StoreError(e)) => Err(unavailable(e)),
-    }
+    cell.swap(next).map_err(unavailable)
 }
 
 fn variable(name: &str) -> Option<String> {

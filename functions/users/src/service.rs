@@ -175,6 +175,26 @@ fn end_session(settings: &Settings<'_>, session: &str) -> Result<(), String> {
     settings.ended_sessions.end(session, settings.now + ACCESS_TTL_SECS)
 }
 
+/// Ends every login session of `user_id` at the gateway (its refresh tokens go with
+/// the change that asked for this, in the same transaction). Nothing is changed
+/// when the gateway cannot be told.
+fn end_sessions_of(db: &impl Sql, settings: &Settings<'_>, user_id: &str) -> Result<(), Refusal> {
+    for family in Store(db).families_of_user(user_id).map_err(failed)? {
+        end_session(settings, &family)
+            .map_err(|e| store_unavailable("the account's sessions cannot be ended now", &e))?;
+    }
+    Ok(())
+}
+
+/// `response` (tokens) marked as the first proof of the account's address: any
+/// password, phone and session set before it ended.
+fn with_credentials_reset(mut response: Response, reset: bool) -> Response {
+    if let Some(body) = response.body.as_mut() {
+        body["credentials_reset"] = json!(reset);
+    }
+    response
+}
+
 fn register_user(
     db: &impl Sql,
     settings: &Settings<'_>,
@@ -182,6 +202,7 @@ fn register_user(
     password: &str,
     name: String,
     roles: &[&str],
+    email_verified: bool,
 ) -> Result<User, Refusal> {
     let user = User {
         id: (settings.new_id)(),
@@ -190,10 +211,19 @@ fn register_user(
         name,
         roles: roles.iter().map(|r| r.to_string()).collect(),
         created_at: settings.now_text.clone(),
+        email_verified,
+        phone_verified: false,
         password_hash: accounts::hash_password(password),
     };
     Store(db).create(&user, (settings.new_id)()).map_err(failed)?;
     Ok(user)
+}
+
+/// The caller the gateway verified.
+fn signed_in<'a>(request: &Request<'a>) -> Result<&'a str, Refusal> {
+    request
+        .user
+        .ok_or_else(|| refuse(401, "unauthorized", "no authenticated user"))
 }
 
 fn refresh_token_of(body: &[u8]) -> Result<String, Refusal> {
@@ -215,6 +245,14 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             let email = accounts::normalize_email(&input.email)?;
             accounts::check_password(&input.password)?;
             accounts::check_name(&input.name)?;
+            // The configured admin address is the operator's: its account is made on
+            // the admin's first login, and nobody may take it first.
+            if settings
+                .admin
+                .is_some_and(|(admin_email, _)| admin_email.trim().eq_ignore_ascii_case(&email))
+            {
+                return Err(failed(StoreError::EmailTaken));
+            }
             let user = register_user(
                 db,
                 settings,
@@ -222,6 +260,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
                 &input.password,
                 input.name.trim().into(),
                 &["customer"],
+                false,
             )?;
             ok(201, json!(user))
         }
@@ -233,6 +272,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             let client = request.client.unwrap_or("unknown");
             let account_counter = throttle::account_key(&email, client);
             let client_counter = throttle::client_key(client);
+            let every_client_counter = throttle::account_everywhere_key(&email);
             let now_ms = settings.now * 1000;
             let counted = count_attempt(
                 settings.login_failures,
@@ -245,6 +285,14 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
                 throttle::attempt(failures.as_ref(), throttle::FREE_PER_CLIENT, now_ms)
                     .map(drop)
                     .map_err(Held::Wait)
+            })
+            .and_then(|()| {
+                // Guesses from many addresses add up too: past them, password logins
+                // of the account wait (a code mailed to the address still signs in).
+                let failures = settings.login_failures.get(&every_client_counter);
+                throttle::attempt(failures.as_ref(), throttle::FREE_PER_ACCOUNT_EVERYWHERE, now_ms)
+                    .map(drop)
+                    .map_err(Held::Wait)
             });
             match counted {
                 Ok(()) => {}
@@ -252,7 +300,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
                     return Ok(Response {
                         status: 429,
                         body: Some(json!({ "error": { "code": "too_many_attempts",
-                            "message": format!("too many failed logins: retry in {wait} s") } })),
+                            "message": format!("too many failed logins: retry in {wait} s, or sign in with a code sent to your address") } })),
                         retry_after: Some(wait),
                     });
                 }
@@ -271,18 +319,35 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
                     &input.password,
                     "Administrator".into(),
                     &["admin", "customer"],
+                    // The operator configured this address: it is theirs.
+                    true,
                 );
                 user = Some(admin?);
             }
+            // An unknown address is checked against a hash too, so that it answers in
+            // the time a wrong password takes.
+            let hash = match &user {
+                Some(user) if user.has_password() => user.password_hash.as_str(),
+                _ => accounts::UNMATCHABLE_HASH,
+            };
+            let matches = accounts::password_matches(&input.password, hash);
+            if user.is_none() {
+                // No account to protect: only the client's counter goes on counting, and
+                // no counter is left behind for every address ever tried.
+                settings.login_failures.remove(&account_counter);
+            }
             match user {
-                Some(user) if accounts::password_matches(&input.password, &user.password_hash) => {
+                Some(user) if matches => {
                     settings.login_failures.remove(&account_counter);
                     tokens(db, key, settings, &user, None)
                 }
                 // The same answer for an unknown email and a wrong password.
-                _ => {
+                other => {
                     // Counts toward the client's pause; a lost race only undercounts.
                     let _ = count_attempt(settings.login_failures, &client_counter, u32::MAX, now_ms);
+                    if other.is_some() {
+                        let _ = count_attempt(settings.login_failures, &every_client_counter, u32::MAX, now_ms);
+                    }
                     Err(refuse(401, "invalid_credentials", "email or password is wrong"))
                 }
             }
@@ -347,26 +412,21 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
         }
         ("/auth/otp/request", "POST") => otp_request(request.body, db, settings),
         ("/auth/otp/verify", "POST") => otp_verify(request.body, db, key, settings),
+        ("/auth/password/reset", "POST") => password_reset(request.body, db, key, settings),
+        ("/users/me/email/verify", "POST") => email_proof(request.body, signed_in(request)?, db, settings),
+        ("/users/me/phone/verify", "POST") => phone_proof(request.body, signed_in(request)?, db, settings),
+        ("/users/me/password", "POST") => password_change(request, signed_in(request)?, db, key, settings),
+        ("/users/me/email/verify" | "/users/me/phone/verify" | "/users/me/password", _) => Err(not_allowed("POST")),
         ("/users/me", method @ ("GET" | "PATCH")) => {
-            let id = request
-                .user
-                .ok_or_else(|| refuse(401, "unauthorized", "no authenticated user"))?;
+            let id = signed_in(request)?;
             if method == "PATCH" {
                 let update: ProfileUpdate = accounts::parse(request.body)?;
                 if let Some(name) = &update.name {
                     accounts::check_name(name)?;
                 }
-                if let Some(phone) = &update.phone
-                    && (phone.len() > 20 || !phone.chars().all(|c| c.is_ascii_digit() || c == '+'))
-                {
-                    return Err(refuse(
-                        400,
-                        "validation_failed",
-                        "`phone` must be digits with an optional +",
-                    ));
-                }
+                let phone = update.phone.as_deref().map(accounts::normalize_phone).transpose()?;
                 store
-                    .update_profile(id, update.name.as_deref().map(str::trim), update.phone.as_deref())
+                    .update_profile(id, update.name.as_deref().map(str::trim), phone.as_deref())
                     .map_err(failed)?;
             }
             let user = store
@@ -383,6 +443,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             | "/auth/logout"
             | "/auth/otp/request"
             | "/auth/otp/verify"
+            | "/auth/password/reset"
             | "/auth/service-token",
             _,
         ) => Err(not_allowed("POST")),
@@ -429,15 +490,9 @@ fn otp_destination(input: &OtpInput, db: &impl Sql) -> Result<(&'static str, Str
             Ok(("email", email, user))
         }
         (None, Some(phone)) => {
-            let phone: String = phone.chars().filter(|c| !c.is_whitespace()).collect();
-            if phone.len() < 6 || phone.len() > 20 || !phone.chars().all(|c| c.is_ascii_digit() || c == '+') {
-                return Err(refuse(
-                    400,
-                    "validation_failed",
-                    "`phone` must be digits with an optional +",
-                ));
-            }
-            let user = store.by_phone(&phone).map_err(failed)?;
+            let phone = accounts::normalize_phone(phone)?;
+            // Only a proven phone signs in: anyone may type any number in a profile.
+            let user = store.by_verified_phone(&phone).map_err(failed)?;
             Ok(("sms", phone, user))
         }
         _ => Err(refuse(
@@ -454,61 +509,93 @@ fn otp_request(body: &[u8], db: &impl Sql, settings: &Settings<'_>) -> Result<Re
         return Err(refuse(400, "validation_failed", "`code` belongs to /auth/otp/verify"));
     }
     let (channel, destination, user) = otp_destination(&input, db)?;
-    let now_ms = settings.now * 1000;
-    let store_down = |e: String| store_unavailable("codes cannot be kept now", &e);
     // Read for every destination, so an outage answers alike for unknown ones.
-    let previous = settings.otp.get(&destination).map_err(store_down)?;
-    // Unknown destinations get the same answer, so the endpoint does not reveal accounts.
+    let previous = settings
+        .otp
+        .get(&destination)
+        .map_err(|e| store_unavailable("codes cannot be kept now", &e))?;
+    // Unknown destinations get the same answer, so the endpoint does not reveal
+    // accounts. A code sent moments ago still works: none is sent now, and the
+    // answer is the same too (a 429 here would tell that the address has an account).
     if let Some(user) = user {
-        let code = otp::new_code();
-        match otp::issue(previous.as_ref(), &destination, &code, now_ms) {
-            Ok(pending) => {
-                let expires_at = shop_domain::time::rfc3339((pending.expires_ms) / 1000);
-                settings.otp.put(&destination, &pending).map_err(store_down)?;
-                let delivery = shop_domain::types::OtpDelivery {
-                    user_id: Some(user.id.clone()),
-                    channel: channel.into(),
-                    destination: destination.clone(),
-                    code,
-                    expires_at: expires_at.clone(),
-                };
-                if let Err(e) = settings.otp_sender.send(&delivery) {
-                    // Not sent: no code is pending, so asking again is not throttled.
-                    settings.otp.remove(&destination);
-                    return Err(refuse(503, "unavailable", format!("the code could not be sent: {e}")));
-                }
-                // What happened, for other services; the code stays out of it.
-                let event = shop_domain::ShopEvent::OtpRequested(shop_domain::events::OtpRequested {
-                    user_id: Some(user.id),
-                    channel: channel.into(),
-                    destination: destination.clone(),
-                    expires_at,
-                });
-                shop_domain::outbox::record(db, (settings.new_id)(), settings.now_text.clone(), &event)
-                    .map_err(|e| failed(StoreError::Failed(e.to_string())))?;
-            }
-            Err(wait) => {
-                return Ok(Response {
-                    status: 429,
-                    body: Some(
-                        json!({ "error": { "code": "rate_limited", "message": format!("a code was just sent; retry in {wait} s") } }),
-                    ),
-                    retry_after: Some(wait),
-                });
-            }
-        }
+        let _sent_or_paused = send_code(db, settings, channel, &destination, &user, previous)?;
     }
     ok(202, json!({ "status": "sent", "expires_in": otp::TTL_MS / 1000 }))
 }
 
-fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<'_>) -> Result<Response, Refusal> {
-    let input: OtpInput = accounts::parse(body)?;
+/// Sends `user` a fresh code at `destination` (`previous`: what is pending there),
+/// unless one was sent moments ago: then `Ok(Err(seconds))` until one may be.
+fn send_code(
+    db: &impl Sql,
+    settings: &Settings<'_>,
+    channel: &'static str,
+    destination: &str,
+    user: &User,
+    previous: Option<Pending>,
+) -> Result<Result<(), u64>, Refusal> {
+    let code = otp::new_code();
+    let pending = match otp::issue(previous.as_ref(), destination, &code, settings.now * 1000) {
+        Ok(pending) => pending,
+        Err(wait) => return Ok(Err(wait)),
+    };
+    let expires_at = shop_domain::time::rfc3339(pending.expires_ms / 1000);
+    settings
+        .otp
+        .put(destination, &pending)
+        .map_err(|e| store_unavailable("codes cannot be kept now", &e))?;
+    let delivery = shop_domain::types::OtpDelivery {
+        user_id: Some(user.id.clone()),
+        channel: channel.into(),
+        destination: destination.to_string(),
+        code,
+        expires_at: expires_at.clone(),
+    };
+    if let Err(e) = settings.otp_sender.send(&delivery) {
+        // Not sent: no code is pending, so asking again is not throttled.
+        settings.otp.remove(destination);
+        return Err(refuse(503, "unavailable", format!("the code could not be sent: {e}")));
+    }
+    // What happened, for other services; the code stays out of it.
+    let event = shop_domain::ShopEvent::OtpRequested(shop_domain::events::OtpRequested {
+        user_id: Some(user.id.clone()),
+        channel: channel.into(),
+        destination: destination.to_string(),
+        expires_at,
+    });
+    shop_domain::outbox::record(db, (settings.new_id)(), settings.now_text.clone(), &event)
+        .map_err(|e| failed(StoreError::Failed(e.to_string())))?;
+    Ok(Ok(()))
+}
+
+/// Checks `code` for the destination `input` names (one attempt, counted); the
+/// channel and the account on success (`None`: nobody's destination, which a client
+/// cannot tell from a wrong code).
+fn check_code(
+    input: &OtpInput,
+    db: &impl Sql,
+    settings: &Settings<'_>,
+) -> Result<(&'static str, Option<User>), Refusal> {
     let code = input
         .code
         .clone()
         .filter(|c| c.len() == 6 && c.chars().all(|d| d.is_ascii_digit()))
         .ok_or_else(|| refuse(400, "validation_failed", "`code` must be 6 digits"))?;
-    let (_, destination, user) = otp_destination(&input, db)?;
+    let (channel, destination, user) = otp_destination(input, db)?;
+    // Wrong codes count per destination across codes too: a new code every 30 s must
+    // not buy 5 new guesses each time.
+    let guesses = throttle::code_guesses_key(&destination);
+    let now_ms = settings.now * 1000;
+    if let Err(wait) = throttle::attempt(
+        settings.login_failures.get(&guesses).as_ref(),
+        throttle::FREE_CODE_GUESSES,
+        now_ms,
+    ) {
+        return Err(refuse(
+            429,
+            "too_many_attempts",
+            format!("too many wrong codes for this address: retry in {wait} s"),
+        ));
+    }
     for _ in 0..CAS_RETRIES {
         let current = settings
             .otp
@@ -527,11 +614,16 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
         {
             continue;
         }
+        if matches!(outcome, Err(Rejection::Wrong { .. } | Rejection::Locked)) && next.is_some() {
+            // Counted after the fact (a lost race only undercounts by one); the
+            // per-code count above already stops parallel guesses.
+            let _ = count_attempt(settings.login_failures, &guesses, u32::MAX, now_ms);
+        }
         return match outcome {
             Ok(()) => {
                 settings.otp.remove(&destination);
-                let user = user.ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
-                tokens(db, key, settings, &user, None)
+                settings.login_failures.remove(&guesses);
+                Ok((channel, user))
             }
             Err(rejection) => Err(match rejection {
                 Rejection::Expired => refuse(401, "code_expired", "no valid code: request a new one"),
@@ -545,6 +637,243 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
         };
     }
     Err(refuse(503, "unavailable", "too many verifications at once: try again"))
+}
+
+fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<'_>) -> Result<Response, Refusal> {
+    let input: OtpInput = accounts::parse(body)?;
+    let (channel, user) = check_code(&input, db, settings)?;
+    let user = user.ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
+    // A code that came back from the address proves it. The first proof ends what
+    // anyone set before it: a stranger who registered this address with a password
+    // of his own loses it, and his sessions.
+    let reset = if channel == "email" && !user.email_verified {
+        end_sessions_of(db, settings, &user.id)?;
+        Store(db).prove_email(&user.id, None).map_err(failed)?
+    } else {
+        false
+    };
+    let user = Store(db)
+        .by_id(&user.id)
+        .map_err(failed)?
+        .ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
+    Ok(with_credentials_reset(tokens(db, key, settings, &user, None)?, reset))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhoneProof {
+    code: Option<String>,
+}
+
+/// Proves the signed-in customer's address: without a code, one is mailed to it; with
+/// it, the address is proven and nothing else changes. Whoever is signed in knows
+/// the password, and whoever has the code reads the mailbox: both at once is the
+/// owner, so the password and sessions stay (a code that comes back any other way,
+/// an OTP login, ends them instead).
+fn email_proof(body: &[u8], user_id: &str, db: &impl Sql, settings: &Settings<'_>) -> Result<Response, Refusal> {
+    let input: PhoneProof = accounts::parse(body)?;
+    let store = Store(db);
+    let user = store
+        .by_id(user_id)
+        .map_err(failed)?
+        .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+    if user.email_verified {
+        return Err(refuse(409, "conflict", "this address is proven already"));
+    }
+    if let Some(code) = input.code {
+        let otp_input = OtpInput {
+            email: Some(user.email.clone()),
+            phone: None,
+            code: Some(code),
+        };
+        check_code(&otp_input, db, settings)?;
+        store.mark_email_verified(&user.id).map_err(failed)?;
+        let user = store
+            .by_id(user_id)
+            .map_err(failed)?
+            .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+        return ok(200, json!(user));
+    }
+    let previous = settings
+        .otp
+        .get(&user.email)
+        .map_err(|e| store_unavailable("codes cannot be kept now", &e))?;
+    if let Err(wait) = send_code(db, settings, "email", &user.email, &user, previous)? {
+        return Ok(Response {
+            status: 429,
+            body: Some(json!({ "error": { "code": "rate_limited",
+                "message": format!("a code was just sent: retry in {wait} s") } })),
+            retry_after: Some(wait),
+        });
+    }
+    ok(202, json!({ "status": "sent", "expires_in": otp::TTL_MS / 1000 }))
+}
+
+/// Proves the signed-in customer's phone: without a code, sends one to it (a few a
+/// day per account: each costs an SMS); with the code, the phone is proven (and
+/// taken from any other account that had proven it).
+fn phone_proof(body: &[u8], user_id: &str, db: &impl Sql, settings: &Settings<'_>) -> Result<Response, Refusal> {
+    let input: PhoneProof = accounts::parse(body)?;
+    let user = Store(db)
+        .by_id(user_id)
+        .map_err(failed)?
+        .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+    // (A phone kept before numbers were checked may be no number at all.)
+    let phone = user
+        .phone
+        .as_deref()
+        .and_then(|phone| accounts::normalize_phone(phone).ok())
+        .ok_or_else(|| refuse(409, "no_phone", "set a phone number in your profile first"))?;
+    if let Some(code) = input.code {
+        let otp_input = OtpInput {
+            email: None,
+            phone: Some(phone.clone()),
+            code: Some(code),
+        };
+        check_code(&otp_input, db, settings)?;
+        if !Store(db).prove_phone(&user.id, &phone).map_err(failed)? {
+            return Err(refuse(
+                409,
+                "conflict",
+                "the phone changed meanwhile: ask for a new code",
+            ));
+        }
+        let user = Store(db)
+            .by_id(user_id)
+            .map_err(failed)?
+            .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+        return ok(200, json!(user));
+    }
+    if user.phone_verified {
+        return Err(refuse(409, "conflict", "this phone is proven already"));
+    }
+    let now_ms = settings.now * 1000;
+    let budget = throttle::phone_codes_key(&user.id);
+    let store_down = |e: String| store_unavailable("codes cannot be kept now", &e);
+    let spent = (0..CAS_RETRIES).find_map(|_| {
+        let current = settings.login_failures.get(&budget);
+        match throttle::spend(
+            current.as_ref(),
+            throttle::PHONE_CODES_PER_DAY,
+            throttle::DAY_MS,
+            now_ms,
+        ) {
+            Err(wait) => Some(Err(Held::Wait(wait))),
+            Ok(next) => match settings.login_failures.replace(&budget, current.as_ref(), &next) {
+                Ok(true) => Some(Ok(())),
+                Ok(false) => None,
+                Err(e) => Some(Err(Held::StoreDown(e))),
+            },
+        }
+    });
+    match spent {
+        Some(Ok(())) => {}
+        Some(Err(Held::Wait(wait))) => {
+            return Ok(Response {
+                status: 429,
+                body: Some(json!({ "error": { "code": "rate_limited",
+                    "message": format!("{} codes a day go to a new phone: retry in {wait} s", throttle::PHONE_CODES_PER_DAY) } })),
+                retry_after: Some(wait),
+            });
+        }
+        Some(Err(Held::StoreDown(e))) => return Err(store_down(e)),
+        None => return Err(refuse(503, "unavailable", "too many requests at once: try again")),
+    }
+    let previous = settings.otp.get(&phone).map_err(store_down)?;
+    if let Err(wait) = send_code(db, settings, "sms", &phone, &user, previous)? {
+        return Ok(Response {
+            status: 429,
+            body: Some(json!({ "error": { "code": "rate_limited",
+                "message": format!("a code was just sent: retry in {wait} s") } })),
+            retry_after: Some(wait),
+        });
+    }
+    ok(202, json!({ "status": "sent", "expires_in": otp::TTL_MS / 1000 }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordReset {
+    email: String,
+    code: String,
+    new_password: String,
+}
+
+/// A forgotten password: a code mailed to the address (`/auth/otp/request`) sets a new
+/// one, proves the address, and ends every session.
+fn password_reset(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<'_>) -> Result<Response, Refusal> {
+    let input: PasswordReset = accounts::parse(body)?;
+    accounts::check_password(&input.new_password)?;
+    let otp_input = OtpInput {
+        email: Some(input.email),
+        phone: None,
+        code: Some(input.code),
+    };
+    let (_, user) = check_code(&otp_input, db, settings)?;
+    let user = user.ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
+    end_sessions_of(db, settings, &user.id)?;
+    let hash = accounts::hash_password(&input.new_password);
+    let reset = Store(db).prove_email(&user.id, Some(&hash)).map_err(failed)?;
+    let user = Store(db)
+        .by_id(&user.id)
+        .map_err(failed)?
+        .ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
+    Ok(with_credentials_reset(tokens(db, key, settings, &user, None)?, reset))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    current_password: Option<String>,
+    new_password: String,
+}
+
+/// A signed-in customer's new password: the current one is needed if there is one
+/// (guesses count as failed logins). Every session ends; the answer is a new one.
+fn password_change(
+    request: &Request<'_>,
+    user_id: &str,
+    db: &impl Sql,
+    key: &SigningKey,
+    settings: &Settings<'_>,
+) -> Result<Response, Refusal> {
+    let input: PasswordChange = accounts::parse(request.body)?;
+    accounts::check_password(&input.new_password)?;
+    let store = Store(db);
+    let user = store
+        .by_id(user_id)
+        .map_err(failed)?
+        .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+    if user.has_password() {
+        let counter = throttle::account_key(&user.email, request.client.unwrap_or("unknown"));
+        match count_attempt(
+            settings.login_failures,
+            &counter,
+            throttle::FREE_PER_ACCOUNT,
+            settings.now * 1000,
+        ) {
+            Ok(()) => {}
+            Err(Held::Wait(wait)) => {
+                return Ok(Response {
+                    status: 429,
+                    body: Some(json!({ "error": { "code": "too_many_attempts",
+                        "message": format!("too many wrong passwords: retry in {wait} s") } })),
+                    retry_after: Some(wait),
+                });
+            }
+            Err(Held::StoreDown(e)) => return Err(store_unavailable("attempts cannot be counted now", &e)),
+        }
+        let current = input.current_password.as_deref().unwrap_or_default();
+        if !accounts::password_matches(current, &user.password_hash) {
+            return Err(refuse(401, "invalid_credentials", "`current_password` is wrong"));
+        }
+        settings.login_failures.remove(&counter);
+    }
+    end_sessions_of(db, settings, &user.id)?;
+    store
+        .change_password(&user.id, &accounts::hash_password(&input.new_password))
+        .map_err(failed)?;
+    tokens(db, key, settings, &user, None)
 }
 
 #[cfg(test)]
@@ -756,6 +1085,53 @@ mod tests {
         CLIENT.with(|c| c.set("10.0.0.1"));
     }
 
+    /// A login for an address without an account leaves no counter of its own behind
+    /// (only the client's counts on): key-value does not fill with every address tried.
+    #[test]
+    fn logins_for_unknown_addresses_leave_no_counters_behind() {
+        let db = MemoryDb::default();
+        CLIENT.with(|c| c.set("198.51.100.77"));
+        for i in 0..3 {
+            assert_eq!(
+                password_login(&db, &format!("ghost{i}@example.com"), "whatever-1").0,
+                401
+            );
+        }
+        CLIENT.with(|c| c.set("10.0.0.1"));
+        let keys: Vec<String> = FAILURES.with(|f| f.0.borrow().keys().cloned().collect());
+        assert!(
+            keys.iter().all(|k| !k.contains("ghost")),
+            "counters of unknown addresses: {keys:?}"
+        );
+        assert!(keys.contains(&throttle::client_key("198.51.100.77")), "{keys:?}");
+    }
+
+    /// Guessing one account's password from many addresses adds up: past 20 wrong
+    /// passwords in all, its password logins wait; a mailed code still signs in.
+    #[test]
+    fn guesses_from_many_addresses_add_up_per_account() {
+        let db = MemoryDb::default();
+        register(&db, "ada@example.com", "correct horse");
+        let mut statuses = Vec::new();
+        for i in 0..40 {
+            let address: &'static str = Box::leak(format!("203.0.113.{i}").into_boxed_str());
+            CLIENT.with(|c| c.set(address));
+            statuses.push(password_login(&db, "ada@example.com", "wrong horse!").0);
+        }
+        CLIENT.with(|c| c.set("10.0.0.1"));
+        let refused = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 401).count(),
+            throttle::FREE_PER_ACCOUNT_EVERYWHERE as usize
+        );
+        assert_eq!(
+            refused,
+            40 - throttle::FREE_PER_ACCOUNT_EVERYWHERE as usize,
+            "{statuses:?}"
+        );
+        assert_eq!(otp_login(&db, "ada@example.com").0, 200, "a code still signs in");
+    }
+
     #[test]
     fn a_login_whose_attempts_cannot_be_counted_is_503_not_a_pass_or_a_pause() {
         let db = MemoryDb::default();
@@ -910,6 +1286,353 @@ mod tests {
         delivery.code
     }
 
+    fn register(db: &MemoryDb, email: &str, password: &str) -> Value {
+        let (status, user) = call(
+            db,
+            "POST",
+            "/auth/register",
+            json!({ "email": email, "password": password, "name": "Someone" }),
+            None,
+        );
+        assert_eq!(status, 201, "{user}");
+        user
+    }
+
+    fn password_login(db: &MemoryDb, email: &str, password: &str) -> (u16, Value) {
+        call(
+            db,
+            "POST",
+            "/auth/login",
+            json!({ "email": email, "password": password }),
+            None,
+        )
+    }
+
+    /// A code mailed to `email` (the resend pause is skipped), then verified.
+    fn otp_login(db: &MemoryDb, email: &str) -> (u16, Value) {
+        NOW.with(|n| n.set(n.get() + otp::RESEND_AFTER_MS / 1000));
+        assert_eq!(
+            call(db, "POST", "/auth/otp/request", json!({ "email": email }), None).0,
+            202
+        );
+        let code = last_code(db);
+        call(
+            db,
+            "POST",
+            "/auth/otp/verify",
+            json!({ "email": email, "code": code }),
+            None,
+        )
+    }
+
+    /// Pre-hijacking: a stranger registers the victim's address with his password and
+    /// signs in. The victim proves the address with a mailed code: the stranger's
+    /// password, phone and sessions end there; the victim's account is hers alone.
+    #[test]
+    fn the_first_proof_of_an_address_ends_what_a_stranger_set_before_it() {
+        let db = MemoryDb::default();
+        let squatted = register(&db, "victim@example.com", "attacker-pass");
+        assert_eq!(squatted["email_verified"], false);
+        let id = squatted["id"].as_str().unwrap();
+        let (status, attacker) = password_login(&db, "victim@example.com", "attacker-pass");
+        assert_eq!(status, 200);
+        call(&db, "PATCH", "/users/me", json!({ "phone": "+15550001" }), Some(id));
+        // The victim cannot register (the address is taken) and signs in by code.
+        let (status, _) = call(
+            &db,
+            "POST",
+            "/auth/register",
+            json!({ "email": "victim@example.com", "password": "victim-pass", "name": "Victim" }),
+            None,
+        );
+        assert_eq!(status, 409);
+        let (status, victim) = otp_login(&db, "victim@example.com");
+        assert_eq!(
+            (status, victim["credentials_reset"].as_bool()),
+            (200, Some(true)),
+            "{victim}"
+        );
+
+        assert_eq!(password_login(&db, "victim@example.com", "attacker-pass").0, 401);
+        assert!(ended_sessions().contains(&session_of(&attacker["access_token"])));
+        let refresh = json!({ "refresh_token": attacker["refresh_token"] });
+        assert_eq!(call(&db, "POST", "/auth/refresh", refresh, None).0, 401);
+        let (_, me) = call(&db, "GET", "/users/me", Value::Null, Some(id));
+        assert_eq!(
+            (me["email_verified"].as_bool(), me["phone"].clone()),
+            (Some(true), Value::Null)
+        );
+        assert!(!ended_sessions().contains(&session_of(&victim["access_token"])));
+
+        // Later proofs change nothing: the victim's own password stays.
+        let new = json!({ "new_password": "victim-pass" });
+        assert_eq!(call(&db, "POST", "/users/me/password", new, Some(id)).0, 200);
+        let (status, again) = otp_login(&db, "victim@example.com");
+        assert_eq!((status, again["credentials_reset"].as_bool()), (200, Some(false)));
+        assert_eq!(password_login(&db, "victim@example.com", "victim-pass").0, 200);
+    }
+
+    /// A registrant who proves the address while signed in keeps the password and
+    /// the session: both together can only be the owner.
+    #[test]
+    fn proving_the_address_while_signed_in_keeps_the_password() {
+        let db = MemoryDb::default();
+        let id = register(&db, "ada@example.com", "correct horse")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, session) = password_login(&db, "ada@example.com", "correct horse");
+        let prove = |body: Value| call(&db, "POST", "/users/me/email/verify", body, Some(&id));
+        assert_eq!(prove(json!({})).0, 202);
+        let code = last_code(&db);
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        assert_eq!(prove(json!({ "code": wrong })).0, 401);
+        let (status, me) = prove(json!({ "code": code }));
+        assert_eq!((status, me["email_verified"].as_bool()), (200, Some(true)), "{me}");
+        assert_eq!(prove(json!({})).0, 409, "proven already");
+        assert_eq!(password_login(&db, "ada@example.com", "correct horse").0, 200);
+        assert!(!ended_sessions().contains(&session_of(&session["access_token"])));
+        let (status, again) = otp_login(&db, "ada@example.com");
+        assert_eq!((status, again["credentials_reset"].as_bool()), (200, Some(false)));
+    }
+
+    #[test]
+    fn a_password_changes_with_the_current_one_and_every_session_ends() {
+        let db = MemoryDb::default();
+        let user = register(&db, "ada@example.com", "correct horse");
+        let id = user["id"].as_str().unwrap();
+        let (_, laptop) = password_login(&db, "ada@example.com", "correct horse");
+        let change = |body: Value| call(&db, "POST", "/users/me/password", body, Some(id));
+
+        let (status, error) = change(json!({ "new_password": "battery staple" }));
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (401, Some("invalid_credentials"))
+        );
+        let wrong = json!({ "current_password": "wrong horse", "new_password": "battery staple" });
+        assert_eq!(change(wrong).0, 401);
+        assert_eq!(
+            change(json!({ "current_password": "correct horse", "new_password": "short" })).0,
+            400
+        );
+        let right = json!({ "current_password": "correct horse", "new_password": "battery staple" });
+        let (status, tokens) = change(right);
+        assert_eq!(status, 200, "{tokens}");
+        assert!(tokens["access_token"].is_string());
+
+        assert_eq!(password_login(&db, "ada@example.com", "correct horse").0, 401);
+        assert_eq!(password_login(&db, "ada@example.com", "battery staple").0, 200);
+        assert!(ended_sessions().contains(&session_of(&laptop["access_token"])));
+        let refresh = json!({ "refresh_token": laptop["refresh_token"] });
+        assert_eq!(call(&db, "POST", "/auth/refresh", refresh, None).0, 401);
+        assert!(!ended_sessions().contains(&session_of(&tokens["access_token"])));
+        assert_eq!(call(&db, "GET", "/users/me/password", Value::Null, Some(id)).0, 405);
+    }
+
+    #[test]
+    fn a_forgotten_password_is_reset_with_a_mailed_code() {
+        let db = MemoryDb::default();
+        let user = register(&db, "ada@example.com", "correct horse");
+        let (_, old) = password_login(&db, "ada@example.com", "correct horse");
+        NOW.with(|n| n.set(n.get() + otp::RESEND_AFTER_MS / 1000));
+        assert_eq!(
+            call(
+                &db,
+                "POST",
+                "/auth/otp/request",
+                json!({ "email": "ada@example.com" }),
+                None
+            )
+            .0,
+            202
+        );
+        let code = last_code(&db);
+        let wrong_code = if code == "000000" { "000001" } else { "000000" };
+        let reset = |code: &str, password: &str| {
+            call(
+                &db,
+                "POST",
+                "/auth/password/reset",
+                json!({ "email": "ada@example.com", "code": code, "new_password": password }),
+                None,
+            )
+        };
+        assert_eq!(reset(wrong_code, "battery staple").0, 401);
+        assert_eq!(reset(&code, "short").0, 400, "checked before the code is spent");
+        let (status, tokens) = reset(&code, "battery staple");
+        assert_eq!(
+            (status, tokens["credentials_reset"].as_bool()),
+            (200, Some(true)),
+            "{tokens}"
+        );
+        assert_eq!(reset(&code, "another one!").0, 401, "a code works once");
+        assert_eq!(password_login(&db, "ada@example.com", "correct horse").0, 401);
+        assert_eq!(password_login(&db, "ada@example.com", "battery staple").0, 200);
+        assert!(ended_sessions().contains(&session_of(&old["access_token"])));
+        let (_, me) = call(&db, "GET", "/users/me", Value::Null, user["id"].as_str());
+        assert_eq!(me["email_verified"], true);
+    }
+
+    /// A new code every 30 s does not buy 5 new guesses each time: wrong codes count
+    /// per address across codes, and past 10 each guess waits, longer each time.
+    #[test]
+    fn wrong_codes_count_across_codes() {
+        let db = MemoryDb::default();
+        register(&db, "ada@example.com", "correct horse");
+        let mut refused_at = None;
+        for round in 0..4 {
+            NOW.with(|n| n.set(n.get() + otp::RESEND_AFTER_MS / 1000));
+            call(
+                &db,
+                "POST",
+                "/auth/otp/request",
+                json!({ "email": "ada@example.com" }),
+                None,
+            );
+            let code = last_code(&db);
+            let wrong = if code == "000000" { "000001" } else { "000000" };
+            for guess in 0..otp::MAX_ATTEMPTS {
+                let body = json!({ "email": "ada@example.com", "code": wrong });
+                let (status, error) = call(&db, "POST", "/auth/otp/verify", body, None);
+                if status == 429 && error["error"]["message"].as_str().unwrap().contains("this address") {
+                    refused_at.get_or_insert((round, guess));
+                }
+            }
+        }
+        // Ten wrong codes are free; then each waits 1 s, 2 s, 4 s… after the one
+        // before (up to 15 minutes): the third code, 30 s later, gets one guess, and
+        // the next is refused at once.
+        assert_eq!(refused_at, Some((2, 1)));
+        // Later, the right code signs in and clears the count.
+        NOW.with(|n| n.set(n.get() + 3600));
+        let (status, _) = otp_login(&db, "ada@example.com");
+        assert_eq!(status, 200);
+    }
+
+    /// The SMS code last handed to notifications for `phone`.
+    fn last_sms_code(phone: &str) -> String {
+        SENT.with(|sent| {
+            sent.0
+                .borrow()
+                .iter()
+                .rev()
+                .find(|d| d.destination == phone && d.channel == "sms")
+                .map(|d| d.code.clone())
+                .expect("an SMS code")
+        })
+    }
+
+    /// A phone signs in by SMS only once a code sent to it came back; a stranger who
+    /// types the victim's number into his own profile gains nothing, and when the
+    /// victim proves it, the number leaves his account.
+    #[test]
+    fn only_a_proven_phone_signs_in_and_it_belongs_to_one_account() {
+        let db = MemoryDb::default();
+        let victim = register(&db, "victim@example.com", "victim-pass")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let stranger = register(&db, "stranger@example.com", "stranger-pass")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let phone = "+15550123";
+        let set_phone = |id: &str| call(&db, "PATCH", "/users/me", json!({ "phone": phone }), Some(id));
+        let prove = |id: &str, body: Value| call(&db, "POST", "/users/me/phone/verify", body, Some(id));
+
+        assert_eq!(set_phone(&stranger).0, 200);
+        let sent = SENT.with(|sent| sent.0.borrow().len());
+        let (status, _) = call(&db, "POST", "/auth/otp/request", json!({ "phone": phone }), None);
+        assert_eq!(status, 202);
+        assert_eq!(
+            SENT.with(|sent| sent.0.borrow().len()),
+            sent,
+            "no code for an unproven phone"
+        );
+
+        assert_eq!(set_phone(&victim).0, 200);
+        assert_eq!(prove(&victim, json!({})).0, 202);
+        let code = last_sms_code(phone);
+        let wrong = if code == "000000" { "000001" } else { "000000" };
+        assert_eq!(prove(&victim, json!({ "code": wrong })).0, 401);
+        let (status, me) = prove(&victim, json!({ "code": code }));
+        assert_eq!((status, me["phone_verified"].as_bool()), (200, Some(true)), "{me}");
+        let (_, his) = call(&db, "GET", "/users/me", Value::Null, Some(&stranger));
+        assert_eq!(his["phone"], Value::Null, "the number left the stranger's account");
+        assert_eq!(prove(&victim, json!({})).0, 409, "proven already");
+
+        // An SMS login now signs in to the victim's account.
+        NOW.with(|n| n.set(n.get() + otp::RESEND_AFTER_MS / 1000));
+        assert_eq!(
+            call(&db, "POST", "/auth/otp/request", json!({ "phone": phone }), None).0,
+            202
+        );
+        let code = last_sms_code(phone);
+        let (status, tokens) = call(
+            &db,
+            "POST",
+            "/auth/otp/verify",
+            json!({ "phone": phone, "code": code }),
+            None,
+        );
+        assert_eq!(status, 200);
+        let sub = {
+            let token = tokens["access_token"].as_str().unwrap();
+            let claims: Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
+            claims["sub"].as_str().unwrap().to_string()
+        };
+        assert_eq!(sub, victim);
+
+        // A new number is unproven again.
+        let (_, me) = call(
+            &db,
+            "PATCH",
+            "/users/me",
+            json!({ "phone": "+15550999" }),
+            Some(&victim),
+        );
+        assert_eq!(me["phone_verified"], false);
+    }
+
+    /// Codes to a new phone cost an SMS each: a customer changing numbers in a loop gets
+    /// five a day.
+    #[test]
+    fn codes_to_new_phones_are_a_few_a_day() {
+        let db = MemoryDb::default();
+        let id = register(&db, "pump@example.com", "pump-pass")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut statuses = Vec::new();
+        for i in 0..8 {
+            call(
+                &db,
+                "PATCH",
+                "/users/me",
+                json!({ "phone": format!("+1555000{i:03}") }),
+                Some(&id),
+            );
+            statuses.push(call(&db, "POST", "/users/me/phone/verify", json!({}), Some(&id)).0);
+        }
+        assert_eq!(statuses, [202, 202, 202, 202, 202, 429, 429, 429]);
+        NOW.with(|n| n.set(n.get() + throttle::DAY_MS / 1000));
+        assert_eq!(
+            call(&db, "POST", "/users/me/phone/verify", json!({}), Some(&id)).0,
+            202,
+            "the next day"
+        );
+    }
+
+    #[test]
+    fn the_admin_address_cannot_be_registered_before_the_admin_logs_in() {
+        let db = MemoryDb::default();
+        let squat = json!({ "email": "Root@Shop.Test", "password": "squatter-pass", "name": "Eve" });
+        assert_eq!(call(&db, "POST", "/auth/register", squat, None).0, 409);
+        let (status, _) = password_login(&db, "root@shop.test", "admin-password");
+        assert_eq!(status, 200, "the admin's first login makes the account");
+    }
+
     #[test]
     fn a_code_that_cannot_be_sent_is_a_503_and_not_throttled() {
         let db = MemoryDb::default();
@@ -1016,8 +1739,10 @@ mod tests {
         let request = json!({ "email": "ADA@example.com" });
         assert_eq!(call(&db, "POST", "/auth/otp/request", request.clone(), None).0, 202);
         let code = last_code(&db);
+        let sent = SENT.with(|sent| sent.0.borrow().len());
         let (status, _) = call(&db, "POST", "/auth/otp/request", request.clone(), None);
-        assert_eq!(status, 429, "resend is throttled");
+        assert_eq!(status, 202, "a resend answers as an unknown address does");
+        assert_eq!(SENT.with(|sent| sent.0.borrow().len()), sent, "but sends nothing new");
         let (status, _) = call(
             &db,
             "POST",

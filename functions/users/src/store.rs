@@ -16,6 +16,13 @@ pub const SCHEMA: &[&str] = &[
         hash TEXT PRIMARY KEY, family TEXT NOT NULL, user_id TEXT NOT NULL,
         expires_at INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS refresh_grants_by_family ON refresh_grants (family)",
+    // Whether the address was proven (a code sent there came back). Until it is, the
+    // account's password and phone are only the registrant's word: the first proof
+    // ends them (and every session), so nobody can hold an address they do not own.
+    "ALTER TABLE users ADD COLUMN email_verified INTEGER NOT NULL DEFAULT 0",
+    // Whether the phone was proven by a code sent to it. Only a proven phone signs in
+    // by SMS, and a phone proven for one account stops counting for any other.
+    "ALTER TABLE users ADD COLUMN phone_verified INTEGER NOT NULL DEFAULT 0",
     "CREATE TABLE IF NOT EXISTS signing_keys (id INTEGER PRIMARY KEY CHECK (id = 0), der BLOB NOT NULL)",
     shop_domain::outbox::SCHEMA,
     shop_domain::outbox::OWN_SCHEMA,
@@ -46,8 +53,17 @@ pub struct User {
     pub name: String,
     pub roles: Vec<String>,
     pub created_at: String,
+    pub email_verified: bool,
+    pub phone_verified: bool,
+    /// Empty: no password (ended by a proof of the address, or never set).
     #[serde(skip)]
     pub password_hash: String,
+}
+
+impl User {
+    pub fn has_password(&self) -> bool {
+        !self.password_hash.is_empty()
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -62,7 +78,7 @@ impl From<SqlError> for StoreError {
     }
 }
 
-const COLUMNS: &str = "id, email, phone, name, password_hash, roles, created_at";
+const COLUMNS: &str = "id, email, phone, name, password_hash, roles, created_at, email_verified, phone_verified";
 
 fn user_from_row(row: &[SqlValue]) -> Option<User> {
     let text = |i: usize| row.get(i).and_then(SqlValue::text).map(str::to_string);
@@ -78,6 +94,8 @@ fn user_from_row(row: &[SqlValue]) -> Option<User> {
             .map(str::to_string)
             .collect(),
         created_at: text(6)?,
+        email_verified: row.get(7).and_then(SqlValue::integer).unwrap_or(0) != 0,
+        phone_verified: row.get(8).and_then(SqlValue::integer).unwrap_or(0) != 0,
     })
 }
 
@@ -100,8 +118,29 @@ impl<D: Sql> Store<'_, D> {
         self.one("email", email)
     }
 
-    pub fn by_phone(&self, phone: &str) -> Result<Option<User>, StoreError> {
-        self.one("phone", phone)
+    /// The account whose proven phone this is.
+    pub fn by_verified_phone(&self, phone: &str) -> Result<Option<User>, StoreError> {
+        let rows = self.0.execute(
+            &format!("SELECT {COLUMNS} FROM users WHERE phone = ? AND phone_verified = 1"),
+            &[phone.into()],
+        )?;
+        Ok(rows.first().and_then(|r| user_from_row(r)))
+    }
+
+    /// `phone` is proven for `user_id` (if it is still the account's phone); any
+    /// other account that had proven it no longer has it.
+    pub fn prove_phone(&self, user_id: &str, phone: &str) -> Result<bool, StoreError> {
+        in_transaction(self.0, || {
+            self.0.execute(
+                "UPDATE users SET phone = NULL, phone_verified = 0 WHERE phone = ? AND id <> ?",
+                &[phone.into(), user_id.into()],
+            )?;
+            let proven = self.0.execute(
+                "UPDATE users SET phone_verified = 1 WHERE id = ? AND phone = ? RETURNING id",
+                &[user_id.into(), phone.into()],
+            )?;
+            Ok(!proven.is_empty())
+        })
     }
 
     pub fn by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
@@ -113,7 +152,7 @@ impl<D: Sql> Store<'_, D> {
         in_transaction(self.0, || {
             self.0
                 .execute(
-                    &format!("INSERT INTO users ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                    &format!("INSERT INTO users ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                     &[
                         user.id.clone().into(),
                         user.email.clone().into(),
@@ -122,6 +161,8 @@ impl<D: Sql> Store<'_, D> {
                         user.password_hash.clone().into(),
                         user.roles.join(",").into(),
                         user.created_at.clone().into(),
+                        i64::from(user.email_verified).into(),
+                        i64::from(user.phone_verified).into(),
                     ],
                 )
                 .map_err(|e| match e {
@@ -139,16 +180,78 @@ impl<D: Sql> Store<'_, D> {
         })
     }
 
+    /// Sets the name and the phone given; a new phone is unproven until a code sent to
+    /// it comes back.
     pub fn update_profile(&self, id: &str, name: Option<&str>, phone: Option<&str>) -> Result<(), StoreError> {
         self.0.execute(
-            "UPDATE users SET name = COALESCE(CAST(? AS TEXT), name), phone = COALESCE(CAST(? AS TEXT), phone) WHERE id = ?",
+            "UPDATE users SET name = COALESCE(CAST(? AS TEXT), name), \
+             phone_verified = CASE WHEN CAST(? AS TEXT) IS NULL OR phone = CAST(? AS TEXT) THEN phone_verified ELSE 0 END, \
+             phone = COALESCE(CAST(? AS TEXT), phone) WHERE id = ?",
             &[
                 name.map(str::to_string).into(),
+                phone.map(str::to_string).into(),
+                phone.map(str::to_string).into(),
                 phone.map(str::to_string).into(),
                 id.into(),
             ],
         )?;
         Ok(())
+    }
+
+    /// The login sessions (refresh-token families) `user_id` has open.
+    pub fn families_of_user(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self.0.execute(
+            "SELECT DISTINCT family FROM refresh_grants WHERE user_id = ?",
+            &[user_id.into()],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.first().and_then(SqlValue::text).map(str::to_string))
+            .collect())
+    }
+
+    /// The address of `user_id` is proven now. If it was not before, what was set
+    /// without that proof ends: the password (or it becomes `new_password_hash`), the
+    /// phone, and every login session. Whether the account was unproven until now.
+    pub fn prove_email(&self, user_id: &str, new_password_hash: Option<&str>) -> Result<bool, StoreError> {
+        in_transaction(self.0, || {
+            let claimed = self.0.execute(
+                "UPDATE users SET email_verified = 1, password_hash = '', phone = NULL, phone_verified = 0 \
+                 WHERE id = ? AND email_verified = 0 RETURNING id",
+                &[user_id.into()],
+            )?;
+            if let Some(hash) = new_password_hash {
+                self.0.execute(
+                    "UPDATE users SET password_hash = ? WHERE id = ?",
+                    &[hash.into(), user_id.into()],
+                )?;
+            }
+            if !claimed.is_empty() || new_password_hash.is_some() {
+                self.0
+                    .execute("DELETE FROM refresh_grants WHERE user_id = ?", &[user_id.into()])?;
+            }
+            Ok(!claimed.is_empty())
+        })
+    }
+
+    /// The address of `user_id` is proven by its signed-in owner: nothing else changes.
+    pub fn mark_email_verified(&self, user_id: &str) -> Result<(), StoreError> {
+        self.0
+            .execute("UPDATE users SET email_verified = 1 WHERE id = ?", &[user_id.into()])?;
+        Ok(())
+    }
+
+    /// Replaces the password of `user_id` and ends every login session.
+    pub fn change_password(&self, user_id: &str, password_hash: &str) -> Result<(), StoreError> {
+        in_transaction(self.0, || {
+            self.0.execute(
+                "UPDATE users SET password_hash = ? WHERE id = ?",
+                &[password_hash.into(), user_id.into()],
+            )?;
+            self.0
+                .execute("DELETE FROM refresh_grants WHERE user_id = ?", &[user_id.into()])?;
+            Ok(())
+        })
     }
 
     pub fn save_refresh(&self, hash: &str, family: &str, user_id: &str, expires_at: i64) -> Result<(), StoreError> {

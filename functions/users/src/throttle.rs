@@ -4,9 +4,11 @@
 //! waits, twice as long each time, up to 15 minutes; failures older than an hour are
 //! forgotten.
 //!
-//! Two counters: per account *and* client address (an attacker slows only their own
-//! guesses at that account: the owner logging in from elsewhere is never held up), and
-//! per client address across accounts (one address trying many accounts).
+//! Three counters: per account *and* client address (an attacker slows only their own
+//! guesses at that account: the owner logging in from elsewhere is not held up), per
+//! client address across accounts (one address trying many accounts), and per account
+//! across addresses with a larger allowance (many addresses guessing one account; past
+//! it the owner too waits for password logins, and signs in with a mailed code).
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +51,53 @@ pub fn account_key(email: &str, client: &str) -> String {
     format!("login-failures:{email}:{client}")
 }
 
+/// Codes sent to a customer's new phone per day (SMS cost money: a stream of phone
+/// changes must not turn into a stream of messages).
+pub const PHONE_CODES_PER_DAY: u32 = 5;
+pub const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// The counter key of codes sent to prove `user_id`'s phone.
+pub fn phone_codes_key(user_id: &str) -> String {
+    format!("phone-codes:{user_id}")
+}
+
+/// One more use of a budget of `max` per `window_ms` (for a budget, `last_ms` is when
+/// its window began), or how many seconds until the window ends.
+pub fn spend(previous: Option<&Failures>, max: u32, window_ms: i64, now_ms: i64) -> Result<Failures, u64> {
+    match previous {
+        Some(window) if now_ms - window.last_ms < window_ms => {
+            if window.count >= max {
+                return Err(((window.last_ms + window_ms - now_ms) as u64).div_ceil(1000));
+            }
+            Ok(Failures {
+                count: window.count + 1,
+                last_ms: window.last_ms,
+            })
+        }
+        _ => Ok(Failures {
+            count: 1,
+            last_ms: now_ms,
+        }),
+    }
+}
+
+/// Wrong one-time codes per destination, across codes, before the first pause.
+pub const FREE_CODE_GUESSES: u32 = 10;
+
+/// The counter key of wrong codes for a destination (an address or a phone).
+pub fn code_guesses_key(destination: &str) -> String {
+    format!("code-failures:{destination}")
+}
+
+/// Wrong passwords for one account from every address together before the first
+/// pause (each address also has its own, smaller allowance).
+pub const FREE_PER_ACCOUNT_EVERYWHERE: u32 = 20;
+
+/// The counter key of an account's failures from every address.
+pub fn account_everywhere_key(email: &str) -> String {
+    format!("login-failures:account:{email}")
+}
+
 /// The counter key of a client across accounts.
 pub fn client_key(client: &str) -> String {
     format!("login-failures:client:{client}")
@@ -57,6 +106,21 @@ pub fn client_key(client: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_allows_its_maximum_per_window() {
+        let mut window = None;
+        for _ in 0..PHONE_CODES_PER_DAY {
+            window = Some(spend(window.as_ref(), PHONE_CODES_PER_DAY, DAY_MS, 1_000).unwrap());
+        }
+        assert_eq!(
+            spend(window.as_ref(), PHONE_CODES_PER_DAY, DAY_MS, 1_000),
+            Err((DAY_MS / 1000) as u64),
+            "the sixth waits for the day to end"
+        );
+        let next_day = spend(window.as_ref(), PHONE_CODES_PER_DAY, DAY_MS, 1_000 + DAY_MS).unwrap();
+        assert_eq!(next_day.count, 1);
+    }
 
     #[test]
     fn free_failures_then_doubling_pauses_up_to_a_cap_then_forgotten() {

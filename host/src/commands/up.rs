@@ -63,10 +63,21 @@ pub struct UpArgs {
     /// proxy's address: raise it there.
     #[arg(long, env = "SHOP_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
     pub max_connections_per_client: usize,
+    /// Requests one client address may have in flight, over all its connections and
+    /// HTTP/2 streams (past it: 429 + Retry-After, before any component runs), so one
+    /// client cannot take every instance slot; 0 for no cap. Behind a proxy every
+    /// client shares the proxy's address: raise it there.
+    #[arg(long, env = "SHOP_MAX_REQUESTS_PER_CLIENT", default_value_t = 64)]
+    pub max_requests_per_client: usize,
     /// How long a client may take to send a request head before its connection is
     /// closed (slow clients hold sockets otherwise).
     #[arg(long, env = "SHOP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// How long a connection that has sent requests may stay open with no request in
+    /// flight before it is closed (HTTP/2; an HTTP/1 keep-alive connection already
+    /// closes when its next request head takes longer than the header timeout).
+    #[arg(long, env = "SHOP_IDLE_CONNECTION_TIMEOUT_MS", default_value_t = 30_000)]
+    pub idle_connection_timeout_ms: u64,
     /// Linear-memory cap per component instance, in MiB.
     #[arg(long, env = "SHOP_MAX_MEMORY_MB", default_value_t = 128)]
     pub max_memory_mb: usize,
@@ -217,7 +228,9 @@ async fn serve(
         },
         connection_limits: http::connections::ConnectionLimits {
             max_per_client: args.max_connections_per_client,
+            max_requests_per_client: args.max_requests_per_client,
             header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(args.idle_connection_timeout_ms),
         },
         drain,
     }

@@ -6,7 +6,7 @@ import { session, loaded } from "./api.js";
 import { catalog, product } from "./views/catalog.js";
 import { cart, checkout } from "./views/cart.js";
 import { orders, order } from "./views/orders.js";
-import { login, register, notifications } from "./views/account.js";
+import { login, register, notifications, password } from "./views/account.js";
 import { admin } from "./views/admin.js";
 import { flash, go, setRenderer } from "./page.js";
 
@@ -21,6 +21,8 @@ const routes = [
   [/^\/shop\/notifications$/, notifications, "My notifications"],
   [/^\/shop\/login$/, login, "Sign in"],
   [/^\/shop\/register$/, register, "Create an account"],
+  [/^\/shop\/password$/, password, "Password"],
+  [/^\/shop\/account$/, password, "Account"],
   [/^\/shop\/admin$/, admin, "Catalog and stock"],
 ];
 
@@ -33,7 +35,11 @@ function drawNav() {
     h("li", {}, h("a", { href, "aria-current": location.pathname === href ? "page" : undefined }, text));
   const items = [link("/", "Products"), link("/shop/cart", "Cart")];
   if (session.signedIn) {
-    items.push(link("/shop/orders", "My orders"), link("/shop/notifications", "Notifications"));
+    items.push(
+      link("/shop/orders", "My orders"),
+      link("/shop/notifications", "Notifications"),
+      link("/shop/account", "Account"),
+    );
     if (session.isAdmin) items.push(link("/shop/admin", "Admin"));
     items.push(
       h(

@@ -5,15 +5,22 @@ use redis::AsyncCommands as _;
 
 use crate::capability::redis::{RedisSettings, SharedRedis};
 
+/// Set to `1`, swaps behave as on Spin 3.6's Redis store, for testing components
+/// against it: after a swap that wrote, `UNWATCH <key>` goes to Redis, which refuses
+/// it, and the swap is reported as lost although the value was written.
+pub const EMULATE_SPIN_CAS_ENV: &str = "SHOP_EMULATE_SPIN_REDIS_CAS";
+
 #[derive(Clone)]
 pub struct RedisStore {
     redis: SharedRedis,
+    emulate_spin_cas: bool,
 }
 
 impl RedisStore {
     pub fn new(url: &str, settings: RedisSettings) -> anyhow::Result<Self> {
         Ok(Self {
             redis: SharedRedis::new(url, settings)?,
+            emulate_spin_cas: std::env::var(EMULATE_SPIN_CAS_ENV).is_ok_and(|v| v == "1"),
         })
     }
 
@@ -68,13 +75,17 @@ impl RedisStore {
             None => ("0", Vec::new()),
         };
         let swapped: i64 = redis::Script::new(SCRIPT)
-            .key(key)
+            .key(&key)
             .arg(flag)
             .arg(expected)
             .arg(value)
             .invoke_async(&mut c)
             .await
             .map_err(|e| e.to_string())?;
+        if swapped == 1 && self.emulate_spin_cas {
+            let unwatch: redis::RedisResult<()> = redis::cmd("UNWATCH").arg(&key).query_async(&mut c).await;
+            return Ok(unwatch.is_ok());
+        }
         Ok(swapped == 1)
     }
 

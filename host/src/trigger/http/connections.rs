@@ -1,11 +1,18 @@
-//! Open connections per client address, capped: one client holding many idle or
-//! slow connections (slowloris) must not take the host's sockets from everyone
-//! else. Past the cap a connection gets a short 503 JSON answer and is closed.
+//! What one client address may hold, capped: open connections (one client holding
+//! many idle or slow connections, slowloris, must not take the host's sockets from
+//! everyone else; past the cap a connection gets a short 503 JSON answer and is
+//! closed) and requests in flight across its connections and HTTP/2 streams (one
+//! client must not take every instance slot; past the cap a request gets 429).
+//! A connection with no request in flight is closed after a while: one that has sent
+//! no request (a silent socket, an HTTP/2 connection that only opened) after the
+//! header timeout, one that has after the idle timeout (HTTP/2 between requests;
+//! hyper closes an HTTP/1 keep-alive connection by the header timeout already).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -13,22 +20,103 @@ use tokio::net::TcpStream;
 /// How long a refused client gets to take its 503 before the socket is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What one connection may hold.
+/// What one client address may hold.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     /// Open connections per client address; 0: no cap.
     pub max_per_client: usize,
-    /// A request head must arrive within this, or the connection is closed.
+    /// Requests in flight per client address, over all its connections; 0: no cap.
+    pub max_requests_per_client: usize,
+    /// A request head must arrive within this, or the connection is closed (a new
+    /// connection that sends nothing included).
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
 }
 
+/// What one connection is doing, for closing it once idle.
+pub struct ConnectionActivity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Requests that have started, ever (0: it has sent none yet).
+    started: AtomicUsize,
+    /// When the last request ended, in ms since `opened`.
+    last_end_ms: AtomicU64,
+}
+
+/// A request in flight on its connection; dropping it marks the end.
+pub struct RequestInFlight(Arc<ConnectionActivity>);
+
+impl ConnectionActivity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub fn begin(self: &Arc<Self>) -> RequestInFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.started.fetch_add(1, Ordering::SeqCst);
+        RequestInFlight(self.clone())
+    }
+
+    /// How long the connection has been idle at `now`, `None` while a request is in
+    /// flight; and whether it ever sent a request.
+    fn idle_for(&self, now: Instant) -> Option<(Duration, bool)> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since_open = now.duration_since(self.opened);
+        let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::SeqCst));
+        Some((
+            since_open.saturating_sub(last_end),
+            self.started.load(Ordering::SeqCst) > 0,
+        ))
+    }
+
+    /// Resolves once the connection has been idle past its limit: `limits`'s header
+    /// timeout before its first request, its idle timeout after.
+    pub async fn idle_past(self: Arc<Self>, limits: ConnectionLimits) {
+        let tick = limits
+            .header_read_timeout
+            .min(limits.idle_timeout)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            if let Some((idle, used)) = self.idle_for(Instant::now()) {
+                let limit = if used {
+                    limits.idle_timeout
+                } else {
+                    limits.header_read_timeout
+                };
+                if idle >= limit {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RequestInFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let ended = activity.opened.elapsed().as_millis() as u64;
+        activity.last_end_ms.store(ended, Ordering::SeqCst);
+        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Places held per client address (connections, or requests in flight), capped.
 pub struct ClientConnections {
     /// 0: no cap.
     max_per_client: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One open connection of a client; dropping it frees its place.
+/// One place held by a client; dropping it frees the place.
 pub struct ConnectionSlot {
     connections: Arc<ClientConnections>,
     client: IpAddr,
@@ -42,7 +130,7 @@ impl ClientConnections {
         })
     }
 
-    /// A place for one more connection from `client`, unless it is at the cap.
+    /// One more place for `client`, unless it is at the cap.
     pub fn open(self: &Arc<Self>, client: IpAddr) -> Option<ConnectionSlot> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(client).or_default();
@@ -104,6 +192,36 @@ mod tests {
         assert!(connections.open(b).is_some(), "another client is not affected");
         drop(first);
         assert!(connections.open(a).is_some(), "a closed connection frees its place");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closes_when_idle_past_its_limit_and_never_mid_request() {
+        let ms = Duration::from_millis;
+        let limits = ConnectionLimits {
+            max_per_client: 0,
+            max_requests_per_client: 0,
+            header_read_timeout: ms(200),
+            idle_timeout: ms(500),
+        };
+        // A connection that never sends: closed after the header timeout.
+        let silent = ConnectionActivity::new();
+        let started = Instant::now();
+        silent.clone().idle_past(limits).await;
+        let waited = started.elapsed();
+        assert!(waited >= ms(200) && waited < ms(500), "{waited:?}");
+
+        // A request in flight for longer than both limits keeps it open; once it ends,
+        // the idle timeout runs.
+        let busy = ConnectionActivity::new();
+        let request = busy.begin();
+        let watch = tokio::spawn(busy.clone().idle_past(limits));
+        tokio::time::sleep(ms(1200)).await;
+        assert!(!watch.is_finished(), "closed mid-request");
+        drop(request);
+        let ended = Instant::now();
+        watch.await.unwrap();
+        let idle = ended.elapsed();
+        assert!(idle >= ms(500), "{idle:?}");
     }
 
     #[test]

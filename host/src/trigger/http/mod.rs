@@ -201,8 +201,19 @@ pub fn with_request_id(mut response: GuestResponse, request_id: &str) -> GuestRe
 }
 
 /// Spin's reserved `/.well-known/spin/` endpoints.
+/// Headers on what the host answers itself (reserved endpoints): they are not pages,
+/// so a browser may neither render, frame nor sniff them.
+const OWN_RESPONSE_HEADERS: [(http::HeaderName, &str); 3] = [
+    (
+        http::header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (http::header::REFERRER_POLICY, "no-referrer"),
+];
+
 fn reserved_response(rest: &str) -> GuestResponse {
-    match rest {
+    let mut response = match rest {
         "health" => http::Response::new(full_body("OK")),
         "info" => {
             let body = serde_json::json!({ "host": "shop", "version": env!("CARGO_PKG_VERSION") }).to_string();
@@ -212,7 +223,11 @@ fn reserved_response(rest: &str) -> GuestResponse {
             r
         }
         _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such reserved endpoint"),
+    };
+    for (name, value) in OWN_RESPONSE_HEADERS {
+        response.headers_mut().insert(name, HeaderValue::from_static(value));
     }
+    response
 }
 
 /// The HTTP trigger: `app`'s routes served on `listener`.
@@ -260,6 +275,19 @@ impl Trigger for Http {
     }
 }
 
+/// 429 for a client that already has `max` requests in flight.
+fn too_many_requests_from_client(max: usize) -> GuestResponse {
+    let mut response = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        &format!("this client already has {max} requests in flight; wait for their answers"),
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    response
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests up to `drain` to finish. `connection_limits` bound what
 /// one client's connections may hold (their number, and time to send a head).
@@ -274,6 +302,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let max_connections_per_client = connection_limits.max_per_client;
     let connections = ClientConnections::new(max_connections_per_client);
+    let requests_in_flight = ClientConnections::new(connection_limits.max_requests_per_client);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -295,9 +324,20 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let requests_in_flight = requests_in_flight.clone();
+        let activity = connections::ConnectionActivity::new();
+        let activity_of_requests = activity.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
+            let in_flight = activity_of_requests.begin();
+            // Taken before the body is read: a client past its cap costs no instance.
+            let place = requests_in_flight.open(client.ip());
+            let max_requests = connection_limits.max_requests_per_client;
             async move {
+                let _in_flight = in_flight;
+                let Some(_place) = place else {
+                    return Ok::<_, Infallible>(too_many_requests_from_client(max_requests));
+                };
                 let response = match request_body::read(request, body_limits).await {
                     Ok(request) => app.handle(request, client, "http").await,
                     Err(refused) => refused,
@@ -316,8 +356,16 @@ pub async fn serve(
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            // Idle past its limit with nothing in flight, the connection is dropped.
+            tokio::select! {
+                ended = connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                () = activity.idle_past(connection_limits) => {
+                    tracing::debug!(%client, "idle connection closed");
+                }
             }
             drop(slot);
         });

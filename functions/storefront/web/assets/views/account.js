@@ -1,4 +1,5 @@
-// Signing in (password or a one-time code), registering, and my notifications.
+// Signing in (password or a one-time code), registering, passwords (change and
+// reset), and my notifications.
 
 import { h, fill, field, values, alertBox, busy } from "../dom.js";
 import { api, session } from "../api.js";
@@ -10,9 +11,15 @@ function next(query) {
   return target.startsWith("/") && !target.startsWith("//") ? target : "/";
 }
 
+/** The note for tokens that came with the first proof of the account's address. */
+const RESET_NOTE =
+  " Your address is confirmed: any password or phone set for this account before was removed, " +
+  "and every other session ended. Set a password under Account.";
+
 async function signedIn(tokens, query) {
   await session.start(tokens);
-  flash(`Welcome${session.user ? `, ${session.user.name}` : ""}.`, "success");
+  const reset = tokens.credentials_reset ? RESET_NOTE : "";
+  flash(`Welcome${session.user ? `, ${session.user.name}` : ""}.${reset}`, "success");
   go(next(query), { replace: true });
 }
 
@@ -100,6 +107,140 @@ export async function login(main, { query }) {
     h("h1", {}, "Sign in"),
     h("div", { class: "columns" }, password, otp),
     h("p", {}, "New here? ", h("a", { href: `/shop/register${location.search}` }, "Create an account"), "."),
+    h("p", {}, "Forgot your password? ", h("a", { href: "/shop/password" }, "Set a new one with a code"), "."),
+  );
+}
+
+/** Proving the signed-in customer's address: a code mailed there, typed back here. */
+function addressProof() {
+  const box = alertBox();
+  const codeStep = h(
+    "div",
+    { hidden: true },
+    field("Code", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}", maxlength: 6 }),
+    h("button", { type: "submit", name: "confirm" }, "Confirm my address"),
+  );
+  const form = h(
+    "form",
+    {
+      "aria-labelledby": "address-proof",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const { code } = values(form);
+        if (codeStep.hidden) {
+          const ok = await busy(form, box, () => api("POST", "/users/me/email/verify", { body: {} }));
+          if (ok === undefined) return;
+          codeStep.hidden = false;
+          form.elements.code.required = true;
+          form.elements.code.focus();
+          return;
+        }
+        const user = await busy(form, box, () => api("POST", "/users/me/email/verify", { body: { code } }));
+        if (!user) return;
+        await session.refreshUser();
+        flash("Your address is confirmed.", "success");
+        go("/shop/account", { replace: true });
+      },
+    },
+    h("h2", { id: "address-proof" }, "Your address"),
+    h(
+      "p",
+      {},
+      `${session.user.email} is not confirmed yet. Until it is, a code sent there and typed in anywhere `,
+      "would remove this account's password and sign out its sessions: confirm it while signed in to keep them.",
+    ),
+    h("button", { type: "submit", name: "send" }, "Send me a code"),
+    codeStep,
+    box,
+  );
+  return form;
+}
+
+/** Signed in: the address and the password. Signed out: reset the password with a
+ *  code mailed to the address. */
+export async function password(main) {
+  const box = alertBox();
+  if (session.signedIn) {
+    const form = h(
+      "form",
+      {
+        onsubmit: async (event) => {
+          event.preventDefault();
+          const { current_password, new_password } = values(form);
+          const body = current_password ? { current_password, new_password } : { new_password };
+          const tokens = await busy(form, box, () => api("POST", "/users/me/password", { body }));
+          if (!tokens) return;
+          await session.start(tokens);
+          flash("Your password is changed; every other session is signed out.", "success");
+          go("/", { replace: true });
+        },
+      },
+      field("Current password (leave empty if the account has none)", {
+        name: "current_password",
+        type: "password",
+        autocomplete: "current-password",
+      }),
+      field("New password (8 characters or more)", {
+        name: "new_password",
+        type: "password",
+        autocomplete: "new-password",
+        minlength: 8,
+        required: true,
+      }),
+      box,
+      h("button", { type: "submit" }, "Change my password"),
+    );
+    const unproven = session.user && session.user.email_verified === false;
+    return fill(
+      main,
+      h("h1", {}, "Account"),
+      unproven ? addressProof() : h("p", {}, `Signed in as ${session.user?.email ?? ""}.`),
+      h("h2", {}, "Password"),
+      form,
+    );
+  }
+  const codeStep = h(
+    "div",
+    { hidden: true },
+    field("Code", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}", maxlength: 6 }),
+    field("New password (8 characters or more)", {
+      name: "new_password",
+      type: "password",
+      autocomplete: "new-password",
+      minlength: 8,
+    }),
+    h("button", { type: "submit", name: "reset" }, "Set the new password"),
+  );
+  const form = h(
+    "form",
+    {
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const { email, code, new_password } = values(form);
+        if (codeStep.hidden) {
+          const ok = await busy(form, box, () => api("POST", "/auth/otp/request", { body: { email } }));
+          if (ok === undefined) return;
+          codeStep.hidden = false;
+          form.elements.code.required = true;
+          form.elements.new_password.required = true;
+          form.elements.code.focus();
+          return;
+        }
+        const body = { email, code, new_password };
+        const tokens = await busy(form, box, () => api("POST", "/auth/password/reset", { body }));
+        if (tokens) await signedIn(tokens, new URLSearchParams());
+      },
+    },
+    field("Email", { name: "email", type: "email", autocomplete: "email", required: true }),
+    h("button", { type: "submit", name: "send" }, "Send me a code"),
+    codeStep,
+    box,
+  );
+  fill(
+    main,
+    h("h1", {}, "Set a new password"),
+    h("p", {}, "A code goes to your address; with it you choose a new password, and every session is signed out."),
+    form,
   );
 }
 
