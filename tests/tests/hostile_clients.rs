@@ -1,5 +1,6 @@
 //! Hostile clients against the whole shop: what one customer (or a few, on a few
-//! addresses) can do to the others, and what a stranger can do to an account.
+//! addresses) can do to the others. What a stranger can do to an account is in
+//! `accounts.rs` and the users service's unit tests.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
