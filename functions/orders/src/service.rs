@@ -310,12 +310,6 @@ fn place<D: Sql>(
             return Ok(placed(&order.id, status_text(order.status)));
         }
     }
-    // Checked early to spare payments a token in the common case; the placement's
-    // transaction checks again, exactly.
-    let max_pending = orders.context().max_pending_per_customer;
-    if max_pending > 0 && orders.pending_count(request.user)? >= max_pending {
-        return Err(too_many_pending(max_pending));
-    }
     let lines = match &input.lines {
         Some(lines) => priced(lines, upstream)?,
         None => {

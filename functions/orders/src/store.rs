@@ -147,10 +147,6 @@ impl<'a, D: Sql> Orders<'a, D> {
         Self { db, context }
     }
 
-    pub fn context(&self) -> &Context<'a> {
-        self.context
-    }
-
     pub fn migrate(&self) -> Result<(), SqlError> {
         migrate(self.db, SCHEMA)
     }

@@ -66,9 +66,19 @@ enum Held {
 
 /// Counts one login attempt on the counter `key`, or says why not.
 fn count_attempt(counters: &dyn FailureCounters, key: &str, free: u32, now_ms: i64) -> Result<(), Held> {
+    count_with(counters, key, |current| throttle::attempt(current, free, now_ms))
+}
+
+/// Replaces the counter `key` by what `step` makes of it (compare-and-swap, again on
+/// what a lost race left), or says why not: `step`'s wait, or the store's failure.
+fn count_with(
+    counters: &dyn FailureCounters,
+    key: &str,
+    step: impl Fn(Option<&Failures>) -> Result<Failures, u64>,
+) -> Result<(), Held> {
     for _ in 0..CAS_RETRIES {
         let current = counters.get(key);
-        let next = throttle::attempt(current.as_ref(), free, now_ms).map_err(Held::Wait)?;
+        let next = step(current.as_ref()).map_err(Held::Wait)?;
         if counters
             .replace(key, current.as_ref(), &next)
             .map_err(Held::StoreDown)?
@@ -77,6 +87,15 @@ fn count_attempt(counters: &dyn FailureCounters, key: &str, free: u32, now_ms: i
         }
     }
     Err(Held::Wait(1))
+}
+
+/// A 429 that says when to come back.
+fn retry_later(code: &str, message: String, wait: u64) -> Response {
+    Response {
+        status: 429,
+        body: Some(json!({ "error": { "code": code, "message": message } })),
+        retry_after: Some(wait),
+    }
 }
 
 /// A verification or login count that lost a compare-and-swap race tries again on
@@ -297,12 +316,13 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             match counted {
                 Ok(()) => {}
                 Err(Held::Wait(wait)) => {
-                    return Ok(Response {
-                        status: 429,
-                        body: Some(json!({ "error": { "code": "too_many_attempts",
-                            "message": format!("too many failed logins: retry in {wait} s, or sign in with a code sent to your address") } })),
-                        retry_after: Some(wait),
-                    });
+                    return Ok(retry_later(
+                        "too_many_attempts",
+                        format!(
+                            "too many failed logins: retry in {wait} s, or sign in with a code sent to your address"
+                        ),
+                        wait,
+                    ));
                 }
                 Err(Held::StoreDown(e)) => return Err(store_unavailable("login attempts cannot be counted now", &e)),
             }
@@ -429,11 +449,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
                     .update_profile(id, update.name.as_deref().map(str::trim), phone.as_deref())
                     .map_err(failed)?;
             }
-            let user = store
-                .by_id(id)
-                .map_err(failed)?
-                .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
-            ok(200, json!(user))
+            ok(200, json!(user_by_id(db, id)?))
         }
         ("/.well-known/jwks.json", _) | ("/users/me", _) => Err(not_allowed("GET")),
         (
@@ -455,11 +471,7 @@ fn route(request: &Request<'_>, db: &impl Sql, key: &SigningKey, settings: &Sett
             if !(request.has_role("service") || request.has_role("admin")) {
                 return Err(refuse(403, "forbidden", "a service or admin token is required"));
             }
-            let user = store
-                .by_id(&path["/users/".len()..])
-                .map_err(failed)?
-                .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
-            ok(200, json!(user))
+            ok(200, json!(user_by_id(db, &path["/users/".len()..])?))
         }
         (path, _) => Err(refuse(404, "not_found", format!("no route for {path}"))),
     }
@@ -652,16 +664,57 @@ fn otp_verify(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Settings<
     } else {
         false
     };
-    let user = Store(db)
-        .by_id(&user.id)
-        .map_err(failed)?
-        .ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
+    tokens_after_proof(db, key, settings, &user.id, reset)
+}
+
+/// Tokens for a new login of `user_id`, just after a code proved it (`reset`: the
+/// first proof of the address, which ended what was set before it).
+fn tokens_after_proof(
+    db: &impl Sql,
+    key: &SigningKey,
+    settings: &Settings<'_>,
+    user_id: &str,
+    reset: bool,
+) -> Result<Response, Refusal> {
+    let user = user_by_id(db, user_id)?;
     Ok(with_credentials_reset(tokens(db, key, settings, &user, None)?, reset))
 }
 
+/// The account `id` (404 when there is none).
+fn user_by_id(db: &impl Sql, id: &str) -> Result<User, Refusal> {
+    Store(db)
+        .by_id(id)
+        .map_err(failed)?
+        .ok_or_else(|| refuse(404, "not_found", "no such user"))
+}
+
+/// Sends `user` a code at `destination` to prove it: 202, or 429 while the one sent
+/// moments ago still works.
+fn send_proof_code(
+    db: &impl Sql,
+    settings: &Settings<'_>,
+    channel: &'static str,
+    destination: &str,
+    user: &User,
+) -> Result<Response, Refusal> {
+    let previous = settings
+        .otp
+        .get(destination)
+        .map_err(|e| store_unavailable("codes cannot be kept now", &e))?;
+    match send_code(db, settings, channel, destination, user, previous)? {
+        Ok(()) => ok(202, json!({ "status": "sent", "expires_in": otp::TTL_MS / 1000 })),
+        Err(wait) => Ok(retry_later(
+            "rate_limited",
+            format!("a code was just sent: retry in {wait} s"),
+            wait,
+        )),
+    }
+}
+
+/// A proof of the address or phone: without `code`, send one; with it, prove.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PhoneProof {
+struct ProofInput {
     code: Option<String>,
 }
 
@@ -671,53 +724,30 @@ struct PhoneProof {
 /// owner, so the password and sessions stay (a code that comes back any other way,
 /// an OTP login, ends them instead).
 fn email_proof(body: &[u8], user_id: &str, db: &impl Sql, settings: &Settings<'_>) -> Result<Response, Refusal> {
-    let input: PhoneProof = accounts::parse(body)?;
-    let store = Store(db);
-    let user = store
-        .by_id(user_id)
-        .map_err(failed)?
-        .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+    let input: ProofInput = accounts::parse(body)?;
+    let user = user_by_id(db, user_id)?;
     if user.email_verified {
         return Err(refuse(409, "conflict", "this address is proven already"));
     }
-    if let Some(code) = input.code {
-        let otp_input = OtpInput {
-            email: Some(user.email.clone()),
-            phone: None,
-            code: Some(code),
-        };
-        check_code(&otp_input, db, settings)?;
-        store.mark_email_verified(&user.id).map_err(failed)?;
-        let user = store
-            .by_id(user_id)
-            .map_err(failed)?
-            .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
-        return ok(200, json!(user));
-    }
-    let previous = settings
-        .otp
-        .get(&user.email)
-        .map_err(|e| store_unavailable("codes cannot be kept now", &e))?;
-    if let Err(wait) = send_code(db, settings, "email", &user.email, &user, previous)? {
-        return Ok(Response {
-            status: 429,
-            body: Some(json!({ "error": { "code": "rate_limited",
-                "message": format!("a code was just sent: retry in {wait} s") } })),
-            retry_after: Some(wait),
-        });
-    }
-    ok(202, json!({ "status": "sent", "expires_in": otp::TTL_MS / 1000 }))
+    let Some(code) = input.code else {
+        return send_proof_code(db, settings, "email", &user.email, &user);
+    };
+    let otp_input = OtpInput {
+        email: Some(user.email.clone()),
+        phone: None,
+        code: Some(code),
+    };
+    check_code(&otp_input, db, settings)?;
+    Store(db).mark_email_verified(&user.id).map_err(failed)?;
+    ok(200, json!(user_by_id(db, user_id)?))
 }
 
 /// Proves the signed-in customer's phone: without a code, sends one to it (a few a
 /// day per account: each costs an SMS); with the code, the phone is proven (and
 /// taken from any other account that had proven it).
 fn phone_proof(body: &[u8], user_id: &str, db: &impl Sql, settings: &Settings<'_>) -> Result<Response, Refusal> {
-    let input: PhoneProof = accounts::parse(body)?;
-    let user = Store(db)
-        .by_id(user_id)
-        .map_err(failed)?
-        .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+    let input: ProofInput = accounts::parse(body)?;
+    let user = user_by_id(db, user_id)?;
     // (A phone kept before numbers were checked may be no number at all.)
     let phone = user
         .phone
@@ -738,57 +768,29 @@ fn phone_proof(body: &[u8], user_id: &str, db: &impl Sql, settings: &Settings<'_
                 "the phone changed meanwhile: ask for a new code",
             ));
         }
-        let user = Store(db)
-            .by_id(user_id)
-            .map_err(failed)?
-            .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
-        return ok(200, json!(user));
+        return ok(200, json!(user_by_id(db, user_id)?));
     }
     if user.phone_verified {
         return Err(refuse(409, "conflict", "this phone is proven already"));
     }
     let now_ms = settings.now * 1000;
-    let budget = throttle::phone_codes_key(&user.id);
-    let store_down = |e: String| store_unavailable("codes cannot be kept now", &e);
-    let spent = (0..CAS_RETRIES).find_map(|_| {
-        let current = settings.login_failures.get(&budget);
-        match throttle::spend(
-            current.as_ref(),
-            throttle::PHONE_CODES_PER_DAY,
-            throttle::DAY_MS,
-            now_ms,
-        ) {
-            Err(wait) => Some(Err(Held::Wait(wait))),
-            Ok(next) => match settings.login_failures.replace(&budget, current.as_ref(), &next) {
-                Ok(true) => Some(Ok(())),
-                Ok(false) => None,
-                Err(e) => Some(Err(Held::StoreDown(e))),
-            },
-        }
-    });
+    let spent = count_with(
+        settings.login_failures,
+        &throttle::phone_codes_key(&user.id),
+        |current| throttle::spend(current, throttle::PHONE_CODES_PER_DAY, throttle::DAY_MS, now_ms),
+    );
     match spent {
-        Some(Ok(())) => {}
-        Some(Err(Held::Wait(wait))) => {
-            return Ok(Response {
-                status: 429,
-                body: Some(json!({ "error": { "code": "rate_limited",
-                    "message": format!("{} codes a day go to a new phone: retry in {wait} s", throttle::PHONE_CODES_PER_DAY) } })),
-                retry_after: Some(wait),
-            });
-        }
-        Some(Err(Held::StoreDown(e))) => return Err(store_down(e)),
-        None => return Err(refuse(503, "unavailable", "too many requests at once: try again")),
+        Ok(()) => send_proof_code(db, settings, "sms", &phone, &user),
+        Err(Held::Wait(wait)) => Ok(retry_later(
+            "rate_limited",
+            format!(
+                "{} codes a day go to a new phone: retry in {wait} s",
+                throttle::PHONE_CODES_PER_DAY
+            ),
+            wait,
+        )),
+        Err(Held::StoreDown(e)) => Err(store_unavailable("codes cannot be kept now", &e)),
     }
-    let previous = settings.otp.get(&phone).map_err(store_down)?;
-    if let Err(wait) = send_code(db, settings, "sms", &phone, &user, previous)? {
-        return Ok(Response {
-            status: 429,
-            body: Some(json!({ "error": { "code": "rate_limited",
-                "message": format!("a code was just sent: retry in {wait} s") } })),
-            retry_after: Some(wait),
-        });
-    }
-    ok(202, json!({ "status": "sent", "expires_in": otp::TTL_MS / 1000 }))
 }
 
 #[derive(serde::Deserialize)]
@@ -814,11 +816,7 @@ fn password_reset(body: &[u8], db: &impl Sql, key: &SigningKey, settings: &Setti
     end_sessions_of(db, settings, &user.id)?;
     let hash = accounts::hash_password(&input.new_password);
     let reset = Store(db).prove_email(&user.id, Some(&hash)).map_err(failed)?;
-    let user = Store(db)
-        .by_id(&user.id)
-        .map_err(failed)?
-        .ok_or_else(|| refuse(401, "invalid_code", "the code is wrong"))?;
-    Ok(with_credentials_reset(tokens(db, key, settings, &user, None)?, reset))
+    tokens_after_proof(db, key, settings, &user.id, reset)
 }
 
 #[derive(serde::Deserialize)]
@@ -839,11 +837,7 @@ fn password_change(
 ) -> Result<Response, Refusal> {
     let input: PasswordChange = accounts::parse(request.body)?;
     accounts::check_password(&input.new_password)?;
-    let store = Store(db);
-    let user = store
-        .by_id(user_id)
-        .map_err(failed)?
-        .ok_or_else(|| refuse(404, "not_found", "no such user"))?;
+    let user = user_by_id(db, user_id)?;
     if user.has_password() {
         let counter = throttle::account_key(&user.email, request.client.unwrap_or("unknown"));
         match count_attempt(
@@ -854,12 +848,11 @@ fn password_change(
         ) {
             Ok(()) => {}
             Err(Held::Wait(wait)) => {
-                return Ok(Response {
-                    status: 429,
-                    body: Some(json!({ "error": { "code": "too_many_attempts",
-                        "message": format!("too many wrong passwords: retry in {wait} s") } })),
-                    retry_after: Some(wait),
-                });
+                return Ok(retry_later(
+                    "too_many_attempts",
+                    format!("too many wrong passwords: retry in {wait} s"),
+                    wait,
+                ));
             }
             Err(Held::StoreDown(e)) => return Err(store_unavailable("attempts cannot be counted now", &e)),
         }
@@ -870,7 +863,7 @@ fn password_change(
         settings.login_failures.remove(&counter);
     }
     end_sessions_of(db, settings, &user.id)?;
-    store
+    Store(db)
         .change_password(&user.id, &accounts::hash_password(&input.new_password))
         .map_err(failed)?;
     tokens(db, key, settings, &user, None)

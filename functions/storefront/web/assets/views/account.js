@@ -16,6 +16,18 @@ const RESET_NOTE =
   " Your address is confirmed: any password or phone set for this account before was removed, " +
   "and every other session ended. Set a password under Account.";
 
+/** The field for a six-digit code sent by mail or SMS. */
+function codeField(extra = {}) {
+  return field("Code", {
+    name: "code",
+    inputmode: "numeric",
+    autocomplete: "one-time-code",
+    pattern: "[0-9]{6}",
+    maxlength: 6,
+    ...extra,
+  });
+}
+
 async function signedIn(tokens, query) {
   await session.start(tokens);
   const reset = tokens.credentials_reset ? RESET_NOTE : "";
@@ -49,14 +61,7 @@ export async function login(main, { query }) {
   const codeStep = h(
     "div",
     { hidden: true },
-    field("Code", {
-      name: "code",
-      inputmode: "numeric",
-      autocomplete: "one-time-code",
-      pattern: "[0-9]{6}",
-      maxlength: 6,
-      "aria-describedby": "code-help",
-    }),
+    codeField({ "aria-describedby": "code-help" }),
     h("p", { id: "code-help", class: "muted" }, "Six digits; the code works once, for 5 minutes."),
     h("button", { type: "submit", name: "verify" }, "Sign in with the code"),
   );
@@ -117,7 +122,7 @@ function addressProof() {
   const codeStep = h(
     "div",
     { hidden: true },
-    field("Code", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}", maxlength: 6 }),
+    codeField(),
     h("button", { type: "submit", name: "confirm" }, "Confirm my address"),
   );
   const form = h(
@@ -202,7 +207,7 @@ export async function password(main) {
   const codeStep = h(
     "div",
     { hidden: true },
-    field("Code", { name: "code", inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6}", maxlength: 6 }),
+    codeField(),
     field("New password (8 characters or more)", {
       name: "new_password",
       type: "password",
