@@ -138,6 +138,33 @@ pub trait Broker: Send + Sync + 'static {
 }
 
 /// Kafka's topic-name rules: 1-249 characters of letters, digits, `.`, `_` and `-`.
+/// The lowest-numbered slot under `dir` no live process holds, and the lock (a lock
+/// file's) that keeps it this process's until the file is closed, with the process at
+/// the latest. A process started after one died gets the dead one's slot back, which
+/// lets it take over that one's group memberships at once (`reclaim_after_crash`, and
+/// Kafka's static membership).
+pub fn member_slot(dir: &std::path::Path) -> Result<(u32, std::fs::File), BrokerError> {
+    let failed = |e: std::io::Error| BrokerError::Unavailable(format!("member slots in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    for slot in 0..1024 {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("slot-{slot}.lock")))
+            .map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => return Ok((slot, file)),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+        }
+    }
+    Err(BrokerError::Unavailable(format!(
+        "all 1024 member slots in {} are held by live processes",
+        dir.display()
+    )))
+}
+
 pub fn validate_topic(topic: &str) -> Result<(), BrokerError> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if topic.is_empty() || topic.len() > 249 || topic == "." || topic == ".." || !topic.chars().all(legal) {

@@ -1,25 +1,16 @@
 //! Exactly-once effects on at-least-once delivery: a handler records each event id it
 //! has handled in the same transaction as the state change ([`handle_once`]), and a
-//! redelivery (or a relay publishing the same outbox row twice) changes nothing. The
-//! events the handling wrote are kept with its row (see [`crate::written`]), so that
-//! a redelivery can publish them again.
+//! redelivery (or the outbox relay publishing the same row twice) changes nothing. The
+//! events the handling wrote are outbox rows of the same transaction: committed with
+//! it, and published by the host however often the message comes back.
 
-use serde_json::{Value, json};
-
-use crate::outbox::OutboxRow;
 use crate::sql::{Sql, SqlError, SqlValue, in_transaction, schema_fingerprint};
 
-pub const SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS inbox (event_id TEXT PRIMARY KEY, handled_at TEXT NOT NULL, outputs BLOB)";
-
-/// The events a handling wrote, added to inboxes made before they were kept there (a
-/// no-op where the column is there: see [`crate::sql::migrate`]).
-pub const OUTPUTS_COLUMN: &str = "ALTER TABLE inbox ADD COLUMN outputs BLOB";
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS inbox (event_id TEXT PRIMARY KEY, handled_at TEXT NOT NULL)";
 
 /// Runs `work` once per `event_id`: in one transaction that ends by recording the id
-/// together with the events `work` wrote (one statement, where claiming the id first
-/// and storing the events last took two). `None`: the id was recorded before, and
-/// nothing `work` did stays.
+/// (one statement, which also tells whether the schema is applied). `None`: the id
+/// was recorded before, and nothing `work` did stays.
 ///
 /// A redelivered event thus runs its handler again before it is found out, against
 /// the state its first handling left; whatever that run decides is rolled back, and
@@ -38,25 +29,12 @@ pub fn handle_once<T, E: From<SqlError>>(
     work: impl FnOnce() -> Result<T, E>,
 ) -> Result<Option<T>, E> {
     let attempt = in_transaction(db, || {
-        if let Some(written) = db.written() {
-            written.handling();
-        }
         let value = work().map_err(Attempt::Failed)?;
-        let outputs = db
-            .written()
-            .map(|written| written.for_inbox())
-            .filter(|rows| !rows.is_empty())
-            .map(|rows| SqlValue::Blob(encode(&rows)));
         let recorded = db.execute(
-            "INSERT INTO inbox (event_id, handled_at, outputs) VALUES (?, ?, ?) \
+            "INSERT INTO inbox (event_id, handled_at) VALUES (?, ?) \
              ON CONFLICT (event_id) DO NOTHING \
              RETURNING (SELECT COUNT(*) FROM shop_schema WHERE fingerprint = ?)",
-            &[
-                event_id.into(),
-                now.into(),
-                outputs.unwrap_or(SqlValue::Null),
-                schema_fingerprint(schema).into(),
-            ],
+            &[event_id.into(), now.into(), schema_fingerprint(schema).into()],
         )?;
         match recorded.first().and_then(|row| row.first()).map(SqlValue::integer) {
             None => Err(Attempt::HandledBefore),
@@ -93,61 +71,6 @@ impl<E: From<SqlError>> From<SqlError> for Attempt<E> {
 pub fn handled_before(db: &impl Sql, event_id: &str) -> Result<bool, SqlError> {
     let rows = db.execute("SELECT 1 FROM inbox WHERE event_id = ?", &[event_id.into()])?;
     Ok(!rows.is_empty())
-}
-
-/// The events handling `event_id` wrote, in order (none when it wrote none, or was
-/// handled before they were kept here).
-pub fn outputs(db: &impl Sql, event_id: &str) -> Result<Vec<OutboxRow>, String> {
-    let rows = db
-        .execute("SELECT outputs FROM inbox WHERE event_id = ?", &[event_id.into()])
-        .map_err(|e| e.to_string())?;
-    match rows.first().and_then(|r| r.first()) {
-        Some(SqlValue::Blob(stored)) => decode(stored),
-        _ => Ok(Vec::new()),
-    }
-}
-
-fn encode(rows: &[OutboxRow]) -> Vec<u8> {
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "event_id": r.event_id,
-                "topic": r.topic,
-                "key": r.key,
-                "event_type": r.event_type,
-                // Payloads are the events' JSON, so always UTF-8.
-                "payload": String::from_utf8_lossy(&r.payload),
-                "created_at": r.created_at,
-                "traceparent": r.traceparent,
-            })
-        })
-        .collect();
-    Value::Array(rows).to_string().into_bytes()
-}
-
-fn decode(stored: &[u8]) -> Result<Vec<OutboxRow>, String> {
-    let rows: Vec<Value> = serde_json::from_slice(stored).map_err(|e| format!("inbox outputs: {e}"))?;
-    rows.iter()
-        .map(|r| {
-            let text = |name: &str| {
-                r[name]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or(format!("inbox outputs: no {name}"))
-            };
-            Ok(OutboxRow {
-                seq: 0,
-                event_id: text("event_id")?,
-                topic: text("topic")?,
-                key: text("key")?,
-                event_type: text("event_type")?,
-                payload: text("payload")?.into_bytes(),
-                created_at: text("created_at")?,
-                traceparent: r["traceparent"].as_str().map(str::to_string),
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -187,21 +110,5 @@ mod tests {
         });
         assert_eq!(other.map(|done| done.is_some()), Ok(true));
         assert_eq!(count(), Some(2));
-    }
-
-    #[test]
-    fn kept_outputs_read_back_as_written() {
-        let rows = vec![OutboxRow {
-            seq: 0,
-            event_id: "e-9".into(),
-            topic: "shop.orders".into(),
-            key: "o-1".into(),
-            event_type: "shop.order.confirmed".into(),
-            payload: br#"{"order_id":"o-1","note":"caf\u00e9 \"x\""}"#.to_vec(),
-            created_at: "2026-12-02T00:00:00Z".into(),
-            traceparent: None,
-        }];
-        assert_eq!(decode(&encode(&rows)), Ok(rows));
-        assert!(decode(b"not json").is_err());
     }
 }

@@ -13,7 +13,6 @@ pub mod inbox;
 pub mod outbox;
 pub mod sql;
 pub mod time;
-pub mod written;
 
 pub use envelope::{CONTENT_TYPE, Envelope, EnvelopeError};
 pub use event::{EventError, ShopEvent};

@@ -61,7 +61,7 @@ async fn respond(path: &str, metrics: &Arc<Metrics>, readiness: &Readiness) -> h
             None => (200, "text/plain", "ready\n".to_string()),
             Some(why) => (503, "text/plain", format!("not ready: {why}\n")),
         },
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics.scrape().await),
+        "/metrics" => (200, "text/plain; version=0.0.4", metrics.render()),
         _ => (404, "text/plain", "not found\n".to_string()),
     };
     http::Response::builder()

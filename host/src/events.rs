@@ -171,7 +171,9 @@ impl KafkaSettings {
 
 /// Whether the app needs a broker at all: a Kafka trigger, or a component that may publish.
 pub fn needed(manifest: &Manifest) -> bool {
-    !manifest.kafka_triggers().is_empty() || manifest.raw.component.values().any(|c| !c.allowed_topics.is_empty())
+    !manifest.kafka_triggers().is_empty()
+        || !manifest.outbox_triggers().is_empty()
+        || manifest.raw.component.values().any(|c| !c.allowed_topics.is_empty())
 }
 
 pub fn connect(settings: &KafkaSettings, data_dir: &Path) -> anyhow::Result<Arc<dyn Broker>> {
@@ -191,20 +193,28 @@ fn connect_plain(settings: &KafkaSettings, data_dir: &Path) -> anyhow::Result<Ar
     let partitions = settings.partitions.unwrap_or(3);
     match &settings.brokers {
         Some(brokers) => {
+            // Static membership: a host started again after a crash on this machine
+            // (the same host name and member slot) resumes its partitions at once.
+            let (slot, lock) = shop_broker::member_slot(&data_dir.join("events").join("kafka-members"))?;
             let options = KafkaOptions {
                 brokers: brokers.clone(),
                 client_options: settings.options.clone(),
                 default_partitions: partitions,
+                instance_id: Some(format!("{}-{slot}", host_name())),
                 ..KafkaOptions::default()
             };
             let broker = KafkaBroker::connect(options).with_context(|| format!("cannot reach Kafka at {brokers}"))?;
+            // The slot stays this process's for as long as it lives.
+            std::mem::forget(lock);
             tracing::info!(brokers = %brokers, "event broker: kafka");
             Ok(Arc::new(broker))
         }
         None => {
             let path = data_dir.join("events").join("log.db");
+            // A host started again after a crash resumes its partitions at once.
             let options = EmbeddedOptions {
                 default_partitions: partitions,
+                reclaim_after_crash: true,
                 ..EmbeddedOptions::default()
             };
             let broker = EmbeddedBroker::open(&path, options)
@@ -213,6 +223,17 @@ fn connect_plain(settings: &KafkaSettings, data_dir: &Path) -> anyhow::Result<Ar
             Ok(Arc::new(broker))
         }
     }
+}
+
+/// This machine's name (a pod's name on Kubernetes), for identities that must survive
+/// a restart of the process.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "shop".into())
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
@@ -30,21 +29,17 @@ pub struct Metrics {
     /// Records not handled yet, by component, group, topic and partition (set at
     /// each scrape from [`Metrics::lag`]).
     pub kafka_consumer_lag: IntGaugeVec,
-    /// Events written to a service's outbox and not yet published (set at each
-    /// scrape by the hooks of [`Metrics::at_scrape`]).
-    pub outbox_backlog: IntGaugeVec,
     /// Component instances running now, by component and trigger kind.
     pub instances_in_flight: IntGaugeVec,
     /// From a record's publication to the end of the handler call that took it.
-    pub saga_step_duration: HistogramVec,
+    pub record_end_to_end: HistogramVec,
     /// Records published by components, by topic and CloudEvents type.
     pub events_published: IntCounterVec,
     /// Where each partition a Kafka trigger works on stands.
     pub lag: LagBook,
-    scrape_hooks: Mutex<Vec<ScrapeHook>>,
+    /// The names of the metrics triggers and capabilities registered themselves.
+    registered: Mutex<Vec<String>>,
 }
-
-type ScrapeHook = Box<dyn Fn(Arc<Metrics>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// The handled position of every partition a Kafka trigger holds, with the consumer
 /// that knows its high watermark: their difference is the partition's lag.
@@ -150,7 +145,7 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 const MESSAGE_LABELS: &[&str] = &["component", "topic", "partition"];
 
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const INSTANTIATION_BUCKETS: &[f64] = &[
@@ -254,19 +249,14 @@ impl Metrics {
             "Records of a partition the trigger's group has not handled yet: its high watermark minus the handled position",
             &["component", "group", "topic", "partition"],
         );
-        let outbox_backlog = gauge(
-            "outbox_backlog",
-            "Events written to a service's outbox (SQLite) and not yet published",
-            &["service"],
-        );
         let instances_in_flight = gauge(
             "instances_in_flight",
             "Component instances running now, by component and trigger kind",
             &["component", "trigger"],
         );
-        let saga_step_duration = HistogramVec::new(
+        let record_end_to_end = HistogramVec::new(
             HistogramOpts::new(
-                "saga_step_duration_seconds",
+                "kafka_record_end_to_end_seconds",
                 "From a record's publication to the end of the handler call that took it",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
@@ -294,12 +284,11 @@ impl Metrics {
             kafka_trigger_restarts,
             cron_runs,
             kafka_consumer_lag,
-            outbox_backlog,
             instances_in_flight,
-            saga_step_duration,
+            record_end_to_end,
             events_published,
             lag: LagBook::default(),
-            scrape_hooks: Mutex::default(),
+            registered: Mutex::default(),
         };
         for collector in metrics.collectors() {
             metrics.registry.register(collector).expect("metric registered once");
@@ -324,9 +313,8 @@ impl Metrics {
             Box::new(self.kafka_trigger_restarts.clone()),
             Box::new(self.cron_runs.clone()),
             Box::new(self.kafka_consumer_lag.clone()),
-            Box::new(self.outbox_backlog.clone()),
             Box::new(self.instances_in_flight.clone()),
-            Box::new(self.saga_step_duration.clone()),
+            Box::new(self.record_end_to_end.clone()),
             Box::new(self.events_published.clone()),
         ]
     }
@@ -358,28 +346,14 @@ impl Metrics {
         }
     }
 
-    /// Runs `hook` before each scrape (for gauges read from elsewhere).
-    pub fn at_scrape<F>(&self, hook: impl Fn(Arc<Metrics>) -> F + Send + Sync + 'static)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.scrape_hooks
+    /// Adds a trigger's or capability's own metrics to `/metrics`.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        let names = collector.desc().into_iter().map(|d| format!("shop_{}", d.fq_name));
+        self.registered
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Box::new(move |metrics| Box::pin(hook(metrics))));
-    }
-
-    /// The text of `/metrics`, with the gauges read at scrape time brought up to date.
-    pub async fn scrape(self: &Arc<Self>) -> String {
-        let pending: Vec<_> = self
-            .scrape_hooks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|hook| hook(self.clone()))
-            .collect();
-        futures::future::join_all(pending).await;
-        self.render()
+            .extend(names);
+        self.registry.register(collector)
     }
 
     /// Sets the lag gauges from the positions and watermarks of now.
@@ -404,9 +378,11 @@ impl Metrics {
     /// The names of every metric this host exports (for the dashboard's test).
     #[cfg(test)]
     fn names(&self) -> std::collections::BTreeSet<String> {
+        let registered = self.registered.lock().unwrap_or_else(PoisonError::into_inner).clone();
         self.collectors()
             .iter()
             .flat_map(|c| c.desc().into_iter().map(|d| format!("shop_{}", d.fq_name)))
+            .chain(registered)
             .collect()
     }
 
@@ -452,7 +428,9 @@ mod tests {
 
     #[test]
     fn every_dashboard_query_names_a_metric_the_host_exports() {
-        let exported = Metrics::new().names();
+        let metrics = Metrics::new();
+        crate::trigger::outbox::OutboxFamilies::register(&metrics).unwrap();
+        let exported = metrics.names();
         let dashboard: serde_json::Value =
             serde_json::from_str(include_str!("../../ops/grafana/shop-dashboard.json")).unwrap();
         let panels = dashboard["panels"].as_array().unwrap();

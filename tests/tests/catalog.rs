@@ -241,13 +241,13 @@ fn the_gateway_checks_tokens_and_roles_before_the_catalog() {
 }
 
 #[test]
-fn the_outbox_relay_publishes_product_events_as_cloudevents() {
+fn the_hosts_outbox_relay_publishes_product_events_as_cloudevents() {
     relay_publishes_product_events("catalog-relay", None);
 }
 
 /// The same with the catalog and its outbox in PostgreSQL; the relay empties it.
 #[test]
-fn the_outbox_relay_publishes_from_postgres() {
+fn the_hosts_outbox_relay_publishes_from_postgres() {
     let database = "shop_test_catalog_relay";
     let url = fresh_postgres_database(database);
     relay_publishes_product_events("catalog-relay-pg", Some(&url));
@@ -273,36 +273,23 @@ fn event_log(data: &std::path::Path) -> (tokio::runtime::Runtime, shop_broker::e
     (runtime, broker)
 }
 
-/// The catalog at `/products` and its outbox relay on a cron whose schedule and
-/// wake-ups are `cron`; `postgres` is the catalog's database URL (else SQLite).
-fn catalog_with_relay(dir: &TempDir, postgres: Option<&str>, cron: &str) -> std::path::PathBuf {
-    // On PostgreSQL each component names the database (its variables table opens
-    // here); on SQLite only the relay has variables.
-    let storage = |id: &str| match postgres {
-        None => String::new(),
-        Some(url) => format!(
-            "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n[component.{id}.variables]\ndatabase_url = \"{url}\"\n"
+/// The catalog at `/products` and the host's relay of its outbox (`outbox` adds keys
+/// to its `[[trigger.outbox]]`); `postgres` is the catalog's database URL (else SQLite).
+fn catalog_with_outbox(dir: &TempDir, postgres: Option<&str>, outbox: &str) -> std::path::PathBuf {
+    let (storage, url_variable) = match postgres {
+        None => (String::new(), ""),
+        Some(url) => (
+            format!(
+                "allowed_outbound_hosts = [\"postgres://127.0.0.1:5432\"]\n[component.products.variables]\ndatabase_url = \"{url}\"\n"
+            ),
+            "database_url_variable = \"database_url\"\n",
         ),
-    };
-    let relay_variables = if postgres.is_some() {
-        ""
-    } else {
-        "[component.relay.variables]\n"
     };
     dir.manifest(&format!(
-        "{}[[trigger.cron]]\ncomponent = \"relay\"\n{cron}{}{}{}",
+        "{}[[trigger.outbox]]\ncomponent = \"products\"\ndatabase = \"products\"\n{url_variable}\
+         source = \"/products\"\ntopics = [\"shop.products\"]\n{outbox}{}{storage}",
         http_trigger("/products/...", "products"),
         products_component("products"),
-        storage("products"),
-        component(
-            "relay",
-            "outbox-relay",
-            &format!(
-                "sqlite_databases = [\"products\"]\nallowed_topics = [\"shop.products\"]\n{}{relay_variables}\
-                 database = \"products\"\nsource = \"/products\"",
-                storage("relay")
-            ),
-        ),
     ))
 }
 
@@ -313,7 +300,7 @@ fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
     let dir = TempDir::new(label);
     with_runtime_config(&dir);
     let data = dir.path().join("data");
-    let manifest = catalog_with_relay(&dir, postgres, "cron_expression = \"* * * * * *\"\n");
+    let manifest = catalog_with_outbox(&dir, postgres, "");
     let shop = Shop::start(&manifest, &data);
     let (_, _, created) = send(
         reqwest::Method::POST,
@@ -363,10 +350,10 @@ fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
     assert_eq!(types, ["shop.product.created", "shop.product.deleted"]);
 }
 
-/// With the catalog in PostgreSQL, the relay publishes on the commit's `NOTIFY`
-/// (`run_on_notify`) rather than its schedule: here the schedule is once a year and
-/// nothing else wakes it, as when the HTTP half commits from other pods. Prints the
-/// latency from each committed write to its event on the broker.
+/// With the catalog in PostgreSQL, the host's relay publishes on the commit's `NOTIFY`
+/// rather than its poll: here the poll is once a day and nothing else wakes it, as
+/// when the HTTP half commits from other pods. Prints the latency from each committed
+/// write to its event on the broker.
 #[test]
 fn the_relay_publishes_on_postgres_notify() {
     use shop_broker::{Broker, ConsumerEvent};
@@ -376,12 +363,7 @@ fn the_relay_publishes_on_postgres_notify() {
     let dir = TempDir::new("catalog-notify");
     with_runtime_config(&dir);
     let data = dir.path().join("data");
-    let manifest = catalog_with_relay(
-        &dir,
-        Some(&url),
-        "cron_expression = \"0 0 0 1 1 *\"\n\
-         run_on_notify = { channel = \"shop_outbox\", url_variable = \"database_url\" }\n",
-    );
+    let manifest = catalog_with_outbox(&dir, Some(&url), "poll_interval_ms = 86400000\n");
     let shop = Shop::start(&manifest, &data);
     let (runtime, broker) = event_log(&data);
     let consumer = runtime

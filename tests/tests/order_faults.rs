@@ -33,6 +33,8 @@ fn no_order_is_lost(backend: Backend, label: &str, redis_db: u8, kill_after_ms: 
     // in ten with a card that is declined.
     let rounds = kill_after_ms.len();
     let mut accepted: Vec<(usize, String, usize)> = Vec::new();
+    // How long each order not concluded when the host came back took to conclude.
+    let mut in_flight_waits: Vec<Duration> = Vec::new();
     for (round, pause_ms) in kill_after_ms.iter().enumerate() {
         let api = shop.api();
         let placed: Vec<(usize, String, usize)> = std::thread::scope(|scope| {
@@ -55,11 +57,25 @@ fn no_order_is_lost(backend: Backend, label: &str, redis_db: u8, kill_after_ms: 
                 .collect();
             handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
-        accepted.extend(placed);
         // kill -9 mid-saga, start again.
         std::thread::sleep(Duration::from_millis(*pause_ms));
         shop.kill();
+        let in_flight = pending(&shop, &placed);
         shop.restart();
+        in_flight_waits.extend(conclusion_waits(&shop, &customers, &in_flight));
+        accepted.extend(placed);
+    }
+    in_flight_waits.sort();
+    let at = |q: f64| in_flight_waits[((in_flight_waits.len() as f64 * q) as usize).min(in_flight_waits.len() - 1)];
+    if !in_flight_waits.is_empty() {
+        eprintln!(
+            "{label}: {} orders in flight at a kill concluded after the host was ready again in \
+             p50 {:?}, p99 {:?}, max {:?}",
+            in_flight_waits.len(),
+            at(0.5),
+            at(0.99),
+            in_flight_waits[in_flight_waits.len() - 1]
+        );
     }
     assert_eq!(accepted.len(), ORDERS);
     let api = shop.api();
@@ -127,4 +143,35 @@ fn no_order_is_lost_on_embedded_defaults() {
 #[test]
 fn no_order_is_lost_on_kafka_postgres_and_redis() {
     no_order_is_lost(Backend::External, "faults-external", 11, &[300, 1500, 3000]);
+}
+
+/// The orders of `placed` the killed host left in progress, as its database says.
+fn pending(shop: &FullShop, placed: &[(usize, String, usize)]) -> Vec<(usize, String, usize)> {
+    let ids = shop.sql("orders", "SELECT id FROM orders WHERE status = 'PENDING'");
+    let ids: std::collections::BTreeSet<&str> = ids.lines().collect();
+    placed
+        .iter()
+        .filter(|(_, id, _)| ids.contains(id.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// How long each order of `in_flight` took to conclude from when the host was ready
+/// again (`restart` returns once it serves).
+fn conclusion_waits(shop: &FullShop, customers: &[String], in_flight: &[(usize, String, usize)]) -> Vec<Duration> {
+    let ready = std::time::Instant::now();
+    let api = shop.api();
+    std::thread::scope(|scope| {
+        let waits: Vec<_> = in_flight
+            .iter()
+            .map(|(c, id, _)| {
+                let (api, customer) = (api.clone(), &customers[*c]);
+                scope.spawn(move || {
+                    api.concluded(customer, id, Duration::from_secs(240));
+                    ready.elapsed()
+                })
+            })
+            .collect();
+        waits.into_iter().map(|w| w.join().unwrap()).collect()
+    })
 }

@@ -309,7 +309,7 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// Placing an order only writes the orders database (its relay publishes later), so
+/// Placing an order only writes the orders database (the host relays its outbox later), so
 /// a broker outage holds sagas up without refusing customers; they all finish once
 /// the broker is back, and the Kafka triggers come back by themselves.
 #[test]

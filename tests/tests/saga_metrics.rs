@@ -1,7 +1,7 @@
 //! What `/metrics` tells about the saga, on embedded defaults and on Kafka +
 //! PostgreSQL + Redis: orders by final state (published event types), the time each
-//! step waited and ran, outbox backlogs (SQLite files, or PostgreSQL through the
-//! relays) that drain, and instances in flight that come back to zero.
+//! step waited and ran, the host's outbox relays (rows published, backlogs that
+//! drain, on SQLite or PostgreSQL), and instances in flight that come back to zero.
 
 use std::time::Duration;
 
@@ -38,23 +38,27 @@ fn the_saga_shows_in_the_metrics(backend: Backend, label: &str) {
     );
     let steps = metric_value(
         &metrics(),
-        "shop_saga_step_duration_seconds_count",
+        "shop_kafka_record_end_to_end_seconds_count",
         &[("component", "orders-events")],
     );
     assert!(steps >= 6.0, "each order's events reached the saga: {steps}");
     let text = metrics();
     for service in ["orders", "inventory", "payments", "users", "products"] {
         assert!(
-            text.contains(&format!("shop_outbox_backlog{{service=\"{service}\"}}")),
+            text.contains(&format!("shop_outbox_backlog{{component=\"{service}\"")),
             "{service}'s outbox backlog:\n{text}"
         );
+    }
+    for (service, at_least) in [("orders", 9.0), ("inventory", 6.0), ("payments", 5.0), ("users", 1.0)] {
+        let published = metric_value(&text, "shop_outbox_published_total", &[("component", service)]);
+        assert!(published >= at_least, "{service} published {published} events:\n{text}");
     }
     assert!(
         wait_for(Duration::from_secs(15), || {
             let text = metrics();
             ["orders", "inventory", "payments"]
                 .iter()
-                .all(|s| metric_value(&text, "shop_outbox_backlog", &[("service", s)]) == 0.0)
+                .all(|s| metric_value(&text, "shop_outbox_backlog", &[("component", s)]) == 0.0)
         }),
         "the outboxes drain:\n{}",
         metrics()

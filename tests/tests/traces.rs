@@ -123,7 +123,6 @@ fn one_order_is_one_trace_through_every_component_it_crosses() {
     let expected = [
         "gateway",
         "orders",
-        "orders-relay",
         "orders-events",
         "inventory-events",
         "payments-events",

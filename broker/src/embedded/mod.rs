@@ -19,7 +19,6 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -48,6 +47,12 @@ pub struct EmbeddedOptions {
     /// How often consumers look for records written by other processes (records of this
     /// process's producers wake them at once).
     pub poll_interval: Duration,
+    /// Take the member identity from the first free slot of the log instead of
+    /// `member_id`: a lock file the process holds while it lives. A process started
+    /// after one died gets its identity back, and with it the partitions it held, at
+    /// once, instead of waiting out their session (Kafka's static membership, with the
+    /// operating system telling which members are gone).
+    pub reclaim_after_crash: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -58,6 +63,7 @@ impl Default for EmbeddedOptions {
             session_timeout: Duration::from_secs(6),
             heartbeat_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(20),
+            reclaim_after_crash: false,
         }
     }
 }
@@ -192,16 +198,27 @@ struct Inner {
     /// Partition counts of the topics this process has appended to (fixed once a
     /// topic exists), so an append need not look its topic up.
     partitions: Mutex<HashMap<String, i32>>,
-    /// Numbers this process's consumers so each has its own member id.
-    consumers: AtomicU64,
+    /// Numbers this process's consumers of each group, so each has its own member id
+    /// and a process started again gives them the same ones in the same order.
+    consumers: Mutex<HashMap<String, u64>>,
+    /// The member slot's lock, held while the broker lives (`reclaim_after_crash`).
+    _slot: Option<std::fs::File>,
 }
 
 impl EmbeddedBroker {
     /// Opens the log at `path` (e.g. `<data-dir>/events/log.db`), creating the file, its
     /// parent directories and the schema when missing.
-    pub fn open(path: &Path, options: EmbeddedOptions) -> Result<Self, BrokerError> {
+    pub fn open(path: &Path, mut options: EmbeddedOptions) -> Result<Self, BrokerError> {
         options.validate()?;
         let store = Arc::new(Store::open(path)?);
+        let slot = match options.reclaim_after_crash {
+            true => {
+                let (slot, lock) = crate::member_slot(&path.with_extension("members"))?;
+                options.member_id = format!("slot-{slot}");
+                Some(lock)
+            }
+            false => None,
+        };
         Ok(EmbeddedBroker {
             inner: Arc::new(Inner {
                 store,
@@ -209,7 +226,8 @@ impl EmbeddedBroker {
                 published: Arc::default(),
                 round_robin: Mutex::new(HashMap::new()),
                 partitions: Mutex::new(HashMap::new()),
-                consumers: AtomicU64::new(0),
+                consumers: Mutex::default(),
+                _slot: slot,
             }),
         })
     }
@@ -219,10 +237,15 @@ impl EmbeddedBroker {
         let topics = crate::subscription(group, topics)?;
 
         let options = &self.inner.options;
-        let n = self.inner.consumers.fetch_add(1, Ordering::Relaxed);
+        let n = {
+            let mut consumers = self.inner.consumers.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = consumers.entry(group.to_string()).or_default();
+            *count += 1;
+            *count - 1
+        };
         let membership = Membership {
             group: group.to_string(),
-            member_id: format!("{}#{n}", options.member_id),
+            member_id: format!("{}#{group}#{n}", options.member_id),
             topics,
             session_ms: store::millis(options.session_timeout),
         };

@@ -25,6 +25,7 @@ fn options(member: &str) -> EmbeddedOptions {
         session_timeout: SESSION,
         heartbeat_interval: HEARTBEAT,
         poll_interval: Duration::from_millis(10),
+        reclaim_after_crash: false,
     }
 }
 
@@ -558,6 +559,45 @@ async fn consumers_of_one_process_are_separate_members() {
         received(&mut second_messages).await,
     );
     assert_eq!((x.partition, y.partition), (0, 1));
+}
+
+/// A process that died without leaving its groups: the next process on the log takes
+/// its member slot, and with it its partitions, from the committed offsets, long before
+/// the dead member's session would have run out. A live process beside it gets a slot
+/// of its own.
+#[tokio::test]
+async fn a_process_started_after_a_crash_takes_its_partitions_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events").join("log.db");
+    let reclaiming = EmbeddedOptions {
+        session_timeout: Duration::from_secs(60),
+        reclaim_after_crash: true,
+        ..options("ignored")
+    };
+    let crashed = EmbeddedBroker::open(&path, reclaiming.clone()).unwrap();
+    crashed.ensure_topic("t", 1).await.unwrap();
+    for payload in ["first", "second"] {
+        publish(&crashed, "t", 0, 1, payload).await;
+    }
+    let before = join(&crashed, "g", "t").await;
+    assert_eq!(next_message(&before).await.offset, 0);
+    before.commit(&tp("t", 0), 1).await.unwrap();
+    let identity = before.member_id().to_string();
+    before.simulate_crash();
+    drop((before, crashed));
+
+    let restarted = EmbeddedBroker::open(&path, reclaiming.clone()).unwrap();
+    let beside = EmbeddedBroker::open(&path, reclaiming).unwrap();
+    let after = join(&restarted, "g", "t").await;
+    assert_eq!(after.member_id(), identity, "the dead process's identity");
+    assert_ne!(
+        join(&beside, "g", "t").await.member_id(),
+        identity,
+        "a live process's own"
+    );
+    // Within PATIENCE (5 s), far inside the dead member's 60 s session.
+    let resumed = next_message(&after).await;
+    assert_eq!((resumed.offset, resumed.payload.as_slice()), (1, &b"second"[..]));
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 mod consumer;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -55,6 +55,12 @@ pub struct KafkaOptions {
     pub replication_factor: i32,
     /// `session.timeout.ms` of consumers: a member silent for this long leaves the group.
     pub session_timeout: Duration,
+    /// This process's stable identity, for Kafka's static membership: each consumer's
+    /// `group.instance.id` is made of it, its group and its place among this process's
+    /// consumers of that group. A process started again under the same identity (after
+    /// a crash) gets its predecessor's partitions back at once instead of waiting out
+    /// its session. Must differ between live processes. `None`: dynamic membership.
+    pub instance_id: Option<String>,
 }
 
 impl Default for KafkaOptions {
@@ -66,6 +72,7 @@ impl Default for KafkaOptions {
             default_partitions: 3,
             replication_factor: 1,
             session_timeout: Duration::from_secs(10),
+            instance_id: None,
         }
     }
 }
@@ -136,6 +143,8 @@ struct Inner {
     known_topics: Mutex<HashSet<String>>,
     /// Numbers consumers for their `client.id`.
     consumers: AtomicU64,
+    /// Numbers this process's consumers of each group, for `group.instance.id`.
+    group_members: Mutex<HashMap<String, u64>>,
 }
 
 impl KafkaBroker {
@@ -188,6 +197,7 @@ impl KafkaBroker {
                 admin,
                 known_topics: Mutex::new(HashSet::new()),
                 consumers: AtomicU64::new(0),
+                group_members: Mutex::default(),
             }),
         })
     }
@@ -205,7 +215,7 @@ impl KafkaBroker {
         let session_ms = options.session_timeout.as_millis();
         // Kafka wants heartbeats well within the session; librdkafka's default is 3 s.
         let heartbeat_ms = (session_ms / 3).clamp(1, 3000);
-        let config = options.client_config(&[
+        let mut settings = vec![
             ("client.id", member.clone()),
             ("group.id", group.to_string()),
             // Offsets move only through `Consumer::commit`.
@@ -218,7 +228,17 @@ impl KafkaBroker {
             ("partition.assignment.strategy", "roundrobin".to_string()),
             ("session.timeout.ms", session_ms.to_string()),
             ("heartbeat.interval.ms", heartbeat_ms.to_string()),
-        ]);
+        ];
+        if let Some(instance) = &options.instance_id {
+            let k = {
+                let mut members = self.inner.group_members.lock().unwrap_or_else(PoisonError::into_inner);
+                let count = members.entry(group.to_string()).or_default();
+                *count += 1;
+                *count - 1
+            };
+            settings.push(("group.instance.id", format!("{instance}.{group}.{k}")));
+        }
+        let config = options.client_config(&settings);
         KafkaConsumer::start(&config, group, &member, &topics)
     }
 }

@@ -149,13 +149,6 @@ pub trait Sql {
     /// Runs one statement; the rows it returned.
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError>;
 
-    /// Where this connection remembers the events written through it, for a writer
-    /// that publishes its own right after the commit
-    /// ([`crate::outbox::publish_written`]). `None`: the outbox relay publishes them.
-    fn written(&self) -> Option<&crate::written::Written> {
-        None
-    }
-
     /// The W3C `traceparent` of the work this connection does, which
     /// [`crate::outbox::record`] keeps with each event.
     fn traceparent(&self) -> Option<String> {
@@ -333,23 +326,12 @@ pub(crate) fn schema_fingerprint(schema: &[&str]) -> String {
 /// Runs `work` in a write transaction, rolling back when it fails.
 pub fn in_transaction<T, E: From<SqlError>>(db: &impl Sql, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     db.execute(db.dialect().begin(), &[])?;
-    if let Some(written) = db.written() {
-        written.begin();
-    }
     let rollback = || {
         let _ = db.execute("ROLLBACK", &[]);
-        if let Some(written) = db.written() {
-            written.rolled_back();
-        }
     };
     match work() {
         Ok(value) => match db.execute("COMMIT", &[]) {
-            Ok(_) => {
-                if let Some(written) = db.written() {
-                    written.committed();
-                }
-                Ok(value)
-            }
+            Ok(_) => Ok(value),
             // SQLite leaves the transaction open when COMMIT fails (e.g. busy); end it
             // so the connection's next BEGIN works.
             Err(e) => {

@@ -132,12 +132,10 @@ pub enum Backend {
     Postgres(SpinPostgres),
 }
 
-/// The service's database as configured, and the outbox events written through it
-/// (so the instance publishes exactly its own after the commit).
+/// The service's database as configured.
 pub struct SpinDatabase {
     backend: Backend,
-    /// `Some` for a writer that publishes its own events.
-    written: Option<crate::written::Written>,
+    /// The trace of the work this connection does, kept with the events it writes.
     traceparent: Option<String>,
     schemas: super::SchemaMemo,
 }
@@ -153,7 +151,6 @@ impl SpinDatabase {
         };
         Ok(Self {
             backend,
-            written: None,
             traceparent: None,
             schemas: Default::default(),
         })
@@ -163,13 +160,6 @@ impl SpinDatabase {
     /// the request or message); the events it writes keep it. Empty: none.
     pub fn traced(mut self, traceparent: &str) -> Self {
         self.traceparent = Some(traceparent.trim().to_string()).filter(|t| !t.is_empty());
-        self
-    }
-
-    /// For a component that publishes the events it writes right after its commit
-    /// (`outbox::publish_written`): its commits do not wake the relay.
-    pub fn publishing_its_own_outbox(mut self) -> Self {
-        self.written = Some(Default::default());
         self
     }
 }
@@ -191,10 +181,6 @@ impl Sql for SpinDatabase {
             Backend::Sqlite(db) => db.execute(statement, params),
             Backend::Postgres(db) => db.execute(statement, params),
         }
-    }
-
-    fn written(&self) -> Option<&crate::written::Written> {
-        self.written.as_ref()
     }
 
     fn schema_memo(&self) -> Option<&super::SchemaMemo> {

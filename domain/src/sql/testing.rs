@@ -4,26 +4,18 @@ use super::*;
 
 pub struct MemoryDb(
     pub rusqlite::Connection,
-    /// `Some` for a writer that publishes its own events (see [`Sql::written`]).
-    Option<crate::written::Written>,
     /// The trace its work belongs to (see [`Sql::traceparent`]).
     Option<String>,
 );
 
 impl MemoryDb {
     pub fn new(connection: rusqlite::Connection) -> Self {
-        Self(connection, None, None)
+        Self(connection, None)
     }
 
     /// As a connection doing the work of the trace `traceparent`.
     pub fn traced(mut self, traceparent: &str) -> Self {
-        self.2 = Some(traceparent.to_string());
-        self
-    }
-
-    /// As a writer that publishes its own outbox events.
-    pub fn publishing_its_own_outbox(mut self) -> Self {
-        self.1 = Some(Default::default());
+        self.1 = Some(traceparent.to_string());
         self
     }
 
@@ -63,12 +55,8 @@ impl Default for MemoryDb {
 }
 
 impl Sql for MemoryDb {
-    fn written(&self) -> Option<&crate::written::Written> {
-        self.1.as_ref()
-    }
-
     fn traceparent(&self) -> Option<String> {
-        self.2.clone()
+        self.1.clone()
     }
 
     fn execute(&self, statement: &str, params: &[SqlValue]) -> Result<Vec<Vec<SqlValue>>, SqlError> {

@@ -1,15 +1,14 @@
 //! Inventory's saga side as a component for the `shop` host: the Kafka handler for the
 //! saga's commands on `shop.inventory`, and the cron handler that expires stale
-//! reservations. Each publishes the events it wrote right after its commit.
+//! reservations. The events they write leave through the host's outbox relay.
 
 #![cfg(target_arch = "wasm32")]
 
 use event_kit::{Message, cron, kafka};
-use inventory::stock::{Context, Handled, Inventory};
+use inventory::stock::{Context, Inventory};
 use shop_domain::sql::spin::SpinDatabase;
 
 const DATABASE: &str = "inventory";
-const SOURCE: &str = "/inventory";
 
 fn context() -> Result<Context<'static>, String> {
     Context::configured(guest_kit::now_secs(), &guest_kit::new_id, guest_kit::number_variable)
@@ -26,33 +25,26 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         }
         let db = SpinDatabase::open_configured(DATABASE)
             .map_err(event_kit::Error::Other)?
-            .publishing_its_own_outbox()
             .traced(&event_kit::traceparent(&message));
         let context = context().map_err(event_kit::Error::Other)?;
         let inventory = Inventory::new(&db, &context);
-        let handled = inventory
+        inventory
             .handle(&envelope.id, &event)
-            .map_err(|e| event_kit::Error::Other(e.to_string()))?;
-        match handled {
-            Handled::Done(_) => event_kit::publish_outbox(&db, SOURCE),
-            Handled::Duplicate => event_kit::republish(&db, SOURCE, &envelope.id),
-            _ => Ok(()),
-        }
-        .map_err(event_kit::Error::Other)
+            .map(drop)
+            .map_err(|e| event_kit::Error::Other(e.to_string()))
     }
 }
 
 impl cron::Guest for Handlers {
     fn handle_cron_event(_: cron::Metadata) -> Result<(), cron::Error> {
-        let db = SpinDatabase::open_configured(DATABASE)
-            .map_err(cron::Error::Other)?
-            .publishing_its_own_outbox();
+        let db = SpinDatabase::open_configured(DATABASE).map_err(cron::Error::Other)?;
         let context = context().map_err(cron::Error::Other)?;
         let inventory = Inventory::new(&db, &context);
         inventory.migrate().map_err(|e| cron::Error::Other(e.to_string()))?;
-        inventory.expire().map_err(|e| cron::Error::Other(e.to_string()))?;
-        // What a crash left in the outbox is `inventory-relay`'s to send.
-        event_kit::publish_outbox(&db, SOURCE).map_err(cron::Error::Other)
+        inventory
+            .expire()
+            .map(drop)
+            .map_err(|e| cron::Error::Other(e.to_string()))
     }
 }
 

@@ -22,11 +22,11 @@ pub const SCHEMA: &[&str] = &[
         PRIMARY KEY (order_id, sku))",
     "CREATE INDEX IF NOT EXISTS reservations_due ON reservations (state, expires_at)",
     inbox::SCHEMA,
-    inbox::OUTPUTS_COLUMN,
     outbox::SCHEMA,
-    outbox::OWN_SCHEMA,
-    outbox::TRACE_COLUMNS[0],
-    outbox::TRACE_COLUMNS[1],
+    outbox::MIGRATION[0],
+    outbox::MIGRATION[1],
+    outbox::MIGRATION[2],
+    outbox::MIGRATION[3],
 ];
 
 const RESERVED: &str = "reserved";

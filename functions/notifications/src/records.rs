@@ -19,7 +19,6 @@ pub const SCHEMA: &[&str] = &[
         created_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS notifications_by_user ON notifications (user_id, created_at)",
     inbox::SCHEMA,
-    inbox::OUTPUTS_COLUMN,
 ];
 
 /// Sends a rendered message; which channel it used (`email`, `sms`, `log`).

@@ -1,16 +1,15 @@
 //! The orders saga as a component for the `shop` host: the Kafka handler for inventory
-//! and payment results, and the cron handler that times out stuck steps. Each handler
-//! publishes the events it wrote right after its commit.
+//! and payment results, and the cron handler that times out stuck steps. The events
+//! they write leave through the host's outbox relay.
 
 #![cfg(target_arch = "wasm32")]
 
 use event_kit::{Message, cron, kafka};
-use orders::store::{Context, Orders, Outcome};
+use orders::store::{Context, Orders};
 use shop_domain::ShopEvent;
 use shop_domain::sql::spin::SpinDatabase;
 
 const DATABASE: &str = "orders";
-const SOURCE: &str = "/orders";
 /// Most overdue orders handled per cron tick.
 const OVERDUE_BATCH: i64 = 100;
 
@@ -20,12 +19,7 @@ fn context() -> Result<Context<'static>, String> {
 
 /// The database for work of the trace `traceparent` (empty: none).
 fn open(traceparent: &str) -> Result<(SpinDatabase, Context<'static>), String> {
-    Ok((
-        SpinDatabase::open_configured(DATABASE)?
-            .publishing_its_own_outbox()
-            .traced(traceparent),
-        context()?,
-    ))
+    Ok((SpinDatabase::open_configured(DATABASE)?.traced(traceparent), context()?))
 }
 
 /// Whether the saga acts on `event` (results; the commands on the same topics are
@@ -55,15 +49,10 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         }
         let (db, context) = open(&event_kit::traceparent(&message)).map_err(event_kit::Error::Other)?;
         let orders = Orders::new(&db, &context);
-        let outcome = orders
+        orders
             .apply(Some(&envelope.id), &event.key(), &event)
-            .map_err(|e| event_kit::Error::Other(e.to_string()))?;
-        match outcome {
-            Outcome::Changed(_) => event_kit::publish_outbox(&db, SOURCE),
-            Outcome::Duplicate => event_kit::republish(&db, SOURCE, &envelope.id),
-            _ => Ok(()),
-        }
-        .map_err(event_kit::Error::Other)
+            .map(drop)
+            .map_err(|e| event_kit::Error::Other(e.to_string()))
     }
 }
 
@@ -84,10 +73,6 @@ impl cron::Guest for Handlers {
                 }
             }
             Err(e) => problems.push(format!("finding overdue orders: {e}")),
-        }
-        // What a crash left in the outbox is `orders-relay`'s to send.
-        if let Err(e) = event_kit::publish_outbox(&db, SOURCE) {
-            problems.push(e);
         }
         match problems.is_empty() {
             true => Ok(()),

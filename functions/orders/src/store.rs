@@ -29,11 +29,11 @@ pub const SCHEMA: &[&str] = &[
     // request is refused rather than answered with the first one's order.
     "ALTER TABLE idempotency_keys ADD COLUMN request_digest TEXT",
     inbox::SCHEMA,
-    inbox::OUTPUTS_COLUMN,
     outbox::SCHEMA,
-    outbox::OWN_SCHEMA,
-    outbox::TRACE_COLUMNS[0],
-    outbox::TRACE_COLUMNS[1],
+    outbox::MIGRATION[0],
+    outbox::MIGRATION[1],
+    outbox::MIGRATION[2],
+    outbox::MIGRATION[3],
 ];
 
 /// How many times a conflicting append is retried on a fresh read.

@@ -1,19 +1,18 @@
 //! Payments' saga side as a component for the `shop` host: the Kafka handler for the
 //! saga's payment commands on `shop.payments`, against the provider's HTTP API
 //! (`provider_url`, `provider_api_key`; the sandbox by default, called in process).
-//! Each handler publishes the events it wrote right after its commit.
+//! The events it writes leave through the host's outbox relay.
 
 #![cfg(target_arch = "wasm32")]
 
 use event_kit::{Message, kafka};
-use payments::ledger::{Answer, Context, Handled, Ledger, Provider};
+use payments::ledger::{Answer, Context, Ledger, Provider};
 use payments::service;
 use shop_domain::sql::spin::SpinDatabase;
 use shop_domain::types::Money;
 use spin_sdk::http::{Method, Request, Response};
 
 const DATABASE: &str = "payments";
-const SOURCE: &str = "/payments";
 
 fn context() -> Context<'static> {
     let now = guest_kit::now_secs();
@@ -161,19 +160,13 @@ impl kafka::exports::wasi::messaging::incoming_handler::Guest for Handlers {
         }
         let db = SpinDatabase::open_configured(DATABASE)
             .map_err(event_kit::Error::Other)?
-            .publishing_its_own_outbox()
             .traced(&event_kit::traceparent(&message));
         let context = context();
         let ledger = Ledger::new(&db, &context);
-        let handled = ledger
+        ledger
             .handle(&envelope.id, &event, &ProviderApi::configured(&db))
-            .map_err(event_kit::Error::Other)?;
-        match handled {
-            Handled::Done(_) => event_kit::publish_outbox(&db, SOURCE),
-            Handled::Duplicate => event_kit::republish(&db, SOURCE, &envelope.id),
-            _ => Ok(()),
-        }
-        .map_err(event_kit::Error::Other)
+            .map(drop)
+            .map_err(event_kit::Error::Other)
     }
 }
 

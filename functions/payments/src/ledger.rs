@@ -27,11 +27,11 @@ pub const SCHEMA: &[&str] = &[
         order_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, token TEXT NOT NULL,
         created_at TEXT NOT NULL)",
     inbox::SCHEMA,
-    inbox::OUTPUTS_COLUMN,
     outbox::SCHEMA,
-    outbox::OWN_SCHEMA,
-    outbox::TRACE_COLUMNS[0],
-    outbox::TRACE_COLUMNS[1],
+    outbox::MIGRATION[0],
+    outbox::MIGRATION[1],
+    outbox::MIGRATION[2],
+    outbox::MIGRATION[3],
 ];
 
 /// Why a payment method cannot be kept.

@@ -18,9 +18,10 @@ pub const SCHEMA: &[&str] = &[
         created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS products_by_category ON products (category, name)",
     shop_domain::outbox::SCHEMA,
-    shop_domain::outbox::OWN_SCHEMA,
-    shop_domain::outbox::TRACE_COLUMNS[0],
-    shop_domain::outbox::TRACE_COLUMNS[1],
+    shop_domain::outbox::MIGRATION[0],
+    shop_domain::outbox::MIGRATION[1],
+    shop_domain::outbox::MIGRATION[2],
+    shop_domain::outbox::MIGRATION[3],
 ];
 
 const COLUMNS: &str = "id, sku, name, description, category, price_amount, price_currency, created_at, updated_at";

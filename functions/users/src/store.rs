@@ -25,9 +25,10 @@ pub const SCHEMA: &[&str] = &[
     "ALTER TABLE users ADD COLUMN phone_verified INTEGER NOT NULL DEFAULT 0",
     "CREATE TABLE IF NOT EXISTS signing_keys (id INTEGER PRIMARY KEY CHECK (id = 0), der BLOB NOT NULL)",
     shop_domain::outbox::SCHEMA,
-    shop_domain::outbox::OWN_SCHEMA,
-    shop_domain::outbox::TRACE_COLUMNS[0],
-    shop_domain::outbox::TRACE_COLUMNS[1],
+    shop_domain::outbox::MIGRATION[0],
+    shop_domain::outbox::MIGRATION[1],
+    shop_domain::outbox::MIGRATION[2],
+    shop_domain::outbox::MIGRATION[3],
 ];
 
 /// What presenting a refresh token found.

@@ -12,13 +12,13 @@
 
 use std::sync::Arc;
 
-use shop_broker::{BrokerError, Message, OutgoingMessage, Producer};
+use shop_broker::{BrokerError, Delivery, Message, OutgoingMessage, Producer};
 use wasmtime::component::{Linker, Resource};
 
 use self::bindings::wasi::messaging::{producer, types};
 use super::{AppContext, Capability, CapabilityView, ComponentContext, InstanceContext, Project, view};
 use crate::state::HostState;
-use crate::telemetry::{self, Kind, Span, TraceCell};
+use crate::telemetry::{self, Kind, Span, TraceCell, TraceContext};
 use types::Error;
 
 /// `wasi:messaging@0.2.0-draft` `types` and `producer`, the imports (world
@@ -278,36 +278,9 @@ impl producer::Host for CapabilityView<'_, Messaging> {
         let Some(producer) = access.producer.clone() else {
             return Ok(Err(Error::Connection("no broker is configured for this host".into())));
         };
-        // A record continues the trace it names (a relay sends each event with its
-        // writer's context), else this invocation's; its consumer's span is a child
-        // of this producer span.
         let mut outgoing = message.outgoing(&topic);
-        let named = telemetry::extract(|name| header(&outgoing.headers, name));
-        let parent = named.as_ref().or(self.state.trace.get());
-        let mut span = Span::start(format!("publish {topic}"), Kind::Producer, parent, named.is_some());
-        if span.recording() {
-            span.set("messaging.system", "kafka");
-            span.set("messaging.operation.type", "send");
-            span.set("messaging.destination.name", topic.clone());
-            span.set("shop.component", access.component.to_string());
-        }
-        outgoing
-            .headers
-            .retain(|(name, _)| name != telemetry::TRACEPARENT && name != telemetry::TRACESTATE);
-        outgoing.headers.extend(
-            span.context
-                .headers()
-                .map(|(name, value)| (name.to_string(), value.into_bytes())),
-        );
-        let result = producer.publish(outgoing).await;
-        match &result {
-            Ok(delivery) => {
-                span.set("messaging.destination.partition.id", delivery.partition.to_string());
-                span.set("messaging.kafka.offset", delivery.offset);
-            }
-            Err(e) => span.fail(e.to_string()),
-        }
-        span.finish();
+        let span = publish_span(&mut outgoing, &access.component, self.state.trace.get());
+        let result = published(span, producer.publish(outgoing).await);
         Ok(result.map(drop).map_err(|e| match e {
             BrokerError::Unavailable(m) => Error::Connection(m),
             other => Error::Other(other.to_string()),
@@ -316,6 +289,49 @@ impl producer::Host for CapabilityView<'_, Messaging> {
 }
 
 /// The first value of header `name`, as text.
+/// The producer span of publishing `outgoing`, whose context replaces the record's
+/// trace headers: a record continues the trace it names (a relayed event its writer's),
+/// else `fallback` (the publishing invocation's); its consumer's span is a child of
+/// this one.
+pub fn publish_span(outgoing: &mut OutgoingMessage, component: &str, fallback: Option<&TraceContext>) -> Span {
+    let named = telemetry::extract(|name| header(&outgoing.headers, name));
+    let parent = named.as_ref().or(fallback);
+    let mut span = Span::start(
+        format!("publish {}", outgoing.topic),
+        Kind::Producer,
+        parent,
+        named.is_some(),
+    );
+    if span.recording() {
+        span.set("messaging.system", "kafka");
+        span.set("messaging.operation.type", "send");
+        span.set("messaging.destination.name", outgoing.topic.clone());
+        span.set("shop.component", component.to_string());
+    }
+    outgoing
+        .headers
+        .retain(|(name, _)| name != telemetry::TRACEPARENT && name != telemetry::TRACESTATE);
+    outgoing.headers.extend(
+        span.context
+            .headers()
+            .map(|(name, value)| (name.to_string(), value.into_bytes())),
+    );
+    span
+}
+
+/// Ends the span of a publication with where the record landed, or why it did not.
+pub fn published(mut span: Span, result: Result<Delivery, BrokerError>) -> Result<Delivery, BrokerError> {
+    match &result {
+        Ok(delivery) => {
+            span.set("messaging.destination.partition.id", delivery.partition.to_string());
+            span.set("messaging.kafka.offset", delivery.offset);
+        }
+        Err(e) => span.fail(e.to_string()),
+    }
+    span.finish();
+    result
+}
+
 pub fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
     headers
         .iter()

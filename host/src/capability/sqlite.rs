@@ -174,6 +174,8 @@ struct DatabaseFile {
     readers: Mutex<Vec<Connection>>,
     /// Told which component committed a write here.
     commits: Arc<CommitSignals>,
+    /// Woken after every commit of a write here, by whichever component.
+    listeners: Mutex<Vec<Arc<tokio::sync::Notify>>>,
     /// Checkpoints the log off the writers' threads.
     checkpointer: Checkpointer,
 }
@@ -253,6 +255,8 @@ struct SessionInner {
     component: Arc<str>,
     file: Arc<DatabaseFile>,
     transaction: Mutex<Option<InTransaction>>,
+    /// Whether its commits are signalled (a guest's are; the host's own are not).
+    signals: bool,
 }
 
 impl Drop for SessionInner {
@@ -323,6 +327,7 @@ impl Database {
             primary: Arc::new(tokio::sync::Mutex::new(primary)),
             readers: Mutex::default(),
             commits,
+            listeners: Mutex::default(),
             checkpointer,
         });
         Ok(Self { file })
@@ -330,13 +335,34 @@ impl Database {
 
     /// A guest connection of its own to this file, for `component`.
     pub fn session(&self, component: Arc<str>) -> Session {
+        self.new_session(component, true)
+    }
+
+    /// A connection of the host's own (an outbox relay's), whose commits wake no one:
+    /// they only take away what was already signalled.
+    pub fn quiet_session(&self, name: Arc<str>) -> Session {
+        self.new_session(name, false)
+    }
+
+    fn new_session(&self, component: Arc<str>, signals: bool) -> Session {
         Session {
             inner: Arc::new(SessionInner {
                 component,
                 file: self.file.clone(),
                 transaction: Mutex::default(),
+                signals,
             }),
         }
+    }
+
+    /// Notifies `wake` (coalesced) after every commit of a write to this file by a
+    /// component's session, whichever component it is.
+    pub fn watch_commits(&self, wake: Arc<tokio::sync::Notify>) {
+        self.file
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(wake);
     }
 }
 
@@ -377,7 +403,18 @@ impl Session {
             drop(primary);
             if wrote && result.is_ok() {
                 inner.file.checkpointer.committed();
-                inner.file.commits.committed(&inner.component);
+                if inner.signals {
+                    inner.file.commits.committed(&inner.component);
+                    for wake in inner
+                        .file
+                        .listeners
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .iter()
+                    {
+                        wake.notify_one();
+                    }
+                }
             }
         } else {
             *inner.transaction.lock().unwrap_or_else(PoisonError::into_inner) = Some(InTransaction { primary, wrote });
@@ -490,20 +527,9 @@ impl Databases {
         Ok(Self { databases })
     }
 
-    /// Rows waiting in each database's transactional outbox (the services' `outbox`
-    /// and `outbox_own` tables), for the databases that have one.
-    pub fn outbox_backlogs(&self) -> Vec<(&str, i64)> {
-        const COUNT: &str = "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM outbox_own)";
-        self.databases
-            .iter()
-            .filter_map(|(label, database)| {
-                let executed = database.file.read_aside(COUNT, Vec::new()).ok()?;
-                match executed.result.rows.first()?.values.first()? {
-                    Value::Integer(n) => Some((label.as_str(), *n)),
-                    _ => None,
-                }
-            })
-            .collect()
+    /// The database labelled `label`.
+    pub fn get(&self, label: &str) -> Option<&Database> {
+        self.databases.get(label)
     }
 }
 

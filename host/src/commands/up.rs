@@ -17,7 +17,6 @@ use crate::admin::{self, Readiness};
 use crate::app::{LoadContext, LoadedComponent, load_components};
 use crate::capability::commits::CommitSignals;
 use crate::capability::outbound_http::LocalServices;
-use crate::capability::postgres::PostgresPools;
 use crate::capability::{AppCapabilities, AppContext};
 use crate::compile_cache::CompileCache;
 use crate::component_build::{BuildPolicy, build};
@@ -30,6 +29,7 @@ use crate::trigger::cron::Cron;
 use crate::trigger::http::invoke::RequestLimits;
 use crate::trigger::http::{self, Http, HttpApp};
 use crate::trigger::kafka::Kafka;
+use crate::trigger::outbox::Outbox;
 use crate::trigger::{Trigger, TriggerContext};
 use crate::variables::Variables;
 
@@ -145,25 +145,15 @@ async fn serve(
         None
     };
     let commits = Arc::new(CommitSignals::default());
+    let producer = broker
+        .as_ref()
+        .map(|b| crate::metrics::CountingProducer::wrap(b.producer(), metrics.clone()));
     let capabilities = AppCapabilities::configure(&AppContext {
         runtime_config: &runtime_config,
         data_dir: &args.data_dir,
         commits: &commits,
-        producer: broker
-            .as_ref()
-            .map(|b| crate::metrics::CountingProducer::wrap(b.producer(), metrics.clone())),
+        producer: producer.clone(),
     })?;
-    {
-        let databases = Arc::downgrade(&capabilities.sqlite);
-        metrics.at_scrape(move |metrics| {
-            let databases = databases.upgrade();
-            async move {
-                for (service, backlog) in databases.iter().flat_map(|d| d.outbox_backlogs()) {
-                    metrics.outbox_backlog.with_label_values(&[service]).set(backlog);
-                }
-            }
-        });
-    }
     let components = load_components(
         &manifest,
         &LoadContext {
@@ -179,7 +169,6 @@ async fn serve(
             .with_label_values(&[&*c.id, c.cache.as_str()])
             .inc();
     }
-    watch_postgres_outboxes(&manifest, &components, &capabilities.postgres, &metrics);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -239,6 +228,11 @@ async fn serve(
         Kafka { broker: broker.clone() }.start(&context, &mut tasks)?;
     }
     Cron.start(&context, &mut tasks)?;
+    Outbox {
+        producer: producer.clone(),
+        sqlite: capabilities.sqlite.clone(),
+    }
+    .start(&context, &mut tasks)?;
     print!("{routes}");
 
     let admin_task = tokio::spawn(admin::serve(admin_listener, metrics.clone(), readiness.clone()));
@@ -309,6 +303,15 @@ fn routes_listing(
     for trigger in manifest.cron_triggers() {
         let _ = writeln!(out, "  {}: cron \"{}\"", trigger.component, trigger.expression);
     }
+    for outbox in manifest.outbox_triggers() {
+        let _ = writeln!(
+            out,
+            "  {}: outbox `{}` published to {}",
+            outbox.component,
+            outbox.table,
+            outbox.topics.join(", ")
+        );
+    }
     let _ = writeln!(out, "Admin: http://{admin}/healthz /readyz /metrics");
     out
 }
@@ -319,39 +322,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// The outbox backlog of services on PostgreSQL, read at each scrape through the pool
-/// of their relay (a cron trigger's component with a PostgreSQL `database_url`, named
-/// by its `database` variable). SQLite outboxes are counted from the files.
-fn watch_postgres_outboxes(
-    manifest: &Manifest,
-    components: &BTreeMap<String, Arc<LoadedComponent>>,
-    pools: &Arc<PostgresPools>,
-    metrics: &Metrics,
-) {
-    for trigger in manifest.cron_triggers() {
-        let Some(relay) = components.get(&trigger.component) else {
-            continue;
-        };
-        let address = relay.capabilities.variables.get("database_url").unwrap_or_default();
-        let Ok(service) = relay.capabilities.variables.get("database") else {
-            continue;
-        };
-        if !address.starts_with("postgres") {
-            continue;
-        }
-        let (pools, relay) = (Arc::downgrade(pools), relay.clone());
-        metrics.at_scrape(move |metrics| {
-            let (pools, relay, address, service) = (pools.upgrade(), relay.clone(), address.clone(), service.clone());
-            async move {
-                let Some(pools) = pools else { return };
-                match pools.outbox_backlog(&relay.id, &relay.allowed_hosts, &address).await {
-                    Ok(backlog) => metrics.outbox_backlog.with_label_values(&[&service]).set(backlog),
-                    Err(e) => tracing::debug!(service, error = %e, "outbox backlog not read"),
-                }
-            }
-        });
     }
 }

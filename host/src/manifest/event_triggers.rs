@@ -1,5 +1,6 @@
 //! The trigger tables this host adds to Spin's manifest: `[[trigger.kafka]]` (with
-//! app-wide `[application.trigger.kafka]`) and `[[trigger.cron]]`.
+//! app-wide `[application.trigger.kafka]`), `[[trigger.cron]]` and
+//! `[[trigger.outbox]]`.
 
 use std::time::Duration;
 
@@ -18,6 +19,18 @@ pub const KAFKA_KEYS: &[&str] = &[
     "id",
 ];
 pub const CRON_KEYS: &[&str] = &["component", "cron_expression", "id", "run_on_commit", "run_on_notify"];
+pub const OUTBOX_KEYS: &[&str] = &[
+    "component",
+    "database",
+    "database_url_variable",
+    "table",
+    "notify_channel",
+    "source",
+    "topics",
+    "dead_letter_topic",
+    "poll_interval_ms",
+    "id",
+];
 
 /// One `[[trigger.kafka]]`: a component handling messages of `topics` in `group`.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +104,7 @@ pub struct NotifySource {
 }
 
 fn parse_notify_source(value: &toml::Value) -> Result<NotifySource, String> {
-    let usage = "`run_on_notify` is { channel = \"shop_outbox\", url_variable = \"database_url\" }";
+    let usage = "`run_on_notify` is { channel = \"orders_changed\", url_variable = \"database_url\" }";
     let table = value.as_table().ok_or(usage)?;
     let text = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_string).ok_or(usage);
     let source = NotifySource {
@@ -104,18 +117,122 @@ fn parse_notify_source(value: &toml::Value) -> Result<NotifySource, String> {
     {
         return Err(format!("unknown key `{key}` in `run_on_notify`"));
     }
-    let identifier = |s: &str| {
-        s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    };
-    if !identifier(&source.channel) {
+    if !sql_identifier(&source.channel) {
         return Err(format!(
             "`run_on_notify.channel` `{}` must be lower-case letters, digits and `_`",
             source.channel
         ));
     }
     Ok(source)
+}
+
+/// One `[[trigger.outbox]]`: the host publishes the rows a component's transactions
+/// write to an outbox table of its database (see `trigger::outbox`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxTrigger {
+    pub component: String,
+    /// The SQLite database (a label the component is granted) holding the table.
+    pub database: Option<String>,
+    /// The component variable holding a PostgreSQL URL; when it is set and not empty,
+    /// the table is in that database instead of `database`.
+    pub database_url_variable: Option<String>,
+    /// Default `outbox`.
+    pub table: String,
+    /// The PostgreSQL channel writers `NOTIFY` after adding rows; default: the table's
+    /// name.
+    pub notify_channel: String,
+    /// The CloudEvents `source` of the published events; default `/<component>`.
+    pub source: String,
+    /// The topics rows may name; a row naming another goes to the dead-letter topic.
+    pub topics: Vec<String>,
+    /// Default `<component>.outbox.dlq`.
+    pub dead_letter_topic: String,
+    /// How often an idle relay looks anyway, for writers no commit signal or
+    /// `NOTIFY` reaches (default 1 s).
+    pub poll_interval: Duration,
+}
+
+fn sql_identifier(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn optional_text(table: &toml::Table, key: &str) -> Result<Option<String>, String> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+        Some(other) => Err(format!("`{key}` must be a non-empty string, found {other}")),
+    }
+}
+
+pub fn parse_outbox_trigger(table: &toml::Table) -> Result<OutboxTrigger, String> {
+    let component = component_of(table)?;
+    let database = optional_text(table, "database")?;
+    let database_url_variable = optional_text(table, "database_url_variable")?;
+    if database.is_none() && database_url_variable.is_none() {
+        return Err(
+            "name the outbox's database: `database` (a SQLite label of the component) and/or \
+             `database_url_variable` (its variable holding a PostgreSQL URL)"
+                .into(),
+        );
+    }
+    let name = |key: &str, default: &str| -> Result<String, String> {
+        let value = optional_text(table, key)?.unwrap_or_else(|| default.to_string());
+        match sql_identifier(&value) {
+            true => Ok(value),
+            false => Err(format!(
+                "`{key}` `{value}` must be lower-case letters, digits and `_` (an SQL name of at most 63)"
+            )),
+        }
+    };
+    let table_name = name("table", "outbox")?;
+    let notify_channel = name("notify_channel", &table_name)?;
+    let topics = topic_list(table)?;
+    let dead_letter_topic = optional_text(table, "dead_letter_topic")?.unwrap_or(format!("{component}.outbox.dlq"));
+    check_topic_name(&dead_letter_topic)?;
+    if topics.contains(&dead_letter_topic) {
+        return Err(format!(
+            "`dead_letter_topic` `{dead_letter_topic}` is also one of the outbox's topics"
+        ));
+    }
+    Ok(OutboxTrigger {
+        source: optional_text(table, "source")?.unwrap_or(format!("/{component}")),
+        component,
+        database,
+        database_url_variable,
+        table: table_name,
+        notify_channel,
+        topics,
+        dead_letter_topic,
+        poll_interval: Duration::from_millis(integer(table, "poll_interval_ms", 1000, 10, 86_400_000)? as u64),
+    })
+}
+
+/// `topics`: at least one valid topic name.
+fn topic_list(table: &toml::Table) -> Result<Vec<String>, String> {
+    let topics: Vec<String> = match table.get("topics") {
+        Some(toml::Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .map(str::to_string)
+                    .ok_or("`topics` must be a list of strings")
+            })
+            .collect::<Result<_, _>>()?,
+        Some(toml::Value::Array(_)) | None => return Err("`topics` must list at least one topic".into()),
+        Some(other) => {
+            return Err(format!(
+                "`topics` must be a list of strings, found {}",
+                other.type_str()
+            ));
+        }
+    };
+    for topic in &topics {
+        check_topic_name(topic)?;
+    }
+    Ok(topics)
 }
 
 fn component_of(table: &toml::Table) -> Result<String, String> {
@@ -144,26 +261,7 @@ pub fn check_topic_name(topic: &str) -> Result<(), String> {
 
 pub fn parse_kafka_trigger(table: &toml::Table, app_name: &str) -> Result<KafkaTrigger, String> {
     let component = component_of(table)?;
-    let topics: Vec<String> = match table.get("topics") {
-        Some(toml::Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .map(|t| {
-                t.as_str()
-                    .map(str::to_string)
-                    .ok_or("`topics` must be a list of strings")
-            })
-            .collect::<Result<_, _>>()?,
-        Some(toml::Value::Array(_)) | None => return Err("`topics` must list at least one topic".into()),
-        Some(other) => {
-            return Err(format!(
-                "`topics` must be a list of strings, found {}",
-                other.type_str()
-            ));
-        }
-    };
-    for topic in &topics {
-        check_topic_name(topic)?;
-    }
+    let topics = topic_list(table)?;
     let group = match table.get("group") {
         None => format!("{app_name}-{component}"),
         Some(toml::Value::String(g)) if !g.is_empty() => g.clone(),
@@ -284,6 +382,13 @@ impl Manifest {
             .collect()
     }
 
+    /// Every `[[trigger.outbox]]` entry that parses.
+    pub fn outbox_triggers(&self) -> Vec<OutboxTrigger> {
+        self.trigger_tables("outbox")
+            .filter_map(|t| parse_outbox_trigger(t).ok())
+            .collect()
+    }
+
     /// `[application.trigger.kafka]`, if present.
     pub fn kafka_settings(&self) -> Option<&toml::Table> {
         self.raw.application.trigger.get("kafka")
@@ -349,21 +454,21 @@ mod tests {
     fn cron_wake_ups_are_parsed_and_checked() {
         let base = "component = \"relay\"\ncron_expression = \"*/5 * * * * *\"\n";
         let t = parse_cron_trigger(&table(&format!(
-            "{base}run_on_commit = [\"orders\"]\nrun_on_notify = {{ channel = \"shop_outbox\", url_variable = \"database_url\" }}"
+            "{base}run_on_commit = [\"orders\"]\nrun_on_notify = {{ channel = \"orders_changed\", url_variable = \"database_url\" }}"
         )))
         .unwrap();
         assert_eq!(t.run_on_commit, ["orders"]);
         assert_eq!(
             t.run_on_notify,
             Some(NotifySource {
-                channel: "shop_outbox".into(),
+                channel: "orders_changed".into(),
                 url_variable: "database_url".into(),
             })
         );
         for (wrong, expected) in [
             ("run_on_commit = true", "lists the components"),
             ("run_on_commit = [1]", "component ids as strings"),
-            ("run_on_notify = \"shop_outbox\"", "url_variable"),
+            ("run_on_notify = \"orders_changed\"", "url_variable"),
             (
                 "run_on_notify = { channel = \"Bad-Name\", url_variable = \"u\" }",
                 "lower-case",
@@ -376,5 +481,36 @@ mod tests {
             let err = parse_cron_trigger(&table(&format!("{base}{wrong}"))).unwrap_err();
             assert!(err.contains(expected), "{wrong}: {err}");
         }
+    }
+
+    #[test]
+    fn outbox_triggers_get_defaults_and_mistakes_are_explained() {
+        let t = parse_outbox_trigger(&table(
+            "component = \"shop\"\ndatabase = \"shop\"\ntopics = [\"shop.events\"]",
+        ))
+        .unwrap();
+        assert_eq!((t.table.as_str(), t.notify_channel.as_str()), ("outbox", "outbox"));
+        assert_eq!(
+            (t.source.as_str(), t.dead_letter_topic.as_str()),
+            ("/shop", "shop.outbox.dlq")
+        );
+        assert_eq!(t.database_url_variable, None);
+        let base = "component = \"c\"\ntopics = [\"t\"]\n";
+        for (wrong, expected) in [
+            ("", "name the outbox's database"),
+            ("database = \"\"", "non-empty string"),
+            ("database = \"d\"\ntable = \"Outbox; DROP\"", "SQL name"),
+            ("database = \"d\"\nnotify_channel = \"a-b\"", "SQL name"),
+            ("database = \"d\"\ndead_letter_topic = \"t\"", "also one of"),
+            (
+                "database = \"d\"\ndead_letter_topic = \"bad topic\"",
+                "not a valid topic name",
+            ),
+        ] {
+            let err = parse_outbox_trigger(&table(&format!("{base}{wrong}"))).unwrap_err();
+            assert!(err.contains(expected), "{wrong}: {err}");
+        }
+        let err = parse_outbox_trigger(&table("component = \"c\"\ndatabase = \"d\"")).unwrap_err();
+        assert!(err.contains("`topics` must list at least one topic"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
-pub use event_triggers::{CronTrigger, KafkaTrigger, MessageOrdering, NotifySource, check_topic_name};
+pub use event_triggers::{CronTrigger, KafkaTrigger, MessageOrdering, NotifySource, OutboxTrigger, check_topic_name};
 pub use template::{Template, TemplatePart};
 pub use validate::{Problem, Severity, is_valid_variable_name, validate};
 

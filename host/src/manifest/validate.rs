@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::event_triggers::{CRON_KEYS, KAFKA_KEYS, parse_cron_trigger, parse_kafka_trigger};
+use super::event_triggers::{
+    CRON_KEYS, KAFKA_KEYS, OUTBOX_KEYS, parse_cron_trigger, parse_kafka_trigger, parse_outbox_trigger,
+};
 use super::{Extra, HttpRoute, Manifest, Source, Template, check_topic_name, parse_http_trigger};
 use crate::capability::allowed_hosts;
 use crate::trigger::http::router::RoutePattern;
@@ -47,7 +49,7 @@ const SPIN_KEYS_NOT_YET_SUPPORTED: &[&str] = &[
 ];
 
 /// Trigger types this host can serve.
-pub const SUPPORTED_TRIGGERS: &[&str] = &["http", "kafka", "cron"];
+pub const SUPPORTED_TRIGGERS: &[&str] = &["http", "kafka", "cron", "outbox"];
 
 struct Collector {
     file: String,
@@ -159,6 +161,12 @@ pub fn validate(manifest: &Manifest) -> Vec<Problem> {
             "kafka" => validate_event_triggers(&mut c, manifest, "kafka", KAFKA_KEYS, entries, |t| {
                 parse_kafka_trigger(t, &raw.application.name).map(|t| vec![("component".into(), t.component)])
             }),
+            "outbox" => {
+                validate_event_triggers(&mut c, manifest, "outbox", OUTBOX_KEYS, entries, |t| {
+                    parse_outbox_trigger(t).map(|t| vec![("component".into(), t.component)])
+                });
+                validate_outbox_databases(&mut c, manifest, entries);
+            }
             _ => validate_event_triggers(&mut c, manifest, "cron", CRON_KEYS, entries, |t| {
                 parse_cron_trigger(t).map(|t| {
                     let committers = t.run_on_commit.into_iter().map(|id| ("run_on_commit".into(), id));
@@ -226,6 +234,40 @@ fn validate_http_triggers(c: &mut Collector, manifest: &Manifest, entries: &[tom
                 }
                 Err(e) => c.error(format!("{key}.route"), e),
             }
+        }
+    }
+}
+
+/// An outbox's SQLite database must be one its component may open (the host relays
+/// with the component's grants).
+fn validate_outbox_databases(c: &mut Collector, manifest: &Manifest, entries: &[toml::Table]) {
+    for (index, table) in entries.iter().enumerate() {
+        let Ok(trigger) = parse_outbox_trigger(table) else {
+            continue;
+        };
+        let Some(component) = manifest.raw.component.get(&trigger.component) else {
+            continue;
+        };
+        if let Some(variable) = &trigger.database_url_variable
+            && !component.variables.contains_key(variable)
+        {
+            c.error(
+                format!("trigger.outbox[{index}].database_url_variable"),
+                format!(
+                    "component `{}` has no variable `{variable}` (add it to [component.{}.variables])",
+                    trigger.component, trigger.component
+                ),
+            );
+        }
+        let Some(label) = &trigger.database else { continue };
+        if !component.sqlite_databases.contains(label) {
+            c.error(
+                format!("trigger.outbox[{index}].database"),
+                format!(
+                    "component `{}` is not granted the SQLite database `{label}` (add it to its `sqlite_databases`)",
+                    trigger.component
+                ),
+            );
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Triggers: what turns an outside event into a component invocation, one module each
-//! ([`http`], [`kafka`], [`cron`]), each a [`Trigger`] started from one
+//! ([`http`], [`kafka`], [`cron`]; [`outbox`] publishes a component's committed
+//! events instead of calling it), each a [`Trigger`] started from one
 //! [`TriggerContext`]. The invocation itself (a fresh store, its deadline, how a
 //! failure is told) is [`crate::instance`], shared by all three.
 
 pub mod cron;
 pub mod http;
 pub mod kafka;
+pub mod outbox;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};

@@ -171,22 +171,6 @@ impl PostgresPools {
         self.pools
             .get_or_create(component, address, || new_pool(config, &self.settings))
     }
-
-    /// Rows waiting in the transactional outbox of the database at `address`, read
-    /// through `component`'s pool (so only where that component may connect).
-    pub async fn outbox_backlog(&self, component: &str, allowed: &AllowedHosts, address: &str) -> Result<i64, String> {
-        let config = authorize(address, allowed).map_err(|e| format!("{e:?}"))?;
-        let pool = self.pool(component, address, config).map_err(|e| format!("{e:?}"))?;
-        let client = pool.get().await.map_err(|e| e.to_string())?;
-        let row = client
-            .query_one(
-                "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM outbox_own)",
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        row.try_get::<_, i64>(0).map_err(|e| e.to_string())
-    }
 }
 
 fn new_pool(config: tokio_postgres::Config, settings: &PostgresSettings) -> Result<Pool, Error> {

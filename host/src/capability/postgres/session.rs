@@ -254,7 +254,7 @@ mod tests {
             ("create local temporary table t (x int)", Effect::Pins),
             ("SET search_path TO shop", Effect::Pins),
             ("LISTEN orders", Effect::Pins),
-            ("NOTIFY shop_outbox", Effect::Neutral),
+            ("NOTIFY outbox", Effect::Neutral),
             ("PREPARE q AS SELECT 1", Effect::Pins),
             ("-- a comment\nBEGIN", Effect::Pins),
             ("/* hint */ SELECT 1", Effect::Pins),

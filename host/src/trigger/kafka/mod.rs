@@ -72,7 +72,7 @@ impl MessageHandler for ComponentHandler {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
                 self.metrics
-                    .saga_step_duration
+                    .record_end_to_end
                     .with_label_values(&[&*self.component.id, &message.topic])
                     .observe((now_ms - message.timestamp_ms).max(0) as f64 / 1000.0);
             }
