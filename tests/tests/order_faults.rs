@@ -3,7 +3,9 @@
 //! after each round (ten times on embedded defaults, three on Kafka + PostgreSQL +
 //! Redis, where each restart waits seconds for consumer groups to form); afterwards
 //! every accepted order is concluded, money moved at most once and was given back
-//! where an order was cancelled, and stock adds up.
+//! where an order was cancelled, and stock adds up. And with the host kept at capacity
+//! by 16 customers, a SIGKILL leaves no order behind; both print how long the orders
+//! in flight at a kill took to conclude once the host was ready again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -132,6 +134,78 @@ fn no_order_is_lost(backend: Backend, label: &str, redis_db: u8, kill_after_ms: 
             api.stock(&admin, sku)
         );
     }
+}
+
+/// The host is SIGKILLed while 16 customers keep it at capacity (each places an order
+/// and waits for it to conclude, then places the next): every order its database held
+/// PENDING then concludes after the restart, and the test prints how long that took
+/// from when the host was ready again (what the outbox relay and the consumer groups
+/// add after a crash).
+fn orders_in_flight_at_a_kill_under_load_conclude(backend: Backend, label: &str, redis_db: u8) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut shop = FullShop::start(backend, label, redis_db, &[]);
+    let api = shop.api();
+    let admin = api.admin();
+    let product = api.product(&admin, "UNDER-LOAD", 100, 100_000);
+    let customers: Vec<String> = (0..16).map(|i| api.customer(&format!("load{i}@example.com"))).collect();
+    let owners: BTreeMap<String, usize> = customers
+        .iter()
+        .enumerate()
+        .map(|(c, token)| {
+            (
+                api.call("GET", "/users/me", Some(token), None).1["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                c,
+            )
+        })
+        .collect();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for customer in &customers {
+            let (api, product, stop) = (api.clone(), &product, &stop);
+            scope.spawn(move || {
+                let lines = serde_json::json!({ "lines": [{ "product_id": product, "quantity": 1 }], "payment_token": "tok_ok" });
+                // Until the host is gone.
+                while !stop.load(Ordering::Relaxed)
+                    && api.call("POST", "/orders?wait_ms=5000", Some(customer), Some(lines.clone())).0 == 202
+                {}
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        shop.kill();
+        stop.store(true, Ordering::Relaxed);
+    });
+    let in_flight: Vec<(usize, String, usize)> = shop
+        .sql("orders", "SELECT id, user_id FROM orders WHERE status = 'PENDING'")
+        .lines()
+        .filter_map(|row| row.split_once('|'))
+        .map(|(id, user)| (owners[user], id.to_string(), 0))
+        .collect();
+    assert!(!in_flight.is_empty(), "some orders were in progress at the kill");
+    shop.restart();
+    let mut waits = conclusion_waits(&shop, &customers, &in_flight);
+    waits.sort();
+    let at = |q: f64| waits[((waits.len() as f64 * q) as usize).min(waits.len() - 1)];
+    eprintln!(
+        "{label}: {} orders in flight at a kill under load concluded after the host was ready again in \
+         p50 {:?}, p99 {:?}, max {:?}",
+        waits.len(),
+        at(0.5),
+        at(0.99),
+        waits[waits.len() - 1]
+    );
+}
+
+#[test]
+fn orders_in_flight_at_a_kill_conclude_on_embedded_defaults() {
+    orders_in_flight_at_a_kill_under_load_conclude(Backend::Embedded, "kill-load-embedded", 0);
+}
+
+#[test]
+fn orders_in_flight_at_a_kill_conclude_on_kafka_postgres_and_redis() {
+    orders_in_flight_at_a_kill_under_load_conclude(Backend::External, "kill-load-external", 12);
 }
 
 #[test]
