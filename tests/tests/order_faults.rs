@@ -13,6 +13,11 @@ use std::time::Duration;
 use shop_tests::full_shop::{Backend, FullShop, wait_for};
 
 const ORDERS: usize = 200;
+
+/// Held by the tests on Kafka + PostgreSQL + Redis: two whole shops on one PostgreSQL
+/// server at once, each killed and started again, would take more connections than
+/// its default 100.
+static EXTERNAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const CUSTOMERS: usize = 8;
 const INITIAL: u64 = 120;
 const SKUS: [&str; 3] = ["FA", "FB", "FC"];
@@ -205,6 +210,7 @@ fn orders_in_flight_at_a_kill_conclude_on_embedded_defaults() {
 
 #[test]
 fn orders_in_flight_at_a_kill_conclude_on_kafka_postgres_and_redis() {
+    let _one_at_a_time = EXTERNAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     orders_in_flight_at_a_kill_under_load_conclude(Backend::External, "kill-load-external", 12);
 }
 
@@ -216,6 +222,7 @@ fn no_order_is_lost_on_embedded_defaults() {
 
 #[test]
 fn no_order_is_lost_on_kafka_postgres_and_redis() {
+    let _one_at_a_time = EXTERNAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     no_order_is_lost(Backend::External, "faults-external", 11, &[300, 1500, 3000]);
 }
 

@@ -16,8 +16,18 @@ use crate::manifest::OutboxTrigger;
 /// Most rows taken per pass, so one pass stays short; a full pass is followed at once
 /// by the next.
 pub const BATCH: usize = 256;
-/// The longest pause after failed passes (it starts at 100 ms and doubles).
+/// The pause after a failed pass (the database's, or a broker refusal); it doubles
+/// while passes keep failing, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The pause after a failed pass, and that commits meanwhile do not cut it short (a
+/// failing outbox waits out its backoff); the next failure waits twice as long.
+fn backing_off(backoff: &mut Duration) -> (Duration, bool) {
+    let pause = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    (pause, false)
+}
 
 /// An outbox row, in the documented schema's columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,7 +202,8 @@ pub async fn pass(
 /// Relays `store` until `stop`: a pass at once (what a dead process left goes out
 /// without waiting), then after every wake-up (a commit, a `NOTIFY`), every poll
 /// interval (for writers no signal reaches: another process on a shared SQLite file,
-/// a lost `NOTIFY`), and straight again after a full pass; failed passes back off.
+/// a lost `NOTIFY`), and straight again after a full pass. Failed passes back off,
+/// commits or not.
 pub async fn run(
     mut store: Box<dyn OutboxStore>,
     producer: Arc<dyn Producer>,
@@ -201,35 +212,36 @@ pub async fn run(
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
-        let pause = match pass(store.as_mut(), producer.as_ref(), &outbox, &metrics).await {
+        let (pause, wakeable) = match pass(store.as_mut(), producer.as_ref(), &outbox, &metrics).await {
             Ok(Pass::Done { taken, published }) => {
-                backoff = Duration::from_millis(100);
                 let left = taken - published;
                 metrics.backlog.set(match taken == BATCH {
                     true => store.count().await.unwrap_or(left as i64),
                     false => left as i64,
                 });
-                match (taken == BATCH && published > 0, published < taken) {
-                    (true, _) => continue,
-                    // The broker refused some: try again after a pause, not at once.
-                    (false, true) => backoff,
-                    (false, false) => outbox.poll_interval,
+                if published < taken {
+                    // The broker refused some: again after a pause, not at once.
+                    backing_off(&mut backoff)
+                } else if taken == BATCH {
+                    backoff = FIRST_BACKOFF;
+                    continue;
+                } else {
+                    backoff = FIRST_BACKOFF;
+                    (outbox.poll_interval, true)
                 }
             }
-            Ok(Pass::Busy) => outbox.poll_interval,
+            Ok(Pass::Busy) => (outbox.poll_interval, true),
             Err(StoreError(error)) => {
                 metrics.errors.inc();
                 tracing::warn!(outbox = %outbox.table, component = %outbox.component, error, retry_in = ?backoff, "outbox relay pass failed");
-                let pause = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                pause
+                backing_off(&mut backoff)
             }
         };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            () = wake.notified() => {}
+            () = wake.notified(), if wakeable => {}
             () = tokio::time::sleep(pause) => {}
         }
     }
@@ -410,5 +422,44 @@ mod tests {
             Pass::Done { taken: 1, published: 1 }
         );
         assert!(store.0.is_empty());
+    }
+
+    /// Refuses everything, counting the attempts.
+    #[derive(Default)]
+    struct Down(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl Producer for Down {
+        async fn publish(&self, _: OutgoingMessage) -> Result<Delivery, BrokerError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(BrokerError::Unavailable("down".into()))
+        }
+    }
+
+    /// With the broker down, commits keep coming (a wake-up every 5 ms) but the relay
+    /// tries again only after its growing pause: at 0, 100 and 300 ms in the 350 ms it
+    /// runs, where every wake-up would have been some 70 attempts.
+    #[tokio::test]
+    async fn a_refusing_broker_is_tried_again_after_a_growing_pause_whatever_commits() {
+        let down = Arc::new(Down::default());
+        let wake = Arc::new(Notify::new());
+        let (stop, stopped) = watch::channel(false);
+        let relay = tokio::spawn(run(
+            Box::new(Rows(vec![row(1, "t", "k", None)], None)),
+            down.clone(),
+            outbox(),
+            OutboxMetrics::unregistered(),
+            wake.clone(),
+            stopped,
+        ));
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(350) {
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        relay.await.unwrap();
+        let attempts = down.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((2..=4).contains(&attempts), "{attempts} attempts");
     }
 }
