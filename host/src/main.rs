@@ -7,6 +7,7 @@ mod capability;
 mod commands;
 mod compile_cache;
 mod component_build;
+mod crash_points;
 mod engine;
 mod events;
 mod guest_output;

@@ -234,6 +234,21 @@ impl Shop {
         self.child.id()
     }
 
+    /// Waits up to `timeout` for the process to end by itself (a crash point); its
+    /// exit status, or `None` while it still runs.
+    pub fn exited(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> ExitStatus {
         let _ = Command::new("kill")

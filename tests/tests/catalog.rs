@@ -350,6 +350,73 @@ fn relay_publishes_product_events(label: &str, postgres: Option<&str>) {
     assert_eq!(types, ["shop.product.created", "shop.product.deleted"]);
 }
 
+/// The host dies at each boundary of a relay pass (`SHOP_CRASH_AT`, an abort with no
+/// cleanup): after taking the row and before publishing it, the next host publishes
+/// it once; after publishing and before deleting it, the next host publishes it again
+/// under the same `ce_id` (at-least-once; consumers dedupe). Nothing is lost.
+#[test]
+fn a_host_killed_at_each_step_of_a_relay_pass_loses_no_event() {
+    use shop_broker::{Broker, ConsumerEvent};
+    for (point, copies) in [("outbox-taken", 1), ("outbox-published", 2)] {
+        let dir = TempDir::new(&format!("catalog-crash-{point}"));
+        with_runtime_config(&dir);
+        let data = dir.path().join("data");
+        let manifest = catalog_with_outbox(&dir, None, "");
+        let mut crashing = Shop::start_with(
+            &manifest,
+            ShopOptions {
+                data_dir: &data,
+                args: vec![],
+                env: vec![("SHOP_CRASH_AT".into(), point.into())],
+            },
+        );
+        // The answer may or may not get out before the host dies: the commit has
+        // happened either way (the relay runs after it).
+        let _ = client()
+            .post(format!("{}/products", crashing.base))
+            .header("content-type", "application/json")
+            .body(mug("CRASH-1", 700).to_string())
+            .send();
+        assert!(
+            crashing.exited(std::time::Duration::from_secs(20)).is_some(),
+            "the host did not stop at {point}\n{}",
+            crashing.stderr.text()
+        );
+        assert!(crashing.stderr.text().contains(&format!("SHOP_CRASH_AT={point}")));
+
+        let _shop = Shop::start(&manifest, &data);
+        let (runtime, broker) = event_log(&data);
+        let ids = runtime.block_on(async {
+            let consumer = broker
+                .consumer("crash-test", &["shop.products".to_string()])
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            // Until the copies expected are in, then a moment more for any extra one.
+            let mut quiet_until = None;
+            while std::time::Instant::now() < quiet_until.unwrap_or(deadline) {
+                if let Ok(Ok(ConsumerEvent::Message(m))) =
+                    tokio::time::timeout(std::time::Duration::from_millis(200), consumer.next_event()).await
+                {
+                    let (_, id) = m.headers.iter().find(|(k, _)| k == "ce_id").unwrap();
+                    ids.push(String::from_utf8(id.clone()).unwrap());
+                }
+                if ids.len() >= copies && quiet_until.is_none() {
+                    quiet_until = Some(std::time::Instant::now() + std::time::Duration::from_millis(700));
+                }
+            }
+            shop_broker::leave_group(consumer.as_ref()).await;
+            ids
+        });
+        assert_eq!(ids.len(), copies, "{point}: published {ids:?}");
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "{point}: one event, one id: {ids:?}"
+        );
+    }
+}
+
 /// With the catalog in PostgreSQL, the host's relay publishes on the commit's `NOTIFY`
 /// rather than its poll: here the poll is once a day and nothing else wakes it, as
 /// when the HTTP half commits from other pods. Prints the latency from each committed

@@ -150,6 +150,9 @@ pub async fn pass(
     let Some(rows) = store.take(BATCH).await? else {
         return Ok(Pass::Busy);
     };
+    if !rows.is_empty() {
+        crate::crash_points::reached(crate::crash_points::OUTBOX_TAKEN);
+    }
     let sends = rows.iter().map(|row| async move {
         let (message, broken) = match record(row, outbox) {
             Ok(message) => (message, false),
@@ -177,6 +180,9 @@ pub async fn pass(
     });
     let sent: Vec<(&OutboxRow, bool)> = futures::future::join_all(sends).await.into_iter().flatten().collect();
     let published: Vec<i64> = sent.iter().map(|(row, _)| row.seq).collect();
+    if !published.is_empty() {
+        crate::crash_points::reached(crate::crash_points::OUTBOX_PUBLISHED);
+    }
     store.finish(&published).await?;
     let now = chrono::Utc::now();
     for (row, broken) in &sent {
