@@ -195,17 +195,15 @@ fn connect_plain(settings: &KafkaSettings, data_dir: &Path) -> anyhow::Result<Ar
         Some(brokers) => {
             // Static membership: a host started again after a crash on this machine
             // (the same host name and member slot) resumes its partitions at once.
-            let (slot, lock) = shop_broker::member_slot(&data_dir.join("events").join("kafka-members"))?;
             let options = KafkaOptions {
                 brokers: brokers.clone(),
                 client_options: settings.options.clone(),
                 default_partitions: partitions,
-                instance_id: Some(format!("{}-{slot}", host_name())),
+                instance_id: Some(host_name()),
+                member_slots: Some(data_dir.join("events").join("kafka-members")),
                 ..KafkaOptions::default()
             };
             let broker = KafkaBroker::connect(options).with_context(|| format!("cannot reach Kafka at {brokers}"))?;
-            // The slot stays this process's for as long as it lives.
-            std::mem::forget(lock);
             tracing::info!(brokers = %brokers, "event broker: kafka");
             Ok(Arc::new(broker))
         }

@@ -61,6 +61,11 @@ pub struct KafkaOptions {
     /// a crash) gets its predecessor's partitions back at once instead of waiting out
     /// its session. Must differ between live processes. `None`: dynamic membership.
     pub instance_id: Option<String>,
+    /// With `instance_id`: a directory of member slots ([`crate::member_slot`]) that
+    /// makes the identity `<instance_id>-<slot>`, unique among live processes sharing
+    /// it, and the same again for the process started after one died. The slot is held
+    /// while the broker lives.
+    pub member_slots: Option<std::path::PathBuf>,
 }
 
 impl Default for KafkaOptions {
@@ -73,6 +78,7 @@ impl Default for KafkaOptions {
             replication_factor: 1,
             session_timeout: Duration::from_secs(10),
             instance_id: None,
+            member_slots: None,
         }
     }
 }
@@ -145,6 +151,8 @@ struct Inner {
     consumers: AtomicU64,
     /// Numbers this process's consumers of each group, for `group.instance.id`.
     group_members: Mutex<HashMap<String, u64>>,
+    /// The member slot's lock, held while the broker lives (`member_slots`).
+    _slot: Option<std::fs::File>,
 }
 
 impl KafkaBroker {
@@ -172,8 +180,16 @@ impl KafkaBroker {
 
     /// Creates the clients without contacting the brokers: librdkafka connects in the
     /// background and requests wait (up to their timeouts) until it does.
-    pub fn new(options: KafkaOptions) -> Result<Self, BrokerError> {
+    pub fn new(mut options: KafkaOptions) -> Result<Self, BrokerError> {
         options.validate()?;
+        let slot = match (&options.instance_id, &options.member_slots) {
+            (Some(instance), Some(dir)) => {
+                let (slot, lock) = crate::member_slot(dir)?;
+                options.instance_id = Some(format!("{instance}-{slot}"));
+                Some(lock)
+            }
+            _ => None,
+        };
         let producer: FutureProducer = options
             .client_config(&[
                 ("client.id", "shop-producer".to_string()),
@@ -198,6 +214,7 @@ impl KafkaBroker {
                 known_topics: Mutex::new(HashSet::new()),
                 consumers: AtomicU64::new(0),
                 group_members: Mutex::default(),
+                _slot: slot,
             }),
         })
     }

@@ -154,7 +154,7 @@ pub async fn pass(
         crate::crash_points::reached(crate::crash_points::OUTBOX_TAKEN);
     }
     let sends = rows.iter().map(|row| async move {
-        let (message, broken) = match record(row, outbox) {
+        let (mut message, broken) = match record(row, outbox) {
             Ok(message) => (message, false),
             Err(error) => {
                 tracing::error!(
@@ -164,7 +164,6 @@ pub async fn pass(
                 (dead_letter(row, outbox, &error), true)
             }
         };
-        let mut message = message;
         // A child of the trace the row names (its writer's).
         let mut span = crate::capability::messaging::publish_span(&mut message, &outbox.component, None);
         if span.recording() {
